@@ -1,0 +1,372 @@
+//! Connections to clusters: librdkafka client settings, a quiet logging context, and the
+//! bounded metadata and offset lookups `check`, `run` and `verify` share. Every error names
+//! the cluster (and topic and partition where there is one).
+
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::metadata::Metadata;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message;
+
+use crate::config::ClusterConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster \"{cluster}\" ({bootstrap}): no Kafka broker answered within {timeout:?}: {detail}. Is the address right, is it a Kafka listener, and are security settings ({security}) right?")]
+    Unreachable {
+        cluster: String,
+        bootstrap: String,
+        timeout: Duration,
+        detail: String,
+        security: String,
+    },
+    #[error("cluster \"{cluster}\": cannot create a client: {detail}")]
+    Client { cluster: String, detail: String },
+    #[error("cluster \"{cluster}\": topic \"{topic}\" does not exist{hint}")]
+    TopicMissing {
+        cluster: String,
+        topic: String,
+        hint: String,
+    },
+    #[error(
+        "route \"{route}\": topic_regex \"{regex}\" matches no topic on cluster \"{cluster}\""
+    )]
+    RegexMatchesNothing {
+        route: String,
+        cluster: String,
+        regex: String,
+    },
+    #[error("route \"{route}\": target topic \"{topic}\" on cluster \"{cluster}\" has {have} partitions but partitioning = \"preserve\" needs at least {need} (the source's count). Add partitions, or use partitioning = \"key\"")]
+    TargetTooSmall {
+        route: String,
+        cluster: String,
+        topic: String,
+        have: usize,
+        need: usize,
+    },
+    #[error(
+        "cluster \"{cluster}\" topic \"{topic}\" partition {partition}: {what} failed: {detail}"
+    )]
+    Lookup {
+        cluster: String,
+        topic: String,
+        partition: i32,
+        what: String,
+        detail: String,
+    },
+    #[error("cluster \"{cluster}\" topic \"{topic}\" partition {partition}: the broker cannot look up offsets by timestamp (it answered -1 for {ts} although the partition holds a record at offset {offset} with timestamp {record_ts}); refusing to guess the range. Use an offset or \"earliest\" for `start` on this cluster")]
+    TimestampUnsupported {
+        cluster: String,
+        topic: String,
+        partition: i32,
+        ts: String,
+        offset: i64,
+        record_ts: String,
+    },
+    #[error("route \"{route}\" cluster \"{cluster}\" topic \"{topic}\" partition {partition}: resume offset {offset} is below the earliest retained offset {low}: {gap} records were deleted by retention before they were copied. Set on_offset_out_of_range = \"earliest\" to accept the gap, or reset the checkpoint")]
+    OffsetOutOfRange {
+        route: String,
+        cluster: String,
+        topic: String,
+        partition: i32,
+        offset: i64,
+        low: i64,
+        gap: i64,
+    },
+    #[error("cluster \"{cluster}\": cannot create topic \"{topic}\": {detail}")]
+    CreateTopic {
+        cluster: String,
+        topic: String,
+        detail: String,
+    },
+}
+
+/// Routes librdkafka's own logs into `tracing` at debug level, so an unreachable broker
+/// produces one clear kmirror error rather than a stack of librdkafka lines.
+#[derive(Clone)]
+pub struct QuietContext {
+    pub cluster: String,
+}
+
+impl ClientContext for QuietContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::warn!(cluster = %self.cluster, facility = fac, "librdkafka: {log_message}")
+            }
+            _ => {
+                tracing::debug!(cluster = %self.cluster, facility = fac, "librdkafka: {log_message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::debug!(cluster = %self.cluster, "librdkafka error: {error}: {reason}");
+    }
+}
+
+impl ConsumerContext for QuietContext {}
+
+/// The librdkafka settings every client for `cluster` starts from.
+pub fn base_config(cluster: &ClusterConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cluster.bootstrap)
+        .set("client.id", format!("kmirror-{}", cluster.name))
+        .set("log.connection.close", "false");
+    for (k, v) in &cluster.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+fn security(cluster: &ClusterConfig) -> String {
+    format!(
+        "security.protocol={}",
+        cluster
+            .properties
+            .get("security.protocol")
+            .map(String::as_str)
+            .unwrap_or("plaintext")
+    )
+}
+
+/// A consumer for lookups and reads by manual assignment (no consumer group).
+pub fn consumer(
+    cluster: &ClusterConfig,
+    extra: &[(&str, &str)],
+) -> Result<BaseConsumer<QuietContext>, ClusterError> {
+    let mut c = base_config(cluster);
+    c.set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // An out-of-range position is an error for kmirror to report, never a silent reset.
+        .set("auto.offset.reset", "error")
+        .set("enable.partition.eof", "true")
+        // librdkafka's consumer needs a group id even to assign() partitions by hand. kmirror
+        // never subscribes or commits, so the group is never joined and never holds offsets.
+        .set("group.id", format!("kmirror-assign-only-{}", cluster.name));
+    for (k, v) in extra {
+        c.set(*k, *v);
+    }
+    c.create_with_context(QuietContext {
+        cluster: cluster.name.clone(),
+    })
+    .map_err(|e| ClusterError::Client {
+        cluster: cluster.name.clone(),
+        detail: e.to_string(),
+    })
+}
+
+/// Fetches metadata (all topics, or one), bounded by `timeout`.
+pub fn metadata<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    cluster: &ClusterConfig,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<Metadata, ClusterError> {
+    consumer
+        .fetch_metadata(topic, timeout)
+        .map_err(|e| ClusterError::Unreachable {
+            cluster: cluster.name.clone(),
+            bootstrap: cluster.bootstrap.clone(),
+            timeout,
+            detail: e.to_string(),
+            security: security(cluster),
+        })
+        .and_then(|m| {
+            if m.brokers().is_empty() {
+                Err(ClusterError::Unreachable {
+                    cluster: cluster.name.clone(),
+                    bootstrap: cluster.bootstrap.clone(),
+                    timeout,
+                    detail: "metadata listed no brokers".into(),
+                    security: security(cluster),
+                })
+            } else {
+                Ok(m)
+            }
+        })
+}
+
+/// Partition count of `topic`, or None if it does not exist.
+pub fn partition_count(md: &Metadata, topic: &str) -> Option<usize> {
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len())
+}
+
+pub fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    cluster: &str,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> Result<(i64, i64), ClusterError> {
+    consumer
+        .fetch_watermarks(topic, partition, timeout)
+        .map_err(|e| ClusterError::Lookup {
+            cluster: cluster.into(),
+            topic: topic.into(),
+            partition,
+            what: "ListOffsets (watermarks)".into(),
+            detail: e.to_string(),
+        })
+}
+
+/// Reads the single record at `offset` (or the next one after a gap), bounded by `timeout`.
+/// Returns its offset and timestamp.
+pub fn read_one(
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timeout: Duration,
+) -> Result<Option<(i64, Option<i64>)>, ClusterError> {
+    let c = consumer(cluster, &[])?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+        .map_err(|e| lookup_err(cluster, topic, partition, "assign", e))?;
+    c.assign(&tpl)
+        .map_err(|e| lookup_err(cluster, topic, partition, "assign", e))?;
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => return Ok(Some((m.offset(), m.timestamp().to_millis()))),
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(None),
+            Some(Err(e)) => return Err(lookup_err(cluster, topic, partition, "fetch", e)),
+            None => {}
+        }
+    }
+    Err(ClusterError::Lookup {
+        cluster: cluster.name.clone(),
+        topic: topic.into(),
+        partition,
+        what: format!("fetch at offset {offset}"),
+        detail: format!("no answer within {timeout:?}"),
+    })
+}
+
+fn lookup_err(
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    what: &str,
+    e: KafkaError,
+) -> ClusterError {
+    ClusterError::Lookup {
+        cluster: cluster.name.clone(),
+        topic: topic.into(),
+        partition,
+        what: what.into(),
+        detail: e.to_string(),
+    }
+}
+
+/// The first offset whose timestamp is at or after `ts_ms`; `high` when none is. Refuses
+/// (rather than guessing) when the broker cannot answer timestamp lookups.
+pub fn offset_for_time<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    ts_ms: i64,
+    (low, high): (i64, i64),
+    timeout: Duration,
+) -> Result<i64, ClusterError> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(ts_ms))
+        .map_err(|e| lookup_err(cluster, topic, partition, "ListOffsets by timestamp", e))?;
+    let res = consumer
+        .offsets_for_times(tpl, timeout)
+        .map_err(|e| lookup_err(cluster, topic, partition, "ListOffsets by timestamp", e))?;
+    let elem = res
+        .find_partition(topic, partition)
+        .ok_or_else(|| ClusterError::Lookup {
+            cluster: cluster.name.clone(),
+            topic: topic.into(),
+            partition,
+            what: "ListOffsets by timestamp".into(),
+            detail: "partition missing from the answer".into(),
+        })?;
+    if let Some(e) = elem.error().err() {
+        return Err(lookup_err(
+            cluster,
+            topic,
+            partition,
+            "ListOffsets by timestamp",
+            e,
+        ));
+    }
+    match elem.offset() {
+        Offset::Offset(o) => Ok(o),
+        Offset::End | Offset::Invalid if high > low => {
+            // -1 means "no record at or after ts", but some brokers (librdkafka's mock) answer
+            // -1 to every timestamp lookup. Read the last record to tell the two apart.
+            match read_one(cluster, topic, partition, high - 1, timeout)? {
+                Some((offset, Some(record_ts))) if record_ts >= ts_ms => {
+                    Err(ClusterError::TimestampUnsupported {
+                        cluster: cluster.name.clone(),
+                        topic: topic.into(),
+                        partition,
+                        ts: crate::config::value::format_ms(ts_ms),
+                        offset,
+                        record_ts: crate::config::value::format_ms(record_ts),
+                    })
+                }
+                _ => Ok(high),
+            }
+        }
+        Offset::End | Offset::Invalid => Ok(high),
+        other => Err(ClusterError::Lookup {
+            cluster: cluster.name.clone(),
+            topic: topic.into(),
+            partition,
+            what: "ListOffsets by timestamp".into(),
+            detail: format!("unexpected answer {other:?}"),
+        }),
+    }
+}
+
+/// Creates `topic` with `partitions` partitions through the admin API, bounded by `timeout`.
+pub fn create_topic(
+    cluster: &ClusterConfig,
+    topic: &str,
+    partitions: i32,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let err = |detail: String| ClusterError::CreateTopic {
+        cluster: cluster.name.clone(),
+        topic: topic.into(),
+        detail,
+    };
+    let admin: AdminClient<QuietContext> = base_config(cluster)
+        .create_with_context(QuietContext {
+            cluster: cluster.name.clone(),
+        })
+        .map_err(|e| err(e.to_string()))?;
+    // -1: the broker's default replication factor (KIP-464).
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let res = futures::executor::block_on(admin.create_topics([&new], &opts)).map_err(|e| {
+        err(format!(
+            "{e} (does the broker support CreateTopics? librdkafka's mock cluster does not)"
+        ))
+    })?;
+    for r in res {
+        if let Err((_, code)) = r {
+            if code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                continue;
+            }
+            return Err(err(format!("{code}")));
+        }
+    }
+    Ok(())
+}

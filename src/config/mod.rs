@@ -1,0 +1,1057 @@
+//! The routing file: loading, the checked `Config` every other module reads, and the rules
+//! that refuse a bad file before anything connects.
+//!
+//! Two stages, as in ripgrep: `raw` is what serde can parse (unknown keys refused); `check`
+//! turns it into `Config` (regexes compiled, clusters resolved, rates non-zero, start before
+//! end), collecting every problem with its `file:line:column`, key, value and rule.
+
+mod diag;
+mod raw;
+pub mod value;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use toml::Spanned;
+
+use diag::Diagnostics;
+pub use diag::{Diagnostic, Location, SourceText};
+use raw::{RawConfig, RawRoute};
+
+/// Librdkafka properties kmirror sets itself; setting them in `properties` is refused
+/// because the copy path's guarantees depend on them.
+const MANAGED_PROPERTIES: &[(&str, &str)] = &[
+    ("bootstrap.servers", "use the cluster's `bootstrap` key"),
+    ("metadata.broker.list", "use the cluster's `bootstrap` key"),
+    (
+        "enable.auto.commit",
+        "kmirror never commits to consumer groups; progress is checkpointed",
+    ),
+    (
+        "enable.auto.offset.store",
+        "kmirror never commits to consumer groups; progress is checkpointed",
+    ),
+    (
+        "auto.offset.reset",
+        "use the route's `start` and `on_offset_out_of_range`",
+    ),
+    (
+        "enable.idempotence",
+        "the target producer is always idempotent",
+    ),
+    (
+        "enable.partition.eof",
+        "kmirror needs end-of-partition events to detect `end`",
+    ),
+    (
+        "transactional.id",
+        "transactions are not used by this version",
+    ),
+    (
+        "group.id",
+        "kmirror reads by manual assignment, never through a consumer group",
+    ),
+];
+
+/// Errors loading the routing file. Every problem carries its position.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read routing file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(.0))]
+    Invalid(Vec<Diagnostic>),
+}
+
+fn render(items: &[Diagnostic]) -> String {
+    let mut s = String::new();
+    for (i, d) in items.iter().enumerate() {
+        if i > 0 {
+            s.push('\n');
+        }
+        s.push_str(&d.to_string());
+    }
+    if items.len() > 1 {
+        s.push_str(&format!("\n{} problems in the routing file", items.len()));
+    }
+    s
+}
+
+impl ConfigError {
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        match self {
+            ConfigError::Invalid(d) => d,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// The checked routing file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    /// Identity of this routing job; checkpoints from another job are refused.
+    pub job: String,
+    pub clusters: BTreeMap<String, ClusterConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub limits: Limits,
+    pub checkpoints: CheckpointSettings,
+    pub run: RunSettings,
+}
+
+#[derive(Clone)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub bootstrap: String,
+    /// Passed to librdkafka as-is (after `${ENV}` expansion).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl ClusterConfig {
+    /// Properties with secret values replaced, for printing and logging.
+    pub fn redacted_properties(&self) -> BTreeMap<String, String> {
+        self.properties
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_key(k) {
+                    "******".to_string()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("name", &self.name)
+            .field("bootstrap", &self.bootstrap)
+            .field("properties", &self.redacted_properties())
+            .finish()
+    }
+}
+
+/// Whether a librdkafka property holds a secret (password, key, token, JAAS config).
+pub fn is_secret_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password")
+        || k.contains("secret")
+        || k.contains("token")
+        || k.contains("jaas")
+        || k.ends_with(".key")
+        || k.ends_with(".pem")
+        || k.contains("key.pem")
+        || k == "ssl.key"
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partitioning {
+    /// Source partition N goes to target partition N.
+    Preserve,
+    /// Java-compatible murmur2 hash of the key (null keys spread randomly).
+    Key,
+    RoundRobin,
+}
+
+impl fmt::Display for Partitioning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Partitioning::Preserve => "preserve",
+            Partitioning::Key => "key",
+            Partitioning::RoundRobin => "round_robin",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPosition {
+    Earliest,
+    Latest,
+    Offset(i64),
+    /// Milliseconds since the epoch.
+    Timestamp(i64),
+    /// Resolved against the clock when the run starts.
+    Ago(Duration),
+}
+
+impl fmt::Display for StartPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartPosition::Earliest => f.write_str("earliest"),
+            StartPosition::Latest => f.write_str("latest"),
+            StartPosition::Offset(o) => write!(f, "offset {o}"),
+            StartPosition::Timestamp(t) => write!(f, "{}", value::format_ms(*t)),
+            StartPosition::Ago(d) => write!(f, "{} ago", humantime::format_duration(*d)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndPosition {
+    /// Follow forever.
+    None,
+    /// The high watermarks seen when the run starts.
+    Snapshot,
+    /// Stop before this offset.
+    Offset(i64),
+    /// Stop at the first record whose timestamp is at or after this (ms since epoch).
+    Timestamp(i64),
+}
+
+impl fmt::Display for EndPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndPosition::None => f.write_str("none"),
+            EndPosition::Snapshot => f.write_str("snapshot"),
+            EndPosition::Offset(o) => write!(f, "offset {o}"),
+            EndPosition::Timestamp(t) => write!(f, "{}", value::format_ms(*t)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRangePolicy {
+    /// Halt the partition and report the gap.
+    Fail,
+    /// Report the gap loudly, then continue from the earliest retained offset.
+    Earliest,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub messages_per_sec: Option<NonZeroU32>,
+    pub bytes_per_sec: Option<NonZeroU64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub source: String,
+    pub topics: Vec<String>,
+    pub topic_regex: Option<Regex>,
+    pub target: String,
+    pub target_topic: TopicTemplate,
+    pub partitioning: Partitioning,
+    pub start: StartPosition,
+    pub end: EndPosition,
+    pub rate: RateLimits,
+    pub on_offset_out_of_range: OutOfRangePolicy,
+    pub create_target_topics: bool,
+    /// Add the `kmirror.source` header naming the source record.
+    pub provenance: bool,
+}
+
+impl RouteConfig {
+    /// Whether this route reads `topic`.
+    pub fn matches_topic(&self, topic: &str) -> bool {
+        self.topics.iter().any(|t| t == topic)
+            || self.topic_regex.as_ref().is_some_and(|r| r.is_match(topic))
+    }
+}
+
+/// A target topic name template: `{topic}`, `{source}` (source cluster) and `{route}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicTemplate(pub String);
+
+impl TopicTemplate {
+    pub fn render(&self, topic: &str, source_cluster: &str, route: &str) -> String {
+        self.0
+            .replace("{topic}", topic)
+            .replace("{source}", source_cluster)
+            .replace("{route}", route)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub rate: RateLimits,
+    /// Bytes produced but not yet acknowledged, across all partitions.
+    pub max_in_flight_bytes: u64,
+    /// Bytes produced but not yet acknowledged, per source partition.
+    pub max_in_flight_bytes_per_partition: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointSettings {
+    pub dir: PathBuf,
+    pub interval: Duration,
+}
+
+impl CheckpointSettings {
+    pub fn file_for(&self, job: &str) -> PathBuf {
+        self.dir.join(format!("{job}.checkpoint.json"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Bound on connecting and on each metadata or offset lookup.
+    pub connect_timeout: Duration,
+    /// Bound on waiting for in-flight deliveries at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 256 << 20;
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES_PER_PARTITION: u64 = 16 << 20;
+
+impl Config {
+    /// Reads and checks a routing file. Nothing connects.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_str(path, text, &|k| std::env::var(k).ok())
+    }
+
+    /// Checks routing-file text; `env` resolves `${NAME}` (injectable for tests).
+    pub fn from_str(
+        path: &Path,
+        text: String,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let source = SourceText::new(path, text);
+        let raw: RawConfig = toml::from_str(&source.text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            ConfigError::Invalid(vec![Diagnostic {
+                location: source.location(&span),
+                key: String::new(),
+                message: e.message().trim().to_string(),
+            }])
+        })?;
+        let mut diags = Diagnostics::new(&source);
+        let config = check(path, raw, &mut diags, env);
+        if diags.items.is_empty() {
+            Ok(config.expect("check returns a config when it reports nothing"))
+        } else {
+            Err(ConfigError::Invalid(diags.items))
+        }
+    }
+
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.name == name)
+    }
+
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.checkpoints.file_for(&self.job)
+    }
+}
+
+fn valid_name(s: &str, extra: &[char]) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || extra.contains(&c))
+}
+
+fn positive_u32(v: &Spanned<i64>, key: &str, d: &mut Diagnostics<'_>) -> Option<NonZeroU32> {
+    let n = *v.get_ref();
+    if n <= 0 {
+        d.push(
+            &v.span(),
+            key,
+            format!("{n} is refused: must be greater than zero"),
+        );
+        None
+    } else if n > u32::MAX as i64 {
+        d.push(
+            &v.span(),
+            key,
+            format!("{n} is too large (at most {})", u32::MAX),
+        );
+        None
+    } else {
+        NonZeroU32::new(n as u32)
+    }
+}
+
+fn size(v: &Spanned<toml::Value>, key: &str, d: &mut Diagnostics<'_>) -> Option<u64> {
+    match value::parse_size(v.get_ref()) {
+        Ok(n) => Some(n),
+        Err(m) => {
+            d.push(
+                &v.span(),
+                key,
+                format!("{m}: must be a size greater than zero"),
+            );
+            None
+        }
+    }
+}
+
+fn duration(v: &Spanned<String>, key: &str, d: &mut Diagnostics<'_>) -> Option<Duration> {
+    match value::parse_duration(v.get_ref()) {
+        Ok(x) if x.is_zero() => {
+            d.push(
+                &v.span(),
+                key,
+                format!("\"{}\" is refused: must be longer than zero", v.get_ref()),
+            );
+            None
+        }
+        Ok(x) => Some(x),
+        Err(m) => {
+            d.push(&v.span(), key, m);
+            None
+        }
+    }
+}
+
+fn rate_limits(
+    messages: &Option<Spanned<i64>>,
+    bytes: &Option<Spanned<toml::Value>>,
+    prefix: &str,
+    d: &mut Diagnostics<'_>,
+) -> RateLimits {
+    RateLimits {
+        messages_per_sec: messages
+            .as_ref()
+            .and_then(|v| positive_u32(v, &format!("{prefix}max_messages_per_sec"), d)),
+        bytes_per_sec: bytes.as_ref().and_then(|v| {
+            if let toml::Value::Integer(n) = v.get_ref() {
+                if *n <= 0 {
+                    d.push(
+                        &v.span(),
+                        format!("{prefix}max_bytes_per_sec"),
+                        format!("{n} is refused: must be greater than zero"),
+                    );
+                    return None;
+                }
+            }
+            size(v, &format!("{prefix}max_bytes_per_sec"), d).and_then(NonZeroU64::new)
+        }),
+    }
+}
+
+fn value_text(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => format!("\"{s}\""),
+        other => other.to_string(),
+    }
+}
+
+fn parse_start(
+    v: &Spanned<toml::Value>,
+    key: &str,
+    d: &mut Diagnostics<'_>,
+) -> Option<StartPosition> {
+    let span = v.span();
+    let shown = value_text(v.get_ref());
+    match v.get_ref() {
+        toml::Value::Integer(o) if *o >= 0 => Some(StartPosition::Offset(*o)),
+        toml::Value::Integer(o) => {
+            d.push(
+                &span,
+                key,
+                format!("{o} is refused: an offset must be zero or more"),
+            );
+            None
+        }
+        toml::Value::Datetime(dt) => match value::parse_timestamp_ms(&dt.to_string()) {
+            Ok(ms) => Some(StartPosition::Timestamp(ms)),
+            Err(m) => {
+                d.push(&span, key, m);
+                None
+            }
+        },
+        toml::Value::String(s) => match s.trim() {
+            "earliest" => Some(StartPosition::Earliest),
+            "latest" => Some(StartPosition::Latest),
+            t if looks_like_timestamp(t) => match value::parse_timestamp_ms(t) {
+                Ok(ms) => Some(StartPosition::Timestamp(ms)),
+                Err(m) => {
+                    d.push(&span, key, m);
+                    None
+                }
+            },
+            t => match value::parse_duration(t) {
+                Ok(dur) if !dur.is_zero() => Some(StartPosition::Ago(dur)),
+                _ => {
+                    d.push(
+                        &span,
+                        key,
+                        format!(
+                            "{shown} is not a start position: expected \"earliest\", \"latest\", an offset (integer), an RFC 3339 timestamp or a duration ago such as \"2h\""
+                        ),
+                    );
+                    None
+                }
+            },
+        },
+        other => {
+            d.push(&span, key, format!("{shown} is a {}: expected \"earliest\", \"latest\", an offset, a timestamp or a duration", other.type_str()));
+            None
+        }
+    }
+}
+
+fn parse_end(v: &Spanned<toml::Value>, key: &str, d: &mut Diagnostics<'_>) -> Option<EndPosition> {
+    let span = v.span();
+    let shown = value_text(v.get_ref());
+    match v.get_ref() {
+        toml::Value::Integer(o) if *o >= 0 => Some(EndPosition::Offset(*o)),
+        toml::Value::Integer(o) => {
+            d.push(
+                &span,
+                key,
+                format!("{o} is refused: an offset must be zero or more"),
+            );
+            None
+        }
+        toml::Value::Datetime(dt) => match value::parse_timestamp_ms(&dt.to_string()) {
+            Ok(ms) => Some(EndPosition::Timestamp(ms)),
+            Err(m) => {
+                d.push(&span, key, m);
+                None
+            }
+        },
+        toml::Value::String(s) => match s.trim() {
+            "none" => Some(EndPosition::None),
+            "snapshot" => Some(EndPosition::Snapshot),
+            t if looks_like_timestamp(t) => match value::parse_timestamp_ms(t) {
+                Ok(ms) => Some(EndPosition::Timestamp(ms)),
+                Err(m) => {
+                    d.push(&span, key, m);
+                    None
+                }
+            },
+            _ => {
+                d.push(
+                    &span,
+                    key,
+                    format!("{shown} is not an end position: expected \"none\", \"snapshot\", an offset (integer) or an RFC 3339 timestamp"),
+                );
+                None
+            }
+        },
+        other => {
+            d.push(
+                &span,
+                key,
+                format!(
+                    "{shown} is a {}: expected \"none\", \"snapshot\", an offset or a timestamp",
+                    other.type_str()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn looks_like_timestamp(s: &str) -> bool {
+    s.len() >= 10 && s.as_bytes()[4] == b'-' && s[..4].chars().all(|c| c.is_ascii_digit())
+}
+
+fn check(
+    path: &Path,
+    raw: RawConfig,
+    d: &mut Diagnostics<'_>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<Config> {
+    let whole: Range<usize> = 0..0;
+
+    // [checkpoints]
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "kmirror".into());
+    let mut job = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>();
+    let mut cp = CheckpointSettings {
+        dir: base_dir.join("checkpoints"),
+        interval: Duration::from_secs(5),
+    };
+    if let Some(c) = &raw.checkpoints {
+        if let Some(dir) = &c.dir {
+            match value::interpolate_env(dir.get_ref(), env) {
+                Ok(s) if s.trim().is_empty() => {
+                    d.push(&dir.span(), "checkpoints.dir", "must not be empty")
+                }
+                Ok(s) => {
+                    let p = PathBuf::from(s);
+                    cp.dir = if p.is_absolute() { p } else { base_dir.join(p) };
+                }
+                Err(m) => d.push(&dir.span(), "checkpoints.dir", m),
+            }
+        }
+        if let Some(i) = &c.interval {
+            if let Some(x) = duration(i, "checkpoints.interval", d) {
+                cp.interval = x;
+            }
+        }
+        if let Some(j) = &c.job {
+            if valid_name(j.get_ref(), &['.']) {
+                job = j.get_ref().clone();
+            } else {
+                d.push(
+                    &j.span(),
+                    "checkpoints.job",
+                    format!(
+                        "\"{}\" is refused: use letters, digits, '.', '_' and '-'",
+                        j.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
+    // [limits]
+    let mut limits = Limits {
+        rate: RateLimits::default(),
+        max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
+        max_in_flight_bytes_per_partition: DEFAULT_MAX_IN_FLIGHT_BYTES_PER_PARTITION,
+    };
+    if let Some(l) = &raw.limits {
+        limits.rate = rate_limits(&l.max_messages_per_sec, &l.max_bytes_per_sec, "limits.", d);
+        if let Some(v) = &l.max_in_flight_bytes {
+            if let Some(n) = size(v, "limits.max_in_flight_bytes", d) {
+                limits.max_in_flight_bytes = n;
+            }
+        }
+        if let Some(v) = &l.max_in_flight_bytes_per_partition {
+            if let Some(n) = size(v, "limits.max_in_flight_bytes_per_partition", d) {
+                limits.max_in_flight_bytes_per_partition = n;
+            }
+        }
+        if limits.max_in_flight_bytes_per_partition > limits.max_in_flight_bytes {
+            let span = l
+                .max_in_flight_bytes_per_partition
+                .as_ref()
+                .or(l.max_in_flight_bytes.as_ref())
+                .map(|v| v.span())
+                .unwrap_or(whole.clone());
+            d.push(
+                &span,
+                "limits.max_in_flight_bytes_per_partition",
+                format!(
+                    "{} is larger than limits.max_in_flight_bytes = {}: the per-partition bound must not exceed the overall bound",
+                    limits.max_in_flight_bytes_per_partition, limits.max_in_flight_bytes
+                ),
+            );
+        }
+    }
+
+    // [run]
+    let mut run = RunSettings {
+        connect_timeout: Duration::from_secs(10),
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    if let Some(r) = &raw.run {
+        if let Some(v) = &r.connect_timeout {
+            if let Some(x) = duration(v, "run.connect_timeout", d) {
+                run.connect_timeout = x;
+            }
+        }
+        if let Some(v) = &r.shutdown_timeout {
+            if let Some(x) = duration(v, "run.shutdown_timeout", d) {
+                run.shutdown_timeout = x;
+            }
+        }
+    }
+
+    // [clusters.NAME]
+    let mut clusters = BTreeMap::new();
+    for (name, c) in &raw.clusters {
+        let key = format!("clusters.{}", name.get_ref());
+        if !valid_name(name.get_ref(), &[]) {
+            d.push(
+                &name.span(),
+                &key,
+                format!(
+                    "cluster name \"{}\" is refused: use letters, digits, '_' and '-'",
+                    name.get_ref()
+                ),
+            );
+        }
+        let c = c.get_ref();
+        let bootstrap = match value::interpolate_env(c.bootstrap.get_ref(), env) {
+            Ok(b) if b.trim().is_empty() => {
+                d.push(
+                    &c.bootstrap.span(),
+                    format!("{key}.bootstrap"),
+                    "must name at least one host:port",
+                );
+                String::new()
+            }
+            Ok(b) => {
+                for server in b.split(',') {
+                    let s = server.trim();
+                    let s = s.rsplit("://").next().unwrap_or(s);
+                    let ok = s
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                    if !ok {
+                        d.push(
+                            &c.bootstrap.span(),
+                            format!("{key}.bootstrap"),
+                            format!("\"{}\" is not a host:port address", server.trim()),
+                        );
+                    }
+                }
+                b
+            }
+            Err(m) => {
+                d.push(&c.bootstrap.span(), format!("{key}.bootstrap"), m);
+                String::new()
+            }
+        };
+        let mut properties = BTreeMap::new();
+        for (pk, pv) in &c.properties {
+            let pkey = format!("{key}.properties.\"{}\"", pk.get_ref());
+            if let Some((_, why)) = MANAGED_PROPERTIES.iter().find(|(m, _)| m == pk.get_ref()) {
+                d.push(
+                    &pk.span(),
+                    &pkey,
+                    format!("is managed by kmirror and may not be set here: {why}"),
+                );
+                continue;
+            }
+            let text = match pv.get_ref() {
+                toml::Value::String(s) => match value::interpolate_env(s, env) {
+                    Ok(s) => s,
+                    Err(m) => {
+                        d.push(&pv.span(), &pkey, m);
+                        continue;
+                    }
+                },
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => {
+                    d.push(
+                        &pv.span(),
+                        &pkey,
+                        format!(
+                            "a {} cannot be passed to librdkafka: use a string, integer or boolean",
+                            other.type_str()
+                        ),
+                    );
+                    continue;
+                }
+            };
+            properties.insert(pk.get_ref().clone(), text);
+        }
+        clusters.insert(
+            name.get_ref().clone(),
+            ClusterConfig {
+                name: name.get_ref().clone(),
+                bootstrap,
+                properties,
+            },
+        );
+    }
+
+    // [[routes]]
+    if raw.routes.is_empty() {
+        d.push(
+            &whole,
+            "routes",
+            "the routing file defines no [[routes]]: nothing to copy",
+        );
+    }
+    let default_create = raw
+        .create_target_topics
+        .as_ref()
+        .map(|b| *b.get_ref())
+        .unwrap_or(false);
+    let mut routes = Vec::new();
+    let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        if let Some(route) = check_route(i, r, &clusters, default_create, d) {
+            let name_span = r.get_ref().name.span();
+            if let Some(first) = seen.get(&route.name) {
+                let (line, _) = d.source.line_col(first.start);
+                d.push(&name_span, format!("routes[{i}].name"), format!("\"{}\" is already the name of the route on line {line}: route names must be unique", route.name));
+            } else {
+                seen.insert(route.name.clone(), name_span);
+            }
+            routes.push(route);
+        }
+    }
+
+    Some(Config {
+        path: path.to_path_buf(),
+        job,
+        clusters,
+        routes,
+        limits,
+        checkpoints: cp,
+        run,
+    })
+}
+
+fn check_route(
+    i: usize,
+    r: &Spanned<RawRoute>,
+    clusters: &BTreeMap<String, ClusterConfig>,
+    default_create: bool,
+    d: &mut Diagnostics<'_>,
+) -> Option<RouteConfig> {
+    let route_span = r.span();
+    let r = r.get_ref();
+    let p = format!("routes[{i}].");
+    let before = d.items.len();
+
+    let name = r.name.get_ref().clone();
+    if !valid_name(&name, &['.']) {
+        d.push(
+            &r.name.span(),
+            format!("{p}name"),
+            format!("\"{name}\" is refused: use letters, digits, '.', '_' and '-'"),
+        );
+    }
+    for (key, c) in [("source", &r.source), ("target", &r.target)] {
+        if !clusters.contains_key(c.get_ref()) {
+            let known: Vec<_> = clusters.keys().map(String::as_str).collect();
+            d.push(
+                &c.span(),
+                format!("{p}{key}"),
+                format!(
+                    "cluster \"{}\" is not defined (defined: {})",
+                    c.get_ref(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+
+    let mut topics = Vec::new();
+    if let Some(t) = &r.topics {
+        if t.get_ref().is_empty() && r.topic_regex.is_none() {
+            d.push(
+                &t.span(),
+                format!("{p}topics"),
+                "is empty and no topic_regex is given: the route reads nothing",
+            );
+        }
+        let mut seen = BTreeSet::new();
+        for (j, topic) in t.get_ref().iter().enumerate() {
+            let name = topic.get_ref();
+            if !valid_topic(name) {
+                d.push(&topic.span(), format!("{p}topics[{j}]"), format!("\"{name}\" is not a valid Kafka topic name (1-249 of letters, digits, '.', '_', '-')"));
+            } else if !seen.insert(name.clone()) {
+                d.push(
+                    &topic.span(),
+                    format!("{p}topics[{j}]"),
+                    format!("\"{name}\" is listed twice"),
+                );
+            }
+            topics.push(name.clone());
+        }
+    }
+    let topic_regex = r.topic_regex.as_ref().and_then(|re| {
+        // Anchored: `orders.*` must not also match `old-orders-archive`.
+        match Regex::new(&format!("^(?:{})$", re.get_ref())) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                let msg = e
+                    .to_string()
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                d.push(
+                    &re.span(),
+                    format!("{p}topic_regex"),
+                    format!("\"{}\" is not a valid regex: {msg}", re.get_ref()),
+                );
+                None
+            }
+        }
+    });
+    if r.topics.is_none() && r.topic_regex.is_none() {
+        d.push(
+            &route_span,
+            format!("{p}topics"),
+            format!("route \"{name}\" names no topics: give `topics` and/or `topic_regex`"),
+        );
+    }
+
+    let target_topic = match &r.target_topic {
+        None => TopicTemplate("{topic}".into()),
+        Some(t) => {
+            let s = t.get_ref();
+            let mut rest = s.as_str();
+            let mut literal = String::new();
+            let mut ok = true;
+            while let Some(open) = rest.find('{') {
+                literal.push_str(&rest[..open]);
+                let Some(close) = rest[open..].find('}') else {
+                    d.push(
+                        &t.span(),
+                        format!("{p}target_topic"),
+                        format!("\"{s}\": unclosed `{{`"),
+                    );
+                    ok = false;
+                    break;
+                };
+                let ph = &rest[open + 1..open + close];
+                if !["topic", "source", "route"].contains(&ph) {
+                    d.push(&t.span(), format!("{p}target_topic"), format!("\"{s}\": unknown placeholder `{{{ph}}}` (known: {{topic}}, {{source}}, {{route}})"));
+                    ok = false;
+                }
+                rest = &rest[open + close + 1..];
+            }
+            literal.push_str(rest);
+            if ok
+                && !literal
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                d.push(
+                    &t.span(),
+                    format!("{p}target_topic"),
+                    format!(
+                        "\"{s}\": topic names may only contain letters, digits, '.', '_' and '-'"
+                    ),
+                );
+            }
+            if ok && s.is_empty() {
+                d.push(&t.span(), format!("{p}target_topic"), "must not be empty");
+            }
+            TopicTemplate(s.clone())
+        }
+    };
+
+    let partitioning = match r
+        .partitioning
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
+        None | Some(("preserve", _)) => Partitioning::Preserve,
+        Some(("key", _)) => Partitioning::Key,
+        Some(("round_robin", _)) => Partitioning::RoundRobin,
+        Some((other, span)) => {
+            d.push(&span, format!("{p}partitioning"), format!("\"{other}\" is not a partitioning: expected \"preserve\", \"key\" or \"round_robin\""));
+            Partitioning::Preserve
+        }
+    };
+
+    let start = match &r.start {
+        None => Some(StartPosition::Earliest),
+        Some(v) => parse_start(v, &format!("{p}start"), d),
+    };
+    let end = match &r.end {
+        None => Some(EndPosition::None),
+        Some(v) => parse_end(v, &format!("{p}end"), d),
+    };
+    if let (Some(s), Some(e), Some(ev)) = (&start, &end, &r.end) {
+        let now = value::now_ms();
+        let contradiction = match (s, e) {
+            (StartPosition::Offset(a), EndPosition::Offset(b)) if b <= a => {
+                Some(format!("end offset {b} is not after start offset {a}"))
+            }
+            (StartPosition::Timestamp(a), EndPosition::Timestamp(b)) if b <= a => Some(format!(
+                "end {} is not after start {}",
+                value::format_ms(*b),
+                value::format_ms(*a)
+            )),
+            (StartPosition::Ago(ago), EndPosition::Timestamp(b))
+                if *b <= now - ago.as_millis() as i64 =>
+            {
+                Some(format!(
+                    "end {} is not after start ({} ago)",
+                    value::format_ms(*b),
+                    humantime::format_duration(*ago)
+                ))
+            }
+            (StartPosition::Latest, EndPosition::Snapshot) => {
+                Some("start = \"latest\" with end = \"snapshot\" copies nothing".to_string())
+            }
+            _ => None,
+        };
+        if let Some(m) = contradiction {
+            d.push(
+                &ev.span(),
+                format!("{p}end"),
+                format!("{m}: end must be after start"),
+            );
+        }
+    }
+
+    let rate = rate_limits(&r.max_messages_per_sec, &r.max_bytes_per_sec, &p, d);
+
+    let on_offset_out_of_range = match r
+        .on_offset_out_of_range
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
+        None | Some(("fail", _)) => OutOfRangePolicy::Fail,
+        Some(("earliest", _)) => OutOfRangePolicy::Earliest,
+        Some((other, span)) => {
+            d.push(
+                &span,
+                format!("{p}on_offset_out_of_range"),
+                format!("\"{other}\" is not a policy: expected \"fail\" or \"earliest\""),
+            );
+            OutOfRangePolicy::Fail
+        }
+    };
+
+    if r.source.get_ref() == r.target.get_ref() && target_topic.0 == "{topic}" {
+        let span = r
+            .target_topic
+            .as_ref()
+            .map(|t| t.span())
+            .unwrap_or(r.target.span());
+        d.push(&span, format!("{p}target_topic"), format!("route \"{name}\" copies cluster \"{}\" onto itself with the same topic names: set a target_topic such as \"{{topic}}.copy\"", r.source.get_ref()));
+    }
+
+    if d.items.len() > before {
+        return None;
+    }
+    Some(RouteConfig {
+        name,
+        source: r.source.get_ref().clone(),
+        topics,
+        topic_regex,
+        target: r.target.get_ref().clone(),
+        target_topic,
+        partitioning,
+        start: start?,
+        end: end?,
+        rate,
+        on_offset_out_of_range,
+        create_target_topics: r
+            .create_target_topics
+            .as_ref()
+            .map(|b| *b.get_ref())
+            .unwrap_or(default_create),
+        provenance: r.provenance.as_ref().map(|b| *b.get_ref()).unwrap_or(true),
+    })
+}
+
+pub fn valid_topic(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}

@@ -1,0 +1,72 @@
+//! The routing file as written: serde structures with spans, unknown keys refused.
+//! Nothing here is trusted; `check` turns it into a `Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub checkpoints: Option<RawCheckpoints>,
+    pub limits: Option<RawLimits>,
+    pub run: Option<RawRun>,
+    /// Default for every route's `create_target_topics`.
+    pub create_target_topics: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub clusters: BTreeMap<Spanned<String>, Spanned<RawCluster>>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoints {
+    pub dir: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub job: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_messages_per_sec: Option<Spanned<i64>>,
+    pub max_bytes_per_sec: Option<Spanned<toml::Value>>,
+    pub max_in_flight_bytes: Option<Spanned<toml::Value>>,
+    pub max_in_flight_bytes_per_partition: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRun {
+    pub connect_timeout: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    pub bootstrap: Spanned<String>,
+    #[serde(default)]
+    pub properties: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub source: Spanned<String>,
+    pub topics: Option<Spanned<Vec<Spanned<String>>>>,
+    pub topic_regex: Option<Spanned<String>>,
+    pub target: Spanned<String>,
+    pub target_topic: Option<Spanned<String>>,
+    pub partitioning: Option<Spanned<String>>,
+    pub start: Option<Spanned<toml::Value>>,
+    pub end: Option<Spanned<toml::Value>>,
+    pub max_messages_per_sec: Option<Spanned<i64>>,
+    pub max_bytes_per_sec: Option<Spanned<toml::Value>>,
+    pub on_offset_out_of_range: Option<Spanned<String>>,
+    pub create_target_topics: Option<Spanned<bool>>,
+    pub provenance: Option<Spanned<bool>>,
+}

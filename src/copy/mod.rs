@@ -1,0 +1,384 @@
+//! The copy engine. The copy path, in the order a record travels it:
+//!
+//! - `source_partition`: a reader per source topic, one copy task per (route, partition);
+//! - `batch`: what one turn of the reader takes from the consumer;
+//! - (rate limits in `crate::rate_limit`, applied per batch);
+//! - `record`: byte-exact headers, provenance, content digests;
+//! - `produce`: idempotent target producers and delivery reports;
+//! - `ack_tracker`: the contiguous settled position per task;
+//! - checkpoints (`crate::checkpoint`), written here on a timer and at the end.
+//!
+//! Guarantee: at-least-once. A position is checkpointed only when every record below it is
+//! acknowledged by the target (or counted as filtered or failed), so a crash at any instant
+//! loses nothing; it can duplicate at most what was in flight (bounded by
+//! `limits.max_in_flight_bytes`) plus what was acknowledged since the last checkpoint.
+
+pub mod ack_tracker;
+pub mod batch;
+pub mod produce;
+pub mod record;
+pub mod source_partition;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{
+    check_ownership, partition_key, Checkpoint, CheckpointError, CheckpointStore,
+    PartitionCheckpoint, RouteCheckpoint,
+};
+use crate::cluster::ClusterError;
+use crate::config::{value, Config, EndPosition, Limits};
+use crate::counts::{Counts, SummaryRow};
+use crate::plan::{self, CreateTopics, Plan};
+use crate::rate_limit::Limiter;
+use source_partition::{CopyTask, Reader, TaskProgress, TaskStatus};
+
+/// State every reader shares.
+pub struct Shared {
+    pub stop: Arc<AtomicBool>,
+    pub in_flight_bytes: AtomicU64,
+    pub limits: Limits,
+    pub limiter: Option<Limiter>,
+    pub shutdown_timeout: Duration,
+    /// By task id.
+    pub progress: Vec<Mutex<TaskProgress>>,
+}
+
+impl Shared {
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight_bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Treat every route as `end = "snapshot"`.
+    pub once: bool,
+    /// Log a progress line this often.
+    pub progress_every: Option<Duration>,
+}
+
+/// What a run did, per task and in total.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub rows: Vec<SummaryRow>,
+    pub totals: Counts,
+    /// Tasks that stopped on an error, with the reason.
+    pub halted: Vec<(String, String)>,
+    /// Whether every task reached its end (false when stopped or following forever).
+    pub complete: bool,
+    pub stopped: bool,
+    pub gaps: i64,
+    pub checkpoint: String,
+    pub elapsed: Duration,
+}
+
+impl RunReport {
+    pub fn table(&self) -> String {
+        crate::counts::summary_table(&self.rows)
+    }
+}
+
+/// Applies `--once`: every route ends at the high watermarks seen when the run starts.
+pub fn once(config: &Config) -> Config {
+    let mut c = config.clone();
+    for r in &mut c.routes {
+        r.end = EndPosition::Snapshot;
+    }
+    c
+}
+
+/// Loads the checkpoint and checks it belongs to this routing file.
+pub fn load_checkpoint(
+    config: &Config,
+    store: &dyn CheckpointStore,
+) -> Result<Option<Checkpoint>, CheckpointError> {
+    let cp = store.load()?;
+    if let Some(cp) = &cp {
+        check_ownership(cp, store, config)?;
+    }
+    Ok(cp)
+}
+
+/// Runs the routing file until every route reaches its end, or `stop` is raised.
+pub fn run(
+    config: &Config,
+    store: &dyn CheckpointStore,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<RunReport, RunError> {
+    let started = Instant::now();
+    let config = if opts.once {
+        once(config)
+    } else {
+        config.clone()
+    };
+    let previous = load_checkpoint(&config, store)?;
+    let plan = plan::build(&config, previous.as_ref(), CreateTopics::AsConfigured)?;
+    execute(&config, plan, previous, store, opts, stop, started)
+}
+
+fn execute(
+    config: &Config,
+    plan: Plan,
+    previous: Option<Checkpoint>,
+    store: &dyn CheckpointStore,
+    opts: &RunOptions,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+) -> Result<RunReport, RunError> {
+    // Group tasks into readers: one per (source cluster, topic).
+    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (i, t) in plan.tasks.iter().enumerate() {
+        groups
+            .entry((t.source_cluster.clone(), t.topic.clone()))
+            .or_default()
+            .push(i);
+    }
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in &groups {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let targets: BTreeMap<String, _> = plan
+        .tasks
+        .iter()
+        .map(|t| {
+            (
+                t.target_cluster.clone(),
+                config.clusters[&t.target_cluster].clone(),
+            )
+        })
+        .collect();
+    let pool = Arc::new(produce::ProducerPool::new(
+        targets,
+        config.limits.clone(),
+        senders,
+    )?);
+
+    let route_limiters: Vec<Option<Arc<Limiter>>> = config
+        .routes
+        .iter()
+        .map(|r| Limiter::new(r.rate).map(Arc::new))
+        .collect();
+    let mut tasks: Vec<Option<CopyTask>> = plan
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(id, t)| {
+            let ranges = previous
+                .as_ref()
+                .and_then(|c| c.get(&t.route_name, &t.topic, t.partition))
+                .filter(|c| {
+                    c.target_topic == t.target_topic && c.target_cluster == t.target_cluster
+                })
+                .map(|c| c.target.clone())
+                .unwrap_or_default();
+            Some(CopyTask::new(
+                id,
+                t.clone(),
+                t.provenance,
+                ranges,
+                route_limiters[t.route].clone(),
+            ))
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        stop: stop.clone(),
+        in_flight_bytes: AtomicU64::new(0),
+        limits: config.limits.clone(),
+        limiter: Limiter::new(config.limits.rate),
+        shutdown_timeout: config.run.shutdown_timeout,
+        progress: tasks
+            .iter()
+            .map(|t| Mutex::new(t.as_ref().expect("task present").progress()))
+            .collect(),
+    });
+
+    let mut handles = Vec::new();
+    for (rid, (((cluster, topic), idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
+        let reader = Reader {
+            id: rid as u32,
+            cluster: config.clusters[&cluster].clone(),
+            topic: topic.clone(),
+            tasks: idx
+                .iter()
+                .map(|&i| tasks[i].take().expect("each task in one reader"))
+                .collect(),
+            deliveries: rx,
+            pool: pool.clone(),
+            shared: shared.clone(),
+        };
+        let h = std::thread::Builder::new()
+            .name(format!("kmirror-{cluster}-{topic}"))
+            .spawn(move || reader.run())
+            .expect("spawn reader thread");
+        handles.push(h);
+    }
+
+    // Checkpoint on a timer while the readers work; the last one is written after they end.
+    let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let shared = shared.clone();
+        let done_w = done.clone();
+        let plan = plan.clone();
+        let base = base.clone();
+        let interval = config.checkpoints.interval;
+        let progress_every = opts.progress_every;
+        let config = config.clone();
+        std::thread::scope(|s| {
+            let w = s.spawn(move || -> Result<(), CheckpointError> {
+                let mut last_cp = Instant::now();
+                let mut last_progress = Instant::now();
+                let mut last_acked = 0u64;
+                while !done_w.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if last_cp.elapsed() >= interval {
+                        last_cp = Instant::now();
+                        let cp = snapshot(&config, &plan, &base, &shared);
+                        store.save(&cp)?;
+                        tracing::debug!(path = %store.describe(), "checkpoint written");
+                    }
+                    if let Some(every) = progress_every {
+                        if last_progress.elapsed() >= every {
+                            let secs = last_progress.elapsed().as_secs_f64();
+                            last_progress = Instant::now();
+                            let mut total = Counts::default();
+                            for p in &shared.progress {
+                                total.add(&p.lock().expect("progress lock").counts);
+                            }
+                            let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
+                            last_acked = total.acked;
+                            tracing::info!(
+                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight)",
+                                total.read, total.acked, total.filtered, total.failed, rate,
+                                shared.in_flight() / 1024
+                            );
+                        }
+                    }
+                }
+                Ok(())
+            });
+            let finished: Vec<Vec<CopyTask>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("reader thread panicked"))
+                .collect();
+            done.store(true, Ordering::Relaxed);
+            let writer_result = w.join().expect("checkpoint thread panicked");
+            (finished, writer_result)
+        })
+    };
+    let (finished, writer_result) = writer;
+    writer_result?;
+    let mut all: Vec<CopyTask> = finished.into_iter().flatten().collect();
+    all.sort_by_key(|t| t.id);
+    for t in &all {
+        *shared.progress[t.id].lock().expect("progress lock") = t.progress();
+    }
+    let cp = snapshot(config, &plan, &base, &shared);
+    store.save(&cp)?;
+    // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
+    // the producers exit cleanly.
+    pool.flush(Duration::from_secs(1));
+
+    let mut rows = Vec::new();
+    let mut totals = Counts::default();
+    let mut halted = Vec::new();
+    let mut gaps = 0;
+    for t in &all {
+        totals.add(&t.counts);
+        gaps += t.plan.gap;
+        if let TaskStatus::Halted(why) = &t.status {
+            halted.push((t.plan.source_label(), why.clone()));
+        }
+        rows.push(SummaryRow {
+            route: t.plan.route_name.clone(),
+            source: t.plan.source_label(),
+            range: (t.plan.start, t.tracker.position()),
+            counts: t.counts,
+            target: target_written(
+                &t.plan.target_cluster,
+                &t.plan.target_topic,
+                &t.target_ranges,
+            ),
+            status: t.status.label(),
+        });
+    }
+    Ok(RunReport {
+        complete: all.iter().all(|t| t.status == TaskStatus::Done),
+        stopped: stop.load(Ordering::Relaxed),
+        rows,
+        totals,
+        halted,
+        gaps,
+        checkpoint: store.describe(),
+        elapsed: started.elapsed(),
+    })
+}
+
+fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) -> String {
+    if ranges.is_empty() {
+        return format!("{cluster}:{topic} (nothing yet)");
+    }
+    if ranges.len() == 1 {
+        let (p, [a, b]) = ranges.iter().next().expect("one range");
+        return format!("{cluster}:{topic}/{p} [{a}..={b}]");
+    }
+    format!("{cluster}:{topic} ({} partitions)", ranges.len())
+}
+
+/// The checkpoint for the current progress, on top of what was loaded (routes and
+/// partitions outside this plan are kept as they were).
+fn snapshot(config: &Config, plan: &Plan, base: &Checkpoint, shared: &Shared) -> Checkpoint {
+    let mut cp = base.clone();
+    cp.job = config.job.clone();
+    let now = value::format_ms(value::now_ms());
+    cp.written_at = now.clone();
+    for (id, t) in plan.tasks.iter().enumerate() {
+        let p = shared.progress[id].lock().expect("progress lock").clone();
+        let rc = cp
+            .routes
+            .entry(t.route_name.clone())
+            .or_insert_with(|| RouteCheckpoint {
+                source_cluster: t.source_cluster.clone(),
+                ..Default::default()
+            });
+        rc.source_cluster = t.source_cluster.clone();
+        let key = partition_key(&t.topic, t.partition);
+        let unchanged = rc
+            .partitions
+            .get(&key)
+            .is_some_and(|old| old.next_offset == p.position && old.target == p.target_ranges);
+        if unchanged {
+            continue;
+        }
+        rc.partitions.insert(
+            key,
+            PartitionCheckpoint {
+                next_offset: p.position,
+                first_offset: t.first_offset,
+                target_cluster: t.target_cluster.clone(),
+                target_topic: t.target_topic.clone(),
+                target: p.target_ranges,
+                updated_at: now.clone(),
+            },
+        );
+    }
+    cp
+}

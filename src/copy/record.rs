@@ -1,0 +1,137 @@
+//! Byte-exact access to a source record: key, value, timestamp and headers as raw bytes.
+//!
+//! rust-rdkafka's `Headers::get` turns header names into `&str` with an `unwrap`, which
+//! panics on a non-UTF-8 name; a mirror must copy such records, not crash on them. So the
+//! copy path only ever duplicates headers wholesale (`detach`, a C-level copy), and the few
+//! places that look inside headers use librdkafka's raw accessor here.
+
+use std::ffi::CStr;
+
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka_sys as rdsys;
+
+/// The header name kmirror adds to every copied record (unless `provenance = false`):
+/// `<source cluster>/<topic>/<partition>/<offset>`.
+pub const PROVENANCE_HEADER: &str = "kmirror.source";
+
+/// One header as raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawHeader<'a> {
+    pub name: &'a [u8],
+    pub value: Option<&'a [u8]>,
+}
+
+/// The headers of a consumed message, name and value as bytes, in order.
+pub fn raw_headers<'a>(msg: &'a BorrowedMessage<'_>) -> Vec<RawHeader<'a>> {
+    let mut out = Vec::new();
+    // SAFETY: the message pointer is valid for the lifetime of `msg`; librdkafka owns the
+    // header list and keeps it alive with the message, and the slices borrow from `msg`.
+    unsafe {
+        let mut hdrs: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+        if rdsys::rd_kafka_message_headers(msg.ptr(), &mut hdrs)
+            != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            || hdrs.is_null()
+        {
+            return out;
+        }
+        let mut idx = 0;
+        loop {
+            let mut name: *const std::os::raw::c_char = std::ptr::null();
+            let mut value: *const std::os::raw::c_void = std::ptr::null();
+            let mut size: usize = 0;
+            let err = rdsys::rd_kafka_header_get_all(hdrs, idx, &mut name, &mut value, &mut size);
+            if err != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                break;
+            }
+            let name = CStr::from_ptr(name).to_bytes();
+            let value =
+                (!value.is_null()).then(|| std::slice::from_raw_parts(value as *const u8, size));
+            out.push(RawHeader { name, value });
+            idx += 1;
+        }
+    }
+    out
+}
+
+/// Size the in-flight bound charges for a record: key + value + headers.
+pub fn record_bytes(msg: &BorrowedMessage<'_>) -> u32 {
+    let mut n = msg.key_len() + msg.payload_len();
+    if msg.headers().is_some() {
+        n += raw_headers(msg)
+            .iter()
+            .map(|h| h.name.len() + h.value.map_or(0, <[u8]>::len))
+            .sum::<usize>();
+    }
+    n.min(u32::MAX as usize) as u32
+}
+
+/// The provenance header value for a source record.
+pub fn provenance_value(cluster: &str, topic: &str, partition: i32, offset: i64) -> String {
+    format!("{cluster}/{topic}/{partition}/{offset}")
+}
+
+/// Parses a provenance header value back into (cluster, topic, partition, offset).
+pub fn parse_provenance(value: &[u8]) -> Option<(&str, &str, i32, i64)> {
+    let s = std::str::from_utf8(value).ok()?;
+    let mut it = s.rsplitn(3, '/');
+    let offset = it.next()?.parse().ok()?;
+    let partition = it.next()?.parse().ok()?;
+    let (cluster, topic) = it.next()?.split_once('/')?;
+    Some((cluster, topic, partition, offset))
+}
+
+/// A 64-bit digest of what a copy must preserve: key, value, timestamp and headers other
+/// than provenance. `verify` compares source and target digests, so an altered record is
+/// found, not just a missing one. (FNV-1a with length prefixes, so field boundaries count.)
+pub fn content_digest(msg: &BorrowedMessage<'_>) -> u64 {
+    let mut h = Fnv::new();
+    h.field(msg.key());
+    h.field(msg.payload());
+    h.write(&msg.timestamp().to_millis().unwrap_or(-1).to_le_bytes());
+    for hd in raw_headers(msg) {
+        if hd.name == PROVENANCE_HEADER.as_bytes() {
+            continue;
+        }
+        h.field(Some(hd.name));
+        h.field(hd.value);
+    }
+    h.0
+}
+
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Fnv(0xcbf29ce484222325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+    fn field(&mut self, v: Option<&[u8]>) {
+        match v {
+            None => self.write(&u64::MAX.to_le_bytes()),
+            Some(b) => {
+                self.write(&(b.len() as u64).to_le_bytes());
+                self.write(b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provenance_round_trip() {
+        let v = provenance_value("src-a", "orders.v2", 11, 123456789);
+        assert_eq!(
+            parse_provenance(v.as_bytes()),
+            Some(("src-a", "orders.v2", 11, 123456789))
+        );
+        assert_eq!(parse_provenance(b"garbage"), None);
+    }
+}

@@ -1,0 +1,689 @@
+//! Source partitions and their copy tasks. A copy task is one (route, source partition):
+//! its position, ack tracker, counts, in-flight bytes and end. A `Reader` owns the tasks of
+//! one source topic and the consumer that reads it by manual assignment (no group, so no
+//! rebalance and no broker-side offset expiry can touch the data path). Several routes on
+//! the same topic share one read.
+//!
+//! The loop: settle delivery reports -> pause partitions over their in-flight bound ->
+//! take a batch -> rate-limit it -> offer each record to its tasks -> produce. A record's
+//! offset is checkpointable only once the target acknowledged it (`AckTracker`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::ack_tracker::{AckTracker, Settled};
+use super::batch::{self, Event};
+use super::produce::{
+    classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
+};
+use super::record::{provenance_value, record_bytes, PROVENANCE_HEADER};
+use super::Shared;
+use crate::cluster::{self, QuietContext};
+use crate::config::{ClusterConfig, OutOfRangePolicy, Partitioning};
+use crate::counts::Counts;
+use crate::plan::{TaskEnd, TaskPlan};
+use crate::rate_limit::Limiter;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskStatus {
+    Copying,
+    /// Everything up to `end` was read; waiting for the last acknowledgements.
+    ReadDone,
+    Done,
+    /// Stopped on a record that cannot be copied, or an unrecoverable source position.
+    Halted(String),
+}
+
+impl TaskStatus {
+    pub fn label(&self) -> String {
+        match self {
+            TaskStatus::Copying => "copying".into(),
+            TaskStatus::ReadDone => "draining".into(),
+            TaskStatus::Done => "done".into(),
+            TaskStatus::Halted(why) => format!("HALTED: {why}"),
+        }
+    }
+}
+
+/// What the checkpoint writer and progress display see of a task.
+#[derive(Debug, Clone)]
+pub struct TaskProgress {
+    pub position: i64,
+    pub counts: Counts,
+    pub target_ranges: BTreeMap<i32, [i64; 2]>,
+    pub status: TaskStatus,
+    pub in_flight_bytes: u64,
+}
+
+/// One (route, source partition) copy task.
+pub struct CopyTask {
+    pub id: usize,
+    pub plan: TaskPlan,
+    pub provenance: bool,
+    pub tracker: AckTracker,
+    pub counts: Counts,
+    pub status: TaskStatus,
+    pub in_flight_bytes: u64,
+    pub generation: u32,
+    pub target_ranges: BTreeMap<i32, [i64; 2]>,
+    /// Offset the position jumps to once everything read is settled (end through a gap).
+    pub end_at: Option<i64>,
+    pub limiter: Option<Arc<Limiter>>,
+    round_robin: usize,
+}
+
+impl CopyTask {
+    pub fn new(
+        id: usize,
+        plan: TaskPlan,
+        provenance: bool,
+        target_ranges: BTreeMap<i32, [i64; 2]>,
+        limiter: Option<Arc<Limiter>>,
+    ) -> Self {
+        let mut t = CopyTask {
+            id,
+            tracker: AckTracker::new(plan.start),
+            provenance,
+            counts: Counts::default(),
+            status: TaskStatus::Copying,
+            in_flight_bytes: 0,
+            generation: 0,
+            target_ranges,
+            end_at: None,
+            limiter,
+            round_robin: plan.partition as usize,
+            plan,
+        };
+        if let TaskEnd::Offset(e) = t.plan.end {
+            if t.plan.start >= e {
+                t.status = TaskStatus::Done;
+            }
+        }
+        t
+    }
+
+    pub fn progress(&self) -> TaskProgress {
+        TaskProgress {
+            position: self.tracker.position(),
+            counts: self.counts,
+            target_ranges: self.target_ranges.clone(),
+            status: self.status.clone(),
+            in_flight_bytes: self.in_flight_bytes,
+        }
+    }
+
+    fn read_done(&mut self, end_at: i64) {
+        if self.status == TaskStatus::Copying {
+            self.status = TaskStatus::ReadDone;
+            self.end_at = Some(end_at);
+        }
+    }
+
+    /// ReadDone and nothing pending -> Done, with the position at the end.
+    fn maybe_finish(&mut self) {
+        if self.status == TaskStatus::ReadDone && self.tracker.pending() == 0 {
+            if let Some(e) = self.end_at {
+                self.tracker.advance_to(e);
+            }
+            self.status = TaskStatus::Done;
+        }
+    }
+
+    /// No more work and no more reports to wait for.
+    fn finished(&self) -> bool {
+        match self.status {
+            TaskStatus::Done => true,
+            TaskStatus::Halted(_) => self.in_flight_bytes == 0,
+            _ => false,
+        }
+    }
+
+    fn halt(&mut self, why: String) {
+        tracing::error!(
+            route = %self.plan.route_name, source = %self.plan.source_label(),
+            "partition halted: {why}; its checkpoint stays at offset {}", self.tracker.position()
+        );
+        self.status = TaskStatus::Halted(why);
+    }
+}
+
+/// Reads one source topic for every task on it.
+pub struct Reader {
+    pub id: u32,
+    pub cluster: ClusterConfig,
+    pub topic: String,
+    pub tasks: Vec<CopyTask>,
+    pub deliveries: Receiver<DeliveryReport>,
+    pub pool: Arc<ProducerPool>,
+    pub shared: Arc<Shared>,
+}
+
+struct State {
+    id: u32,
+    cluster: ClusterConfig,
+    topic: String,
+    tasks: Vec<CopyTask>,
+    by_partition: BTreeMap<i32, Vec<usize>>,
+    paused: BTreeSet<i32>,
+    deliveries: Receiver<DeliveryReport>,
+    pool: Arc<ProducerPool>,
+    producers: BTreeMap<String, (u64, Arc<TargetProducer>)>,
+    shared: Arc<Shared>,
+    needs_assign: bool,
+    backoff: Duration,
+    last_publish: Instant,
+}
+
+impl Reader {
+    /// Runs until every task is done or halted, or until stop; returns the tasks.
+    pub fn run(self) -> Vec<CopyTask> {
+        let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            by_partition.entry(t.plan.partition).or_default().push(i);
+        }
+        let producers = self
+            .tasks
+            .iter()
+            .map(|t| {
+                (
+                    t.plan.target_cluster.clone(),
+                    self.pool.get(&t.plan.target_cluster),
+                )
+            })
+            .collect();
+        let mut st = State {
+            id: self.id,
+            cluster: self.cluster,
+            topic: self.topic,
+            tasks: self.tasks,
+            by_partition,
+            paused: BTreeSet::new(),
+            deliveries: self.deliveries,
+            pool: self.pool,
+            producers,
+            shared: self.shared,
+            needs_assign: true,
+            backoff: Duration::ZERO,
+            last_publish: Instant::now(),
+        };
+        let fetch_kb = (st.shared.limits.max_in_flight_bytes_per_partition / 1024)
+            .clamp(1024, 65536)
+            .to_string();
+        let consumer = match cluster::consumer(
+            &st.cluster,
+            &[("queued.max.messages.kbytes", fetch_kb.as_str())],
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                for t in &mut st.tasks {
+                    if !t.finished() {
+                        t.halt(e.to_string());
+                    }
+                }
+                return st.tasks;
+            }
+        };
+        st.main_loop(&consumer);
+        st.drain();
+        st.publish();
+        st.tasks
+    }
+}
+
+impl State {
+    fn main_loop(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        loop {
+            self.settle_reports(Duration::ZERO);
+            self.check_producers();
+            for t in &mut self.tasks {
+                t.maybe_finish();
+            }
+            if self.last_publish.elapsed() >= Duration::from_millis(200) {
+                self.publish();
+            }
+            if self.tasks.iter().all(CopyTask::finished) || self.shared.stopping() {
+                return;
+            }
+            if !self.backoff.is_zero() {
+                let until = Instant::now() + self.backoff;
+                while Instant::now() < until && !self.shared.stopping() {
+                    self.settle_reports(Duration::from_millis(50));
+                }
+                self.backoff = Duration::ZERO;
+            }
+            if self.needs_assign {
+                self.assign(consumer);
+            }
+            self.update_pauses(consumer);
+            let reading = self.by_partition.keys().any(|p| !self.paused.contains(p));
+            if !reading || self.shared.in_flight() >= self.shared.limits.max_in_flight_bytes {
+                // Over a bound or nothing to read: wait for acknowledgements instead.
+                self.settle_reports(Duration::from_millis(20));
+                continue;
+            }
+            let max_records = self
+                .tasks
+                .iter()
+                .filter_map(|t| t.limiter.as_ref().map(|l| l.max_batch()))
+                .chain(self.shared.limiter.as_ref().map(|l| l.max_batch()))
+                .min()
+                .unwrap_or(usize::MAX)
+                .min(2000);
+            let b = batch::collect(consumer, max_records, 4 << 20, Duration::from_millis(50));
+            if b.records > 0 && !self.rate_limit(&b) {
+                return; // stop raised while waiting: the batch is not read
+            }
+            for ev in b.events {
+                match ev {
+                    Event::Record(m) => self.offer(&m),
+                    Event::Eof(p) => self.on_eof(p),
+                    Event::Error(e) => self.on_consume_error(consumer, e),
+                }
+            }
+        }
+    }
+
+    fn rate_limit(&self, b: &batch::Batch<'_>) -> bool {
+        let mut per_route: BTreeMap<usize, (u64, Arc<Limiter>)> = BTreeMap::new();
+        for t in &self.tasks {
+            if let (Some(l), TaskStatus::Copying) = (&t.limiter, &t.status) {
+                per_route.entry(t.plan.route).or_insert((0, l.clone()));
+            }
+        }
+        if per_route.is_empty() && self.shared.limiter.is_none() {
+            return true;
+        }
+        for (route, (_, l)) in &per_route {
+            let (n, bytes) = b.events.iter().fold((0u64, 0u64), |(n, by), e| match e {
+                Event::Record(m)
+                    if self.by_partition.get(&m.partition()).is_some_and(|ts| {
+                        ts.iter().any(|&i| self.tasks[i].plan.route == *route)
+                    }) =>
+                {
+                    (n + 1, by + (m.key_len() + m.payload_len()) as u64)
+                }
+                _ => (n, by),
+            });
+            if n > 0 && !l.acquire(n, bytes, &self.shared.stop) {
+                return false;
+            }
+        }
+        match &self.shared.limiter {
+            Some(l) => l.acquire(b.records as u64, b.bytes, &self.shared.stop),
+            None => true,
+        }
+    }
+
+    /// (Re)assigns every partition that still has reading to do, at the lowest position of
+    /// its tasks. Tasks further ahead skip what they already have.
+    fn assign(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        let mut tpl = TopicPartitionList::new();
+        for (p, idx) in &self.by_partition {
+            let from = idx
+                .iter()
+                .map(|&i| &self.tasks[i])
+                .filter(|t| t.status == TaskStatus::Copying)
+                .map(|t| t.tracker.next_offset())
+                .min();
+            if let Some(from) = from {
+                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(from))
+                    .expect("valid partition offset");
+            }
+        }
+        if let Err(e) = consumer.assign(&tpl) {
+            tracing::warn!(cluster = %self.cluster.name, topic = %self.topic, "assign failed, retrying: {e}");
+            self.backoff = Duration::from_millis(500);
+            return;
+        }
+        self.paused.clear();
+        self.needs_assign = false;
+    }
+
+    fn update_pauses(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        let per_partition = self.shared.limits.max_in_flight_bytes_per_partition;
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        for (p, idx) in &self.by_partition {
+            let tasks = idx.iter().map(|&i| &self.tasks[i]);
+            let any_copying = tasks.clone().any(|t| t.status == TaskStatus::Copying);
+            let in_flight: u64 = tasks.map(|t| t.in_flight_bytes).sum();
+            let want = !any_copying || in_flight >= per_partition;
+            let is = self.paused.contains(p);
+            if want && !is {
+                pause.add_partition(&self.topic, *p);
+                self.paused.insert(*p);
+            } else if !want && is {
+                resume.add_partition(&self.topic, *p);
+                self.paused.remove(p);
+            }
+        }
+        if pause.count() > 0 {
+            let _ = consumer.pause(&pause);
+        }
+        if resume.count() > 0 {
+            let _ = consumer.resume(&resume);
+        }
+    }
+
+    fn offer(&mut self, m: &BorrowedMessage<'_>) {
+        let Some(idx) = self.by_partition.get(&m.partition()) else {
+            return;
+        };
+        let offset = m.offset();
+        let mut bytes = None;
+        for i in idx.clone() {
+            let t = &mut self.tasks[i];
+            if t.status != TaskStatus::Copying || offset < t.tracker.next_offset() {
+                continue; // finished, or already read before a re-assign
+            }
+            match t.plan.end {
+                TaskEnd::Offset(e) if offset >= e => {
+                    t.read_done(e);
+                    continue;
+                }
+                TaskEnd::Timestamp(ts) if m.timestamp().to_millis().is_some_and(|x| x >= ts) => {
+                    t.read_done(offset);
+                    continue;
+                }
+                _ => {}
+            }
+            let size = *bytes.get_or_insert_with(|| record_bytes(m));
+            t.counts.read += 1;
+            self.produce(i, m, size);
+        }
+    }
+
+    fn produce(&mut self, i: usize, m: &BorrowedMessage<'_>, size: u32) {
+        let t = &self.tasks[i];
+        let offset = m.offset();
+        let partition = match t.plan.partitioning {
+            Partitioning::Preserve => Some(t.plan.partition),
+            Partitioning::Key => None, // librdkafka's murmur2_random, as Java clients place keys
+            Partitioning::RoundRobin => {
+                let n = t.plan.target_partitions.max(1);
+                Some((t.round_robin % n) as i32)
+            }
+        };
+        let mut headers: Option<OwnedHeaders> = m.headers().map(|h| h.detach());
+        let prov;
+        if t.provenance {
+            prov = provenance_value(
+                &t.plan.source_cluster,
+                &t.plan.topic,
+                t.plan.partition,
+                offset,
+            );
+            headers = Some(
+                headers
+                    .unwrap_or_else(|| OwnedHeaders::new_with_capacity(1))
+                    .insert(Header {
+                        key: PROVENANCE_HEADER,
+                        value: Some(prov.as_bytes()),
+                    }),
+            );
+        }
+        let inflight = Box::new(InFlight {
+            reader: self.id,
+            task: i as u32,
+            generation: t.generation,
+            offset,
+            bytes: size,
+        });
+        let producer = self.producers[&t.plan.target_cluster].1.clone();
+        let topic = t.plan.target_topic.clone();
+        let mut record = BaseRecord::with_opaque_to(&topic, inflight);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = m.key() {
+            record = record.key(k);
+        }
+        if let Some(v) = m.payload() {
+            record = record.payload(v);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        if let Some(ts) = m.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => {
+                    let t = &mut self.tasks[i];
+                    t.tracker.push(offset, Settled::Pending, size);
+                    t.counts.produced += 1;
+                    t.in_flight_bytes += size as u64;
+                    t.round_robin = t.round_robin.wrapping_add(1);
+                    self.shared
+                        .in_flight_bytes
+                        .fetch_add(size as u64, Ordering::Relaxed);
+                    return;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.settle_reports(Duration::from_millis(5));
+                }
+                Err((e, _)) => {
+                    let t = &mut self.tasks[i];
+                    t.counts.failed += 1;
+                    let why = format!(
+                        "record at offset {offset} cannot be produced to {}:{}: {e}",
+                        t.plan.target_cluster, t.plan.target_topic
+                    );
+                    t.halt(why);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_eof(&mut self, p: i32) {
+        let now = crate::config::value::now_ms();
+        for &i in self.by_partition.get(&p).into_iter().flatten() {
+            let t = &mut self.tasks[i];
+            match t.plan.end {
+                // At EOF the fetch position is the current high watermark, which is at or
+                // past the snapshot taken at plan time: nothing below `e` is left unread.
+                TaskEnd::Offset(e) if e <= t.plan.high => t.read_done(e),
+                TaskEnd::Timestamp(ts) if now >= ts => {
+                    let at = t.tracker.next_offset();
+                    t.read_done(at)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn on_consume_error(&mut self, consumer: &BaseConsumer<QuietContext>, e: KafkaError) {
+        let code = e.rdkafka_error_code();
+        if !matches!(
+            code,
+            Some(RDKafkaErrorCode::AutoOffsetReset) | Some(RDKafkaErrorCode::OffsetOutOfRange)
+        ) {
+            tracing::debug!(cluster = %self.cluster.name, topic = %self.topic, "consume error (librdkafka retries): {e}");
+            return;
+        }
+        // librdkafka does not say which partition; find the ones outside the retained range.
+        let timeout = Duration::from_secs(10);
+        for (p, idx) in self.by_partition.clone() {
+            let Ok((low, high)) =
+                cluster::watermarks(consumer, &self.cluster.name, &self.topic, p, timeout)
+            else {
+                continue;
+            };
+            for i in idx {
+                let t = &mut self.tasks[i];
+                let next = t.tracker.next_offset();
+                if t.status != TaskStatus::Copying || (next >= low && next <= high) {
+                    continue;
+                }
+                if next > high {
+                    t.halt(format!(
+                        "source position {next} is beyond the high watermark {high} (the log was truncated?)"
+                    ));
+                    continue;
+                }
+                let gap = low - next;
+                match t.plan.on_offset_out_of_range {
+                    OutOfRangePolicy::Fail => t.halt(format!(
+                        "offset {next} is out of range: retention deleted {gap} records (offsets {next}..{low}) before they were copied; set on_offset_out_of_range = \"earliest\" to accept the gap"
+                    )),
+                    OutOfRangePolicy::Earliest => {
+                        tracing::error!(
+                            route = %t.plan.route_name, source = %t.plan.source_label(),
+                            "GAP: retention deleted {gap} records (offsets {next}..{low}) before they were copied; continuing from {low}"
+                        );
+                        t.plan.gap += gap;
+                        t.tracker.advance_to(low);
+                        self.needs_assign = true;
+                    }
+                }
+            }
+        }
+        self.needs_assign = true;
+    }
+
+    /// Settles delivery reports; waits up to `wait` for the first one.
+    fn settle_reports(&mut self, wait: Duration) {
+        let first = if wait.is_zero() {
+            self.deliveries.try_recv().ok()
+        } else {
+            self.deliveries.recv_timeout(wait).ok()
+        };
+        let Some(first) = first else { return };
+        self.on_report(first);
+        while let Ok(r) = self.deliveries.try_recv() {
+            self.on_report(r);
+        }
+    }
+
+    fn on_report(&mut self, r: DeliveryReport) {
+        let inf = r.inflight;
+        let i = inf.task as usize;
+        let t = &mut self.tasks[i];
+        t.in_flight_bytes -= inf.bytes as u64;
+        self.shared
+            .in_flight_bytes
+            .fetch_sub(inf.bytes as u64, Ordering::Relaxed);
+        if inf.generation != t.generation {
+            return; // from before a rewind: the record is being copied again
+        }
+        match r.result {
+            Ok((tp, toff)) => {
+                if t.tracker.settle(inf.offset, Settled::Acked).is_some() {
+                    t.counts.acked += 1;
+                    let range = t.target_ranges.entry(tp).or_insert([toff, toff]);
+                    range[0] = range[0].min(toff);
+                    range[1] = range[1].max(toff);
+                }
+            }
+            Err(e) => {
+                let target = t.plan.target_cluster.clone();
+                let kind = classify(&e, self.pool.is_fatal(&target));
+                match kind {
+                    FailureKind::Permanent => {
+                        let t = &mut self.tasks[i];
+                        if t.status == TaskStatus::Copying || t.status == TaskStatus::ReadDone {
+                            t.counts.failed += 1;
+                            let why = format!(
+                                "record at offset {} refused by {}:{}: {e}",
+                                inf.offset, t.plan.target_cluster, t.plan.target_topic
+                            );
+                            t.halt(why);
+                        }
+                    }
+                    FailureKind::Retriable => {
+                        let t = &self.tasks[i];
+                        tracing::warn!(
+                            route = %t.plan.route_name, source = %t.plan.source_label(),
+                            "delivery of offset {} to {} failed ({e}); retrying from offset {}",
+                            inf.offset, t.plan.target_label(), t.tracker.position()
+                        );
+                        self.rewind(i);
+                        self.backoff = (self.backoff * 2)
+                            .clamp(Duration::from_millis(200), Duration::from_secs(5));
+                    }
+                    FailureKind::Fatal => {
+                        let seen = self.producers[&target].0;
+                        match self.pool.recreate(&target, seen) {
+                            Ok(p) => {
+                                self.producers.insert(target.clone(), p);
+                            }
+                            Err(e) => tracing::error!("{e}"),
+                        }
+                        self.rewind_target(&target);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The producer for a target was recreated (by any reader): everything this reader had
+    /// in flight there is lost with the old instance, so resume from the positions.
+    fn check_producers(&mut self) {
+        let targets: Vec<String> = self.producers.keys().cloned().collect();
+        for target in targets {
+            let gen = self.pool.generation(&target);
+            if gen != self.producers[&target].0 {
+                self.producers
+                    .insert(target.clone(), self.pool.get(&target));
+                self.rewind_target(&target);
+            }
+        }
+    }
+
+    fn rewind_target(&mut self, target: &str) {
+        for i in 0..self.tasks.len() {
+            if self.tasks[i].plan.target_cluster == target {
+                self.rewind(i);
+            }
+        }
+    }
+
+    /// Forgets everything at or above the task's position so it is read and produced again.
+    fn rewind(&mut self, i: usize) {
+        let t = &mut self.tasks[i];
+        if matches!(t.status, TaskStatus::Done | TaskStatus::Halted(_)) {
+            return;
+        }
+        t.generation = t.generation.wrapping_add(1);
+        let (dropped, _) = t.tracker.rewind();
+        for s in dropped {
+            t.counts.unread(s);
+        }
+        t.status = TaskStatus::Copying;
+        t.end_at = None;
+        self.needs_assign = true;
+    }
+
+    /// After stop: wait (bounded) for what is in flight, so it can be checkpointed.
+    fn drain(&mut self) {
+        let deadline = Instant::now() + self.shared.shutdown_timeout;
+        while self.tasks.iter().any(|t| t.in_flight_bytes > 0) && Instant::now() < deadline {
+            self.settle_reports(Duration::from_millis(50));
+            for t in &mut self.tasks {
+                t.maybe_finish();
+            }
+        }
+        for t in &mut self.tasks {
+            t.maybe_finish();
+        }
+    }
+
+    fn publish(&mut self) {
+        self.last_publish = Instant::now();
+        for t in &self.tasks {
+            *self.shared.progress[t.id].lock().expect("progress lock") = t.progress();
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! kmirror: mirror Kafka topics from one cluster to another with checkpointed progress,
+//! rate limits and verification counts, driven by a TOML routing file.
+//!
+//! Where things are:
+//! - `config`: the routing file (parse, check, positions in errors);
+//! - `cluster`: connections, bounded lookups; `plan`: tasks with resolved offsets;
+//! - `copy`: the copy path (source partition -> batch -> produce -> ack tracker);
+//! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
+//! - `verify`: record-by-record comparison of source and target;
+//! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
+//! - `error`: exit codes.
+
+pub mod checkpoint;
+pub mod cluster;
+pub mod config;
+pub mod copy;
+pub mod counts;
+pub mod demo;
+pub mod dev_cluster;
+pub mod error;
+pub mod plan;
+pub mod rate_limit;
+pub mod verify;

@@ -1,0 +1,371 @@
+//! The plan: every (route, source partition) copy task with its target topic and partition,
+//! resolved start and end offsets and a record estimate. Built by connecting to the clusters
+//! (bounded by `run.connect_timeout`); `check` prints it and `run` executes it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use rdkafka::consumer::BaseConsumer;
+
+use crate::checkpoint::Checkpoint;
+use crate::cluster::{self, ClusterError, QuietContext};
+use crate::config::{value, Config, EndPosition, OutOfRangePolicy, Partitioning, StartPosition};
+
+/// Where a task starts, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartFrom {
+    Checkpoint,
+    Config,
+}
+
+/// Where a task stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEnd {
+    None,
+    /// Stop before this offset. `snapshot` is the high watermark seen at plan time.
+    Offset(i64),
+    /// Stop at the first record with a timestamp at or after this (ms since epoch).
+    Timestamp(i64),
+}
+
+#[derive(Debug, Clone)]
+pub struct TaskPlan {
+    pub route: usize,
+    pub route_name: String,
+    pub source_cluster: String,
+    pub topic: String,
+    pub partition: i32,
+    pub target_cluster: String,
+    pub target_topic: String,
+    /// Partition count of the target topic.
+    pub target_partitions: usize,
+    pub partitioning: Partitioning,
+    /// Watermarks at plan time.
+    pub low: i64,
+    pub high: i64,
+    pub start: i64,
+    pub start_from: StartFrom,
+    /// Where this job's copy of the partition began (kept across runs for `verify`).
+    pub first_offset: i64,
+    pub end: TaskEnd,
+    /// Records deleted by retention between the checkpoint and the earliest retained offset
+    /// (only with on_offset_out_of_range = "earliest").
+    pub gap: i64,
+    pub on_offset_out_of_range: OutOfRangePolicy,
+    /// Add the provenance header to copied records.
+    pub provenance: bool,
+}
+
+impl TaskPlan {
+    /// The target partition for `preserve`.
+    pub fn preserved_partition(&self) -> Option<i32> {
+        (self.partitioning == Partitioning::Preserve).then_some(self.partition)
+    }
+
+    /// Offsets to copy, when known: an upper bound on records (gaps make it smaller).
+    pub fn estimate(&self) -> Option<i64> {
+        match self.end {
+            TaskEnd::Offset(e) => Some((e - self.start).max(0)),
+            _ => None,
+        }
+    }
+
+    pub fn source_label(&self) -> String {
+        format!("{}:{}/{}", self.source_cluster, self.topic, self.partition)
+    }
+
+    pub fn target_label(&self) -> String {
+        match self.preserved_partition() {
+            Some(p) => format!("{}:{}/{}", self.target_cluster, self.target_topic, p),
+            None => format!(
+                "{}:{}/{}",
+                self.target_cluster, self.target_topic, self.partitioning
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub tasks: Vec<TaskPlan>,
+    /// Target topics created by this plan (create_target_topics).
+    pub created_topics: Vec<(String, String)>,
+}
+
+/// How planning treats missing target topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateTopics {
+    /// Create them where `create_target_topics` says so.
+    AsConfigured,
+    /// Only report what would be created (used by `check --dry-run`).
+    Never,
+}
+
+/// Connects and resolves the plan.
+pub fn build(
+    config: &Config,
+    checkpoint: Option<&Checkpoint>,
+    create: CreateTopics,
+) -> Result<Plan, ClusterError> {
+    let timeout = config.run.connect_timeout;
+    let mut consumers: BTreeMap<String, BaseConsumer<QuietContext>> = BTreeMap::new();
+    let mut metadata = BTreeMap::new();
+    let needed: BTreeSet<&str> = config
+        .routes
+        .iter()
+        .flat_map(|r| [r.source.as_str(), r.target.as_str()])
+        .collect();
+    for name in needed {
+        let c = &config.clusters[name];
+        let consumer = cluster::consumer(c, &[])?;
+        let md = cluster::metadata(&consumer, c, None, timeout)?;
+        let topics: BTreeMap<String, usize> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| (t.name().to_string(), t.partitions().len()))
+            .collect();
+        metadata.insert(name.to_string(), topics);
+        consumers.insert(name.to_string(), consumer);
+    }
+
+    let mut tasks = Vec::new();
+    let mut created = Vec::new();
+    let now = value::now_ms();
+    for (ri, route) in config.routes.iter().enumerate() {
+        let src = &config.clusters[&route.source];
+        let dst = &config.clusters[&route.target];
+        let src_topics = metadata[&route.source].clone();
+        let mut topics: Vec<String> = Vec::new();
+        for t in &route.topics {
+            if !src_topics.contains_key(t) {
+                return Err(ClusterError::TopicMissing {
+                    cluster: route.source.clone(),
+                    topic: t.clone(),
+                    hint: format!(" (route \"{}\" reads it)", route.name),
+                });
+            }
+            topics.push(t.clone());
+        }
+        if let Some(re) = &route.topic_regex {
+            let matched: Vec<&String> = src_topics
+                .keys()
+                .filter(|t| !t.starts_with("__") && re.is_match(t))
+                .collect();
+            if matched.is_empty() {
+                let shown = re
+                    .as_str()
+                    .trim_start_matches("^(?:")
+                    .trim_end_matches(")$");
+                return Err(ClusterError::RegexMatchesNothing {
+                    route: route.name.clone(),
+                    cluster: route.source.clone(),
+                    regex: shown.to_string(),
+                });
+            }
+            for t in matched {
+                if !topics.contains(t) {
+                    topics.push(t.clone());
+                }
+            }
+        }
+        for topic in topics {
+            let partitions = src_topics[&topic];
+            let target_topic = route
+                .target_topic
+                .render(&topic, &route.source, &route.name);
+            if !crate::config::valid_topic(&target_topic) {
+                return Err(ClusterError::TopicMissing {
+                    cluster: route.target.clone(),
+                    topic: target_topic,
+                    hint: format!(
+                        " and is not a valid topic name (route \"{}\" target_topic)",
+                        route.name
+                    ),
+                });
+            }
+            let target_partitions = match metadata[&route.target].get(&target_topic) {
+                Some(n) => *n,
+                None if route.create_target_topics && create == CreateTopics::AsConfigured => {
+                    cluster::create_topic(dst, &target_topic, partitions as i32, timeout)?;
+                    created.push((route.target.clone(), target_topic.clone()));
+                    metadata
+                        .get_mut(&route.target)
+                        .expect("target metadata fetched")
+                        .insert(target_topic.clone(), partitions);
+                    partitions
+                }
+                None if route.create_target_topics => partitions,
+                None => {
+                    return Err(ClusterError::TopicMissing {
+                        cluster: route.target.clone(),
+                        topic: target_topic,
+                        hint: format!(
+                            " (route \"{}\" writes to it; create it with {} partitions, or set create_target_topics = true)",
+                            route.name, partitions
+                        ),
+                    })
+                }
+            };
+            if route.partitioning == Partitioning::Preserve && target_partitions < partitions {
+                return Err(ClusterError::TargetTooSmall {
+                    route: route.name.clone(),
+                    cluster: route.target.clone(),
+                    topic: target_topic,
+                    have: target_partitions,
+                    need: partitions,
+                });
+            }
+            let consumer = &consumers[&route.source];
+            for p in 0..partitions as i32 {
+                let (low, high) = cluster::watermarks(consumer, &route.source, &topic, p, timeout)?;
+                let cp = checkpoint.and_then(|c| c.get(&route.name, &topic, p));
+                let (mut start, start_from) = match cp {
+                    Some(cp) => (cp.next_offset, StartFrom::Checkpoint),
+                    None => {
+                        let s = match &route.start {
+                            StartPosition::Earliest => low,
+                            StartPosition::Latest => high,
+                            StartPosition::Offset(o) => *o,
+                            StartPosition::Timestamp(ts) => cluster::offset_for_time(
+                                consumer,
+                                src,
+                                &topic,
+                                p,
+                                *ts,
+                                (low, high),
+                                timeout,
+                            )?,
+                            StartPosition::Ago(d) => {
+                                let ts = now - d.as_millis() as i64;
+                                cluster::offset_for_time(
+                                    consumer,
+                                    src,
+                                    &topic,
+                                    p,
+                                    ts,
+                                    (low, high),
+                                    timeout,
+                                )?
+                            }
+                        };
+                        (s, StartFrom::Config)
+                    }
+                };
+                let mut gap = 0;
+                if start < low {
+                    match route.on_offset_out_of_range {
+                        OutOfRangePolicy::Fail => {
+                            return Err(ClusterError::OffsetOutOfRange {
+                                route: route.name.clone(),
+                                cluster: route.source.clone(),
+                                topic: topic.clone(),
+                                partition: p,
+                                offset: start,
+                                low,
+                                gap: low - start,
+                            })
+                        }
+                        OutOfRangePolicy::Earliest => {
+                            gap = low - start;
+                            tracing::error!(
+                                route = %route.name, cluster = %route.source, topic = %topic, partition = p,
+                                "GAP: resume offset {start} is below the earliest retained offset {low}; {gap} records were deleted by retention before they were copied; continuing from {low} (on_offset_out_of_range = \"earliest\")"
+                            );
+                            start = low;
+                        }
+                    }
+                }
+                if start > high && start_from == StartFrom::Config {
+                    // An explicit offset beyond the log: librdkafka would answer out-of-range.
+                    return Err(ClusterError::Lookup {
+                        cluster: route.source.clone(),
+                        topic: topic.clone(),
+                        partition: p,
+                        what: format!("start offset {start}"),
+                        detail: format!("it is beyond the high watermark {high}"),
+                    });
+                }
+                let end = match route.end {
+                    EndPosition::None => TaskEnd::None,
+                    EndPosition::Snapshot => TaskEnd::Offset(high),
+                    EndPosition::Offset(o) => TaskEnd::Offset(o),
+                    EndPosition::Timestamp(t) => TaskEnd::Timestamp(t),
+                };
+                let first_offset = cp.map(|c| c.first_offset).unwrap_or(start);
+                tasks.push(TaskPlan {
+                    route: ri,
+                    route_name: route.name.clone(),
+                    source_cluster: route.source.clone(),
+                    topic: topic.clone(),
+                    partition: p,
+                    target_cluster: route.target.clone(),
+                    target_topic: target_topic.clone(),
+                    target_partitions,
+                    partitioning: route.partitioning,
+                    low,
+                    high,
+                    start,
+                    start_from,
+                    first_offset,
+                    end,
+                    gap,
+                    on_offset_out_of_range: route.on_offset_out_of_range,
+                    provenance: route.provenance,
+                });
+            }
+        }
+    }
+    Ok(Plan {
+        tasks,
+        created_topics: created,
+    })
+}
+
+impl Plan {
+    /// The table `kmirror check` prints.
+    pub fn render(&self) -> String {
+        let headers = ["route", "source", "target", "start", "end", "estimate"];
+        let rows: Vec<Vec<String>> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.route_name.clone(),
+                    t.source_label(),
+                    t.target_label(),
+                    format!(
+                        "{}{}",
+                        t.start,
+                        if t.start_from == StartFrom::Checkpoint {
+                            " (checkpoint)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    match t.end {
+                        TaskEnd::None => "follow".into(),
+                        TaskEnd::Offset(o) => o.to_string(),
+                        TaskEnd::Timestamp(ts) => value::format_ms(ts),
+                    },
+                    match t.estimate() {
+                        Some(n) => format!("<= {n}"),
+                        None => format!("{} now, then live", (t.high - t.start).max(0)),
+                    },
+                ]
+            })
+            .collect();
+        let mut out = crate::counts::render_table(&headers, &rows);
+        let total: i64 = self.tasks.iter().filter_map(|t| t.estimate()).sum();
+        let _ = writeln!(
+            out,
+            "{} partition tasks; at most {} records to copy to a fixed end (offsets, so gaps make it fewer)",
+            self.tasks.len(),
+            total
+        );
+        for (c, t) in &self.created_topics {
+            let _ = writeln!(out, "created target topic {c}:{t}");
+        }
+        out
+    }
+}
