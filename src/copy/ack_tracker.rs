@@ -58,6 +58,10 @@ impl AckTracker {
         );
         self.next = offset + 1;
         if state == Settled::Pending {
+            if self.entries.is_empty() {
+                // Offsets between the old position and this one do not exist (a gap).
+                self.committed = offset;
+            }
             self.pending += 1;
             self.entries.push_back(Entry {
                 offset,
