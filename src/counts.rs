@@ -59,15 +59,19 @@ impl Counts {
     pub fn unread(&mut self, s: Settled) {
         self.read -= 1;
         self.retried += 1;
+        // `produced` is informational (records handed to a producer, target or dead-letter).
         match s {
-            Settled::Pending => self.produced -= 1,
+            Settled::Pending => self.produced = self.produced.saturating_sub(1),
             Settled::Acked => {
                 self.acked -= 1;
-                self.produced -= 1;
+                self.produced = self.produced.saturating_sub(1);
             }
             Settled::Filtered => self.filtered -= 1,
             Settled::Failed => self.failed -= 1,
-            Settled::DeadLettered => self.dead_lettered -= 1,
+            Settled::DeadLettered => {
+                self.dead_lettered -= 1;
+                self.produced = self.produced.saturating_sub(1);
+            }
             Settled::Skipped => self.skipped -= 1,
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::checkpoint::FileStore;
 use crate::config::{value, Config};
 use crate::copy::{self, RunOptions};
-use crate::dev_cluster::{seed_orders, DevClusters};
+use crate::dev_cluster::{produce_one, seed_orders, DevClusters};
 use crate::verify;
 
 /// The routing file the demo runs, shipped as `config/demo.toml`.
@@ -33,7 +33,11 @@ pub enum DemoError {
 /// Runs the demo; returns whether the run completed and verification matched.
 pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError> {
     let partitions = 6;
-    let _ = writeln!(out, "kmirror demo: starting two in-memory Kafka-protocol clusters (librdkafka mock, 3 brokers each)");
+    let _ = writeln!(out, "kmirror demo: tenant acme's orders went to the wrong cluster; move exactly those, prove it");
+    let _ = writeln!(
+        out,
+        "starting two in-memory Kafka-protocol clusters (librdkafka mock, 3 brokers each)"
+    );
     let clusters = DevClusters::start(2, 3, &[("orders".to_string(), partitions)])
         .map_err(DemoError::Clusters)?;
     let (source, target) = (
@@ -56,6 +60,22 @@ pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError
         value::now_ms() - 3_600_000,
     )
     .map_err(DemoError::Clusters)?;
+    // The incident: one producer wrote a truncated JSON document for acme.
+    produce_one(
+        &source,
+        "orders",
+        2,
+        b"customer-42",
+        br#"{"tenant_id":"acme","order_id":"#,
+    )
+    .map_err(DemoError::Clusters)?;
+    let _ = writeln!(
+        out,
+        "  + 1 poison record (truncated JSON) at wrong-cluster:orders/2"
+    );
+    clusters
+        .create_topic(1, "orders.dlq", 1)
+        .map_err(DemoError::Clusters)?;
 
     let dir = std::env::temp_dir().join(format!("kmirror-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
@@ -92,7 +112,13 @@ pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError
     let _ = writeln!(out, "verifying: reading both sides record by record");
     let v = verify::verify(&config, &store, None, true)?;
     let _ = writeln!(out, "{}", v.table());
-    let ok = report.complete && v.ok();
+    let t = &report.totals;
+    let _ = writeln!(
+        out,
+        "migration: read {} records on wrong-cluster:orders; copied {} of tenant acme to right-cluster:orders; left {} of other tenants alone (filtered); dead-lettered {} poison record(s) to right-cluster:orders.dlq; failed {}",
+        t.read, t.acked, t.filtered, t.dead_lettered, t.failed
+    );
+    let ok = report.complete && v.ok() && t.dead_lettered == 1 && t.failed == 0;
     let _ = writeln!(
         out,
         "{}",

@@ -229,7 +229,8 @@ pub fn seed_orders(
         .map_err(|e| e.to_string())?;
     for i in 0..count {
         let key = format!("customer-{}", i % 997);
-        let tenant = TENANTS[(i % 4) as usize];
+        // Interleaved pseudo-randomly, so every partition holds every tenant.
+        let tenant = TENANTS[((i.wrapping_mul(2_654_435_761) >> 7) % 4) as usize];
         let payload = format!(
             "{{\"tenant_id\":\"{tenant}\",\"order_id\":{i},\"amount\":{}.{:02},\"meta\":{{\"region\":\"{}\"}}}}",
             (i * 7) % 500,
@@ -266,4 +267,31 @@ pub fn seed_orders(
     producer
         .flush(Duration::from_secs(60))
         .map_err(|e| format!("seeding {topic}: {e}"))
+}
+
+/// Produces one record (e.g. a poison payload) to `topic`/`partition` and waits for the ack.
+pub fn produce_one(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<(), String> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| e.to_string())?;
+    producer
+        .send(
+            BaseRecord::to(topic)
+                .partition(partition)
+                .key(key)
+                .payload(payload),
+        )
+        .map_err(|(e, _)| e.to_string())?;
+    producer
+        .flush(Duration::from_secs(30))
+        .map_err(|e| e.to_string())
 }

@@ -113,7 +113,11 @@ pub fn build(
     let needed: BTreeSet<&str> = config
         .routes
         .iter()
-        .flat_map(|r| [r.source.as_str(), r.target.as_str()])
+        .flat_map(|r| {
+            [r.source.as_str(), r.target.as_str()]
+                .into_iter()
+                .chain(r.dead_letter.as_ref().map(|d| d.cluster.as_str()))
+        })
         .collect();
     for name in needed {
         let c = &config.clusters[name];
@@ -133,6 +137,24 @@ pub fn build(
     let mut created = Vec::new();
     let now = value::now_ms();
     for (ri, route) in config.routes.iter().enumerate() {
+        if let Some(dl) = &route.dead_letter {
+            if !metadata[&dl.cluster].contains_key(&dl.topic) {
+                if route.create_target_topics && create == CreateTopics::AsConfigured {
+                    cluster::create_topic(&config.clusters[&dl.cluster], &dl.topic, 1, timeout)?;
+                    created.push((dl.cluster.clone(), dl.topic.clone()));
+                    metadata
+                        .get_mut(&dl.cluster)
+                        .expect("fetched")
+                        .insert(dl.topic.clone(), 1);
+                } else if !route.create_target_topics {
+                    return Err(ClusterError::TopicMissing {
+                        cluster: dl.cluster.clone(),
+                        topic: dl.topic.clone(),
+                        hint: format!(" (route \"{}\" dead-letters to it; create it, or set create_target_topics = true)", route.name),
+                    });
+                }
+            }
+        }
         let src = &config.clusters[&route.source];
         let dst = &config.clusters[&route.target];
         let src_topics = metadata[&route.source].clone();

@@ -7,7 +7,7 @@
 //! the comparison finds missing, duplicated and altered records (by content digest), not
 //! just unequal counts. Without them, counts are compared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -17,8 +17,12 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::checkpoint::{parse_partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
-use crate::config::{ClusterConfig, Config};
-use crate::copy::record::{content_digest, parse_provenance, raw_headers, PROVENANCE_HEADER};
+use crate::config::{ClusterConfig, Config, ErrorAction, RouteConfig};
+use crate::copy::filter::{Outcome, RecordView};
+use crate::copy::record::{
+    content_digest, parse_provenance, raw_headers, record_bytes, DLQ_ROUTE_HEADER,
+    DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+};
 use crate::counts::render_table;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,12 @@ pub struct VerifyRow {
     pub source_records: u64,
     pub target: String,
     pub target_records: u64,
+    /// Source records the route's filter leaves out (not expected on the target).
+    pub filtered: u64,
+    /// Source records found in the dead-letter topic instead of the target.
+    pub dead_lettered: u64,
+    /// Poison records a route with on_error = "skip" leaves out.
+    pub skipped: u64,
     pub missing: u64,
     pub duplicates: u64,
     pub altered: u64,
@@ -48,11 +58,7 @@ pub struct VerifyRow {
 
 impl VerifyRow {
     pub fn matches(&self, fail_on_duplicates: bool) -> bool {
-        if self.by_content {
-            self.missing == 0 && self.altered == 0 && (!fail_on_duplicates || self.duplicates == 0)
-        } else {
-            self.source_records == self.target_records
-        }
+        self.missing == 0 && self.altered == 0 && (!fail_on_duplicates || self.duplicates == 0)
     }
 }
 
@@ -73,6 +79,9 @@ impl VerifyReport {
             "source",
             "range",
             "source records",
+            "filtered",
+            "dead-lettered",
+            "skipped",
             "target",
             "target records",
             "missing",
@@ -89,6 +98,9 @@ impl VerifyReport {
                     r.source.clone(),
                     format!("[{}, {})", r.source_range.0, r.source_range.1),
                     r.source_records.to_string(),
+                    r.filtered.to_string(),
+                    r.dead_lettered.to_string(),
+                    r.skipped.to_string(),
                     r.target.clone(),
                     r.target_records.to_string(),
                     r.missing.to_string(),
@@ -212,6 +224,75 @@ fn lookup(cluster: &ClusterConfig, topic: &str, partition: i32, e: KafkaError) -
     }
 }
 
+enum Decision {
+    Copy,
+    Filtered,
+    Poison,
+}
+
+/// What the route does with a source record: the same validation and filter as the copy path.
+fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
+    if r.validate.is_empty() && r.filter.is_none() {
+        return Decision::Copy;
+    }
+    let view = RecordView::new(
+        m.key(),
+        m.payload(),
+        m.timestamp().to_millis(),
+        raw_headers(m),
+    );
+    if r.validate.check(&view, record_bytes(m) as u64).is_err() {
+        return Decision::Poison;
+    }
+    match r.filter.as_ref().map(|f| f.evaluate(&view)) {
+        None | Some(Outcome::Pass) => Decision::Copy,
+        Some(Outcome::Drop) => Decision::Filtered,
+        Some(Outcome::Invalid(_)) => Decision::Poison,
+    }
+}
+
+fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m str, &'m str, i32, i64)> {
+    let hdrs = raw_headers(m);
+    let prov = hdrs
+        .iter()
+        .rev()
+        .find(|h| h.name == PROVENANCE_HEADER.as_bytes())?;
+    parse_provenance(prov.value?)
+}
+
+/// Source offsets (by source topic and partition) that `route` wrote to its dead-letter
+/// topic, read from the whole topic (dead-letter topics are small by nature).
+fn dead_lettered(
+    config: &Config,
+    route: &str,
+    dl: &crate::config::DeadLetter,
+    timeout: Duration,
+) -> Result<BTreeMap<(String, i32), BTreeSet<i64>>, ClusterError> {
+    let cluster = &config.clusters[&dl.cluster];
+    let consumer = cluster::consumer(cluster, &[])?;
+    let md = cluster::metadata(&consumer, cluster, Some(&dl.topic), timeout)?;
+    let partitions = cluster::partition_count(&md, &dl.topic).unwrap_or(0);
+    let mut out: BTreeMap<(String, i32), BTreeSet<i64>> = BTreeMap::new();
+    for p in 0..partitions as i32 {
+        let (low, _) = cluster::watermarks(&consumer, &dl.cluster, &dl.topic, p, timeout)?;
+        scan(cluster, &dl.topic, p, low, i64::MAX, timeout, |m| {
+            let hdrs = raw_headers(m);
+            let get = |name: &str| {
+                hdrs.iter()
+                    .find(|h| h.name == name.as_bytes())
+                    .and_then(|h| h.value)
+            };
+            if get(DLQ_ROUTE_HEADER) != Some(route.as_bytes()) {
+                return;
+            }
+            if let Some((_, t, sp, o)) = get(DLQ_SOURCE_HEADER).and_then(parse_provenance) {
+                out.entry((t.to_string(), sp)).or_default().insert(o);
+            }
+        })?;
+    }
+    Ok(out)
+}
+
 /// Compares source and target for every checkpointed task of the selected routes.
 pub fn verify(
     config: &Config,
@@ -232,6 +313,18 @@ pub fn verify(
             continue;
         };
         let src = &config.clusters[&r.source];
+        let dlq = match &r.dead_letter {
+            Some(dl) => dead_lettered(config, &r.name, dl, timeout)?,
+            None => BTreeMap::new(),
+        };
+        // Headers the route sets or drops are compared separately (set) or not at all (drop).
+        let ignore: Vec<&str> = r
+            .headers
+            .set
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .chain(r.headers.drop.iter().map(String::as_str))
+            .collect();
         for (key, pc) in &rc.partitions {
             let Some((topic, partition)) = parse_partition_key(key) else {
                 continue;
@@ -247,8 +340,11 @@ pub fn verify(
                 by_content: r.provenance,
                 ..Default::default()
             };
-            // Source side: offset -> digest of every record in the copied range.
-            let mut source: BTreeMap<i64, u64> = BTreeMap::new();
+            // Source side: what the route should have done with every record in the copied
+            // range, decided exactly as the copy path decides it.
+            let mut expected: BTreeMap<i64, u64> = BTreeMap::new();
+            let mut poison: Vec<i64> = Vec::new();
+            let mut source_records = 0u64;
             scan(
                 src,
                 topic,
@@ -257,10 +353,34 @@ pub fn verify(
                 pc.next_offset,
                 timeout,
                 |m| {
-                    source.insert(m.offset(), if r.provenance { content_digest(m) } else { 0 });
+                    source_records += 1;
+                    match decide(r, m) {
+                        Decision::Copy => {
+                            expected.insert(
+                                m.offset(),
+                                if r.provenance {
+                                    content_digest(m, &ignore)
+                                } else {
+                                    0
+                                },
+                            );
+                        }
+                        Decision::Filtered => row.filtered += 1,
+                        Decision::Poison => poison.push(m.offset()),
+                    }
                 },
             )?;
-            row.source_records = source.len() as u64;
+            row.source_records = source_records;
+            let dlq_offsets = dlq.get(&(topic.to_string(), partition));
+            for o in &poison {
+                if dlq_offsets.is_some_and(|s| s.contains(o)) {
+                    row.dead_lettered += 1;
+                } else if r.on_error == ErrorAction::Skip {
+                    row.skipped += 1;
+                } else {
+                    row.missing += 1;
+                }
+            }
             // Target side: every record written for this task, found by provenance.
             let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
             let mut target_count = 0u64;
@@ -270,15 +390,7 @@ pub fn verify(
                         target_count += 1;
                         return;
                     }
-                    let hdrs = raw_headers(m);
-                    let Some(prov) = hdrs
-                        .iter()
-                        .rev()
-                        .find(|h| h.name == PROVENANCE_HEADER.as_bytes())
-                    else {
-                        return; // another writer's record
-                    };
-                    let Some((c, t, p, o)) = prov.value.and_then(parse_provenance) else {
+                    let Some((c, t, p, o)) = provenance(m) else {
                         return;
                     };
                     if c != r.source
@@ -287,22 +399,44 @@ pub fn verify(
                         || o < pc.first_offset
                         || o >= pc.next_offset
                     {
-                        return;
+                        return; // another task's or another writer's record
                     }
                     target_count += 1;
                     *seen.entry(o).or_default() += 1;
-                    if source.get(&o).is_some_and(|d| *d != content_digest(m)) {
+                    let set_ok = r.headers.set.iter().all(|(k, v)| {
+                        raw_headers(m)
+                            .iter()
+                            .filter(|h| h.name == k.as_bytes())
+                            .map(|h| h.value)
+                            .eq([Some(v.as_bytes())])
+                    });
+                    if !set_ok
+                        || expected
+                            .get(&o)
+                            .is_some_and(|d| *d != content_digest(m, &ignore))
+                    {
                         row.altered += 1;
                     }
                 })?;
             }
             row.target_records = target_count;
             if r.provenance {
-                row.missing = source.keys().filter(|o| !seen.contains_key(o)).count() as u64;
+                for o in expected.keys() {
+                    if seen.contains_key(o) {
+                        continue;
+                    }
+                    // Refused by the target and dead-lettered from there.
+                    if dlq_offsets.is_some_and(|s| s.contains(o)) {
+                        row.dead_lettered += 1;
+                    } else {
+                        row.missing += 1;
+                    }
+                }
                 row.duplicates = seen.values().map(|n| (*n as u64).saturating_sub(1)).sum();
             } else {
-                row.missing = row.source_records.saturating_sub(row.target_records);
-                row.duplicates = row.target_records.saturating_sub(row.source_records);
+                let want = expected.len() as u64;
+                row.missing += want.saturating_sub(row.target_records);
+                row.duplicates = row.target_records.saturating_sub(want);
             }
             rows.push(row);
         }

@@ -6,6 +6,7 @@
 //! end), collecting every problem with its `file:line:column`, key, value and rule.
 
 mod diag;
+pub mod filter;
 mod raw;
 pub mod value;
 
@@ -21,6 +22,7 @@ use toml::Spanned;
 
 use diag::Diagnostics;
 pub use diag::{Diagnostic, Location, SourceText};
+pub use filter::{DeadLetter, ErrorAction, HeaderTransform};
 use raw::{RawConfig, RawRoute};
 
 /// Librdkafka properties kmirror sets itself; setting them in `properties` is refused
@@ -250,6 +252,12 @@ pub struct RouteConfig {
     pub create_target_topics: bool,
     /// Add the `kmirror.source` header naming the source record.
     pub provenance: bool,
+    /// Which records to copy (None: all).
+    pub filter: Option<crate::copy::filter::Filter>,
+    pub validate: crate::copy::validate::Validation,
+    pub headers: HeaderTransform,
+    pub on_error: ErrorAction,
+    pub dead_letter: Option<DeadLetter>,
 }
 
 impl RouteConfig {
@@ -774,10 +782,16 @@ fn check(
         .as_ref()
         .map(|b| *b.get_ref())
         .unwrap_or(false);
+    let default_dlq = raw
+        .dead_letter
+        .as_ref()
+        .and_then(|dl| check_dead_letter(dl, "dead_letter", &clusters, d));
     let mut routes = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) = check_route(i, r, &clusters, default_create, d) {
+        if let Some(route) =
+            check_route(i, r, &clusters, default_create, &default_dlq, &base_dir, d)
+        {
             let name_span = r.get_ref().name.span();
             if let Some(first) = seen.get(&route.name) {
                 let (line, _) = d.source.line_col(first.start);
@@ -805,6 +819,8 @@ fn check_route(
     r: &Spanned<RawRoute>,
     clusters: &BTreeMap<String, ClusterConfig>,
     default_create: bool,
+    default_dlq: &Option<DeadLetter>,
+    base_dir: &Path,
     d: &mut Diagnostics<'_>,
 ) -> Option<RouteConfig> {
     let route_span = r.span();
@@ -1022,10 +1038,60 @@ fn check_route(
         d.push(&span, format!("{p}target_topic"), format!("route \"{name}\" copies cluster \"{}\" onto itself with the same topic names: set a target_topic such as \"{{topic}}.copy\"", r.source.get_ref()));
     }
 
+    let filter = r
+        .filter
+        .as_ref()
+        .and_then(|f| filter::check_filter(f, &format!("{p}filter"), d));
+    let validate = r
+        .validate
+        .as_ref()
+        .map(|v| filter::check_validate(v, &format!("{p}validate"), base_dir, d))
+        .unwrap_or_default();
+    let headers = r
+        .headers
+        .as_ref()
+        .map(|h| filter::check_headers(h, &format!("{p}headers"), d))
+        .unwrap_or_default();
+    let dead_letter = match &r.dead_letter {
+        Some(dl) => check_dead_letter(dl, &format!("{p}dead_letter"), clusters, d),
+        None => default_dlq.clone(),
+    };
+    let on_error = match r
+        .on_error
+        .as_ref()
+        .map(|s| (s.get_ref().as_str(), s.span()))
+    {
+        None if dead_letter.is_some() => ErrorAction::DeadLetter,
+        None => ErrorAction::Stop,
+        Some(("skip", _)) => ErrorAction::Skip,
+        Some(("stop", _)) => ErrorAction::Stop,
+        Some(("dead_letter", span)) => {
+            if dead_letter.is_none() {
+                d.push(&span, format!("{p}on_error"), "\"dead_letter\" needs a dead-letter destination: add dead_letter = { cluster = \"...\", topic = \"...\" } to the route or the top level");
+            }
+            ErrorAction::DeadLetter
+        }
+        Some((other, span)) => {
+            d.push(
+                &span,
+                format!("{p}on_error"),
+                format!(
+                    "\"{other}\" is not an action: expected \"skip\", \"dead_letter\" or \"stop\""
+                ),
+            );
+            ErrorAction::Stop
+        }
+    };
+
     if d.items.len() > before {
         return None;
     }
     Some(RouteConfig {
+        filter,
+        validate,
+        headers,
+        on_error,
+        dead_letter,
         name,
         source: r.source.get_ref().clone(),
         topics,
@@ -1043,6 +1109,36 @@ fn check_route(
             .map(|b| *b.get_ref())
             .unwrap_or(default_create),
         provenance: r.provenance.as_ref().map(|b| *b.get_ref()).unwrap_or(true),
+    })
+}
+
+fn check_dead_letter(
+    dl: &Spanned<filter::RawDeadLetter>,
+    key: &str,
+    clusters: &BTreeMap<String, ClusterConfig>,
+    d: &mut Diagnostics<'_>,
+) -> Option<DeadLetter> {
+    let r = dl.get_ref();
+    let mut ok = true;
+    if !clusters.contains_key(r.cluster.get_ref()) {
+        d.push(
+            &r.cluster.span(),
+            format!("{key}.cluster"),
+            format!("cluster \"{}\" is not defined", r.cluster.get_ref()),
+        );
+        ok = false;
+    }
+    if !valid_topic(r.topic.get_ref()) {
+        d.push(
+            &r.topic.span(),
+            format!("{key}.topic"),
+            format!("\"{}\" is not a valid Kafka topic name", r.topic.get_ref()),
+        );
+        ok = false;
+    }
+    ok.then(|| DeadLetter {
+        cluster: r.cluster.get_ref().clone(),
+        topic: r.topic.get_ref().clone(),
     })
 }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::filter::{RawDeadLetter, RawFilter, RawHeaders, RawValidate};
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -14,6 +16,8 @@ pub struct RawConfig {
     pub run: Option<RawRun>,
     /// Default for every route's `create_target_topics`.
     pub create_target_topics: Option<Spanned<bool>>,
+    /// Default dead-letter destination for every route.
+    pub dead_letter: Option<Spanned<RawDeadLetter>>,
     #[serde(default)]
     pub clusters: BTreeMap<Spanned<String>, Spanned<RawCluster>>,
     #[serde(default)]
@@ -69,4 +73,9 @@ pub struct RawRoute {
     pub on_offset_out_of_range: Option<Spanned<String>>,
     pub create_target_topics: Option<Spanned<bool>>,
     pub provenance: Option<Spanned<bool>>,
+    pub filter: Option<Spanned<RawFilter>>,
+    pub validate: Option<RawValidate>,
+    pub headers: Option<RawHeaders>,
+    pub on_error: Option<Spanned<String>>,
+    pub dead_letter: Option<Spanned<RawDeadLetter>>,
 }

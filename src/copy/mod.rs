@@ -15,9 +15,11 @@
 
 pub mod ack_tracker;
 pub mod batch;
+pub mod filter;
 pub mod produce;
 pub mod record;
 pub mod source_partition;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -171,6 +173,8 @@ fn execute(
         senders,
     )?);
 
+    let routes: Vec<Arc<crate::config::RouteConfig>> =
+        config.routes.iter().cloned().map(Arc::new).collect();
     let route_limiters: Vec<Option<Arc<Limiter>>> = config
         .routes
         .iter()
@@ -192,7 +196,7 @@ fn execute(
             Some(CopyTask::new(
                 id,
                 t.clone(),
-                t.provenance,
+                routes[t.route].clone(),
                 ranges,
                 route_limiters[t.route].clone(),
             ))

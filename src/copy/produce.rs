@@ -12,6 +12,7 @@ use crossbeam_channel::Sender;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::Message;
 
@@ -27,6 +28,8 @@ pub struct InFlight {
     pub generation: u32,
     pub offset: i64,
     pub bytes: u32,
+    /// A write to the route's dead-letter topic rather than the copy itself.
+    pub dead_letter: bool,
 }
 
 /// A delivery outcome on its way back to the reader.
@@ -35,6 +38,8 @@ pub struct DeliveryReport {
     pub inflight: Box<InFlight>,
     /// Target (partition, offset), or the error.
     pub result: Result<(i32, i64), KafkaError>,
+    /// The refused record itself, so it can be dead-lettered without reading it again.
+    pub failed: Option<OwnedMessage>,
 }
 
 /// How a failed delivery is handled.
@@ -102,13 +107,17 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<InFlight>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, inflight: Box<InFlight>) {
-        let result = match result {
-            Ok(m) => Ok((m.partition(), m.offset())),
-            Err((e, _)) => Err(e.clone()),
+        let (result, failed) = match result {
+            Ok(m) => (Ok((m.partition(), m.offset())), None),
+            Err((e, m)) => (Err(e.clone()), Some(m.detach())),
         };
         let reader = inflight.reader as usize;
         // A closed channel means the reader finished; its records are no longer tracked.
-        let _ = self.readers[reader].send(DeliveryReport { inflight, result });
+        let _ = self.readers[reader].send(DeliveryReport {
+            inflight,
+            result,
+            failed,
+        });
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::ffi::CStr;
 
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders};
 use rdkafka_sys as rdsys;
 
 /// The header name kmirror adds to every copied record (unless `provenance = false`):
@@ -53,6 +53,25 @@ pub fn raw_headers<'a>(msg: &'a BorrowedMessage<'_>) -> Vec<RawHeader<'a>> {
     out
 }
 
+/// Header names of a dead-lettered record: why, which route, and the source position.
+pub const DLQ_ERROR_HEADER: &str = "kmirror.dlq.error";
+pub const DLQ_ROUTE_HEADER: &str = "kmirror.dlq.route";
+pub const DLQ_SOURCE_HEADER: &str = "kmirror.dlq.source";
+
+/// Removes every header called `name`.
+pub fn remove_header(headers: &mut OwnedHeaders, name: &str) {
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return;
+    };
+    // SAFETY: `as_borrowed` is a view of the same native header list (rust-rdkafka casts
+    // the pointer the same way); we own it exclusively through `&mut`, and librdkafka's
+    // remove only edits that list.
+    unsafe {
+        let ptr = headers.as_borrowed() as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t;
+        rdsys::rd_kafka_header_remove(ptr, cname.as_ptr());
+    }
+}
+
 /// Size the in-flight bound charges for a record: key + value + headers.
 pub fn record_bytes(msg: &BorrowedMessage<'_>) -> u32 {
     let mut n = msg.key_len() + msg.payload_len();
@@ -81,15 +100,17 @@ pub fn parse_provenance(value: &[u8]) -> Option<(&str, &str, i32, i64)> {
 }
 
 /// A 64-bit digest of what a copy must preserve: key, value, timestamp and headers other
-/// than provenance. `verify` compares source and target digests, so an altered record is
-/// found, not just a missing one. (FNV-1a with length prefixes, so field boundaries count.)
-pub fn content_digest(msg: &BorrowedMessage<'_>) -> u64 {
+/// than provenance and those named in `ignore` (headers a route sets or drops). `verify`
+/// compares source and target digests, so an altered record is found, not just a missing
+/// one. (FNV-1a with length prefixes, so field boundaries count.)
+pub fn content_digest(msg: &BorrowedMessage<'_>, ignore: &[&str]) -> u64 {
     let mut h = Fnv::new();
     h.field(msg.key());
     h.field(msg.payload());
     h.write(&msg.timestamp().to_millis().unwrap_or(-1).to_le_bytes());
     for hd in raw_headers(msg) {
-        if hd.name == PROVENANCE_HEADER.as_bytes() {
+        if hd.name == PROVENANCE_HEADER.as_bytes() || ignore.iter().any(|n| n.as_bytes() == hd.name)
+        {
             continue;
         }
         h.field(Some(hd.name));

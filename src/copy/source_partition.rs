@@ -16,19 +16,23 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
 use super::batch::{self, Event};
+use super::filter::{Outcome, RecordView};
 use super::produce::{
     classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
 };
-use super::record::{provenance_value, record_bytes, PROVENANCE_HEADER};
+use super::record::{
+    provenance_value, raw_headers, record_bytes, remove_header, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER,
+    DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+};
 use super::Shared;
 use crate::cluster::{self, QuietContext};
-use crate::config::{ClusterConfig, OutOfRangePolicy, Partitioning};
+use crate::config::{ClusterConfig, ErrorAction, OutOfRangePolicy, Partitioning, RouteConfig};
 use crate::counts::Counts;
 use crate::plan::{TaskEnd, TaskPlan};
 use crate::rate_limit::Limiter;
@@ -68,7 +72,7 @@ pub struct TaskProgress {
 pub struct CopyTask {
     pub id: usize,
     pub plan: TaskPlan,
-    pub provenance: bool,
+    pub route: Arc<RouteConfig>,
     pub tracker: AckTracker,
     pub counts: Counts,
     pub status: TaskStatus,
@@ -79,20 +83,21 @@ pub struct CopyTask {
     pub end_at: Option<i64>,
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
+    skip_logged: bool,
 }
 
 impl CopyTask {
     pub fn new(
         id: usize,
         plan: TaskPlan,
-        provenance: bool,
+        route: Arc<RouteConfig>,
         target_ranges: BTreeMap<i32, [i64; 2]>,
         limiter: Option<Arc<Limiter>>,
     ) -> Self {
         let mut t = CopyTask {
             id,
             tracker: AckTracker::new(plan.start),
-            provenance,
+            route,
             counts: Counts::default(),
             status: TaskStatus::Copying,
             in_flight_bytes: 0,
@@ -101,6 +106,7 @@ impl CopyTask {
             end_at: None,
             limiter,
             round_robin: plan.partition as usize,
+            skip_logged: false,
             plan,
         };
         if let TaskEnd::Offset(e) = t.plan.end {
@@ -153,6 +159,56 @@ impl CopyTask {
             "partition halted: {why}; its checkpoint stays at offset {}", self.tracker.position()
         );
         self.status = TaskStatus::Halted(why);
+    }
+}
+
+/// A record bound for a producer.
+struct Outgoing<'a> {
+    topic: String,
+    partition: Option<i32>,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    timestamp: Option<i64>,
+}
+
+/// A poison record: still in the consumer's buffer, or handed back by the producer.
+enum Poison<'m, 'c> {
+    Borrowed(&'m BorrowedMessage<'c>),
+    Owned(&'m OwnedMessage, i64),
+}
+
+impl Poison<'_, '_> {
+    fn offset(&self) -> i64 {
+        match self {
+            Poison::Borrowed(m) => m.offset(),
+            Poison::Owned(_, o) => *o,
+        }
+    }
+    fn key(&self) -> Option<&[u8]> {
+        match self {
+            Poison::Borrowed(m) => m.key(),
+            Poison::Owned(m, _) => m.key(),
+        }
+    }
+    fn payload(&self) -> Option<&[u8]> {
+        match self {
+            Poison::Borrowed(m) => m.payload(),
+            Poison::Owned(m, _) => m.payload(),
+        }
+    }
+    fn timestamp(&self) -> Option<i64> {
+        match self {
+            Poison::Borrowed(m) => m.timestamp().to_millis(),
+            Poison::Owned(m, _) => m.timestamp().to_millis(),
+        }
+    }
+    /// The original headers, copied without interpreting names (they may not be UTF-8).
+    fn headers(&self) -> Option<OwnedHeaders> {
+        match self {
+            Poison::Borrowed(m) => m.headers().map(|h| h.detach()),
+            Poison::Owned(m, _) => m.headers().cloned(),
+        }
     }
 }
 
@@ -379,7 +435,9 @@ impl State {
             return;
         };
         let offset = m.offset();
-        let mut bytes = None;
+        let mut size = None;
+        // Parsed (headers, JSON) at most once per record, however many routes look.
+        let mut view: Option<RecordView<'_>> = None;
         for i in idx.clone() {
             let t = &mut self.tasks[i];
             if t.status != TaskStatus::Copying || offset < t.tracker.next_offset() {
@@ -396,8 +454,36 @@ impl State {
                 }
                 _ => {}
             }
-            let size = *bytes.get_or_insert_with(|| record_bytes(m));
+            let size = *size.get_or_insert_with(|| record_bytes(m));
             t.counts.read += 1;
+            let route = t.route.clone();
+            if !route.validate.is_empty() || route.filter.is_some() {
+                let v = view.get_or_insert_with(|| {
+                    RecordView::new(
+                        m.key(),
+                        m.payload(),
+                        m.timestamp().to_millis(),
+                        raw_headers(m),
+                    )
+                });
+                if let Err(why) = route.validate.check(v, size as u64) {
+                    self.poison(i, &Poison::Borrowed(m), why, size, false);
+                    continue;
+                }
+                match route.filter.as_ref().map(|f| f.evaluate(v)) {
+                    None | Some(Outcome::Pass) => {}
+                    Some(Outcome::Drop) => {
+                        let t = &mut self.tasks[i];
+                        t.tracker.push(offset, Settled::Filtered, 0);
+                        t.counts.filtered += 1;
+                        continue;
+                    }
+                    Some(Outcome::Invalid(why)) => {
+                        self.poison(i, &Poison::Borrowed(m), why, size, false);
+                        continue;
+                    }
+                }
+            }
             self.produce(i, m, size);
         }
     }
@@ -414,9 +500,23 @@ impl State {
             }
         };
         let mut headers: Option<OwnedHeaders> = m.headers().map(|h| h.detach());
-        let prov;
-        if t.provenance {
-            prov = provenance_value(
+        let transform = &t.route.headers;
+        if !transform.is_empty() {
+            let mut h = headers.unwrap_or_default();
+            for name in &transform.drop {
+                remove_header(&mut h, name);
+            }
+            for (k, v) in &transform.set {
+                remove_header(&mut h, k);
+                h = h.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            headers = Some(h);
+        }
+        if t.route.provenance {
+            let prov = provenance_value(
                 &t.plan.source_cluster,
                 &t.plan.topic,
                 t.plan.partition,
@@ -431,57 +531,174 @@ impl State {
                     }),
             );
         }
-        let inflight = Box::new(InFlight {
+        let out = Outgoing {
+            topic: t.plan.target_topic.clone(),
+            partition,
+            key: m.key(),
+            payload: m.payload(),
+            headers,
+            timestamp: m.timestamp().to_millis(),
+        };
+        let cluster = t.plan.target_cluster.clone();
+        let inflight = self.inflight(i, offset, size, false);
+        match self.send(&cluster, out, inflight) {
+            Ok(()) => {
+                let t = &mut self.tasks[i];
+                t.tracker.push(offset, Settled::Pending, size);
+                t.counts.produced += 1;
+                t.round_robin = t.round_robin.wrapping_add(1);
+                self.charge(i, size);
+            }
+            Err(e) => {
+                let t = &self.tasks[i];
+                let why = format!(
+                    "record at offset {offset} cannot be produced to {}:{}: {e}",
+                    t.plan.target_cluster, t.plan.target_topic
+                );
+                if classify(&e, false) == FailureKind::Permanent {
+                    self.poison(i, &Poison::Borrowed(m), why, size, false);
+                } else {
+                    let t = &mut self.tasks[i];
+                    t.counts.failed += 1;
+                    t.halt(why);
+                }
+            }
+        }
+    }
+
+    fn inflight(&self, i: usize, offset: i64, bytes: u32, dead_letter: bool) -> Box<InFlight> {
+        Box::new(InFlight {
             reader: self.id,
             task: i as u32,
-            generation: t.generation,
+            generation: self.tasks[i].generation,
             offset,
-            bytes: size,
-        });
-        let producer = self.producers[&t.plan.target_cluster].1.clone();
-        let topic = t.plan.target_topic.clone();
-        let mut record = BaseRecord::with_opaque_to(&topic, inflight);
-        if let Some(p) = partition {
+            bytes,
+            dead_letter,
+        })
+    }
+
+    fn charge(&mut self, i: usize, size: u32) {
+        self.tasks[i].in_flight_bytes += size as u64;
+        self.shared
+            .in_flight_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
+    }
+
+    /// Hands a record to the producer for `cluster`, waiting out a full producer queue.
+    fn send(
+        &mut self,
+        cluster: &str,
+        out: Outgoing<'_>,
+        inflight: Box<InFlight>,
+    ) -> Result<(), KafkaError> {
+        let producer = self.producers[cluster].1.clone();
+        let mut record = BaseRecord::with_opaque_to(&out.topic, inflight);
+        if let Some(p) = out.partition {
             record = record.partition(p);
         }
-        if let Some(k) = m.key() {
+        if let Some(k) = out.key {
             record = record.key(k);
         }
-        if let Some(v) = m.payload() {
+        if let Some(v) = out.payload {
             record = record.payload(v);
         }
-        if let Some(h) = headers {
+        if let Some(h) = out.headers {
             record = record.headers(h);
         }
-        if let Some(ts) = m.timestamp().to_millis() {
+        if let Some(ts) = out.timestamp {
             record = record.timestamp(ts);
         }
         loop {
             match producer.send(record) {
-                Ok(()) => {
-                    let t = &mut self.tasks[i];
-                    t.tracker.push(offset, Settled::Pending, size);
-                    t.counts.produced += 1;
-                    t.in_flight_bytes += size as u64;
-                    t.round_robin = t.round_robin.wrapping_add(1);
-                    self.shared
-                        .in_flight_bytes
-                        .fetch_add(size as u64, Ordering::Relaxed);
-                    return;
-                }
+                Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     self.settle_reports(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
-                    let t = &mut self.tasks[i];
-                    t.counts.failed += 1;
-                    let why = format!(
-                        "record at offset {offset} cannot be produced to {}:{}: {e}",
-                        t.plan.target_cluster, t.plan.target_topic
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// A record that fails validation, cannot be filtered, or that the target refuses for
+    /// good: the route's `on_error` decides. `pending` says whether the tracker already
+    /// holds its offset (a refusal reported by the producer) or not (found before producing).
+    fn poison(&mut self, i: usize, rec: &Poison<'_, '_>, why: String, size: u32, pending: bool) {
+        let offset = rec.offset();
+        let t = &mut self.tasks[i];
+        match t.route.on_error {
+            ErrorAction::Skip => {
+                if pending {
+                    t.tracker.settle(offset, Settled::Skipped);
+                } else {
+                    t.tracker.push(offset, Settled::Skipped, 0);
+                }
+                t.counts.skipped += 1;
+                if !t.skip_logged {
+                    t.skip_logged = true;
+                    tracing::warn!(
+                        route = %t.plan.route_name, source = %t.plan.source_label(),
+                        "skipping record at offset {offset}: {why} (on_error = \"skip\"; further skips on this partition are counted, not logged)"
                     );
-                    t.halt(why);
-                    return;
+                } else {
+                    tracing::debug!(source = %t.plan.source_label(), "skipping record at offset {offset}: {why}");
+                }
+            }
+            ErrorAction::Stop => {
+                t.counts.failed += 1;
+                t.halt(format!(
+                    "record at offset {offset}: {why} (on_error = \"stop\")"
+                ));
+            }
+            ErrorAction::DeadLetter => {
+                let dl = t
+                    .route
+                    .dead_letter
+                    .clone()
+                    .expect("checked: dead_letter action has a destination");
+                let source = provenance_value(
+                    &t.plan.source_cluster,
+                    &t.plan.topic,
+                    t.plan.partition,
+                    offset,
+                );
+                let mut headers = rec.headers().unwrap_or_default();
+                for (k, v) in [
+                    (DLQ_ROUTE_HEADER, t.plan.route_name.as_str()),
+                    (DLQ_ERROR_HEADER, why.as_str()),
+                    (DLQ_SOURCE_HEADER, source.as_str()),
+                ] {
+                    headers = headers.insert(Header {
+                        key: k,
+                        value: Some(v.as_bytes()),
+                    });
+                }
+                let out = Outgoing {
+                    topic: dl.topic.clone(),
+                    partition: None,
+                    key: rec.key(),
+                    payload: rec.payload(),
+                    headers: Some(headers),
+                    timestamp: rec.timestamp(),
+                };
+                let inflight = self.inflight(i, offset, size, true);
+                match self.send(&dl.cluster, out, inflight) {
+                    Ok(()) => {
+                        let t = &mut self.tasks[i];
+                        if !pending {
+                            t.tracker.push(offset, Settled::Pending, size);
+                            t.counts.produced += 1;
+                        }
+                        self.charge(i, size);
+                    }
+                    Err(e) => {
+                        let t = &mut self.tasks[i];
+                        t.counts.failed += 1;
+                        t.halt(format!(
+                            "record at offset {offset} ({why}) could not be dead-lettered to {}:{}: {e}",
+                            dl.cluster, dl.topic
+                        ));
+                    }
                 }
             }
         }
@@ -578,53 +795,77 @@ impl State {
         if inf.generation != t.generation {
             return; // from before a rewind: the record is being copied again
         }
+        let target = if inf.dead_letter {
+            t.route
+                .dead_letter
+                .as_ref()
+                .map(|d| d.cluster.clone())
+                .unwrap_or_default()
+        } else {
+            t.plan.target_cluster.clone()
+        };
         match r.result {
             Ok((tp, toff)) => {
-                if t.tracker.settle(inf.offset, Settled::Acked).is_some() {
+                if inf.dead_letter {
+                    if t.tracker
+                        .settle(inf.offset, Settled::DeadLettered)
+                        .is_some()
+                    {
+                        t.counts.dead_lettered += 1;
+                    }
+                } else if t.tracker.settle(inf.offset, Settled::Acked).is_some() {
                     t.counts.acked += 1;
                     let range = t.target_ranges.entry(tp).or_insert([toff, toff]);
                     range[0] = range[0].min(toff);
                     range[1] = range[1].max(toff);
                 }
             }
-            Err(e) => {
-                let target = t.plan.target_cluster.clone();
-                let kind = classify(&e, self.pool.is_fatal(&target));
-                match kind {
-                    FailureKind::Permanent => {
-                        let t = &mut self.tasks[i];
-                        if t.status == TaskStatus::Copying || t.status == TaskStatus::ReadDone {
+            Err(e) => match classify(&e, self.pool.is_fatal(&target)) {
+                FailureKind::Permanent => {
+                    let t = &self.tasks[i];
+                    if !matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
+                        return;
+                    }
+                    let why = format!("refused by {target}: {e}");
+                    match (&r.failed, inf.dead_letter) {
+                        (Some(msg), false) => {
+                            let poison = Poison::Owned(msg, inf.offset);
+                            self.poison(i, &poison, why, inf.bytes, true);
+                        }
+                        _ => {
+                            let t = &mut self.tasks[i];
                             t.counts.failed += 1;
-                            let why = format!(
-                                "record at offset {} refused by {}:{}: {e}",
-                                inf.offset, t.plan.target_cluster, t.plan.target_topic
-                            );
-                            t.halt(why);
+                            let what = if inf.dead_letter {
+                                "its dead-letter copy was"
+                            } else {
+                                "it was"
+                            };
+                            t.halt(format!("record at offset {}: {what} {why}", inf.offset));
                         }
-                    }
-                    FailureKind::Retriable => {
-                        let t = &self.tasks[i];
-                        tracing::warn!(
-                            route = %t.plan.route_name, source = %t.plan.source_label(),
-                            "delivery of offset {} to {} failed ({e}); retrying from offset {}",
-                            inf.offset, t.plan.target_label(), t.tracker.position()
-                        );
-                        self.rewind(i);
-                        self.backoff = (self.backoff * 2)
-                            .clamp(Duration::from_millis(200), Duration::from_secs(5));
-                    }
-                    FailureKind::Fatal => {
-                        let seen = self.producers[&target].0;
-                        match self.pool.recreate(&target, seen) {
-                            Ok(p) => {
-                                self.producers.insert(target.clone(), p);
-                            }
-                            Err(e) => tracing::error!("{e}"),
-                        }
-                        self.rewind_target(&target);
                     }
                 }
-            }
+                FailureKind::Retriable => {
+                    let t = &self.tasks[i];
+                    tracing::warn!(
+                        route = %t.plan.route_name, source = %t.plan.source_label(),
+                        "delivery of offset {} to {target} failed ({e}); retrying from offset {}",
+                        inf.offset, t.tracker.position()
+                    );
+                    self.rewind(i);
+                    self.backoff = (self.backoff * 2)
+                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+                }
+                FailureKind::Fatal => {
+                    let seen = self.producers[&target].0;
+                    match self.pool.recreate(&target, seen) {
+                        Ok(p) => {
+                            self.producers.insert(target.clone(), p);
+                        }
+                        Err(e) => tracing::error!("{e}"),
+                    }
+                    self.rewind_target(&target);
+                }
+            },
         }
     }
 
@@ -644,7 +885,13 @@ impl State {
 
     fn rewind_target(&mut self, target: &str) {
         for i in 0..self.tasks.len() {
-            if self.tasks[i].plan.target_cluster == target {
+            let t = &self.tasks[i];
+            let uses = t.plan.target_cluster == target
+                || t.route
+                    .dead_letter
+                    .as_ref()
+                    .is_some_and(|d| d.cluster == target);
+            if uses {
                 self.rewind(i);
             }
         }
