@@ -1,0 +1,26 @@
+# Build: docker build -t kmirror .
+# Run:   docker run --rm -v $PWD/config:/config -v kmirror-state:/var/lib/kmirror \
+#          -e SOURCE_BOOTSTRAP=... kmirror run -c /config/routes.toml
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+# librdkafka is built from source by rdkafka-sys (make, gcc, python3); ssl links libssl.
+RUN apt-get update && apt-get install -y --no-install-recommends libssl-dev python3 make g++ \
+    && rm -rf /var/lib/apt/lists/*
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+COPY benches ./benches
+RUN cargo build --release --locked --bin kmirror
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends libssl3 ca-certificates tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /var/lib/kmirror kmirror \
+    && mkdir -p /var/lib/kmirror && chown kmirror /var/lib/kmirror
+COPY --from=build /src/target/release/kmirror /usr/local/bin/kmirror
+COPY config /etc/kmirror/examples
+USER kmirror
+WORKDIR /var/lib/kmirror
+# tini forwards SIGTERM, so kmirror drains in-flight records and writes its final checkpoint.
+ENTRYPOINT ["/usr/bin/tini", "--", "kmirror"]
+CMD ["--help"]
