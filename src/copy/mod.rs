@@ -41,6 +41,8 @@ use source_partition::{CopyTask, Reader, TaskProgress, TaskStatus};
 pub struct Shared {
     pub stop: Arc<AtomicBool>,
     pub in_flight_bytes: AtomicU64,
+    /// The most bytes ever in flight at once (for the memory bound's evidence).
+    pub peak_in_flight_bytes: AtomicU64,
     pub limits: Limits,
     pub limiter: Option<Limiter>,
     pub shutdown_timeout: Duration,
@@ -84,6 +86,8 @@ pub struct RunReport {
     pub complete: bool,
     pub stopped: bool,
     pub gaps: i64,
+    /// Peak bytes produced but not yet acknowledged, across all partitions.
+    pub peak_in_flight_bytes: u64,
     pub checkpoint: String,
     pub elapsed: Duration,
 }
@@ -205,6 +209,7 @@ fn execute(
     let shared = Arc::new(Shared {
         stop: stop.clone(),
         in_flight_bytes: AtomicU64::new(0),
+        peak_in_flight_bytes: AtomicU64::new(0),
         limits: config.limits.clone(),
         limiter: Limiter::new(config.limits.rate),
         shutdown_timeout: config.run.shutdown_timeout,
@@ -331,6 +336,7 @@ fn execute(
         totals,
         halted,
         gaps,
+        peak_in_flight_bytes: shared.peak_in_flight_bytes.load(Ordering::Relaxed),
         checkpoint: store.describe(),
         elapsed: started.elapsed(),
     })

@@ -334,7 +334,15 @@ impl State {
                 .min()
                 .unwrap_or(usize::MAX)
                 .min(2000);
-            let b = batch::collect(consumer, max_records, 4 << 20, Duration::from_millis(50));
+            // A batch never takes more than the in-flight budget left (at least one record), so
+            // the bound is overshot by at most one batch per reader.
+            let budget = self
+                .shared
+                .limits
+                .max_in_flight_bytes
+                .saturating_sub(self.shared.in_flight())
+                .clamp(1, 4 << 20);
+            let b = batch::collect(consumer, max_records, budget, Duration::from_millis(50));
             if b.records > 0 && !self.rate_limit(&b) {
                 return; // stop raised while waiting: the batch is not read
             }
@@ -579,9 +587,14 @@ impl State {
 
     fn charge(&mut self, i: usize, size: u32) {
         self.tasks[i].in_flight_bytes += size as u64;
-        self.shared
+        let now = self
+            .shared
             .in_flight_bytes
-            .fetch_add(size as u64, Ordering::Relaxed);
+            .fetch_add(size as u64, Ordering::Relaxed)
+            + size as u64;
+        self.shared
+            .peak_in_flight_bytes
+            .fetch_max(now, Ordering::Relaxed);
     }
 
     /// Hands a record to the producer for `cluster`, waiting out a full producer queue.
