@@ -81,6 +81,10 @@ pub struct CopyTask {
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
     /// Offset the position jumps to once everything read is settled (end through a gap).
     pub end_at: Option<i64>,
+    /// Set by a rewind: records and end-of-partition events already taken from the
+    /// consumer are stale until the partition is assigned again at the rewound position.
+    /// Acting on them would skip (and so lose) the records in between.
+    stale_until_assign: bool,
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
     skip_logged: bool,
@@ -107,6 +111,7 @@ impl CopyTask {
             limiter,
             round_robin: plan.partition as usize,
             skip_logged: false,
+            stale_until_assign: false,
             plan,
         };
         if let TaskEnd::Offset(e) = t.plan.end {
@@ -410,6 +415,11 @@ impl State {
         }
         self.paused.clear();
         self.needs_assign = false;
+        // librdkafka drops what it fetched for the old assignment; from here on every
+        // record and EOF comes from the positions just assigned.
+        for t in &mut self.tasks {
+            t.stale_until_assign = false;
+        }
     }
 
     fn update_pauses(&mut self, consumer: &BaseConsumer<QuietContext>) {
@@ -448,8 +458,11 @@ impl State {
         let mut view: Option<RecordView<'_>> = None;
         for i in idx.clone() {
             let t = &mut self.tasks[i];
-            if t.status != TaskStatus::Copying || offset < t.tracker.next_offset() {
-                continue; // finished, or already read before a re-assign
+            if t.status != TaskStatus::Copying
+                || t.stale_until_assign
+                || offset < t.tracker.next_offset()
+            {
+                continue; // finished, rewound, or already read before a re-assign
             }
             match t.plan.end {
                 TaskEnd::Offset(e) if offset >= e => {
@@ -549,7 +562,18 @@ impl State {
         };
         let cluster = t.plan.target_cluster.clone();
         let inflight = self.inflight(i, offset, size, false);
-        match self.send(&cluster, out, inflight) {
+        let generation = self.tasks[i].generation;
+        let sent = self.send(&cluster, out, inflight);
+        if self.tasks[i].generation != generation {
+            // Rewound while waiting for room in the producer queue: this record will be
+            // read again, and its delivery report is stale.
+            self.tasks[i].counts.read -= 1;
+            if sent.is_ok() {
+                self.charge(i, size);
+            }
+            return;
+        }
+        match sent {
             Ok(()) => {
                 let t = &mut self.tasks[i];
                 t.tracker.push(offset, Settled::Pending, size);
@@ -695,7 +719,19 @@ impl State {
                     timestamp: rec.timestamp(),
                 };
                 let inflight = self.inflight(i, offset, size, true);
-                match self.send(&dl.cluster, out, inflight) {
+                let generation = self.tasks[i].generation;
+                let sent = self.send(&dl.cluster, out, inflight);
+                if self.tasks[i].generation != generation {
+                    // Rewound meanwhile (see `produce`): the record will be read again.
+                    if !pending {
+                        self.tasks[i].counts.read -= 1;
+                    }
+                    if sent.is_ok() {
+                        self.charge(i, size);
+                    }
+                    return;
+                }
+                match sent {
                     Ok(()) => {
                         let t = &mut self.tasks[i];
                         if !pending {
@@ -721,6 +757,9 @@ impl State {
         let now = crate::config::value::now_ms();
         for &i in self.by_partition.get(&p).into_iter().flatten() {
             let t = &mut self.tasks[i];
+            if t.stale_until_assign {
+                continue;
+            }
             match t.plan.end {
                 // At EOF the fetch position is the current high watermark, which is at or
                 // past the snapshot taken at plan time: nothing below `e` is left unread.
@@ -923,6 +962,7 @@ impl State {
         }
         t.status = TaskStatus::Copying;
         t.end_at = None;
+        t.stale_until_assign = true;
         self.needs_assign = true;
     }
 
