@@ -171,19 +171,30 @@ pub fn scan(
         .assign(&tpl)
         .map_err(|e| lookup(cluster, topic, partition, e))?;
     let mut last_progress = Instant::now();
+    let mut next = from;
+    // End-of-partition below `to` is either a trailing gap or a broker whose watermark runs
+    // behind its data: keep reading for a moment before calling it a gap.
+    let mut eof_since: Option<Instant> = None;
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
                 last_progress = Instant::now();
+                eof_since = None;
                 if m.offset() >= to {
                     return Ok(());
                 }
                 f(&m);
-                if m.offset() + 1 >= to {
+                next = m.offset() + 1;
+                if next >= to {
                     return Ok(());
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
+            Some(Err(KafkaError::PartitionEOF(_))) => {
+                if to == i64::MAX || next >= to {
+                    return Ok(());
+                }
+                eof_since.get_or_insert_with(Instant::now);
+            }
             Some(Err(e)) => {
                 if matches!(
                     e.rdkafka_error_code(),
@@ -201,6 +212,10 @@ pub fn scan(
                 tracing::debug!("verify read: {e}");
             }
             None => {}
+        }
+        if eof_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
+            tracing::debug!("{topic}/{partition}: no records in [{next}, {to}): a gap");
+            return Ok(());
         }
         if last_progress.elapsed() > timeout {
             return Err(ClusterError::Lookup {

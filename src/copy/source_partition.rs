@@ -58,6 +58,10 @@ impl TaskStatus {
     }
 }
 
+/// How long an end-of-partition must stand, with offsets below the end unread, before
+/// they are taken for a gap.
+const EOF_GAP_GRACE: Duration = Duration::from_secs(1);
+
 /// What the checkpoint writer and progress display see of a task.
 #[derive(Debug, Clone)]
 pub struct TaskProgress {
@@ -85,6 +89,10 @@ pub struct CopyTask {
     /// consumer are stale until the partition is assigned again at the rewound position.
     /// Acting on them would skip (and so lose) the records in between.
     stale_until_assign: bool,
+    /// End-of-partition seen while offsets below `end` are still unread: a trailing gap
+    /// (transaction markers, compaction), or a broker whose watermark runs behind its data.
+    /// The end is declared only if no record arrives for `EOF_GAP_GRACE`.
+    eof_gap_since: Option<Instant>,
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
     skip_logged: bool,
@@ -112,6 +120,7 @@ impl CopyTask {
             round_robin: plan.partition as usize,
             skip_logged: false,
             stale_until_assign: false,
+            eof_gap_since: None,
             plan,
         };
         if let TaskEnd::Offset(e) = t.plan.end {
@@ -306,6 +315,16 @@ impl State {
             self.settle_reports(Duration::ZERO);
             self.check_producers();
             for t in &mut self.tasks {
+                if let (Some(since), TaskEnd::Offset(e)) = (t.eof_gap_since, t.plan.end) {
+                    if since.elapsed() >= EOF_GAP_GRACE && t.status == TaskStatus::Copying {
+                        tracing::debug!(
+                            source = %t.plan.source_label(),
+                            "no records between offset {} and the end {e}: a gap", t.tracker.next_offset()
+                        );
+                        t.eof_gap_since = None;
+                        t.read_done(e);
+                    }
+                }
                 t.maybe_finish();
             }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
@@ -464,6 +483,7 @@ impl State {
             {
                 continue; // finished, rewound, or already read before a re-assign
             }
+            t.eof_gap_since = None;
             match t.plan.end {
                 TaskEnd::Offset(e) if offset >= e => {
                     t.read_done(e);
@@ -762,8 +782,16 @@ impl State {
             }
             match t.plan.end {
                 // At EOF the fetch position is the current high watermark, which is at or
-                // past the snapshot taken at plan time: nothing below `e` is left unread.
-                TaskEnd::Offset(e) if e <= t.plan.high => t.read_done(e),
+                // past the snapshot taken at plan time. If everything below `e` was read,
+                // the end is reached; if not, wait a little for records before calling the
+                // rest a gap (see `eof_gap_since`).
+                TaskEnd::Offset(e) if e <= t.plan.high => {
+                    if t.tracker.next_offset() >= e {
+                        t.read_done(e);
+                    } else if t.eof_gap_since.is_none() {
+                        t.eof_gap_since = Some(Instant::now());
+                    }
+                }
                 TaskEnd::Timestamp(ts) if now >= ts => {
                     let at = t.tracker.next_offset();
                     t.read_done(at)
@@ -963,6 +991,7 @@ impl State {
         t.status = TaskStatus::Copying;
         t.end_at = None;
         t.stale_until_assign = true;
+        t.eof_gap_since = None;
         self.needs_assign = true;
     }
 
