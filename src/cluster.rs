@@ -370,3 +370,64 @@ pub fn create_topic(
     }
     Ok(())
 }
+
+/// The end of each partition found by reading: from the reported high watermark to the
+/// first end-of-partition. Some brokers (tansu) under-report the high watermark in
+/// ListOffsets when batches hold several records; the snapshot end must not stop short.
+pub fn confirm_ends(
+    cluster: &ClusterConfig,
+    topic: &str,
+    highs: &[i64],
+    timeout: Duration,
+) -> Result<Vec<i64>, ClusterError> {
+    let c = consumer(cluster, &[])?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, high) in highs.iter().enumerate() {
+        tpl.add_partition_offset(topic, p as i32, Offset::Offset(*high))
+            .map_err(|e| lookup_err(cluster, topic, p as i32, "assign", e))?;
+    }
+    c.assign(&tpl)
+        .map_err(|e| lookup_err(cluster, topic, 0, "assign", e))?;
+    let mut ends = highs.to_vec();
+    // Sticky: records after a partition's first end-of-partition were written after the
+    // snapshot and are not part of it.
+    let mut eof = vec![false; highs.len()];
+    let deadline = std::time::Instant::now() + timeout;
+    while eof.iter().any(|e| !e) {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                let p = m.partition() as usize;
+                if p < ends.len() && !eof[p] {
+                    ends[p] = ends[p].max(m.offset() + 1);
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                if let Some(e) = eof.get_mut(p as usize) {
+                    *e = true;
+                }
+            }
+            Some(Err(e)) => tracing::debug!(cluster = %cluster.name, topic, "confirming ends: {e}"),
+            None => {}
+        }
+        if std::time::Instant::now() > deadline {
+            let p = eof.iter().position(|e| !e).unwrap_or(0) as i32;
+            return Err(ClusterError::Lookup {
+                cluster: cluster.name.clone(),
+                topic: topic.into(),
+                partition: p,
+                what: "reading to the end of the partition (snapshot)".into(),
+                detail: format!("no end-of-partition within {timeout:?}"),
+            });
+        }
+    }
+    for (p, (reported, real)) in highs.iter().zip(&ends).enumerate() {
+        if real > reported {
+            tracing::info!(
+                cluster = %cluster.name, topic, partition = p,
+                "the broker reported high watermark {reported} but records exist up to {}; the snapshot ends at {real}",
+                real - 1
+            );
+        }
+    }
+    Ok(ends)
+}

@@ -239,8 +239,26 @@ pub fn build(
                 });
             }
             let consumer = &consumers[&route.source];
+            let mut marks = Vec::with_capacity(partitions);
             for p in 0..partitions as i32 {
-                let (low, high) = cluster::watermarks(consumer, &route.source, &topic, p, timeout)?;
+                marks.push(cluster::watermarks(
+                    consumer,
+                    &route.source,
+                    &topic,
+                    p,
+                    timeout,
+                )?);
+            }
+            if route.end == EndPosition::Snapshot {
+                // A watermark is a broker's word; the snapshot must be what is really there.
+                let highs: Vec<i64> = marks.iter().map(|m| m.1).collect();
+                let ends = cluster::confirm_ends(src, &topic, &highs, timeout)?;
+                for (m, e) in marks.iter_mut().zip(ends) {
+                    m.1 = e;
+                }
+            }
+            for p in 0..partitions as i32 {
+                let (low, high) = marks[p as usize];
                 let cp = checkpoint.and_then(|c| c.get(&route.name, &topic, p));
                 let (mut start, start_from) = match cp {
                     Some(cp) => (cp.next_offset, StartFrom::Checkpoint),
