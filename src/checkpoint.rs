@@ -30,9 +30,9 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
-    #[error("checkpoint {path} is corrupt ({detail}); refusing to guess where to resume. Inspect it, restore it, or remove it deliberately with `kmirror checkpoints reset`")]
+    #[error("checkpoint {path} is corrupt ({detail}); refusing to guess where to resume. Inspect it, restore it from a copy, or move it away deliberately (the next run then starts at each route's `start`)")]
     Corrupt { path: String, detail: String },
-    #[error("checkpoint {path} belongs to job \"{found}\", not \"{expected}\" (another routing file?); refusing to use it. Point [checkpoints] dir or job elsewhere, or reset it")]
+    #[error("checkpoint {path} belongs to job \"{found}\", not \"{expected}\" (another routing file?); refusing to use it. Point [checkpoints] dir or job elsewhere, or move the file away")]
     WrongJob {
         path: String,
         found: String,

@@ -432,17 +432,26 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
         }
     }
     let store = FileStore::new(cfg.checkpoint_file());
-    let mut cp = copy::load_checkpoint(&cfg, &store)
-        .with_context(|| {
-            "refusing to reset over a checkpoint that cannot be read; move it away first"
-        })?
-        .unwrap_or_else(|| kmirror::checkpoint::Checkpoint::new(&cfg.job));
     let selected: Vec<String> = cfg
         .routes
         .iter()
         .filter(|r| route.is_none_or(|n| n == r.name))
         .map(|r| r.name.clone())
         .collect();
+    let mut cp = match store.load().with_context(|| {
+        "refusing to reset over a checkpoint that cannot be read; move it away first"
+    })? {
+        Some(cp) => {
+            // A route recorded for another source cluster is what a reset is for (the
+            // WrongSource error says so): only the job and the routes kept must still match.
+            let mut kept = cp.clone();
+            kept.routes.retain(|r, _| !selected.contains(r));
+            kmirror::checkpoint::check_ownership(&kept, &store, &cfg)
+                .context("refusing to reset")?;
+            cp
+        }
+        None => kmirror::checkpoint::Checkpoint::new(&cfg.job),
+    };
     match to {
         None => {
             for r in &selected {

@@ -99,6 +99,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Parses an RFC 3339 timestamp into milliseconds since the Unix epoch.
 pub fn parse_timestamp_ms(s: &str) -> Result<i64, String> {
+    if let Some((local, offset_min)) = split_utc_offset(s.trim()) {
+        // Valid RFC 3339, but humantime cannot parse offsets: say what the rule is (and what
+        // the UTC spelling would be) instead of calling the timestamp malformed.
+        let utc = humantime::parse_rfc3339_weak(local)
+            .ok()
+            .map(|t| format_ms(system_time_ms(t) - offset_min * 60_000))
+            .map(|u| format!("; in UTC this is \"{u}\""))
+            .unwrap_or_default();
+        return Err(format!(
+            "\"{s}\": timestamps must be in UTC and end with `Z`, not carry an offset (e.g. \"2026-11-20T12:30:00Z\"{utc})"
+        ));
+    }
     let t = humantime::parse_rfc3339_weak(s.trim()).map_err(|e| {
         format!(
             "\"{s}\" is not an RFC 3339 timestamp ({e}; expected e.g. \"2026-11-20T12:30:00Z\")"
@@ -111,6 +123,29 @@ pub fn parse_timestamp_ms(s: &str) -> Result<i64, String> {
         ));
     }
     Ok(system_time_ms(t))
+}
+
+/// Splits `2026-01-01T00:00:00+02:00` into the local part and the offset in minutes.
+fn split_utc_offset(t: &str) -> Option<(&str, i64)> {
+    let b = t.as_bytes();
+    if b.len() < 25 || !t.is_char_boundary(b.len() - 6) {
+        return None;
+    }
+    let (local, off) = t.split_at(t.len() - 6);
+    let ob = off.as_bytes();
+    let sign = match ob[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = |r: &[u8]| r.iter().all(u8::is_ascii_digit);
+    if ob[3] != b':' || !digits(&ob[1..3]) || !digits(&ob[4..6]) || !local.contains(['T', 't', ' '])
+    {
+        return None;
+    }
+    let h: i64 = off[1..3].parse().ok()?;
+    let m: i64 = off[4..6].parse().ok()?;
+    Some((local, sign * (h * 60 + m)))
 }
 
 pub fn system_time_ms(t: SystemTime) -> i64 {
@@ -163,7 +198,9 @@ mod tests {
     #[test]
     fn timestamps() {
         assert_eq!(parse_timestamp_ms("1970-01-01T00:00:01Z").unwrap(), 1000);
-        assert!(parse_timestamp_ms("2026-01-01T00:00:00+02:00").is_err());
+        let e = parse_timestamp_ms("2026-01-01T00:00:00+02:00").unwrap_err();
+        assert!(e.contains("must be in UTC"), "{e}");
+        assert!(e.contains("2025-12-31T22:00:00.000Z"), "{e}");
         assert!(parse_timestamp_ms("yesterday").is_err());
         assert_eq!(format_ms(1500), "1970-01-01T00:00:01.500Z");
     }

@@ -1,0 +1,1259 @@
+//! End-to-end tests of the built `kmirror` binary.
+//!
+//! Every test runs `kmirror` as a subprocess, the way an operator does. Clusters come from
+//! `kmirror dev-cluster` (librdkafka's mock cluster) running in ANOTHER process, so the
+//! copy really crosses process boundaries and TCP; the dev-cluster is killed by a Drop
+//! guard when the test ends, panics included. Routing files are written into a tempdir.
+//!
+//! What is checked: the printed plan (`check`), a full copy and its summary (`run --once`),
+//! record-by-record verification (`verify`), checkpoints (`checkpoints show`), a real
+//! verification mismatch (exit 1), kill -9 and SIGTERM in the middle of a run followed by a
+//! rerun, 40+ malformed routing files (exit 3 with `file:line:column`, before connecting),
+//! unreachable clusters and non-Kafka listeners (exit 4, bounded), missing topics (exit 4)
+//! and `kmirror demo`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kmirror");
+
+/// Exit codes (src/error.rs).
+const EXIT_OK: i32 = 0;
+const EXIT_MISMATCH: i32 = 1;
+const EXIT_CONFIG: i32 = 3;
+const EXIT_CLUSTER: i32 = 4;
+
+// ---------------------------------------------------------------------------------------
+// Helpers: processes
+// ---------------------------------------------------------------------------------------
+
+/// A `kmirror` command with a predictable environment.
+fn kmirror(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("NOPE")
+        .stdin(Stdio::null());
+    c
+}
+
+/// What a finished `kmirror` process did.
+#[derive(Debug)]
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Finished {
+    fn expect_code(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "{what}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Reads a pipe to a string on a thread of its own (so a chatty child never blocks).
+fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// A running `kmirror` process; killed (SIGKILL) if dropped while still running.
+struct Running {
+    child: Child,
+    started: Instant,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = kmirror(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kmirror");
+        let stdout = drain(child.stdout.take().expect("stdout"));
+        let stderr = drain(child.stderr.take().expect("stderr"));
+        Running {
+            child,
+            started: Instant::now(),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for the exit, at most `limit` (then kills it and panics with its output).
+    fn wait(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        let stdout = self
+            .stdout
+            .take()
+            .expect("stdout")
+            .join()
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .expect("stderr")
+            .join()
+            .unwrap_or_default();
+        let Some(status) = status else {
+            panic!(
+                "kmirror did not exit within {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            );
+        };
+        Finished {
+            // A signal death has no code; -1 never equals an expected code.
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `kmirror ARGS` to completion, bounded by `limit`.
+fn km(args: &[&str], limit: Duration) -> Finished {
+    Running::spawn(args).wait(limit)
+}
+
+/// Sends a signal by pid with the `kill` utility (no libc dependency in the tests).
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill {sig} {pid} failed");
+}
+
+/// `kmirror dev-cluster` in another process, killed when dropped.
+struct DevCluster {
+    child: Child,
+    bootstraps: Vec<String>,
+}
+
+impl DevCluster {
+    /// Starts `clusters` mock clusters of `brokers` brokers with `topics` (NAME:PARTITIONS)
+    /// on every cluster and `seeds` (TOPIC:COUNT) produced into cluster 1, and waits for
+    /// `ready`. Its stderr goes to `dir/dev-cluster.stderr`.
+    fn start(dir: &Path, clusters: usize, brokers: i32, topics: &[&str], seeds: &[&str]) -> Self {
+        let mut args = vec![
+            "dev-cluster".to_string(),
+            "--clusters".into(),
+            clusters.to_string(),
+            "--brokers".into(),
+            brokers.to_string(),
+        ];
+        for t in topics {
+            args.extend(["--topic".to_string(), t.to_string()]);
+        }
+        for s in seeds {
+            args.extend(["--seed".to_string(), s.to_string()]);
+        }
+        let err_path = dir.join("dev-cluster.stderr");
+        let err = fs::File::create(&err_path).expect("dev-cluster stderr file");
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = kmirror(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err))
+            .spawn()
+            .expect("spawn kmirror dev-cluster");
+        let out = child.stdout.take().expect("dev-cluster stdout");
+        let (tx, rx) = mpsc::channel::<String>();
+        // Reads every line (and keeps draining after `ready`, so the pipe never fills).
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    // Nobody listens any more; keep draining quietly.
+                }
+            }
+        });
+        let mut guard = DevCluster {
+            child,
+            bootstraps: Vec::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some((name, addr)) = line.split_once(" bootstrap=") {
+                        assert_eq!(
+                            name,
+                            format!("cluster{}", guard.bootstraps.len() + 1),
+                            "dev-cluster prints clusters in order: {line}"
+                        );
+                        guard.bootstraps.push(addr.trim().to_string());
+                    } else if line.starts_with("ready") {
+                        break;
+                    }
+                }
+                Err(e) => panic!(
+                    "dev-cluster did not print `ready` ({e:?}); stderr:\n{}",
+                    fs::read_to_string(&err_path).unwrap_or_default()
+                ),
+            }
+        }
+        assert_eq!(
+            guard.bootstraps.len(),
+            clusters,
+            "one bootstrap line per cluster"
+        );
+        guard
+    }
+
+    fn bootstrap(&self, cluster: usize) -> &str {
+        &self.bootstraps[cluster - 1]
+    }
+}
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers: files and tables
+// ---------------------------------------------------------------------------------------
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, text).expect("write routing file");
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Records `kmirror dev-cluster --seed` puts in partition `p` of `partitions` (by index).
+fn share(total: i64, partitions: i64, p: i64) -> i64 {
+    total / partitions + i64::from(p < total % partitions)
+}
+
+/// One row of a printed table, by column header.
+type Row = BTreeMap<String, String>;
+
+fn col<'a>(r: &'a Row, name: &str) -> &'a str {
+    r.get(name)
+        .unwrap_or_else(|| panic!("no column {name:?} in row {r:?}"))
+}
+
+fn num(r: &Row, name: &str) -> i64 {
+    col(r, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("column {name:?} is not a number in {r:?}"))
+}
+
+/// Partition number of a `cluster:topic/partition` cell.
+fn partition_of(cell: &str) -> i64 {
+    cell.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+/// The rows of the table whose header line starts with `first_header`, keyed by header.
+/// Columns are found from the `---` rule under the header (cells are aligned to it and
+/// separated by two spaces), so empty cells, spaces inside cells and columns added later do
+/// not shift anything. The table ends at the first line that does not fit the columns.
+fn table(out: &str, first_header: &str) -> Vec<Row> {
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .windows(2)
+        .position(|w| w[0].starts_with(first_header) && w[1].starts_with("---"))
+        .unwrap_or_else(|| panic!("no table with header {first_header:?} in:\n{out}"));
+    let (header, rule) = (lines[at], lines[at + 1]);
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, ch) in rule.char_indices().chain([(rule.len(), ' ')]) {
+        match (ch == '-', start) {
+            (true, None) => start = Some(i),
+            (false, Some(s0)) => {
+                spans.push((s0, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    let cut = |line: &str, (a, b): (usize, usize)| -> String {
+        let b = b.min(line.len());
+        if a >= b {
+            String::new()
+        } else {
+            line[a..b].trim().to_string()
+        }
+    };
+    let names: Vec<String> = spans.iter().map(|sp| cut(header, *sp)).collect();
+    let fits = |line: &str| {
+        !line.trim().is_empty()
+            && spans.iter().skip(1).all(|(a, _)| {
+                line.as_bytes()
+                    .get(a - 2..*a)
+                    .is_none_or(|sep| sep == b"  ")
+            })
+    };
+    lines[at + 2..]
+        .iter()
+        .take_while(|l| fits(l))
+        .map(|l| {
+            names
+                .iter()
+                .cloned()
+                .zip(spans.iter().map(|sp| cut(l, *sp)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The TOTAL row of a run summary, as numbers by column.
+fn totals(out: &str) -> BTreeMap<String, i64> {
+    let rows = table(out, "route");
+    let total = rows
+        .iter()
+        .find(|r| col(r, "route") == "TOTAL")
+        .unwrap_or_else(|| panic!("no TOTAL row in:\n{out}"));
+    total
+        .iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|n| (k.clone(), n)))
+        .collect()
+}
+
+/// A verify row with nothing missing, duplicated or altered.
+fn assert_clean(r: &Row) {
+    for c in ["missing", "duplicates", "altered"] {
+        assert_eq!(num(r, c), 0, "{c} in {r:?}");
+    }
+    assert_eq!(col(r, "result"), "OK", "{r:?}");
+}
+
+/// Sum of `next offset` over the rows of `kmirror checkpoints show`.
+fn shown_next_offsets(cfg: &Path) -> (i64, Vec<Row>) {
+    let f = km(
+        &["checkpoints", "show", "-c", s(cfg)],
+        Duration::from_secs(30),
+    );
+    f.expect_code(EXIT_OK, "checkpoints show");
+    let rows = table(&f.stdout, "route");
+    let sum = rows.iter().map(|r| num(r, "next offset")).sum();
+    (sum, rows)
+}
+
+/// Sum of every `"next_offset": N` in a checkpoint file (0 if there is none yet). Read
+/// directly so a test can watch progress without spawning processes.
+fn checkpoint_file_sum(path: &Path) -> i64 {
+    let Ok(text) = fs::read_to_string(path) else {
+        return 0;
+    };
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("\"next_offset\": "))
+        .filter_map(|v| v.trim_end_matches(',').parse::<i64>().ok())
+        .sum()
+}
+
+/// A routing file for `dir` with clusters `src` and `dst` and one route `orders`.
+fn mirror_config(src: &str, dst: &str, route_extra: &str) -> String {
+    format!(
+        r#"[checkpoints]
+interval = "500ms"
+
+[run]
+connect_timeout = "10s"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "orders"
+source = "src"
+topics = ["orders"]
+target = "dst"
+{route_extra}
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. check prints the plan
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn check_prints_one_plan_row_per_source_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(
+        dir.path(),
+        2,
+        3,
+        &["orders:6", "orders.audit:3"],
+        &["orders:5000"],
+    );
+    let cfg = write(
+        dir.path(),
+        "plan.toml",
+        &format!(
+            r#"[clusters.src]
+bootstrap = "{}"
+[clusters.dst]
+bootstrap = "{}"
+
+[[routes]]
+name = "orders"
+source = "src"
+topics = ["orders"]
+target = "dst"
+end = "snapshot"
+
+[[routes]]
+name = "audit"
+source = "src"
+topics = ["orders"]
+target = "dst"
+target_topic = "{{topic}}.audit"
+partitioning = "key"
+start = 100
+end = 500
+"#,
+            dc.bootstrap(1),
+            dc.bootstrap(2)
+        ),
+    );
+    let f = km(&["check", "-c", s(&cfg)], Duration::from_secs(60));
+    f.expect_code(EXIT_OK, "check");
+    assert!(
+        f.stdout
+            .contains("routing file OK (2 routes, 2 clusters; job \"plan\""),
+        "{}",
+        f.stdout
+    );
+    let rows = table(&f.stdout, "route");
+    let mut want: Vec<Vec<String>> = Vec::new();
+    for p in 0..6 {
+        let n = share(5000, 6, p);
+        want.push(vec![
+            "orders".into(),
+            format!("src:orders/{p}"),
+            format!("dst:orders/{p}"),
+            "0".into(),
+            n.to_string(),
+            format!("<= {n}"),
+        ]);
+    }
+    for p in 0..6 {
+        want.push(vec![
+            "audit".into(),
+            format!("src:orders/{p}"),
+            "dst:orders.audit/key".into(),
+            "100".into(),
+            "500".into(),
+            "<= 400".into(),
+        ]);
+    }
+    let got: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            ["route", "source", "target", "start", "end", "estimate"]
+                .iter()
+                .map(|c| col(r, c).to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(got, want, "plan rows:\n{}", f.stdout);
+    assert!(
+        f.stdout
+            .contains("12 partition tasks; at most 7400 records to copy"),
+        "{}",
+        f.stdout
+    );
+    // check connects and plans; it must not copy or checkpoint anything.
+    assert!(!dir.path().join("checkpoints").exists());
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. run --once, verify, checkpoints show
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn run_once_copies_everything_then_verify_and_checkpoints_agree() {
+    const SEEDED: i64 = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 3, &["orders:6"], &["orders:5000"]);
+    let cfg = write(
+        dir.path(),
+        "mirror.toml",
+        &mirror_config(dc.bootstrap(1), dc.bootstrap(2), ""),
+    );
+
+    let run = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(60),
+    );
+    run.expect_code(EXIT_OK, "run --once");
+    let t = totals(&run.stdout);
+    assert_eq!(t["acked"], SEEDED, "TOTAL acked:\n{}", run.stdout);
+    assert_eq!(t["read"], SEEDED);
+    assert_eq!(
+        (t["failed"], t["pending"], t["filtered"]),
+        (0, 0, 0),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("complete in "), "{}", run.stdout);
+    let rows = table(&run.stdout, "route");
+    for p in 0..6i64 {
+        let n = share(SEEDED, 6, p);
+        let row = rows
+            .iter()
+            .find(|r| col(r, "source") == format!("src:orders/{p}"))
+            .unwrap_or_else(|| panic!("no summary row for partition {p}:\n{}", run.stdout));
+        assert_eq!(
+            col(row, "range"),
+            format!("[0, {n})"),
+            "range of partition {p}"
+        );
+        assert_eq!(num(row, "read"), n, "read of partition {p}");
+        assert_eq!(num(row, "acked"), n, "acked of partition {p}");
+        assert_eq!(
+            col(row, "target"),
+            format!("dst:orders/{p} [0..={}]", n - 1)
+        );
+        assert_eq!(col(row, "status"), "done");
+    }
+
+    let v = km(&["verify", "-c", s(&cfg)], Duration::from_secs(60));
+    v.expect_code(EXIT_OK, "verify");
+    let vrows = table(&v.stdout, "route");
+    assert_eq!(vrows.len(), 6, "{}", v.stdout);
+    for r in &vrows {
+        let n = share(SEEDED, 6, partition_of(col(r, "source")));
+        assert_eq!(num(r, "source records"), n, "{r:?}");
+        assert_eq!(num(r, "target records"), n, "{r:?}");
+        assert_clean(r);
+    }
+    assert!(v
+        .stdout
+        .contains("verified 6 partitions: every source record is on the target"));
+
+    let (sum, cp_rows) = shown_next_offsets(&cfg);
+    assert_eq!(sum, SEEDED, "checkpoint next offsets");
+    assert_eq!(cp_rows.len(), 6);
+    for r in &cp_rows {
+        assert_eq!(col(r, "first offset"), "0", "{r:?}");
+    }
+
+    // A second run resumes from the checkpoint and finds nothing to copy...
+    let again = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(60),
+    );
+    again.expect_code(EXIT_OK, "second run --once");
+    assert_eq!(totals(&again.stdout)["acked"], 0, "{}", again.stdout);
+    // ...so nothing was delivered twice, and check now plans from the checkpoint.
+    km(
+        &["verify", "-c", s(&cfg), "--fail-on-duplicates"],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "verify --fail-on-duplicates after a no-op rerun");
+    let c = km(&["check", "-c", s(&cfg)], Duration::from_secs(60));
+    c.expect_code(EXIT_OK, "check after the copy");
+    for r in table(&c.stdout, "route") {
+        let p = partition_of(col(&r, "source"));
+        assert_eq!(
+            col(&r, "start"),
+            format!("{} (checkpoint)", share(SEEDED, 6, p)),
+            "{r:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. verify exits 1 on a real mismatch
+// ---------------------------------------------------------------------------------------
+
+/// An honest mismatch, with no hand-edited checkpoint: the target cluster is replaced by one
+/// restored from a stale backup.
+///
+/// 1. Job `mirror` copies all of `src:orders` to cluster 2 (`dst`); verify says OK.
+/// 2. Job `stale-backup` copies only offsets [0, 400) of every partition to cluster 3. That
+///    is what a backup taken early in the migration would hold.
+/// 3. The operator "restores" the target: the routing file keeps job `mirror` and its
+///    checkpoint but `dst` now points at cluster 3. The checkpoint rightly claims offsets
+///    [0, 834) were written to `dst`; the cluster now called `dst` holds only [0, 400).
+///
+/// verify must read both sides and report the records the target really lacks.
+#[test]
+fn verify_exits_1_when_the_target_lacks_records() {
+    const SEEDED: i64 = 5000;
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 3, 1, &["orders:6"], &["orders:5000"]);
+    let job = |name: &str, dst: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dst, &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    let mirror = job("mirror", dc.bootstrap(2), "");
+    let stale = job("stale-backup", dc.bootstrap(3), "end = 400");
+    let restored = write(
+        dir.path(),
+        "restored.toml",
+        &fs::read_to_string(&mirror)
+            .unwrap()
+            .replace(dc.bootstrap(2), dc.bootstrap(3)),
+    );
+
+    km(
+        &["run", "-c", s(&mirror), "--once"],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "run mirror");
+    km(&["verify", "-c", s(&mirror)], Duration::from_secs(60))
+        .expect_code(EXIT_OK, "verify of the real target");
+    let st = km(&["run", "-c", s(&stale)], Duration::from_secs(60));
+    st.expect_code(EXIT_OK, "run stale-backup");
+    assert_eq!(totals(&st.stdout)["acked"], 6 * 400, "{}", st.stdout);
+
+    let v = km(&["verify", "-c", s(&restored)], Duration::from_secs(60));
+    v.expect_code(EXIT_MISMATCH, "verify against the stale target");
+    let rows = table(&v.stdout, "route");
+    assert_eq!(rows.len(), 6, "{}", v.stdout);
+    for r in &rows {
+        let n = share(SEEDED, 6, partition_of(col(r, "source")));
+        assert_eq!(num(r, "source records"), n, "{r:?}");
+        assert_eq!(num(r, "target records"), 400, "{r:?}");
+        assert_eq!(num(r, "missing"), n - 400, "{r:?}");
+        assert_eq!(num(r, "duplicates"), 0, "{r:?}");
+        assert_eq!(col(r, "result"), "MISMATCH", "{r:?}");
+    }
+    assert!(
+        v.stdout.contains("6 of 6 partitions do NOT match"),
+        "{}",
+        v.stdout
+    );
+    // --route selects; an unknown route is an error, not a silent pass.
+    // (verify reads for a second past every short target partition before calling the
+    // rest missing, so the mismatching verify is run only once.)
+    let one = km(
+        &["verify", "-c", s(&mirror), "--route", "orders"],
+        Duration::from_secs(60),
+    );
+    one.expect_code(EXIT_OK, "verify --route orders");
+    let bad = km(
+        &["verify", "-c", s(&restored), "--route", "nope"],
+        Duration::from_secs(30),
+    );
+    assert_ne!(bad.code, EXIT_OK, "verify --route nope must fail");
+    assert!(bad.stderr.contains("route \"nope\""), "{}", bad.stderr);
+
+    // The route now reads from another source cluster: the checkpoint's offsets mean nothing
+    // there. Everything refuses it (exit 5) and names the remedy, and the remedy works.
+    let moved = write(
+        dir.path(),
+        "moved.toml",
+        &fs::read_to_string(&mirror)
+            .unwrap()
+            .replace("source = \"src\"", "source = \"src2\"")
+            .replace(
+                "[clusters.dst]",
+                &format!(
+                    "[clusters.src2]\nbootstrap = \"{}\"\n\n[clusters.dst]",
+                    dc.bootstrap(3)
+                ),
+            ),
+    );
+    for cmd in ["check", "verify", "run"] {
+        let r = km(&[cmd, "-c", s(&moved)], Duration::from_secs(30));
+        r.expect_code(5, &format!("{cmd} after the source moved"));
+        assert!(
+            r.stderr.contains("route \"orders\" was recorded for source cluster \"src\" but the routing file now reads it from \"src2\"")
+                && r.stderr.contains("kmirror checkpoints reset --route orders"),
+            "{cmd}: {}",
+            r.stderr
+        );
+    }
+    km(
+        &["checkpoints", "reset", "-c", s(&moved), "--route", "orders"],
+        Duration::from_secs(30),
+    )
+    .expect_code(EXIT_OK, "the reset the error message asks for");
+    let c = km(&["check", "-c", s(&moved)], Duration::from_secs(30));
+    c.expect_code(EXIT_OK, "check after the reset");
+    for r in table(&c.stdout, "route") {
+        assert!(col(&r, "source").starts_with("src2:orders/"), "{r:?}");
+        assert_eq!(col(&r, "start"), "0", "planned from `start` again: {r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 4 and 5. kill -9 and SIGTERM in the middle of a run
+// ---------------------------------------------------------------------------------------
+
+const BIG: i64 = 60_000;
+
+/// A dev-cluster seeded with 60k records over 6 partitions and a routing file whose route
+/// is rate limited to 15k records/s (about 4 s for the whole copy).
+fn big_setup(dir: &Path) -> (DevCluster, PathBuf) {
+    let dc = DevCluster::start(dir, 2, 3, &["orders:6"], &["orders:60000"]);
+    let cfg = write(
+        dir,
+        "big.toml",
+        &mirror_config(
+            dc.bootstrap(1),
+            dc.bootstrap(2),
+            "max_messages_per_sec = 15000",
+        ),
+    );
+    (dc, cfg)
+}
+
+/// Starts `run --once` and returns it once it has run at least 1.5 s AND written a
+/// checkpoint with progress, so the interruption really lands in the middle of the copy.
+fn start_and_wait_for_progress(cfg: &Path) -> Running {
+    let cp_file = cfg
+        .parent()
+        .unwrap()
+        .join("checkpoints/big.checkpoint.json");
+    let mut run = Running::spawn(&["run", "-c", s(cfg), "--once", "--progress", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.started.elapsed() < Duration::from_millis(1500) || checkpoint_file_sum(&cp_file) == 0
+    {
+        if !run.still_running() {
+            let f = run.wait(Duration::from_secs(1));
+            panic!("the rate-limited run ended before it could be interrupted: {f:?}");
+        }
+        assert!(Instant::now() < deadline, "no checkpointed progress in 30s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(run.still_running(), "run ended before the interruption");
+    run
+}
+
+#[test]
+fn kill_9_mid_run_then_rerun_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dc, cfg) = big_setup(dir.path());
+
+    let mut run = start_and_wait_for_progress(&cfg);
+    let pid = run.pid();
+    run.child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    let killed = run.wait(Duration::from_secs(10));
+    assert_eq!(killed.code, -1, "killed by a signal: {killed:?}");
+    assert!(!killed.stdout.contains("complete"), "{}", killed.stdout);
+
+    let (before, _) = shown_next_offsets(&cfg);
+    assert!(
+        before > 0 && before < BIG,
+        "the checkpoint left by pid {pid} is mid-copy: {before}"
+    );
+
+    let rerun = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    rerun.expect_code(EXIT_OK, "rerun after kill -9");
+    assert!(rerun.stdout.contains("complete in "), "{}", rerun.stdout);
+    let t = totals(&rerun.stdout);
+    assert_eq!(
+        t["acked"],
+        BIG - before,
+        "the rerun starts at the checkpoint"
+    );
+    assert_eq!((t["failed"], t["pending"]), (0, 0));
+    let (after, _) = shown_next_offsets(&cfg);
+    assert_eq!(after, BIG);
+
+    let v = km(&["verify", "-c", s(&cfg)], Duration::from_secs(90));
+    v.expect_code(EXIT_OK, "verify after kill -9 and rerun");
+    let rows = table(&v.stdout, "route");
+    assert_eq!(rows.len(), 6);
+    let mut dups = 0i64;
+    for r in &rows {
+        assert_eq!(num(r, "source records"), share(BIG, 6, 0), "{r:?}");
+        assert_eq!(num(r, "missing"), 0, "{r:?}");
+        assert_eq!(num(r, "altered"), 0, "{r:?}");
+        assert_eq!(col(r, "result"), "OK", "{r:?}");
+        dups += num(r, "duplicates");
+    }
+    println!(
+        "kill -9 after {:.1}s: checkpoint at {before}/{BIG}; rerun copied {}; verify: missing 0, {dups} duplicates (at-least-once)",
+        killed.elapsed.as_secs_f64(),
+        t["acked"]
+    );
+}
+
+#[test]
+fn sigterm_mid_run_stops_cleanly_and_rerun_has_no_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dc, cfg) = big_setup(dir.path());
+
+    let run = start_and_wait_for_progress(&cfg);
+    let t0 = Instant::now();
+    signal(run.pid(), "-TERM");
+    let stopped = run.wait(Duration::from_secs(30));
+    let took = t0.elapsed();
+    stopped.expect_code(EXIT_OK, "SIGTERM");
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM to exit took {took:?}"
+    );
+    assert!(stopped.stdout.contains("stopped in "), "{}", stopped.stdout);
+    let t = totals(&stopped.stdout);
+    assert_eq!(
+        (t["pending"], t["failed"]),
+        (0, 0),
+        "a clean stop settles everything in flight:\n{}",
+        stopped.stdout
+    );
+    assert!(t["acked"] > 0 && t["acked"] < BIG, "{}", stopped.stdout);
+    // The final checkpoint covers exactly what was acknowledged.
+    let (cp, _) = shown_next_offsets(&cfg);
+    assert_eq!(cp, t["acked"], "final checkpoint == acked");
+
+    let rerun = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    rerun.expect_code(EXIT_OK, "rerun after SIGTERM");
+    assert!(rerun.stdout.contains("complete in "), "{}", rerun.stdout);
+    assert_eq!(totals(&rerun.stdout)["acked"], BIG - t["acked"]);
+
+    let v = km(
+        &["verify", "-c", s(&cfg), "--fail-on-duplicates"],
+        Duration::from_secs(90),
+    );
+    v.expect_code(
+        EXIT_OK,
+        "verify --fail-on-duplicates after SIGTERM and rerun",
+    );
+    for r in table(&v.stdout, "route") {
+        assert_eq!(num(&r, "source records"), share(BIG, 6, 0), "{r:?}");
+        assert_clean(&r);
+    }
+    println!(
+        "SIGTERM after {:.1}s: exited in {:.2}s with {} acked; rerun copied the other {}",
+        stopped.elapsed.as_secs_f64() - took.as_secs_f64(),
+        took.as_secs_f64(),
+        t["acked"],
+        BIG - t["acked"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. configuration errors
+// ---------------------------------------------------------------------------------------
+
+/// Every file in tests/configs/ is a malformed routing file whose header says what `check`
+/// must report: `# expect: LINE:COL: fragment` (one or more) and optionally
+/// `# expect-count: N`. Their clusters point at 127.0.0.1:9, where nothing listens: a file
+/// that got as far as connecting would take the 10 s connect timeout, so the time bound
+/// also proves the refusal comes before any connection.
+#[test]
+fn malformed_routing_files_exit_3_with_file_line_column() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("tests/configs")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 25, "only {} fixtures", files.len());
+    let mut failures = Vec::new();
+    for f in &files {
+        let text = fs::read_to_string(f).unwrap();
+        let expects: Vec<(String, String)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: "))
+            .map(|e| {
+                let (lc, frag) = e.split_once(": ").expect("`# expect: L:C: fragment`");
+                (lc.to_string(), frag.to_string())
+            })
+            .collect();
+        assert!(
+            !expects.is_empty(),
+            "{} has no `# expect:` line",
+            f.display()
+        );
+        let count: Option<usize> = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect-count: "))
+            .map(|n| n.trim().parse().unwrap());
+        let r = km(&["check", "-c", s(f)], Duration::from_secs(30));
+        let mut problems = Vec::new();
+        if r.code != EXIT_CONFIG {
+            problems.push(format!("exit {} (want {EXIT_CONFIG})", r.code));
+        }
+        if r.elapsed > Duration::from_secs(3) {
+            problems.push(format!("took {:?} (did it connect?)", r.elapsed));
+        }
+        for (lc, frag) in &expects {
+            // The diagnostic line itself must carry both the position and the message.
+            let pos = format!("{}:{lc}: ", f.display());
+            let hit = r
+                .stderr
+                .lines()
+                .any(|l| l.contains(&pos) && l.contains(frag.as_str()));
+            if !hit {
+                problems.push(format!("no line with `{pos}` and `{frag}`"));
+            }
+        }
+        let diag_lines = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains(&format!("{}:", f.display())))
+            .count();
+        let want = count.unwrap_or(1);
+        if diag_lines != want {
+            problems.push(format!("{diag_lines} diagnostics, want {want}"));
+        }
+        if want > 1
+            && !r
+                .stderr
+                .contains(&format!("{want} problems in the routing file"))
+        {
+            problems.push("no problem count".into());
+        }
+        if !r.stdout.is_empty() {
+            problems.push(format!("printed to stdout: {}", r.stdout));
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}: {}\n    stderr: {}",
+                f.file_name().unwrap().to_string_lossy(),
+                problems.join("; "),
+                r.stderr.trim()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn missing_routing_file_is_a_config_error() {
+    let r = km(
+        &["check", "-c", "/nonexistent/kmirror.toml"],
+        Duration::from_secs(10),
+    );
+    r.expect_code(EXIT_CONFIG, "missing routing file");
+    assert!(
+        r.stderr
+            .contains("/nonexistent/kmirror.toml: cannot read routing file"),
+        "{}",
+        r.stderr
+    );
+}
+
+/// Exit 2 for usage errors and 5 for a checkpoint that cannot be trusted (truncated, not a
+/// checkpoint, another job's), all before connecting (the clusters do not exist).
+#[test]
+fn usage_errors_exit_2_and_untrustworthy_checkpoints_exit_5() {
+    let r = km(&["run"], Duration::from_secs(10));
+    r.expect_code(2, "run without -c");
+    assert!(r.stderr.contains("--config"), "{}", r.stderr);
+    km(&["bogus"], Duration::from_secs(10)).expect_code(2, "unknown subcommand");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |job: &str| {
+        write(
+            dir.path(),
+            &format!("{job}.toml"),
+            &mirror_config("127.0.0.1:9", "127.0.0.1:9", "").replace(
+                "[run]\nconnect_timeout = \"10s\"",
+                "[run]\nconnect_timeout = \"1s\"",
+            ),
+        )
+    };
+    let (a, b) = (cfg("a"), cfg("b"));
+    let cp_dir = dir.path().join("checkpoints");
+    // `checkpoints reset` without --to only forgets: it writes a valid, empty checkpoint
+    // without connecting.
+    km(
+        &["checkpoints", "reset", "-c", s(&a)],
+        Duration::from_secs(10),
+    )
+    .expect_code(EXIT_OK, "checkpoints reset (forget)");
+    let good = fs::read_to_string(cp_dir.join("a.checkpoint.json")).unwrap();
+    km(
+        &["checkpoints", "show", "-c", s(&a)],
+        Duration::from_secs(10),
+    )
+    .expect_code(EXIT_OK, "show the empty checkpoint");
+    // Nothing to verify yet is a failure, not a silent pass.
+    let v = km(&["verify", "-c", s(&a)], Duration::from_secs(30));
+    v.expect_code(EXIT_MISMATCH, "verify with nothing checkpointed");
+    assert!(v.stderr.contains("nothing to verify"), "{}", v.stderr);
+
+    let cases = [
+        ("truncated", good[..good.len() / 2].to_string(), "truncated"),
+        (
+            "not a checkpoint",
+            "{\"hello\": 1}".to_string(),
+            "not a kmirror checkpoint",
+        ),
+        ("empty", String::new(), "empty"),
+        (
+            "edited",
+            good.replace("\"job\": \"a\"", "\"job\": \"A\""),
+            "checksum",
+        ),
+    ];
+    for (what, text, message) in &cases {
+        fs::write(cp_dir.join("a.checkpoint.json"), text).unwrap();
+        for cmd in [
+            &["check"][..],
+            &["run", "--once"][..],
+            &["verify"][..],
+            &["checkpoints", "show"][..],
+            &["checkpoints", "reset"][..],
+        ] {
+            let mut args = cmd.to_vec();
+            args.extend(["-c", s(&a)]);
+            let r = km(&args, Duration::from_secs(30));
+            r.expect_code(5, &format!("{cmd:?} with a {what} checkpoint"));
+            assert!(
+                r.stderr.contains(message) && r.stderr.contains("a.checkpoint.json"),
+                "{cmd:?} with a {what} checkpoint: {}",
+                r.stderr
+            );
+            assert!(
+                r.elapsed < Duration::from_secs(5),
+                "{cmd:?}: {:?}",
+                r.elapsed
+            );
+        }
+    }
+    // Another job's checkpoint copied into place is refused too.
+    fs::write(cp_dir.join("b.checkpoint.json"), &good).unwrap();
+    for cmd in [&["run", "--once"][..], &["checkpoints", "reset"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&b)]);
+        let r = km(&args, Duration::from_secs(30));
+        r.expect_code(5, &format!("{cmd:?} over another job's checkpoint"));
+        assert!(
+            r.stderr.contains("belongs to job \"a\", not \"b\""),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(cp_dir.join("b.checkpoint.json")).unwrap(),
+        good,
+        "a refused reset leaves the file alone"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. unreachable clusters
+// ---------------------------------------------------------------------------------------
+
+/// A port where nothing listens (bound, then released).
+fn closed_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A port where an HTTP server answers every connection with a 400 and closes it.
+fn http_junk_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: 22\r\nConnection: close\r\n\r\n<h1>Bad Request</h1>\r\n",
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn unreachable_or_non_kafka_cluster_exits_4_in_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 1, 1, &["orders:2"], &[]);
+    let cases = [
+        ("closed port", format!("127.0.0.1:{}", closed_port())),
+        ("HTTP server", format!("127.0.0.1:{}", http_junk_port())),
+    ];
+    for (what, addr) in &cases {
+        // `dst` is real; `src` is the broken one (and is contacted second, so a message that
+        // names the first cluster it tried would be wrong).
+        let cfg = write(
+            dir.path(),
+            "unreachable.toml",
+            &format!(
+                r#"[run]
+connect_timeout = "3s"
+[clusters.src]
+bootstrap = "{addr}"
+[clusters.dst]
+bootstrap = "{}"
+[[routes]]
+name = "orders"
+source = "src"
+topics = ["orders"]
+target = "dst"
+"#,
+                dc.bootstrap(1)
+            ),
+        );
+        for cmd in [&["check"][..], &["run", "--once"][..]] {
+            let mut args = cmd.to_vec();
+            args.extend(["-c", s(&cfg)]);
+            let r = km(&args, Duration::from_secs(60));
+            r.expect_code(EXIT_CLUSTER, &format!("{cmd:?} against a {what}"));
+            assert!(
+                r.elapsed < Duration::from_secs(20),
+                "{cmd:?} against a {what} took {:?}",
+                r.elapsed
+            );
+            assert!(
+                r.stderr.contains(&format!("cluster \"src\" ({addr})"))
+                    && r.stderr.contains("no Kafka broker answered within 3s"),
+                "{cmd:?} against a {what}: {}",
+                r.stderr
+            );
+            assert!(!r.stderr.contains("cluster \"dst\""), "{}", r.stderr);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. missing topics
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn missing_topics_and_small_targets_exit_4_naming_cluster_and_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:6", "small:2"], &["orders:600"]);
+    let cases = [
+        (
+            "missing source topic",
+            r#"topics = ["orders", "nope"]"#,
+            r#"cluster "src": topic "nope" does not exist (route "orders" reads it)"#,
+        ),
+        (
+            "regex matching nothing",
+            r#"topic_regex = "payments\\..*""#,
+            r#"route "orders": topic_regex "payments\..*" matches no topic on cluster "src""#,
+        ),
+        (
+            "target too small for preserve",
+            "topics = [\"orders\"]\ntarget_topic = \"small\"",
+            r#"target topic "small" on cluster "dst" has 2 partitions but partitioning = "preserve" needs at least 6"#,
+        ),
+        (
+            "missing target topic",
+            "topics = [\"orders\"]\ntarget_topic = \"{topic}.copy\"",
+            r#"cluster "dst": topic "orders.copy" does not exist (route "orders" writes to it; create it with 6 partitions"#,
+        ),
+    ];
+    for (what, topics, message) in cases {
+        let cfg = write(
+            dir.path(),
+            "topics.toml",
+            &format!(
+                r#"[run]
+connect_timeout = "5s"
+[clusters.src]
+bootstrap = "{}"
+[clusters.dst]
+bootstrap = "{}"
+[[routes]]
+name = "orders"
+source = "src"
+target = "dst"
+{topics}
+"#,
+                dc.bootstrap(1),
+                dc.bootstrap(2)
+            ),
+        );
+        for cmd in ["check", "run"] {
+            let r = km(&[cmd, "-c", s(&cfg)], Duration::from_secs(60));
+            r.expect_code(EXIT_CLUSTER, &format!("{cmd}: {what}"));
+            assert!(
+                r.stderr.contains(message),
+                "{cmd}: {what}: want `{message}` in:\n{}",
+                r.stderr
+            );
+        }
+        // Nothing was copied or checkpointed.
+        assert!(!dir.path().join("checkpoints").exists(), "{what}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. demo
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn demo_runs_and_verifies() {
+    let r = km(&["demo", "--records", "5000"], Duration::from_secs(120));
+    r.expect_code(EXIT_OK, "demo");
+    assert!(r.stdout.contains("demo OK"), "{}", r.stdout);
+    assert!(
+        r.stdout
+            .contains("verified 6 partitions: every source record is on the target"),
+        "{}",
+        r.stdout
+    );
+}
