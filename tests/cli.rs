@@ -9,8 +9,11 @@
 //! record-by-record verification (`verify`), checkpoints (`checkpoints show`), a real
 //! verification mismatch (exit 1), kill -9 and SIGTERM in the middle of a run followed by a
 //! rerun, 40+ malformed routing files (exit 3 with `file:line:column`, before connecting),
-//! unreachable clusters and non-Kafka listeners (exit 4, bounded), missing topics (exit 4)
-//! and `kmirror demo`.
+//! unreachable clusters and non-Kafka listeners (exit 4, bounded), missing topics (exit 4),
+//! usage errors (exit 2), untrustworthy checkpoints (exit 5) and `kmirror demo`.
+//!
+//! The binary is `target/debug/kmirror`: a build of another source tree into the same target
+//! directory replaces it, so run these from a quiet tree.
 
 use std::collections::BTreeMap;
 use std::fs;
