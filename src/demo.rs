@@ -30,6 +30,14 @@ pub enum DemoError {
     Io(#[from] std::io::Error),
 }
 
+struct WorkDir(std::path::PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Runs the demo; returns whether the run completed and verification matched.
 pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError> {
     let partitions = 6;
@@ -77,7 +85,14 @@ pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError
         .create_topic(1, "orders.dlq", 1)
         .map_err(DemoError::Clusters)?;
 
-    let dir = std::env::temp_dir().join(format!("kmirror-demo-{}", std::process::id()));
+    // A fresh directory each time (never a stale checkpoint), removed however the demo ends.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let work =
+        WorkDir(std::env::temp_dir().join(format!("kmirror-demo-{}-{nanos}", std::process::id())));
+    let dir = work.0.clone();
     std::fs::create_dir_all(&dir)?;
     let dir_s = dir.display().to_string();
     let env = move |k: &str| match k {
@@ -128,7 +143,6 @@ pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError
             "demo FAILED"
         }
     );
-    let _ = std::fs::remove_dir_all(&dir);
     clusters.stop();
     Ok(ok)
 }

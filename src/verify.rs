@@ -50,6 +50,9 @@ pub struct VerifyRow {
     /// Poison records a route with on_error = "skip" leaves out.
     pub skipped: u64,
     pub missing: u64,
+    /// Target records naming a source offset in the range that the source does not hold,
+    /// or that the route should not have copied (filtered or poison).
+    pub unexpected: u64,
     pub duplicates: u64,
     pub altered: u64,
     /// Compared by content (provenance present) or only by count.
@@ -58,7 +61,10 @@ pub struct VerifyRow {
 
 impl VerifyRow {
     pub fn matches(&self, fail_on_duplicates: bool) -> bool {
-        self.missing == 0 && self.altered == 0 && (!fail_on_duplicates || self.duplicates == 0)
+        self.missing == 0
+            && self.unexpected == 0
+            && self.altered == 0
+            && (!fail_on_duplicates || self.duplicates == 0)
     }
 }
 
@@ -85,6 +91,7 @@ impl VerifyReport {
             "target",
             "target records",
             "missing",
+            "unexpected",
             "duplicates",
             "altered",
             "result",
@@ -104,6 +111,7 @@ impl VerifyReport {
                     r.target.clone(),
                     r.target_records.to_string(),
                     r.missing.to_string(),
+                    r.unexpected.to_string(),
                     r.duplicates.to_string(),
                     if r.by_content {
                         r.altered.to_string()
@@ -447,6 +455,7 @@ pub fn verify(
                         row.missing += 1;
                     }
                 }
+                row.unexpected = seen.keys().filter(|o| !expected.contains_key(o)).count() as u64;
                 row.duplicates = seen.values().map(|n| (*n as u64).saturating_sub(1)).sum();
             } else {
                 let want = expected.len() as u64;

@@ -750,7 +750,7 @@ fn check(
                         &pv.span(),
                         &pkey,
                         format!(
-                            "a {} cannot be passed to librdkafka: use a string, integer or boolean",
+                            "a value of type {} cannot be passed to librdkafka: use a string, integer or boolean",
                             other.type_str()
                         ),
                     );

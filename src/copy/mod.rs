@@ -161,15 +161,16 @@ fn execute(
         senders.push(tx);
         receivers.push(rx);
     }
+    // A producer for every cluster a task writes to: its target and its route's dead-letter
+    // destination (which may be a cluster no route targets).
     let targets: BTreeMap<String, _> = plan
         .tasks
         .iter()
-        .map(|t| {
-            (
-                t.target_cluster.clone(),
-                config.clusters[&t.target_cluster].clone(),
-            )
+        .flat_map(|t| {
+            let dead_letter = config.routes[t.route].dead_letter.as_ref();
+            std::iter::once(&t.target_cluster).chain(dead_letter.map(|d| &d.cluster))
         })
+        .map(|c| (c.clone(), config.clusters[c].clone()))
         .collect();
     let pool = Arc::new(produce::ProducerPool::new(
         targets,
@@ -284,12 +285,15 @@ fn execute(
                 }
                 Ok(())
             });
-            let finished: Vec<Vec<CopyTask>> = handles
-                .into_iter()
-                .map(|h| h.join().expect("reader thread panicked"))
-                .collect();
+            let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
+            // Stop the checkpoint writer before propagating a reader's panic: the scope
+            // waits for it, so a panic first would hang the run forever.
             done.store(true, Ordering::Relaxed);
             let writer_result = w.join().expect("checkpoint thread panicked");
+            let finished: Vec<Vec<CopyTask>> = joined
+                .into_iter()
+                .map(|r| r.expect("reader thread panicked"))
+                .collect();
             (finished, writer_result)
         })
     };

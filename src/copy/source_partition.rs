@@ -48,10 +48,11 @@ pub enum TaskStatus {
 }
 
 impl TaskStatus {
+    /// As shown in the end-of-run summary (a task still copying there was stopped).
     pub fn label(&self) -> String {
         match self {
-            TaskStatus::Copying => "copying".into(),
-            TaskStatus::ReadDone => "draining".into(),
+            TaskStatus::Copying => "stopped (resumes here)".into(),
+            TaskStatus::ReadDone => "stopped at end (acks pending)".into(),
             TaskStatus::Done => "done".into(),
             TaskStatus::Halted(why) => format!("HALTED: {why}"),
         }
@@ -260,14 +261,17 @@ impl Reader {
         for (i, t) in self.tasks.iter().enumerate() {
             by_partition.entry(t.plan.partition).or_default().push(i);
         }
+        // Targets and dead-letter destinations (`send` and `on_report` use both).
         let producers = self
             .tasks
             .iter()
-            .map(|t| {
-                (
-                    t.plan.target_cluster.clone(),
-                    self.pool.get(&t.plan.target_cluster),
-                )
+            .flat_map(|t| {
+                let dead_letter = t.route.dead_letter.as_ref().map(|d| d.cluster.clone());
+                std::iter::once(t.plan.target_cluster.clone()).chain(dead_letter)
+            })
+            .map(|c| {
+                let p = self.pool.get(&c);
+                (c, p)
             })
             .collect();
         let mut st = State {
@@ -432,6 +436,9 @@ impl State {
             self.backoff = Duration::from_millis(500);
             return;
         }
+        // librdkafka keeps an application pause across assign(): resume what was just
+        // assigned, or a partition paused before a rewind is never fetched again.
+        let _ = consumer.resume(&tpl);
         self.paused.clear();
         self.needs_assign = false;
         // librdkafka drops what it fetched for the old assignment; from here on every
@@ -873,7 +880,14 @@ impl State {
             .in_flight_bytes
             .fetch_sub(inf.bytes as u64, Ordering::Relaxed);
         if inf.generation != t.generation {
-            return; // from before a rewind: the record is being copied again
+            // From before a rewind: the record is being copied again. If this copy landed
+            // too, it is a duplicate on the target, inside the range verify must read.
+            if let (Ok((tp, toff)), false) = (&r.result, inf.dead_letter) {
+                let range = t.target_ranges.entry(*tp).or_insert([*toff, *toff]);
+                range[0] = range[0].min(*toff);
+                range[1] = range[1].max(*toff);
+            }
+            return;
         }
         let target = if inf.dead_letter {
             t.route
