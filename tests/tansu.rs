@@ -1,0 +1,957 @@
+//! kmirror against tansu, a Kafka-compatible broker that runs as a separate process (see
+//! shared/BROKERS.md). Copies mock -> tansu, tansu -> mock and tansu -> tansu through the
+//! library API, read the target back and compare it record by record with the source through
+//! the `kmirror.source` provenance header, and check that `verify` agrees.
+//!
+//! The tansu binary comes from `scripts/tansu.sh` (or `KMIRROR_TANSU`). Without it these tests
+//! FAIL, saying how to install it: they never skip silently.
+//!
+//! tansu's quirk that matters here: ListOffsets "latest" answers the base offset of the
+//! partition's last record batch plus one, not the offset after its last record, so it
+//! under-reports the high watermark by (records in the last batch - 1). Fetch responses carry
+//! the right high watermark, so end-of-partition events come at the true end. The copy tests
+//! produce their tansu sources one record per batch, where ListOffsets is truthful;
+//! `tansu_list_offsets_latest_*` pins the quirk, and the `*_batched_tansu_source_*` tests copy
+//! from sources where ListOffsets under-reports: to a snapshot end (`end = "snapshot"`,
+//! `--once`), which must be confirmed by reading, and following until stopped. Two ignored
+//! tests (`start_latest_*`, `start_offset_inside_last_batch_*`) show where the plan still
+//! trusts ListOffsets: `cargo test --test tansu -- --ignored`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use kmirror::checkpoint::FileStore;
+use kmirror::config::Config;
+use kmirror::copy::{self, RunOptions, RunReport};
+use kmirror::dev_cluster::DevClusters;
+use kmirror::verify::{self, VerifyReport};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const PROVENANCE: &str = "kmirror.source";
+/// Bound on any one copy run; a run still going then is stopped and the test fails.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------------------------
+// tansu brokers as child processes
+// ---------------------------------------------------------------------------------------------
+
+/// The tansu binary: `KMIRROR_TANSU`, else where `scripts/tansu.sh` installs it.
+fn tansu_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KMIRROR_TANSU") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "KMIRROR_TANSU={} is not a file; run scripts/tansu.sh (it prints the path) or unset KMIRROR_TANSU",
+            p.display()
+        );
+        return p;
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/tansu");
+    assert!(
+        p.is_file(),
+        "the tansu broker is not installed ({} is missing): run scripts/tansu.sh, or set KMIRROR_TANSU to a tansu binary",
+        p.display()
+    );
+    p
+}
+
+/// One in-memory tansu broker on a free loopback port, killed on drop.
+struct Tansu {
+    name: String,
+    bootstrap: String,
+    child: Child,
+    /// The broker's stderr (its log), printed when a test fails.
+    log: tempfile::NamedTempFile,
+}
+
+impl Tansu {
+    fn start(name: &str) -> Tansu {
+        let bin = tansu_bin();
+        let mut last = String::new();
+        // A free port can be taken between choosing it and tansu binding it; tansu then
+        // exits, and we try another.
+        for _ in 0..5 {
+            let port = free_port();
+            let url = format!("tcp://127.0.0.1:{port}");
+            let log = tempfile::NamedTempFile::new().expect("tansu log file");
+            let mut child = Command::new(&bin)
+                .args([
+                    "broker",
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--listener-url",
+                    &url,
+                    "--advertised-listener-url",
+                    &url,
+                    "--cluster-id",
+                    name,
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(log.reopen().expect("tansu log file"))
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            // tansu prints "ready in ..." on stdout once it listens.
+            let stdout = child.stdout.take().expect("piped stdout");
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                for line in lines.by_ref() {
+                    let Ok(line) = line else { break };
+                    if line.contains("ready in") {
+                        let _ = tx.send(());
+                        break;
+                    }
+                }
+                for _ in lines {} // keep the pipe drained
+            });
+            let mut t = Tansu {
+                name: name.to_string(),
+                bootstrap: format!("127.0.0.1:{port}"),
+                child,
+                log,
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                    // tansu exits only after printing its banner if binding fails.
+                    std::thread::sleep(Duration::from_millis(50));
+                    if t.child.try_wait().expect("tansu status").is_none() {
+                        return t;
+                    }
+                }
+                if let Some(st) = t.child.try_wait().expect("tansu status") {
+                    last = format!("tansu exited ({st}) on port {port}: {}", t.log_tail());
+                    break;
+                }
+                if Instant::now() > deadline {
+                    last = format!("tansu not ready on port {port} after 10s: {}", t.log_tail());
+                    break;
+                }
+            }
+        }
+        panic!("cannot start tansu broker {name}: {last}");
+    }
+
+    /// `tansu topic create NAME --partitions N`.
+    fn create_topic(&self, topic: &str, partitions: i32) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                topic,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://{}", self.bootstrap),
+            ])
+            .output()
+            .expect("run tansu topic create");
+        assert!(
+            out.status.success(),
+            "tansu topic create {topic} on {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn log_tail(&self) -> String {
+        let mut s = String::new();
+        let _ = self.log.reopen().and_then(|mut f| f.read_to_string(&mut s));
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- tansu broker {} ({}) log tail ---\n{}",
+                self.name,
+                self.bootstrap,
+                self.log_tail()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// producing and reading back
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rec {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    timestamp: Option<i64>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Rec {
+    fn provenance(&self) -> Option<String> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == PROVENANCE)
+            .and_then(|(_, v)| v.as_ref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// Everything a copy must preserve: key, value, timestamp, headers but provenance.
+    fn content(&self) -> Rec {
+        let mut r = self.clone();
+        r.partition = 0;
+        r.offset = 0;
+        r.headers.retain(|(k, _)| k != PROVENANCE);
+        r
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Batching {
+    /// One record per produce batch (`batch.num.messages = 1`): tansu's ListOffsets is
+    /// truthful for such partitions.
+    OnePerBatch,
+    /// Let the producer linger so batches hold many records.
+    Linger(u32),
+}
+
+/// Produces `count` records over `partitions` (record i to partition i % partitions): keys,
+/// JSON values, a header, increasing timestamps, some null keys and tombstones. Returns once
+/// all are acknowledged.
+fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize, batching: Batching) {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "60000");
+    match batching {
+        Batching::OnePerBatch => {
+            cfg.set("linger.ms", "0").set("batch.num.messages", "1");
+        }
+        Batching::Linger(ms) => {
+            cfg.set("linger.ms", ms.to_string())
+                .set("batch.num.messages", "10000");
+        }
+    }
+    let producer: BaseProducer = cfg.create().expect("test producer");
+    let ts0 = 1_700_000_000_000i64;
+    for i in 0..count {
+        let key = format!("key-{}", i % 313);
+        let value = format!(
+            "{{\"seq\":{i},\"tenant\":\"t{}\",\"pad\":\"{}\"}}",
+            i % 7,
+            "x".repeat(i % 50)
+        );
+        let trace = format!("trace-{i}");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "trace-id",
+            value: Some(trace.as_bytes()),
+        });
+        let mut rec = BaseRecord::to(topic)
+            .partition((i % partitions as usize) as i32)
+            .headers(headers)
+            .timestamp(ts0 + i as i64);
+        if i % 97 != 5 {
+            rec = rec.key(&key);
+        }
+        if i % 211 != 7 {
+            rec = rec.payload(&value);
+        }
+        loop {
+            match producer.send(rec) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    assert!(
+                        matches!(
+                            e,
+                            KafkaError::MessageProduction(
+                                rdkafka::types::RDKafkaErrorCode::QueueFull
+                            )
+                        ),
+                        "producing to {topic} on {bootstrap}: {e}"
+                    );
+                    rec = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("producing to {topic} on {bootstrap}: {e}"));
+}
+
+fn consumer(bootstrap: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "kmirror-tansu-test-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "error")
+        .create()
+        .expect("test consumer")
+}
+
+fn partition_count(bootstrap: &str, topic: &str) -> Option<usize> {
+    let c = consumer(bootstrap);
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
+    md.topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+}
+
+/// Reads every partition of `topic` from offset 0 until each is at end-of-partition and at
+/// least `expect` records were read. Counting is by reading, never by offsets.
+fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<Rec> {
+    let parts = partition_count(bootstrap, topic)
+        .unwrap_or_else(|| panic!("topic {topic} is missing on {bootstrap}"));
+    let c = consumer(bootstrap);
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..parts as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Offset(0))
+            .expect("partition offset");
+    }
+    c.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut at_eof = vec![false; parts];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if at_eof.iter().all(|e| *e) && out.len() >= expect {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} on {bootstrap}: {} of at least {expect} records after 60s (at end: {at_eof:?})",
+            out.len()
+        );
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                at_eof[m.partition() as usize] = false;
+                out.push(Rec {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().map(<[u8]>::to_vec),
+                    timestamp: m.timestamp().to_millis(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec)))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => at_eof[p as usize] = true,
+            Some(Err(e)) => panic!("reading {topic} on {bootstrap}: {e}"),
+            None => {}
+        }
+    }
+}
+
+/// ListOffsets (earliest, latest) of every partition.
+fn list_offsets(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let c = consumer(bootstrap);
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("ListOffsets")
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// running kmirror
+// ---------------------------------------------------------------------------------------------
+
+/// A routing file for one route `src` -> `dst` and its checkpoint directory.
+struct Job {
+    config: Config,
+    dir: tempfile::TempDir,
+}
+
+impl Job {
+    /// `route_extra` is appended to the route table (TOML lines); `start` is "earliest"
+    /// unless it sets one.
+    fn new(src: &str, dst: &str, topic: &str, route_extra: &str) -> Job {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = if route_extra.contains("start =") {
+            ""
+        } else {
+            "start = \"earliest\""
+        };
+        let toml = format!(
+            r#"
+[checkpoints]
+dir = "${{TEST_DIR}}"
+interval = "1s"
+job = "tansu-test"
+
+[run]
+connect_timeout = "10s"
+shutdown_timeout = "10s"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["{topic}"]
+target = "dst"
+{start}
+{route_extra}
+"#
+        );
+        let d = dir.path().display().to_string();
+        let env = move |k: &str| (k == "TEST_DIR").then(|| d.clone());
+        let config = Config::from_str(&dir.path().join("tansu-test.toml"), toml, &env)
+            .unwrap_or_else(|e| panic!("routing file: {e}"));
+        Job { config, dir }
+    }
+
+    fn store(&self) -> FileStore {
+        FileStore::new(self.config.checkpoint_file())
+    }
+
+    /// `copy::run` to its end (`once`: as with `--once`), failed if it takes longer than
+    /// RUN_LIMIT.
+    fn run(&self, once: bool) -> RunReport {
+        let report = self.run_until(once, &|| false);
+        assert!(!report.stopped, "copy::run was stopped");
+        report
+    }
+
+    /// `copy::run`, stopped once `done()` holds (checked every half second); failed if
+    /// neither happens within RUN_LIMIT.
+    fn run_until(&self, once: bool, done: &(dyn Fn() -> bool + Sync)) -> RunReport {
+        let stop = Arc::new(AtomicBool::new(false));
+        let store = self.store();
+        let opts = RunOptions {
+            once,
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let mut timed_out = false;
+        let report = std::thread::scope(|s| {
+            let run = s.spawn(|| copy::run(&self.config, &store, &opts, stop.clone()));
+            let mut last_check = Instant::now();
+            while !run.is_finished() {
+                std::thread::sleep(Duration::from_millis(20));
+                if stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if started.elapsed() > RUN_LIMIT {
+                    timed_out = true;
+                    stop.store(true, Ordering::Relaxed);
+                } else if last_check.elapsed() > Duration::from_millis(500) {
+                    last_check = Instant::now();
+                    if done() {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            run.join().expect("copy::run panicked")
+        });
+        let report = report.unwrap_or_else(|e| panic!("copy::run: {e}"));
+        eprintln!(
+            "copy::run took {:.2}s (checkpoints in {})\n{}",
+            started.elapsed().as_secs_f64(),
+            self.dir.path().display(),
+            report.table()
+        );
+        assert!(
+            !timed_out,
+            "copy::run did not finish within {RUN_LIMIT:?}:\n{}",
+            report.table()
+        );
+        report
+    }
+
+    fn verify(&self) -> VerifyReport {
+        let started = Instant::now();
+        let v = verify::verify(&self.config, &self.store(), None, true)
+            .unwrap_or_else(|e| panic!("verify: {e}"));
+        eprintln!(
+            "verify took {:.2}s\n{}",
+            started.elapsed().as_secs_f64(),
+            v.table()
+        );
+        v
+    }
+}
+
+/// Asserts the target holds every source record exactly once, unaltered, in the same
+/// partition (partitioning = "preserve"), found by its provenance header.
+fn assert_copied(source: &[Rec], target: &[Rec], cluster: &str, topic: &str) {
+    let mut by_prov: BTreeMap<String, Vec<&Rec>> = BTreeMap::new();
+    let mut without = 0;
+    for t in target {
+        match t.provenance() {
+            Some(p) => by_prov.entry(p).or_default().push(t),
+            None => without += 1,
+        }
+    }
+    let mut missing = Vec::new();
+    let mut altered = Vec::new();
+    let mut misplaced = Vec::new();
+    for s in source {
+        let prov = format!("{cluster}/{topic}/{}/{}", s.partition, s.offset);
+        match by_prov.remove(&prov) {
+            None => missing.push(prov),
+            Some(copies) => {
+                assert_eq!(
+                    copies.len(),
+                    1,
+                    "{prov} is on the target {} times",
+                    copies.len()
+                );
+                let t = copies[0];
+                if t.content() != s.content() {
+                    altered.push(format!("{prov}: source {s:?} target {t:?}"));
+                }
+                if t.partition != s.partition {
+                    misplaced.push(format!("{prov} is in target partition {}", t.partition));
+                }
+            }
+        }
+    }
+    let show = |v: &[String]| v.iter().take(5).cloned().collect::<Vec<_>>().join("\n  ");
+    assert!(
+        missing.is_empty(),
+        "{} of {} source records are missing on the target, e.g.\n  {}",
+        missing.len(),
+        source.len(),
+        show(&missing)
+    );
+    assert!(
+        altered.is_empty(),
+        "{} records altered:\n  {}",
+        altered.len(),
+        show(&altered)
+    );
+    assert!(
+        misplaced.is_empty(),
+        "{} records misplaced:\n  {}",
+        misplaced.len(),
+        show(&misplaced)
+    );
+    assert!(
+        by_prov.is_empty(),
+        "{} target records name source records that do not exist, e.g. {:?}",
+        by_prov.len(),
+        by_prov.keys().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(without, 0, "target records without a provenance header");
+    assert_eq!(target.len(), source.len());
+}
+
+/// Asserts a complete run copied `n` records and `verify` found all `n` on both sides.
+fn assert_run_and_verify(job: &Job, report: &RunReport, n: u64) {
+    assert!(
+        report.complete && report.halted.is_empty(),
+        "run incomplete: {:?}\n{}",
+        report.halted,
+        report.table()
+    );
+    assert_eq!(report.totals.acked, n, "records acknowledged by the target");
+    assert_eq!(report.totals.failed, 0);
+    let v = job.verify();
+    assert!(v.ok(), "verify found a mismatch:\n{}", v.table());
+    let src: u64 = v.rows.iter().map(|r| r.source_records).sum();
+    let dst: u64 = v.rows.iter().map(|r| r.target_records).sum();
+    assert_eq!(
+        (src, dst),
+        (n, n),
+        "verify's source and target record counts"
+    );
+    assert!(v
+        .rows
+        .iter()
+        .all(|r| r.by_content && r.missing == 0 && r.duplicates == 0 && r.altered == 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// tests
+// ---------------------------------------------------------------------------------------------
+
+const TOPIC: &str = "orders";
+const PARTITIONS: i32 = 6;
+const RECORDS: usize = 3000;
+
+#[test]
+fn mock_to_tansu() {
+    let mock = DevClusters::start(1, 3, &[(TOPIC.to_string(), PARTITIONS)]).expect("mock cluster");
+    let tansu = Tansu::start("dst");
+    tansu.create_topic(TOPIC, PARTITIONS);
+    produce(
+        &mock.bootstraps[0],
+        TOPIC,
+        PARTITIONS,
+        RECORDS,
+        Batching::Linger(5),
+    );
+
+    let job = Job::new(
+        &mock.bootstraps[0],
+        &tansu.bootstrap,
+        TOPIC,
+        "end = \"snapshot\"",
+    );
+    let report = job.run(false);
+    let source = read_all(&mock.bootstraps[0], TOPIC, RECORDS);
+    assert_eq!(source.len(), RECORDS);
+    let target = read_all(&tansu.bootstrap, TOPIC, RECORDS);
+    assert_copied(&source, &target, "src", TOPIC);
+    assert_run_and_verify(&job, &report, RECORDS as u64);
+}
+
+#[test]
+fn tansu_to_mock() {
+    let tansu = Tansu::start("src");
+    tansu.create_topic(TOPIC, PARTITIONS);
+    let mock = DevClusters::start(1, 3, &[(TOPIC.to_string(), PARTITIONS)]).expect("mock cluster");
+    produce(
+        &tansu.bootstrap,
+        TOPIC,
+        PARTITIONS,
+        RECORDS,
+        Batching::OnePerBatch,
+    );
+
+    let job = Job::new(&tansu.bootstrap, &mock.bootstraps[0], TOPIC, "");
+    let report = job.run(true);
+    let source = read_all(&tansu.bootstrap, TOPIC, RECORDS);
+    assert_eq!(source.len(), RECORDS);
+    let target = read_all(&mock.bootstraps[0], TOPIC, RECORDS);
+    assert_copied(&source, &target, "src", TOPIC);
+    assert_run_and_verify(&job, &report, RECORDS as u64);
+}
+
+#[test]
+fn tansu_to_tansu() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic(TOPIC, PARTITIONS);
+    dst.create_topic(TOPIC, PARTITIONS);
+    produce(
+        &src.bootstrap,
+        TOPIC,
+        PARTITIONS,
+        RECORDS,
+        Batching::OnePerBatch,
+    );
+
+    let job = Job::new(&src.bootstrap, &dst.bootstrap, TOPIC, "end = \"snapshot\"");
+    let report = job.run(true);
+    let source = read_all(&src.bootstrap, TOPIC, RECORDS);
+    assert_eq!(source.len(), RECORDS);
+    let target = read_all(&dst.bootstrap, TOPIC, RECORDS);
+    assert_copied(&source, &target, "src", TOPIC);
+    assert_run_and_verify(&job, &report, RECORDS as u64);
+
+    // A second run finds everything copied: nothing more is written.
+    let again = job.run(false);
+    assert!(again.complete);
+    assert_eq!(again.totals.acked, 0, "a second run re-copied records");
+    assert_eq!(read_all(&dst.bootstrap, TOPIC, RECORDS).len(), RECORDS);
+}
+
+#[test]
+fn create_target_topics_on_tansu() {
+    let partitions = 5;
+    let mock = DevClusters::start(1, 1, &[(TOPIC.to_string(), partitions)]).expect("mock cluster");
+    let tansu = Tansu::start("dst");
+    produce(
+        &mock.bootstraps[0],
+        TOPIC,
+        partitions,
+        1000,
+        Batching::Linger(5),
+    );
+    let created = "orders.mirror";
+    assert_eq!(partition_count(&tansu.bootstrap, created), None);
+
+    let job = Job::new(
+        &mock.bootstraps[0],
+        &tansu.bootstrap,
+        TOPIC,
+        "target_topic = \"{topic}.mirror\"\ncreate_target_topics = true",
+    );
+    let report = job.run(true);
+    assert_eq!(
+        partition_count(&tansu.bootstrap, created),
+        Some(partitions as usize),
+        "the created target topic has the source's partition count"
+    );
+    let source = read_all(&mock.bootstraps[0], TOPIC, 1000);
+    let target = read_all(&tansu.bootstrap, created, 1000);
+    assert_copied(&source, &target, "src", TOPIC);
+    assert_run_and_verify(&job, &report, 1000);
+}
+
+/// Pins tansu's ListOffsets quirk, so a tansu upgrade that changes it is noticed: "latest"
+/// answers the base offset of the last batch + 1. Fetch responses carry the true high
+/// watermark, and end-of-partition comes there.
+#[test]
+fn tansu_list_offsets_latest_is_last_batch_base_offset_plus_one() {
+    let tansu = Tansu::start("quirk");
+    tansu.create_topic("batches", 1);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.bootstrap)
+        .set("linger.ms", "200")
+        .create()
+        .expect("producer");
+    let mut total = 0i64;
+    let mut seen = Vec::new();
+    for size in [5i64, 7, 11, 1, 1, 3] {
+        // Records sent together and flushed form one batch.
+        for i in 0..size {
+            producer
+                .send(
+                    BaseRecord::to("batches")
+                        .partition(0)
+                        .key("k")
+                        .payload(&format!("{total}-{i}")),
+                )
+                .expect("send");
+        }
+        producer.flush(Duration::from_secs(10)).expect("flush");
+        let base = total;
+        total += size;
+        let (low, high) = list_offsets(&tansu.bootstrap, "batches", 1)[0];
+        seen.push((size, total, high));
+        assert_eq!(low, 0);
+        assert_eq!(
+            high,
+            base + 1,
+            "after a batch of {size} at offset {base} ({total} records), ListOffsets latest is {high}; seen so far (batch size, records, latest): {seen:?}"
+        );
+    }
+    // Reading finds every record, and end-of-partition comes after the last one.
+    let recs = read_all(&tansu.bootstrap, "batches", total as usize);
+    assert_eq!(recs.len() as i64, total);
+    assert_eq!(recs.last().map(|r| r.offset), Some(total - 1));
+    eprintln!("(batch size, records present, ListOffsets latest): {seen:?}");
+}
+
+/// A run to a snapshot end (`end = "snapshot"`, or `--once`) from a tansu source whose
+/// partitions hold multi-record batches, so ListOffsets under-reports every partition's end:
+/// every record present when the run starts must be copied, and `verify` must count them all.
+///
+/// Before the plan confirmed snapshot ends by reading (commit "Snapshot ends are confirmed by
+/// reading past the reported high watermark"), the run stopped at the base offset of each
+/// partition's last batch + 1, called itself complete, and `verify` (which checks the
+/// checkpointed range) agreed: 4 of 3,000 records copied, "every source record is on the
+/// target".
+fn snapshot_of_batched_tansu_source(once: bool) {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    let partitions = 4;
+    src.create_topic(TOPIC, partitions);
+    dst.create_topic(TOPIC, partitions);
+    // Two lingering rounds: every partition holds a batch of 250, then one of 500.
+    produce(
+        &src.bootstrap,
+        TOPIC,
+        partitions,
+        1000,
+        Batching::Linger(200),
+    );
+    produce(
+        &src.bootstrap,
+        TOPIC,
+        partitions,
+        2000,
+        Batching::Linger(200),
+    );
+    let source = read_all(&src.bootstrap, TOPIC, RECORDS);
+    assert_eq!(source.len(), RECORDS);
+    let mut ends = vec![0i64; partitions as usize];
+    for r in &source {
+        ends[r.partition as usize] = ends[r.partition as usize].max(r.offset + 1);
+    }
+    let listed = list_offsets(&src.bootstrap, TOPIC, partitions);
+    eprintln!("per partition: end by reading {ends:?}, ListOffsets (earliest, latest) {listed:?}");
+    for (p, ((_, latest), end)) in listed.iter().zip(&ends).enumerate() {
+        assert!(
+            latest < end,
+            "partition {p}: ListOffsets says {latest}, reading says {end}: the test no longer exercises tansu's under-reported high watermark"
+        );
+    }
+
+    let end = if once { "" } else { "end = \"snapshot\"" };
+    let job = Job::new(&src.bootstrap, &dst.bootstrap, TOPIC, end);
+    let report = job.run(once);
+    let target = read_all(&dst.bootstrap, TOPIC, 0);
+    eprintln!(
+        "run: complete {}, acked {}; target holds {} of {} records",
+        report.complete,
+        report.totals.acked,
+        target.len(),
+        source.len()
+    );
+    assert_copied(&source, &target, "src", TOPIC);
+    assert_run_and_verify(&job, &report, RECORDS as u64);
+}
+
+#[test]
+fn snapshot_end_on_batched_tansu_source_copies_every_record() {
+    snapshot_of_batched_tansu_source(false);
+}
+
+#[test]
+fn once_on_batched_tansu_source_copies_every_record() {
+    snapshot_of_batched_tansu_source(true);
+}
+
+/// Following (`end = "none"`) a tansu source whose partitions hold multi-record batches copies
+/// every record: reads and end-of-partition use the fetch responses, which tansu gets right.
+/// Stopped once the target holds everything; the checkpoint and `verify` cover it all.
+#[test]
+fn follow_batched_tansu_source_then_stop() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    let partitions = 4;
+    src.create_topic(TOPIC, partitions);
+    dst.create_topic(TOPIC, partitions);
+    produce(
+        &src.bootstrap,
+        TOPIC,
+        partitions,
+        RECORDS,
+        Batching::Linger(200),
+    );
+    let source = read_all(&src.bootstrap, TOPIC, RECORDS);
+    assert_eq!(source.len(), RECORDS);
+
+    let job = Job::new(&src.bootstrap, &dst.bootstrap, TOPIC, "end = \"none\"");
+    let report = job.run_until(false, &|| {
+        read_all(&dst.bootstrap, TOPIC, 0).len() >= RECORDS
+    });
+    assert!(report.stopped && !report.complete);
+    assert!(report.halted.is_empty(), "{:?}", report.halted);
+    assert_eq!(report.totals.acked, RECORDS as u64);
+    let target = read_all(&dst.bootstrap, TOPIC, RECORDS);
+    assert_copied(&source, &target, "src", TOPIC);
+    let v = job.verify();
+    assert!(v.ok(), "verify found a mismatch:\n{}", v.table());
+    let counted: u64 = v.rows.iter().map(|r| r.source_records).sum();
+    assert_eq!(counted, RECORDS as u64, "verify covers every record");
+}
+
+/// The source offsets (from the provenance headers) of the records on a target topic.
+fn copied_offsets(bootstrap: &str, topic: &str) -> Vec<(i32, i64)> {
+    read_all(bootstrap, topic, 0)
+        .iter()
+        .filter_map(|r| {
+            let prov = r.provenance()?;
+            let mut it = prov.rsplitn(3, '/');
+            let offset = it.next()?.parse().ok()?;
+            let partition = it.next()?.parse().ok()?;
+            Some((partition, offset))
+        })
+        .collect()
+}
+
+/// `start = "latest"` on a tansu source copies only records written after the run starts.
+/// Today the plan starts at ListOffsets' under-reported high watermark (the base offset of
+/// each partition's last batch + 1), so it also copies the rest of that batch: records that
+/// were there before the run (998 of 1,000 here).
+#[test]
+#[ignore = "the plan starts \"latest\" at tansu's under-reported ListOffsets high watermark and copies records written before the run"]
+fn start_latest_on_batched_tansu_source_copies_only_new_records() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic(TOPIC, 2);
+    dst.create_topic(TOPIC, 2);
+    produce(&src.bootstrap, TOPIC, 2, 1000, Batching::Linger(200));
+    let job = Job::new(
+        &src.bootstrap,
+        &dst.bootstrap,
+        TOPIC,
+        "start = \"latest\"\nend = \"none\"",
+    );
+    let started = Instant::now();
+    let produced = AtomicBool::new(false);
+    let report = job.run_until(false, &|| {
+        // The plan is long made after two seconds; then 100 new records arrive.
+        if started.elapsed() < Duration::from_secs(2) {
+            return false;
+        }
+        if !produced.swap(true, Ordering::Relaxed) {
+            produce(&src.bootstrap, TOPIC, 2, 100, Batching::OnePerBatch);
+        }
+        started.elapsed() > Duration::from_secs(5)
+    });
+    assert!(report.halted.is_empty(), "{:?}", report.halted);
+    let copied = copied_offsets(&dst.bootstrap, TOPIC);
+    let old: Vec<_> = copied.iter().filter(|(_, o)| *o < 500).collect();
+    assert!(
+        old.is_empty(),
+        "start = \"latest\" copied {} records written before the run (e.g. {:?}); {} copied in all",
+        old.len(),
+        &old[..old.len().min(5)],
+        copied.len()
+    );
+    assert_eq!(copied.len(), 100, "the records written after the start");
+}
+
+/// An explicit `start` offset inside a tansu partition's last batch is a valid offset to
+/// start from. Today the plan refuses it as "beyond the high watermark", comparing it with
+/// ListOffsets' under-reported answer (here 1, for 500 records).
+#[test]
+#[ignore = "the plan refuses a start offset above tansu's under-reported ListOffsets high watermark"]
+fn start_offset_inside_last_batch_of_tansu_partition() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic(TOPIC, 2);
+    dst.create_topic(TOPIC, 2);
+    produce(&src.bootstrap, TOPIC, 2, 1000, Batching::Linger(200));
+    let job = Job::new(
+        &src.bootstrap,
+        &dst.bootstrap,
+        TOPIC,
+        "start = 300\nend = \"none\"",
+    );
+    let report = job.run_until(false, &|| read_all(&dst.bootstrap, TOPIC, 0).len() >= 400);
+    assert!(report.halted.is_empty(), "{:?}", report.halted);
+    let mut copied = copied_offsets(&dst.bootstrap, TOPIC);
+    copied.sort();
+    let want: Vec<(i32, i64)> = (0..2)
+        .flat_map(|p| (300..500).map(move |o| (p, o)))
+        .collect();
+    assert_eq!(copied, want);
+}
