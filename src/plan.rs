@@ -249,13 +249,19 @@ pub fn build(
                     timeout,
                 )?);
             }
-            if route.end == EndPosition::Snapshot {
-                // A watermark is a broker's word; the snapshot must be what is really there.
-                let highs: Vec<i64> = marks.iter().map(|m| m.1).collect();
-                let ends = cluster::confirm_ends(src, &topic, &highs, timeout)?;
-                for (m, e) in marks.iter_mut().zip(ends) {
-                    m.1 = e;
+            // A watermark is a broker's word (tansu's runs behind its data); the ends used for
+            // `latest`, offset checks, estimates and snapshots are what is really there.
+            let highs: Vec<i64> = marks.iter().map(|m| m.1).collect();
+            match cluster::confirm_ends(src, &topic, &highs, timeout) {
+                Ok(ends) => {
+                    for (m, e) in marks.iter_mut().zip(ends) {
+                        m.1 = e;
+                    }
                 }
+                // A snapshot must not stop short, so it needs the confirmed end; for the rest
+                // the reported watermark is the best answer a very busy topic allows.
+                Err(e) if route.end == EndPosition::Snapshot => return Err(e),
+                Err(e) => tracing::warn!("{e}; using the reported high watermarks"),
             }
             for p in 0..partitions as i32 {
                 let (low, high) = marks[p as usize];
@@ -316,14 +322,23 @@ pub fn build(
                         }
                     }
                 }
-                if start > high && start_from == StartFrom::Config {
-                    // An explicit offset beyond the log: librdkafka would answer out-of-range.
+                if start > high {
+                    // Beyond the log: an explicit offset that does not exist yet, or a checkpoint
+                    // from a log that was truncated or recreated (a broker restarted on memory
+                    // storage). Some brokers answer such a fetch with silence, not an error, so
+                    // refuse here rather than wait forever.
+                    let detail = match start_from {
+                        StartFrom::Config => format!("it is beyond the end of the partition ({high})"),
+                        StartFrom::Checkpoint => format!(
+                            "the checkpoint is beyond the end of the partition ({high}): the source log was truncated or recreated; reset the checkpoint (`kmirror checkpoints reset`) after checking what happened"
+                        ),
+                    };
                     return Err(ClusterError::Lookup {
                         cluster: route.source.clone(),
                         topic: topic.clone(),
                         partition: p,
                         what: format!("start offset {start}"),
-                        detail: format!("it is beyond the high watermark {high}"),
+                        detail,
                     });
                 }
                 let end = match route.end {

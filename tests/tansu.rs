@@ -13,9 +13,9 @@
 //! produce their tansu sources one record per batch, where ListOffsets is truthful;
 //! `tansu_list_offsets_latest_*` pins the quirk, and the `*_batched_tansu_source_*` tests copy
 //! from sources where ListOffsets under-reports: to a snapshot end (`end = "snapshot"`,
-//! `--once`), which must be confirmed by reading, and following until stopped. Two ignored
-//! tests (`start_latest_*`, `start_offset_inside_last_batch_*`) show where the plan still
-//! trusts ListOffsets: `cargo test --test tansu -- --ignored`.
+//! `--once`), which must be confirmed by reading, and following until stopped;
+//! `start_latest_*` and `start_offset_inside_last_batch_*` check that `latest` and explicit
+//! start offsets use the end found by reading too.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -891,7 +891,6 @@ fn copied_offsets(bootstrap: &str, topic: &str) -> Vec<(i32, i64)> {
 /// each partition's last batch + 1), so it also copies the rest of that batch: records that
 /// were there before the run (998 of 1,000 here).
 #[test]
-#[ignore = "the plan starts \"latest\" at tansu's under-reported ListOffsets high watermark and copies records written before the run"]
 fn start_latest_on_batched_tansu_source_copies_only_new_records() {
     let src = Tansu::start("src");
     let dst = Tansu::start("dst");
@@ -933,7 +932,6 @@ fn start_latest_on_batched_tansu_source_copies_only_new_records() {
 /// start from. Today the plan refuses it as "beyond the high watermark", comparing it with
 /// ListOffsets' under-reported answer (here 1, for 500 records).
 #[test]
-#[ignore = "the plan refuses a start offset above tansu's under-reported ListOffsets high watermark"]
 fn start_offset_inside_last_batch_of_tansu_partition() {
     let src = Tansu::start("src");
     let dst = Tansu::start("dst");
