@@ -30,6 +30,9 @@ pub struct InFlight {
     pub bytes: u32,
     /// A write to the route's dead-letter topic rather than the copy itself.
     pub dead_letter: bool,
+    /// The source record's timestamp: a refused record's delivery report does not carry it,
+    /// and its dead-letter copy must keep it.
+    pub timestamp: Option<i64>,
 }
 
 /// A delivery outcome on its way back to the reader.

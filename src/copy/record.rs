@@ -72,6 +72,33 @@ pub fn remove_header(headers: &mut OwnedHeaders, name: &str) {
     }
 }
 
+/// A copy of `headers` without its last entry (names copied as bytes: they need not be
+/// UTF-8). A copy the target refused ends with the provenance header kmirror appended;
+/// this gives back the headers it was read with, for its dead-letter copy.
+pub fn without_last_header(headers: &OwnedHeaders) -> OwnedHeaders {
+    let out = OwnedHeaders::new();
+    // SAFETY: both pointers are native header lists (cast as in `remove_header`); `headers`
+    // is only read, `out` is ours alone, and header_add copies name and value.
+    unsafe {
+        let src = headers.as_borrowed() as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t;
+        let dst = out.as_borrowed() as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t;
+        let n = rdsys::rd_kafka_header_cnt(src);
+        for idx in 0..n.saturating_sub(1) {
+            let mut name: *const std::os::raw::c_char = std::ptr::null();
+            let mut value: *const std::os::raw::c_void = std::ptr::null();
+            let mut size: usize = 0;
+            if rdsys::rd_kafka_header_get_all(src, idx, &mut name, &mut value, &mut size)
+                != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                break;
+            }
+            let size = if value.is_null() { 0 } else { size as isize };
+            rdsys::rd_kafka_header_add(dst, name, -1, value, size);
+        }
+    }
+    out
+}
+
 /// Size the in-flight bound charges for a record: key + value + headers.
 pub fn record_bytes(msg: &BorrowedMessage<'_>) -> u32 {
     let mut n = msg.key_len() + msg.payload_len();

@@ -27,8 +27,8 @@ use super::produce::{
     classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
 };
 use super::record::{
-    provenance_value, raw_headers, record_bytes, remove_header, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER,
-    DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+    provenance_value, raw_headers, record_bytes, remove_header, without_last_header,
+    DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use super::Shared;
 use crate::cluster::{self, QuietContext};
@@ -190,39 +190,41 @@ struct Outgoing<'a> {
 /// A poison record: still in the consumer's buffer, or handed back by the producer.
 enum Poison<'m, 'c> {
     Borrowed(&'m BorrowedMessage<'c>),
-    Owned(&'m OwnedMessage, i64),
+    /// The refused copy, its source offset and the source timestamp (a delivery report does
+    /// not carry the timestamp the record was produced with).
+    Owned(&'m OwnedMessage, i64, Option<i64>),
 }
 
 impl Poison<'_, '_> {
     fn offset(&self) -> i64 {
         match self {
             Poison::Borrowed(m) => m.offset(),
-            Poison::Owned(_, o) => *o,
+            Poison::Owned(_, o, _) => *o,
         }
     }
     fn key(&self) -> Option<&[u8]> {
         match self {
             Poison::Borrowed(m) => m.key(),
-            Poison::Owned(m, _) => m.key(),
+            Poison::Owned(m, _, _) => m.key(),
         }
     }
     fn payload(&self) -> Option<&[u8]> {
         match self {
             Poison::Borrowed(m) => m.payload(),
-            Poison::Owned(m, _) => m.payload(),
+            Poison::Owned(m, _, _) => m.payload(),
         }
     }
     fn timestamp(&self) -> Option<i64> {
         match self {
             Poison::Borrowed(m) => m.timestamp().to_millis(),
-            Poison::Owned(m, _) => m.timestamp().to_millis(),
+            Poison::Owned(_, _, ts) => *ts,
         }
     }
     /// The original headers, copied without interpreting names (they may not be UTF-8).
     fn headers(&self) -> Option<OwnedHeaders> {
         match self {
             Poison::Borrowed(m) => m.headers().map(|h| h.detach()),
-            Poison::Owned(m, _) => m.headers().cloned(),
+            Poison::Owned(m, _, _) => m.headers().cloned(),
         }
     }
 }
@@ -588,7 +590,7 @@ impl State {
             timestamp: m.timestamp().to_millis(),
         };
         let cluster = t.plan.target_cluster.clone();
-        let inflight = self.inflight(i, offset, size, false);
+        let inflight = self.inflight(i, offset, size, false, out.timestamp);
         let generation = self.tasks[i].generation;
         let sent = self.send(&cluster, out, inflight);
         if self.tasks[i].generation != generation {
@@ -625,7 +627,14 @@ impl State {
         }
     }
 
-    fn inflight(&self, i: usize, offset: i64, bytes: u32, dead_letter: bool) -> Box<InFlight> {
+    fn inflight(
+        &self,
+        i: usize,
+        offset: i64,
+        bytes: u32,
+        dead_letter: bool,
+        timestamp: Option<i64>,
+    ) -> Box<InFlight> {
         Box::new(InFlight {
             reader: self.id,
             task: i as u32,
@@ -633,6 +642,7 @@ impl State {
             offset,
             bytes,
             dead_letter,
+            timestamp,
         })
     }
 
@@ -726,7 +736,14 @@ impl State {
                     t.plan.partition,
                     offset,
                 );
-                let mut headers = rec.headers().unwrap_or_default();
+                let mut headers = match rec {
+                    // A refused copy ends with the provenance header kmirror appended.
+                    Poison::Owned(..) if t.route.provenance => rec
+                        .headers()
+                        .map(|h| without_last_header(&h))
+                        .unwrap_or_default(),
+                    _ => rec.headers().unwrap_or_default(),
+                };
                 for (k, v) in [
                     (DLQ_ROUTE_HEADER, t.plan.route_name.as_str()),
                     (DLQ_ERROR_HEADER, why.as_str()),
@@ -745,7 +762,7 @@ impl State {
                     headers: Some(headers),
                     timestamp: rec.timestamp(),
                 };
-                let inflight = self.inflight(i, offset, size, true);
+                let inflight = self.inflight(i, offset, size, true, rec.timestamp());
                 let generation = self.tasks[i].generation;
                 let sent = self.send(&dl.cluster, out, inflight);
                 if self.tasks[i].generation != generation {
@@ -916,14 +933,18 @@ impl State {
             }
             Err(e) => match classify(&e, self.pool.is_fatal(&target)) {
                 FailureKind::Permanent => {
-                    let t = &self.tasks[i];
+                    let t = &mut self.tasks[i];
                     if !matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
+                        // Refused after the task halted (e.g. the rest of a refused batch):
+                        // counted, so every record read is accounted for, but not settled:
+                        // the position must stay where the task halted.
+                        t.counts.failed += 1;
                         return;
                     }
                     let why = format!("refused by {target}: {e}");
                     match (&r.failed, inf.dead_letter) {
                         (Some(msg), false) => {
-                            let poison = Poison::Owned(msg, inf.offset);
+                            let poison = Poison::Owned(msg, inf.offset, inf.timestamp);
                             self.poison(i, &poison, why, inf.bytes, true);
                         }
                         _ => {
