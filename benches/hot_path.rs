@@ -1,0 +1,277 @@
+//! Micro-benchmarks of the per-record work kmirror itself owns on the copy path: the ack
+//! tracker, filter evaluation, the provenance header value, and verification counts.
+//! librdkafka's share of a record's cost (consume, produce, headers) is measured end to end
+//! by `benches/e2e.sh`, not here.
+//!
+//! Run: `cargo bench --bench hot_path` (about a minute; settings below keep it short).
+//! Add `-- ack_tracker` (or any name fragment) to run a subset.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use serde_json::Value;
+
+use kmirror::copy::ack_tracker::{AckTracker, Settled};
+use kmirror::copy::filter::{Filter, JsonPath, RecordView};
+use kmirror::copy::record::{parse_provenance, provenance_value, RawHeader};
+use kmirror::counts::Counts;
+
+/// A 200-byte JSON order like the e2e workload's (same shape, padded to size).
+fn payload(size: usize) -> Vec<u8> {
+    let head = r#"{"tenant_id":"acme","order_id":123456,"amount":42.5,"meta":{"region":"eu"},"pad":""#;
+    let mut v = head.as_bytes().to_vec();
+    v.resize(size - 2, b'x');
+    v.extend_from_slice(b"\"}");
+    serde_json::from_slice::<Value>(&v).expect("valid JSON");
+    v
+}
+
+fn ack_tracker(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ack_tracker");
+    const N: i64 = 1000;
+    g.throughput(Throughput::Elements(N as u64));
+    // The common case: one target partition per source partition, acks in order, a window
+    // of N records in flight (what a reader batch puts in flight before reports come back).
+    g.bench_function("push_then_settle_in_order/1000", |b| {
+        let mut t = AckTracker::new(0);
+        let mut next = 0i64;
+        b.iter(|| {
+            for o in next..next + N {
+                t.push(o, Settled::Pending, 240);
+            }
+            for o in next..next + N {
+                black_box(t.settle(o, Settled::Acked));
+            }
+            next += N;
+            black_box(t.position())
+        })
+    });
+    // Key or round-robin partitioning: acks come back in a different order than offsets.
+    // Here every other offset settles first (the position cannot move until the rest do).
+    g.bench_function("push_then_settle_interleaved/1000", |b| {
+        let mut t = AckTracker::new(0);
+        let mut next = 0i64;
+        b.iter(|| {
+            for o in next..next + N {
+                t.push(o, Settled::Pending, 240);
+            }
+            for o in (next + 1..next + N).step_by(2) {
+                black_box(t.settle(o, Settled::Acked));
+            }
+            for o in (next..next + N).step_by(2) {
+                black_box(t.settle(o, Settled::Acked));
+            }
+            next += N;
+            black_box(t.position())
+        })
+    });
+    // A deep window (100k pending: 24 MB of 240-byte records in flight on one partition):
+    // each settle is a binary search over the deque.
+    g.bench_function("settle_in_order_window_100k/1000", |b| {
+        b.iter_batched_ref(
+            || {
+                let mut t = AckTracker::new(0);
+                for o in 0..100_000 {
+                    t.push(o, Settled::Pending, 240);
+                }
+                t
+            },
+            |t| {
+                for o in 0..N {
+                    black_box(t.settle(o, Settled::Acked));
+                }
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    // Filtered records are pushed already settled.
+    g.bench_function("push_settled_filtered/1000", |b| {
+        let mut t = AckTracker::new(0);
+        let mut next = 0i64;
+        b.iter(|| {
+            for o in next..next + N {
+                t.push(o, Settled::Filtered, 0);
+            }
+            next += N;
+            black_box(t.position())
+        })
+    });
+    g.finish();
+}
+
+fn filter(c: &mut Criterion) {
+    let mut g = c.benchmark_group("filter");
+    g.throughput(Throughput::Elements(1));
+    let key = b"customer-42".as_slice();
+    let hdr_name = b"trace-id".as_slice();
+    let hdr_value = b"trace-123456".as_slice();
+    let tenant = Filter::JsonEquals(
+        JsonPath::parse("$.tenant_id").unwrap(),
+        Value::from("acme"),
+    );
+    let region_in = Filter::JsonIn(
+        JsonPath::parse("$.meta.region").unwrap(),
+        vec![Value::from("eu"), Value::from("us")],
+    );
+    let key_prefix = Filter::KeyPrefix(b"customer-".to_vec());
+    let header_eq = Filter::HeaderEquals(hdr_name.to_vec(), hdr_value.to_vec());
+    let combined = Filter::All(vec![
+        key_prefix.clone(),
+        header_eq.clone(),
+        tenant.clone(),
+        region_in.clone(),
+    ]);
+    for size in [200usize, 4096] {
+        let p = payload(size);
+        // A fresh RecordView per record, as the reader makes one: JSON is parsed once per
+        // record, on the first JSON predicate.
+        let cases: [(&str, &Filter); 5] = [
+            ("key_prefix", &key_prefix),
+            ("header_equals", &header_eq),
+            ("json_equals_tenant", &tenant),
+            ("json_in_nested", &region_in),
+            ("all_of_4", &combined),
+        ];
+        for (name, f) in cases {
+            if size != 200 && !name.starts_with("json_equals") && name != "all_of_4" {
+                continue; // payload size only matters to JSON predicates
+            }
+            g.bench_function(format!("{name}/{size}B"), |b| {
+                b.iter(|| {
+                    let v = RecordView::new(
+                        Some(black_box(key)),
+                        Some(black_box(p.as_slice())),
+                        Some(1_700_000_000_000),
+                        vec![RawHeader {
+                            name: hdr_name,
+                            value: Some(hdr_value),
+                        }],
+                    );
+                    black_box(f.evaluate(&v))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn provenance(c: &mut Criterion) {
+    let mut g = c.benchmark_group("provenance");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("provenance_value", |b| {
+        let mut off = 1_234_567i64;
+        b.iter(|| {
+            off += 1;
+            black_box(provenance_value(
+                black_box("src-cluster"),
+                black_box("orders.v2"),
+                black_box(17),
+                off,
+            ))
+        })
+    });
+    // Not kmirror code: the same value written into a buffer reused across records, as a
+    // yardstick for what the per-record `format!` allocation costs.
+    g.bench_function("yardstick_write_into_reused_buffer", |b| {
+        use std::fmt::Write;
+        let mut buf = String::with_capacity(64);
+        let mut off = 1_234_567i64;
+        b.iter(|| {
+            off += 1;
+            buf.clear();
+            let _ = write!(
+                buf,
+                "{}/{}/{}/{}",
+                black_box("src-cluster"),
+                black_box("orders.v2"),
+                black_box(17),
+                off
+            );
+            black_box(buf.len())
+        })
+    });
+    let v = provenance_value("src-cluster", "orders.v2", 17, 1_234_567);
+    g.bench_function("parse_provenance", |b| {
+        b.iter(|| black_box(parse_provenance(black_box(v.as_bytes()))))
+    });
+    g.finish();
+}
+
+fn counts(c: &mut Criterion) {
+    let mut g = c.benchmark_group("counts");
+    const N: u64 = 1000;
+    g.throughput(Throughput::Elements(N));
+    // Per record on the copy path: read, produced, then one settlement.
+    g.bench_function("read_produce_settle/1000", |b| {
+        let mut k = Counts::default();
+        b.iter(|| {
+            for i in 0..N {
+                k.read += 1;
+                k.produced += 1;
+                k.settled(if i % 50 == 0 {
+                    Settled::Filtered
+                } else {
+                    Settled::Acked
+                });
+            }
+            black_box(k.invariant_holds())
+        })
+    });
+    // What the progress display and the checkpoint writer do per task, every tick.
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("sum_64_tasks", |b| {
+        let tasks: Vec<Counts> = (0..64)
+            .map(|i| Counts {
+                read: 1000 + i,
+                acked: 990 + i,
+                filtered: 10,
+                produced: 990 + i,
+                ..Default::default()
+            })
+            .collect();
+        b.iter(|| {
+            let mut total = Counts::default();
+            for t in &tasks {
+                total.add(black_box(t));
+            }
+            black_box((total.pending(), total.invariant_holds()))
+        })
+    });
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("unread_after_rewind/1000", |b| {
+        b.iter_batched_ref(
+            || Counts {
+                read: N,
+                produced: N,
+                acked: N / 2,
+                ..Default::default()
+            },
+            |k| {
+                for i in 0..N {
+                    k.unread(if i < N / 2 {
+                        Settled::Acked
+                    } else {
+                        Settled::Pending
+                    });
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn quick() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20)
+}
+
+criterion_group! {
+    name = benches;
+    config = quick();
+    targets = ack_tracker, filter, provenance, counts
+}
+criterion_main!(benches);
