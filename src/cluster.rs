@@ -200,6 +200,8 @@ pub fn partition_count(md: &Metadata, topic: &str) -> Option<usize> {
         .map(|t| t.partitions().len())
 }
 
+/// (low, high) watermarks of a partition. Errors a broker answers while leadership moves or
+/// a connection drops (not leader, transport, timeouts) are retried until `timeout`.
 pub fn watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     cluster: &str,
@@ -207,15 +209,48 @@ pub fn watermarks<C: ConsumerContext>(
     partition: i32,
     timeout: Duration,
 ) -> Result<(i64, i64), ClusterError> {
-    consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(|e| ClusterError::Lookup {
-            cluster: cluster.into(),
-            topic: topic.into(),
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let e = match consumer.fetch_watermarks(topic, partition, left) {
+            Ok(w) => return Ok(w),
+            Err(e) => e,
+        };
+        let retriable = matches!(
+            e.rdkafka_error_code(),
+            Some(
+                Code::NotLeaderForPartition
+                    | Code::LeaderNotAvailable
+                    | Code::BrokerTransportFailure
+                    | Code::AllBrokersDown
+                    | Code::RequestTimedOut
+                    | Code::NetworkException
+                    | Code::FencedLeaderEpoch
+                    | Code::UnknownLeaderEpoch
+                    | Code::OffsetNotAvailable
+                    | Code::KafkaStorageError
+            )
+        );
+        if !retriable || std::time::Instant::now() + backoff >= deadline {
+            return Err(ClusterError::Lookup {
+                cluster: cluster.into(),
+                topic: topic.into(),
+                partition,
+                what: "ListOffsets (watermarks)".into(),
+                detail: e.to_string(),
+            });
+        }
+        tracing::debug!(
+            cluster,
+            topic,
             partition,
-            what: "ListOffsets (watermarks)".into(),
-            detail: e.to_string(),
-        })
+            "ListOffsets failed, retrying: {e}"
+        );
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
 }
 
 /// Reads the single record at `offset` (or the next one after a gap), bounded by `timeout`.

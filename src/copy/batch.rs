@@ -19,11 +19,15 @@ pub enum Event<'c> {
 pub struct Batch<'c> {
     pub events: Vec<Event<'c>>,
     pub records: usize,
+    /// Key + value bytes (what byte rate limits count).
     pub bytes: u64,
+    /// Key + value + header bytes: what the records will charge against the in-flight
+    /// bounds (`record::record_bytes`), and what `max_bytes` caps.
+    pub charge: u64,
 }
 
-/// Takes up to `max_records` records or `max_bytes` bytes, waiting at most `wait` for the
-/// first event and not at all for the rest.
+/// Takes up to `max_records` records or until their in-flight charge reaches `max_bytes`,
+/// waiting at most `wait` for the first event and not at all for the rest.
 pub fn collect<'c, C: ConsumerContext>(
     consumer: &'c BaseConsumer<C>,
     max_records: usize,
@@ -34,14 +38,16 @@ pub fn collect<'c, C: ConsumerContext>(
         events: Vec::new(),
         records: 0,
         bytes: 0,
+        charge: 0,
     };
     let mut timeout = wait;
-    while batch.records < max_records && batch.bytes < max_bytes {
+    while batch.records < max_records && batch.charge < max_bytes {
         match consumer.poll(timeout) {
             None => break,
             Some(Ok(m)) => {
                 batch.records += 1;
                 batch.bytes += (m.key_len() + m.payload_len()) as u64;
+                batch.charge += super::record::record_bytes(&m) as u64;
                 batch.events.push(Event::Record(m));
             }
             Some(Err(KafkaError::PartitionEOF(p))) => batch.events.push(Event::Eof(p)),

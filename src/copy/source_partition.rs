@@ -616,12 +616,22 @@ impl State {
                     "record at offset {offset} cannot be produced to {}:{}: {e}",
                     t.plan.target_cluster, t.plan.target_topic
                 );
-                if classify(&e, false) == FailureKind::Permanent {
-                    self.poison(i, &Poison::Borrowed(m), why, size, false);
-                } else {
-                    let t = &mut self.tasks[i];
-                    t.counts.failed += 1;
-                    t.halt(why);
+                match classify(&e, self.pool.is_fatal(&cluster)) {
+                    FailureKind::Permanent => {
+                        self.poison(i, &Poison::Borrowed(m), why, size, false)
+                    }
+                    // The producer became unusable (an idempotence fence) between two sends:
+                    // as for a fatal delivery report, recreate it and copy again from the
+                    // acknowledged positions (this record is read again).
+                    FailureKind::Fatal => {
+                        self.tasks[i].counts.read -= 1;
+                        self.recreate_producer(&cluster);
+                    }
+                    FailureKind::Retriable => {
+                        let t = &mut self.tasks[i];
+                        t.counts.failed += 1;
+                        t.halt(why);
+                    }
                 }
             }
         }
@@ -783,6 +793,15 @@ impl State {
                             t.counts.produced += 1;
                         }
                         self.charge(i, size);
+                    }
+                    Err(e)
+                        if classify(&e, self.pool.is_fatal(&dl.cluster)) == FailureKind::Fatal =>
+                    {
+                        // See `produce`: recreate, and read the record again.
+                        if !pending {
+                            self.tasks[i].counts.read -= 1;
+                        }
+                        self.recreate_producer(&dl.cluster);
                     }
                     Err(e) => {
                         let t = &mut self.tasks[i];
@@ -970,18 +989,23 @@ impl State {
                     self.backoff = (self.backoff * 2)
                         .clamp(Duration::from_millis(200), Duration::from_secs(5));
                 }
-                FailureKind::Fatal => {
-                    let seen = self.producers[&target].0;
-                    match self.pool.recreate(&target, seen) {
-                        Ok(p) => {
-                            self.producers.insert(target.clone(), p);
-                        }
-                        Err(e) => tracing::error!("{e}"),
-                    }
-                    self.rewind_target(&target);
-                }
+                FailureKind::Fatal => self.recreate_producer(&target),
             },
         }
+    }
+
+    /// The producer for `target` is unusable (fatal error): replace it (unless another
+    /// reader already did) and rewind every task that writes there, since what was in
+    /// flight on the old instance is lost with it.
+    fn recreate_producer(&mut self, target: &str) {
+        let seen = self.producers[target].0;
+        match self.pool.recreate(target, seen) {
+            Ok(p) => {
+                self.producers.insert(target.to_string(), p);
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+        self.rewind_target(target);
     }
 
     /// The producer for a target was recreated (by any reader): everything this reader had
