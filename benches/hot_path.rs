@@ -19,7 +19,8 @@ use kmirror::counts::Counts;
 
 /// A 200-byte JSON order like the e2e workload's (same shape, padded to size).
 fn payload(size: usize) -> Vec<u8> {
-    let head = r#"{"tenant_id":"acme","order_id":123456,"amount":42.5,"meta":{"region":"eu"},"pad":""#;
+    let head =
+        r#"{"tenant_id":"acme","order_id":123456,"amount":42.5,"meta":{"region":"eu"},"pad":""#;
     let mut v = head.as_bytes().to_vec();
     v.resize(size - 2, b'x');
     v.extend_from_slice(b"\"}");
@@ -106,10 +107,7 @@ fn filter(c: &mut Criterion) {
     let key = b"customer-42".as_slice();
     let hdr_name = b"trace-id".as_slice();
     let hdr_value = b"trace-123456".as_slice();
-    let tenant = Filter::JsonEquals(
-        JsonPath::parse("$.tenant_id").unwrap(),
-        Value::from("acme"),
-    );
+    let tenant = Filter::JsonEquals(JsonPath::parse("$.tenant_id").unwrap(), Value::from("acme"));
     let region_in = Filter::JsonIn(
         JsonPath::parse("$.meta.region").unwrap(),
         vec![Value::from("eu"), Value::from("us")],
