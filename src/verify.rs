@@ -18,7 +18,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use crate::checkpoint::{parse_partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
 use crate::config::{ClusterConfig, Config, ErrorAction, RouteConfig};
-use crate::copy::filter::{Outcome, RecordView};
+use crate::copy::filter::{self, Decision, RecordView};
 use crate::copy::record::{
     content_digest, parse_provenance, raw_headers, record_bytes, DLQ_ROUTE_HEADER,
     DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
@@ -247,13 +247,7 @@ fn lookup(cluster: &ClusterConfig, topic: &str, partition: i32, e: KafkaError) -
     }
 }
 
-enum Decision {
-    Copy,
-    Filtered,
-    Poison,
-}
-
-/// What the route does with a source record: the same validation and filter as the copy path.
+/// What the route does with a source record: the same decision as the copy path.
 fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
     if r.validate.is_empty() && r.filter.is_none() {
         return Decision::Copy;
@@ -264,14 +258,7 @@ fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
         m.timestamp().to_millis(),
         raw_headers(m),
     );
-    if r.validate.check(&view, record_bytes(m) as u64).is_err() {
-        return Decision::Poison;
-    }
-    match r.filter.as_ref().map(|f| f.evaluate(&view)) {
-        None | Some(Outcome::Pass) => Decision::Copy,
-        Some(Outcome::Drop) => Decision::Filtered,
-        Some(Outcome::Invalid(_)) => Decision::Poison,
-    }
+    filter::decide(r, &view, record_bytes(m) as u64)
 }
 
 fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m str, &'m str, i32, i64)> {
@@ -389,7 +376,7 @@ pub fn verify(
                             );
                         }
                         Decision::Filtered => row.filtered += 1,
-                        Decision::Poison => poison.push(m.offset()),
+                        Decision::Poison(_) => poison.push(m.offset()),
                     }
                 },
             )?;

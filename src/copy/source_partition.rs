@@ -22,7 +22,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
 use super::batch::{self, Event};
-use super::filter::{Outcome, RecordView};
+use super::filter::{decide, Decision, RecordView};
 use super::produce::{
     classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
 };
@@ -171,7 +171,8 @@ impl CopyTask {
     fn halt(&mut self, why: String) {
         tracing::error!(
             route = %self.plan.route_name, source = %self.plan.source_label(),
-            "partition halted: {why}; its checkpoint stays at offset {}", self.tracker.position()
+            "partition halted: {why}; its checkpoint will not move past this record (now at offset {})",
+            self.tracker.position()
         );
         self.status = TaskStatus::Halted(why);
     }
@@ -516,19 +517,15 @@ impl State {
                         raw_headers(m),
                     )
                 });
-                if let Err(why) = route.validate.check(v, size as u64) {
-                    self.poison(i, &Poison::Borrowed(m), why, size, false);
-                    continue;
-                }
-                match route.filter.as_ref().map(|f| f.evaluate(v)) {
-                    None | Some(Outcome::Pass) => {}
-                    Some(Outcome::Drop) => {
+                match decide(&route, v, size as u64) {
+                    Decision::Copy => {}
+                    Decision::Filtered => {
                         let t = &mut self.tasks[i];
                         t.tracker.push(offset, Settled::Filtered, 0);
                         t.counts.filtered += 1;
                         continue;
                     }
-                    Some(Outcome::Invalid(why)) => {
+                    Decision::Poison(why) => {
                         self.poison(i, &Poison::Borrowed(m), why, size, false);
                         continue;
                     }
@@ -613,7 +610,7 @@ impl State {
             Err(e) => {
                 let t = &self.tasks[i];
                 let why = format!(
-                    "record at offset {offset} cannot be produced to {}:{}: {e}",
+                    "cannot be produced to {}:{}: {e}",
                     t.plan.target_cluster, t.plan.target_topic
                 );
                 match classify(&e, self.pool.is_fatal(&cluster)) {
@@ -630,7 +627,7 @@ impl State {
                     FailureKind::Retriable => {
                         let t = &mut self.tasks[i];
                         t.counts.failed += 1;
-                        t.halt(why);
+                        t.halt(format!("record at offset {offset} {why}"));
                     }
                 }
             }
