@@ -480,9 +480,16 @@ def backlog(a, results):
                     "name": name, "size": size, "partitions": parts, "records": n,
                     "runs": runs, "rss_quarter_backlog_mb": rss_small,
                 })
+                results["fixed"] = {f"{p}|{k}": v for (p, k), v in fixed.items()}
+                save(a, results)
         finally:
             src.stop()
-    results["fixed"] = {f"{p}|{n}": v for (p, n), v in fixed.items()}
+
+
+def save(a, results):
+    """Writes what is measured so far, so a failure later in the run loses nothing."""
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(results, indent=1))
 
 
 def fmt_threads(t):
@@ -494,6 +501,12 @@ def live(a, results):
     rate with its produce() wall-clock in each value; a probe consumer reads the target and
     records receive time minus that. A baseline phase runs the probe on the source itself
     (no mirror), so the difference is what the mirror hop adds."""
+    # 8 partitions. More would give a lagging reader more room (the mock deletes a
+    # partition's oldest records beyond 5 MB whether read or not: ~16k records of 200 B, so
+    # 8 partitions allow ~1 s of lag at 128k records/s), but under a live load the mock
+    # stores many small batches, returns one per partition per fetch and finds it by a
+    # linear scan: at 64 partitions the mock itself saturates (probe-only p99 ~0.9 s at
+    # 50k records/s), which would measure the mock, not the mirror.
     parts, size, seconds = 8, 200, a.live_seconds
     fetch_wait = "10"
     for rate in a.live_rates:
@@ -530,12 +543,17 @@ def live(a, results):
                            "cpu_src_cluster": cpu_src}
                     if km:
                         row["kmirror_cpu"] = proc_cpu(km_pid) - cpu_km0
-                        os.kill(km_pid, signal.SIGTERM)  # kmirror itself, not /usr/bin/time
-                        km.wait(30)
+                        if km.poll() is None:
+                            os.kill(km_pid, signal.SIGTERM)  # kmirror itself, not /usr/bin/time
+                            km.wait(30)
+                        else:
+                            row["kmirror_exited"] = km.returncode  # e.g. halted on lost records
                         row["kmirror_rss_mb"] = read_time(km_time)["rss_mb"]
-                    log(f"  live {rate}/s {phase:8} p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
-                        f"max {lat['max_ms']} ms  received {lat['received']}/{n}")
                     results["live"].append(row)
+                    save(a, results)
+                    log(f"  live {rate}/s {phase:8} p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
+                        f"max {lat['max_ms']} ms  received {lat['received']}/{n}"
+                        + (f"  KMIRROR EXITED ({row['kmirror_exited']})" if "kmirror_exited" in row else ""))
             finally:
                 if km:
                     kill_tree(km)
@@ -632,6 +650,8 @@ def report(results):
             path = "producer -> source -> probe" if r["phase"] == "baseline" else \
                 "producer -> source -> kmirror -> target -> probe"
             f = lambda v: "-" if v is None else f"{v:.1f}"
+            if "kmirror_exited" in r:
+                path += f" (kmirror EXITED with {r['kmirror_exited']})"
             out.append(f"| {r['rate']:,} | {r['achieved_rate']:,.0f} | {path} | {f(r['p50_ms'])} | {f(r['p90_ms'])} | "
                        f"{f(r['p99_ms'])} | {f(r['max_ms'])} | {r['received']:,} | {r['cpu_src_cluster']:.2f} | "
                        f"{f(r.get('kmirror_cpu'))} | {f(r.get('kmirror_rss_mb'))} |")
@@ -680,12 +700,13 @@ def main():
     ap.add_argument("--peers", nargs="*", help=f"subset of: {', '.join(PEERS)}")
     ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-cost runs")
     ap.add_argument("--no-backlog", action="store_true", help="skip the backlog workloads")
-    ap.add_argument("--live-rates", type=int, nargs="*", default=[10000, 50000],
+    ap.add_argument("--live-rates", type=int, nargs="*", default=[5000, 20000, 50000, 100000],
                     help="live workload rates in records/s (none: skip the live workload)")
     ap.add_argument("--live-seconds", type=float, default=10)
     ap.add_argument("--tuned", nargs="*", metavar="PROPERTY=VALUE",
                     help="source-consumer properties of the 'kmirror tuned' peer "
                          f"(default: {' '.join(f'{k}={v}' for k, v in TUNED.items())})")
+    ap.add_argument("--report", metavar="RESULTS_JSON", help="only print the tables of an earlier run")
     ap.add_argument("--out", default=str(ROOT / "target" / "e2e-bench" / "results.json"))
     a = ap.parse_args()
     if a.cmd == "seed":
@@ -694,6 +715,9 @@ def main():
         return cmd_load(a)
     if a.cmd == "probe":
         return cmd_probe(a)
+    if a.report:
+        print(report(json.loads(Path(a.report).read_text())))
+        return
     if a.tuned is not None:
         TUNED.clear()
         TUNED.update(kv.split("=", 1) for kv in a.tuned)
@@ -708,8 +732,7 @@ def main():
         live(a, results)
     results["minutes"] = (time.time() - results["started"]) / 60
     results["machine"]["uptime_after"] = subprocess.run("uptime", capture_output=True, text=True).stdout.strip()
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(results, indent=1))
+    save(a, results)
     print(report(results))
     log(f"done in {results['minutes']:.1f} min; raw results in {a.out}; {results['machine']['uptime_after']}")
 
