@@ -59,6 +59,11 @@ pub struct PartitionCheckpoint {
     /// Target partition -> [first, last] offset written and acknowledged.
     #[serde(default)]
     pub target: BTreeMap<i32, [i64; 2]>,
+    /// Target partition -> its high watermark before this job first wrote to it. Copies
+    /// written by a run that died before its first checkpoint lie between this and `target`'s
+    /// first offset; `verify` reads from here so it counts them as duplicates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_start: BTreeMap<i32, i64>,
     pub updated_at: String,
 }
 
@@ -274,6 +279,7 @@ mod tests {
                 target_cluster: "b".into(),
                 target_topic: "orders".into(),
                 target: [(3, [0, 41])].into_iter().collect(),
+                target_start: [(3, 0)].into_iter().collect(),
                 updated_at: "now".into(),
             },
         );

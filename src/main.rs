@@ -492,6 +492,7 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
                         target_cluster: t.target_cluster.clone(),
                         target_topic: t.target_topic.clone(),
                         target: Default::default(),
+                        target_start: Default::default(),
                         updated_at: now.clone(),
                     },
                 );

@@ -39,6 +39,9 @@ pub struct TaskPlan {
     pub target_topic: String,
     /// Partition count of the target topic.
     pub target_partitions: usize,
+    /// Target partition -> high watermark before this job first wrote there (kept from the
+    /// checkpoint when it has one). Only the partitions the task can write to.
+    pub target_start: BTreeMap<i32, i64>,
     pub partitioning: Partitioning,
     /// Watermarks at plan time.
     pub low: i64,
@@ -134,6 +137,7 @@ pub fn build(
     }
 
     let mut tasks = Vec::new();
+    let mut target_highs_cache: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
     let mut created = Vec::new();
     let now = value::now_ms();
     for (ri, route) in config.routes.iter().enumerate() {
@@ -238,6 +242,30 @@ pub fn build(
                     need: partitions,
                 });
             }
+            // Where the target partitions stood before this run wrote anything (see
+            // `PartitionCheckpoint::target_start`), once per target topic.
+            let target_highs =
+                match target_highs_cache.get(&(route.target.clone(), target_topic.clone())) {
+                    Some(h) => h.clone(),
+                    None => {
+                        let mut h = Vec::with_capacity(target_partitions);
+                        for tp in 0..target_partitions as i32 {
+                            h.push(
+                                cluster::watermarks(
+                                    &consumers[&route.target],
+                                    &route.target,
+                                    &target_topic,
+                                    tp,
+                                    timeout,
+                                )?
+                                .1,
+                            );
+                        }
+                        target_highs_cache
+                            .insert((route.target.clone(), target_topic.clone()), h.clone());
+                        h
+                    }
+                };
             let consumer = &consumers[&route.source];
             let mut marks = Vec::with_capacity(partitions);
             for p in 0..partitions as i32 {
@@ -348,6 +376,21 @@ pub fn build(
                     EndPosition::Timestamp(t) => TaskEnd::Timestamp(t),
                 };
                 let first_offset = cp.map(|c| c.first_offset).unwrap_or(start);
+                let writable: Vec<i32> = match route.partitioning {
+                    Partitioning::Preserve => vec![p],
+                    _ => (0..target_partitions as i32).collect(),
+                };
+                let mut target_start: BTreeMap<i32, i64> = writable
+                    .iter()
+                    .map(|tp| (*tp, target_highs[*tp as usize]))
+                    .collect();
+                if let Some(cp) = cp
+                    .filter(|c| c.target_topic == target_topic && c.target_cluster == route.target)
+                {
+                    for (tp, s) in &cp.target_start {
+                        target_start.insert(*tp, *s);
+                    }
+                }
                 tasks.push(TaskPlan {
                     route: ri,
                     route_name: route.name.clone(),
@@ -357,6 +400,7 @@ pub fn build(
                     target_cluster: route.target.clone(),
                     target_topic: target_topic.clone(),
                     target_partitions,
+                    target_start,
                     partitioning: route.partitioning,
                     low,
                     high,

@@ -395,7 +395,10 @@ pub fn verify(
             let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
             let mut target_count = 0u64;
             for (tp, [a, b]) in &pc.target {
-                scan(dst, &pc.target_topic, *tp, *a, b + 1, timeout, |m| {
+                // From before the first write: copies by a run that died before it could
+                // checkpoint are duplicates to count, and lie below the first recorded offset.
+                let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
+                scan(dst, &pc.target_topic, *tp, from, b + 1, timeout, |m| {
                     if !r.provenance {
                         target_count += 1;
                         return;

@@ -243,6 +243,9 @@ fn execute(
 
     // Checkpoint on a timer while the readers work; the last one is written after they end.
     let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
+    // Written before the first record is produced, so a crash at any instant leaves the
+    // target positions `verify` needs (`target_start`) on disk.
+    store.save(&snapshot(config, &plan, &base, &shared))?;
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let shared = shared.clone();
@@ -390,6 +393,7 @@ fn snapshot(config: &Config, plan: &Plan, base: &Checkpoint, shared: &Shared) ->
                 target_cluster: t.target_cluster.clone(),
                 target_topic: t.target_topic.clone(),
                 target: p.target_ranges,
+                target_start: t.target_start.clone(),
                 updated_at: now.clone(),
             },
         );

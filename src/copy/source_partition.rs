@@ -295,10 +295,14 @@ impl Reader {
         let fetch_kb = (st.shared.limits.max_in_flight_bytes_per_partition / 1024)
             .clamp(1024, 65536)
             .to_string();
-        let consumer = match cluster::consumer(
-            &st.cluster,
-            &[("queued.max.messages.kbytes", fetch_kb.as_str())],
-        ) {
+        let mut extra = vec![("queued.max.messages.kbytes", fetch_kb.as_str())];
+        // Pausing a partition (its in-flight bound reached) makes librdkafka drop what it had
+        // prefetched, and its default 1 s backoff once the queue is full stalled small
+        // bounds; the cluster's properties may still say otherwise.
+        if !st.cluster.properties.contains_key("fetch.queue.backoff.ms") {
+            extra.push(("fetch.queue.backoff.ms", "20"));
+        }
+        let consumer = match cluster::consumer(&st.cluster, &extra) {
             Ok(c) => c,
             Err(e) => {
                 for t in &mut st.tasks {
