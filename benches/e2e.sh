@@ -4,7 +4,7 @@
 # release mode, then runs benches/e2e.py, which prints Markdown tables (see BENCHMARKS.md)
 # and keeps the raw figures in target/e2e-bench/results.json.
 #
-#   benches/e2e.sh                      # everything, 5 runs each (~20 min on 2 cores)
+#   benches/e2e.sh                      # everything, 5 runs each (~10 min on 2 cores)
 #   benches/e2e.sh --runs 1 --only 200B/8p --live-rates    # a quick smoke run
 #   benches/e2e.sh --help               # every option
 set -euo pipefail
