@@ -101,14 +101,30 @@ pub fn without_last_header(headers: &OwnedHeaders) -> OwnedHeaders {
 
 /// Size the in-flight bound charges for a record: key + value + headers.
 pub fn record_bytes(msg: &BorrowedMessage<'_>) -> u32 {
-    let mut n = msg.key_len() + msg.payload_len();
-    if msg.headers().is_some() {
-        n += raw_headers(msg)
-            .iter()
-            .map(|h| h.name.len() + h.value.map_or(0, <[u8]>::len))
-            .sum::<usize>();
-    }
+    let n = msg.key_len() + msg.payload_len() + msg.headers().map_or(0, headers_bytes);
     n.min(u32::MAX as usize) as u32
+}
+
+/// Name + value bytes of a header list, read in place (no allocation: this is per record).
+pub fn headers_bytes(headers: &BorrowedHeaders) -> usize {
+    let mut n = 0;
+    // SAFETY: the pointer is the native list behind `headers` (cast as rust-rdkafka does),
+    // only read here, and valid while `headers` is borrowed.
+    unsafe {
+        let ptr = headers as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t;
+        for idx in 0..rdsys::rd_kafka_header_cnt(ptr) {
+            let mut name: *const std::os::raw::c_char = std::ptr::null();
+            let mut value: *const std::os::raw::c_void = std::ptr::null();
+            let mut size: usize = 0;
+            if rdsys::rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size)
+                != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+            {
+                break;
+            }
+            n += CStr::from_ptr(name).to_bytes().len() + if value.is_null() { 0 } else { size };
+        }
+    }
+    n
 }
 
 /// The provenance header value for a source record.

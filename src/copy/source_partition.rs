@@ -9,6 +9,7 @@
 //! offset is checkpointable only once the target acknowledged it (`AckTracker`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +98,8 @@ pub struct CopyTask {
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
     skip_logged: bool,
+    /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
+    provenance_prefix: String,
 }
 
 impl CopyTask {
@@ -120,6 +123,10 @@ impl CopyTask {
             limiter,
             round_robin: plan.partition as usize,
             skip_logged: false,
+            provenance_prefix: format!(
+                "{}/{}/{}/",
+                plan.source_cluster, plan.topic, plan.partition
+            ),
             stale_until_assign: false,
             eof_gap_since: None,
             plan,
@@ -255,6 +262,7 @@ struct State {
     needs_assign: bool,
     backoff: Duration,
     last_publish: Instant,
+    prov_buf: String,
 }
 
 impl Reader {
@@ -291,11 +299,20 @@ impl Reader {
             needs_assign: true,
             backoff: Duration::ZERO,
             last_publish: Instant::now(),
+            prov_buf: String::with_capacity(128),
         };
-        let fetch_kb = (st.shared.limits.max_in_flight_bytes_per_partition / 1024)
-            .clamp(1024, 65536)
+        // librdkafka's prefetch limits apply to the consumer's one queue, across all of its
+        // partitions: a quarter of the overall in-flight bound, 16 to 64 MiB.
+        let fetch_kb = (st.shared.limits.max_in_flight_bytes / 1024 / 4)
+            .clamp(16 * 1024, 64 * 1024)
             .to_string();
-        let mut extra = vec![("queued.max.messages.kbytes", fetch_kb.as_str())];
+        let mut extra = vec![
+            ("queued.max.messages.kbytes", fetch_kb.as_str()),
+            ("queued.min.messages", "1000000"),
+        ];
+        if !st.cluster.properties.contains_key("fetch.wait.max.ms") {
+            extra.push(("fetch.wait.max.ms", "100"));
+        }
         // Pausing a partition (its in-flight bound reached) makes librdkafka drop what it had
         // prefetched, and its default 1 s backoff once the queue is full stalled small
         // bounds; the cluster's properties may still say otherwise.
@@ -509,6 +526,13 @@ impl State {
                 }
                 _ => {}
             }
+            if let TaskEnd::Offset(e) = t.plan.end {
+                if offset + 1 >= e {
+                    // The last record before the end: no need to wait for one past it, or
+                    // for end-of-partition.
+                    t.read_done(e);
+                }
+            }
             let size = *size.get_or_insert_with(|| record_bytes(m));
             t.counts.read += 1;
             let route = t.route.clone();
@@ -567,18 +591,17 @@ impl State {
             headers = Some(h);
         }
         if t.route.provenance {
-            let prov = provenance_value(
-                &t.plan.source_cluster,
-                &t.plan.topic,
-                t.plan.partition,
-                offset,
-            );
+            // `<cluster>/<topic>/<partition>/` is fixed per task; only the offset is written
+            // per record, into a reused buffer (this is the hot path).
+            self.prov_buf.clear();
+            self.prov_buf.push_str(&t.provenance_prefix);
+            let _ = write!(self.prov_buf, "{offset}");
             headers = Some(
                 headers
                     .unwrap_or_else(|| OwnedHeaders::new_with_capacity(1))
                     .insert(Header {
                         key: PROVENANCE_HEADER,
-                        value: Some(prov.as_bytes()),
+                        value: Some(self.prov_buf.as_bytes()),
                     }),
             );
         }
