@@ -20,7 +20,10 @@ use kmirror::{counts, demo, dev_cluster, verify};
 #[command(
     name = "kmirror",
     version,
-    about = "Mirror Kafka topics between clusters, with checkpoints, rate limits and verification"
+    about = "Mirror Kafka topics between clusters, with checkpoints, rate limits and verification",
+    after_help = "Exit codes: 0 success; 1 verify mismatch, or halted partitions / failed records; \
+2 usage; 3 invalid routing file; 4 cluster, topic or offset error; 5 unusable checkpoint; \
+70 other; 130 second signal while stopping."
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
@@ -76,10 +79,11 @@ enum Command {
         #[arg(long, default_value_t = 60_000)]
         records: u64,
     },
-    /// Host in-memory Kafka-protocol TEST clusters (librdkafka's mock cluster) in the
-    /// foreground and print their bootstrap addresses. Everything is in memory and each
-    /// partition keeps at most 5 MB or 100,000 messages (older ones are deleted): for tests,
-    /// demos and benchmarks, never for data you need.
+    /// Host in-memory Kafka-protocol TEST clusters and print their bootstrap addresses.
+    ///
+    /// The clusters are librdkafka's mock cluster, hosted in the foreground until Ctrl-C.
+    /// Everything is in memory and each partition keeps at most 5 MB or 100,000 messages
+    /// (older ones are deleted): for tests, demos and benchmarks, never for data you need.
     DevCluster {
         /// Number of clusters.
         #[arg(long, default_value_t = 2)]
