@@ -1,7 +1,11 @@
 //! kmirror against tansu, a Kafka-compatible broker that runs as a separate process (see
 //! shared/BROKERS.md). Copies mock -> tansu, tansu -> mock and tansu -> tansu through the
 //! library API, read the target back and compare it record by record with the source through
-//! the `kmirror.source` provenance header, and check that `verify` agrees.
+//! the `kmirror.source` provenance header, and check that `verify` agrees. The `cli_*` tests
+//! run tests/cli.rs's end-to-end suite against tansu: the BUILT `kmirror` binary as a
+//! subprocess, tansu -> tansu (and mock -> tansu), checking `check`'s plan, `run --once`,
+//! `verify` (exit 0, and exit 1 on a real mismatch), `checkpoints show`, kill -9 and SIGTERM
+//! in the middle of a run followed by a rerun.
 //!
 //! The tansu binary comes from `scripts/tansu.sh` (or `KMIRROR_TANSU`). Without it these tests
 //! FAIL, saying how to install it: they never skip silently.
@@ -27,13 +31,14 @@ use std::time::{Duration, Instant};
 
 use kmirror::checkpoint::FileStore;
 use kmirror::config::Config;
+use kmirror::copy::record::raw_headers;
 use kmirror::copy::{self, RunOptions, RunReport};
 use kmirror::dev_cluster::DevClusters;
 use kmirror::verify::{self, VerifyReport};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -361,14 +366,17 @@ fn read_all(bootstrap: &str, topic: &str, expect: usize) -> Vec<Rec> {
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
                     timestamp: m.timestamp().to_millis(),
-                    headers: m
-                        .headers()
+                    // Raw bytes, as kmirror itself reads headers (rdkafka's `Headers::iter`
+                    // panics on a name that is not UTF-8).
+                    headers: raw_headers(&m)
+                        .iter()
                         .map(|h| {
-                            h.iter()
-                                .map(|x| (x.key.to_string(), x.value.map(<[u8]>::to_vec)))
-                                .collect()
+                            (
+                                String::from_utf8_lossy(h.name).into_owned(),
+                                h.value.map(<[u8]>::to_vec),
+                            )
                         })
-                        .unwrap_or_default(),
+                        .collect(),
                 });
             }
             Some(Err(KafkaError::PartitionEOF(p))) => at_eof[p as usize] = true,
@@ -516,6 +524,25 @@ target = "dst"
 /// Asserts the target holds every source record exactly once, unaltered, in the same
 /// partition (partitioning = "preserve"), found by its provenance header.
 fn assert_copied(source: &[Rec], target: &[Rec], cluster: &str, topic: &str) {
+    let duplicated = assert_copied_at_least_once(source, target, cluster, topic);
+    assert!(
+        duplicated.is_empty(),
+        "{} source records are on the target more than once, e.g. {:?}",
+        duplicated.len(),
+        &duplicated[..duplicated.len().min(5)]
+    );
+    assert_eq!(target.len(), source.len());
+}
+
+/// Asserts the target holds every source record at least once, every copy unaltered and in
+/// the same partition, and nothing else; returns the source records copied more than once,
+/// with their number of copies.
+fn assert_copied_at_least_once(
+    source: &[Rec],
+    target: &[Rec],
+    cluster: &str,
+    topic: &str,
+) -> Vec<(String, usize)> {
     let mut by_prov: BTreeMap<String, Vec<&Rec>> = BTreeMap::new();
     let mut without = 0;
     for t in target {
@@ -527,23 +554,22 @@ fn assert_copied(source: &[Rec], target: &[Rec], cluster: &str, topic: &str) {
     let mut missing = Vec::new();
     let mut altered = Vec::new();
     let mut misplaced = Vec::new();
+    let mut duplicated = Vec::new();
     for s in source {
         let prov = format!("{cluster}/{topic}/{}/{}", s.partition, s.offset);
         match by_prov.remove(&prov) {
             None => missing.push(prov),
             Some(copies) => {
-                assert_eq!(
-                    copies.len(),
-                    1,
-                    "{prov} is on the target {} times",
-                    copies.len()
-                );
-                let t = copies[0];
-                if t.content() != s.content() {
-                    altered.push(format!("{prov}: source {s:?} target {t:?}"));
+                if copies.len() > 1 {
+                    duplicated.push((prov.clone(), copies.len()));
                 }
-                if t.partition != s.partition {
-                    misplaced.push(format!("{prov} is in target partition {}", t.partition));
+                for t in copies {
+                    if t.content() != s.content() {
+                        altered.push(format!("{prov}: source {s:?} target {t:?}"));
+                    }
+                    if t.partition != s.partition {
+                        misplaced.push(format!("{prov} is in target partition {}", t.partition));
+                    }
                 }
             }
         }
@@ -575,7 +601,7 @@ fn assert_copied(source: &[Rec], target: &[Rec], cluster: &str, topic: &str) {
         by_prov.keys().take(5).collect::<Vec<_>>()
     );
     assert_eq!(without, 0, "target records without a provenance header");
-    assert_eq!(target.len(), source.len());
+    duplicated
 }
 
 /// Asserts a complete run copied `n` records and `verify` found all `n` on both sides.
@@ -952,4 +978,770 @@ fn start_offset_inside_last_batch_of_tansu_partition() {
         .flat_map(|p| (300..500).map(move |o| (p, o)))
         .collect();
     assert_eq!(copied, want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// the built `kmirror` binary against tansu (tests/cli.rs's end-to-end suite, issue 4)
+// ---------------------------------------------------------------------------------------------
+
+const BIN: &str = env!("CARGO_BIN_EXE_kmirror");
+/// Exit codes (src/error.rs).
+const EXIT_OK: i32 = 0;
+const EXIT_MISMATCH: i32 = 1;
+
+/// A `kmirror` command with a predictable environment.
+fn kmirror_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    c
+}
+
+/// What a finished `kmirror` process did.
+#[derive(Debug)]
+struct Finished {
+    code: i32,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Finished {
+    fn expect_code(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "{what}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// Reads a pipe to a string on a thread of its own (so a chatty child never blocks).
+fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// A running `kmirror` process; killed (SIGKILL) if dropped while still running.
+struct Running {
+    child: Child,
+    started: Instant,
+    stdout: Option<std::thread::JoinHandle<String>>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Running {
+    fn spawn(args: &[&str]) -> Running {
+        let mut child = kmirror_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kmirror");
+        let stdout = drain(child.stdout.take().expect("stdout"));
+        let stderr = drain(child.stderr.take().expect("stderr"));
+        Running {
+            child,
+            started: Instant::now(),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        }
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for the exit, at most `limit` (then kills it and panics with its output).
+    fn wait(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                break Some(s);
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = self.started.elapsed();
+        let stdout = self
+            .stdout
+            .take()
+            .expect("stdout")
+            .join()
+            .unwrap_or_default();
+        let stderr = self
+            .stderr
+            .take()
+            .expect("stderr")
+            .join()
+            .unwrap_or_default();
+        let Some(status) = status else {
+            panic!(
+                "kmirror did not exit within {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+            );
+        };
+        Finished {
+            // A signal death has no code; -1 never equals an expected code.
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `kmirror ARGS` to completion, bounded by `limit`; prints what it printed (shown
+/// when a test fails, or with --nocapture).
+fn km(args: &[&str], limit: Duration) -> Finished {
+    let f = Running::spawn(args).wait(limit);
+    eprintln!(
+        "$ kmirror {} -> exit {} in {:.2}s\n{}{}",
+        args.join(" "),
+        f.code,
+        f.elapsed.as_secs_f64(),
+        f.stdout,
+        f.stderr
+    );
+    f
+}
+
+fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write routing file");
+    p
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// One row of a printed table, by column header.
+type Row = BTreeMap<String, String>;
+
+fn col<'a>(r: &'a Row, name: &str) -> &'a str {
+    r.get(name)
+        .unwrap_or_else(|| panic!("no column {name:?} in row {r:?}"))
+}
+
+fn num(r: &Row, name: &str) -> i64 {
+    col(r, name)
+        .parse()
+        .unwrap_or_else(|_| panic!("column {name:?} is not a number in {r:?}"))
+}
+
+/// Partition number of a `cluster:topic/partition` cell.
+fn partition_of(cell: &str) -> usize {
+    cell.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+/// The rows of the table whose header line starts with `first_header`, keyed by header
+/// (columns found from the `---` rule under the header, as in tests/cli.rs).
+fn table(out: &str, first_header: &str) -> Vec<Row> {
+    let lines: Vec<&str> = out.lines().collect();
+    let at = lines
+        .windows(2)
+        .position(|w| w[0].starts_with(first_header) && w[1].starts_with("---"))
+        .unwrap_or_else(|| panic!("no table with header {first_header:?} in:\n{out}"));
+    let (header, rule) = (lines[at], lines[at + 1]);
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, ch) in rule.char_indices().chain([(rule.len(), ' ')]) {
+        match (ch == '-', start) {
+            (true, None) => start = Some(i),
+            (false, Some(s0)) => {
+                spans.push((s0, i));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    let cut = |line: &str, (a, b): (usize, usize)| -> String {
+        let b = b.min(line.len());
+        if a >= b {
+            String::new()
+        } else {
+            line[a..b].trim().to_string()
+        }
+    };
+    let names: Vec<String> = spans.iter().map(|sp| cut(header, *sp)).collect();
+    let fits = |line: &str| {
+        !line.trim().is_empty()
+            && spans.iter().skip(1).all(|(a, _)| {
+                line.as_bytes()
+                    .get(a - 2..*a)
+                    .is_none_or(|sep| sep == b"  ")
+            })
+    };
+    lines[at + 2..]
+        .iter()
+        .take_while(|l| fits(l))
+        .map(|l| {
+            names
+                .iter()
+                .cloned()
+                .zip(spans.iter().map(|sp| cut(l, *sp)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The TOTAL row of a run summary, as numbers by column.
+fn totals(out: &str) -> BTreeMap<String, i64> {
+    let rows = table(out, "route");
+    let total = rows
+        .iter()
+        .find(|r| col(r, "route") == "TOTAL")
+        .unwrap_or_else(|| panic!("no TOTAL row in:\n{out}"));
+    total
+        .iter()
+        .filter_map(|(k, v)| v.parse().ok().map(|n| (k.clone(), n)))
+        .collect()
+}
+
+/// A verify row with nothing missing, duplicated or altered.
+fn assert_clean(r: &Row) {
+    for c in ["missing", "unexpected", "duplicates", "altered"] {
+        assert_eq!(num(r, c), 0, "{c} in {r:?}");
+    }
+    assert_eq!(col(r, "result"), "OK", "{r:?}");
+}
+
+/// Sum of `next offset` over the rows of `kmirror checkpoints show`.
+fn shown_next_offsets(cfg: &Path) -> (i64, Vec<Row>) {
+    let f = km(
+        &["checkpoints", "show", "-c", s(cfg)],
+        Duration::from_secs(30),
+    );
+    f.expect_code(EXIT_OK, "checkpoints show");
+    let rows = table(&f.stdout, "route");
+    let sum = rows.iter().map(|r| num(r, "next offset")).sum();
+    (sum, rows)
+}
+
+/// Sum of every `"next_offset": N` in a checkpoint file (0 if there is none yet), read
+/// directly to watch progress without spawning processes.
+fn checkpoint_file_sum(path: &Path) -> i64 {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return 0;
+    };
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("\"next_offset\": "))
+        .filter_map(|v| v.trim_end_matches(',').parse::<i64>().ok())
+        .sum()
+}
+
+/// A routing file with clusters `src` and `dst`, job `job` (checkpoints in `checkpoints/`
+/// next to the file) and one route `orders` copying TOPIC.
+fn cli_config(src: &str, dst: &str, job: &str, route_extra: &str) -> String {
+    format!(
+        r#"[checkpoints]
+job = "{job}"
+interval = "500ms"
+
+[run]
+connect_timeout = "10s"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "orders"
+source = "src"
+topics = ["{TOPIC}"]
+target = "dst"
+{route_extra}
+"#
+    )
+}
+
+/// Records per partition of a topic read back with `read_all`, asserting its offsets run
+/// 0..n without gaps (so the end offset is the count).
+fn records_per_partition(recs: &[Rec], partitions: i32) -> Vec<i64> {
+    let mut by_part: Vec<Vec<i64>> = vec![Vec::new(); partitions as usize];
+    for r in recs {
+        by_part[r.partition as usize].push(r.offset);
+    }
+    by_part
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut offs)| {
+            offs.sort_unstable();
+            let n = offs.len() as i64;
+            assert!(
+                offs.iter().copied().eq(0..n),
+                "source partition {p}: offsets are not 0..{n}"
+            );
+            n
+        })
+        .collect()
+}
+
+/// Produces `count` records to a tansu `src` in lingering batches, reads them back, and
+/// asserts tansu's ListOffsets under-reports the end of at least one partition (the quirk
+/// the CLI must see through). Returns the records and the count per partition.
+fn batched_tansu_source(src: &Tansu, partitions: i32, count: usize) -> (Vec<Rec>, Vec<i64>) {
+    produce(
+        &src.bootstrap,
+        TOPIC,
+        partitions,
+        count,
+        Batching::Linger(5),
+    );
+    let source = read_all(&src.bootstrap, TOPIC, count);
+    assert_eq!(source.len(), count);
+    let counts = records_per_partition(&source, partitions);
+    let listed = list_offsets(&src.bootstrap, TOPIC, partitions);
+    eprintln!("source: records per partition {counts:?}, ListOffsets {listed:?}");
+    assert!(
+        listed.iter().zip(&counts).any(|((_, latest), n)| latest < n),
+        "ListOffsets {listed:?} is right for every partition ({counts:?}): the test no longer exercises tansu's under-reported high watermark"
+    );
+    (source, counts)
+}
+
+/// `kmirror check` prints one plan row per source partition with the end found by reading
+/// (not tansu's ListOffsets); `run --once` copies every record exactly once and says so per
+/// partition; `verify` and `checkpoints show` agree; a rerun copies nothing. Then an honest
+/// mismatch, as in tests/cli.rs: job `stale-backup` copies offsets [0, 100) of every
+/// partition to a third broker, and a routing file that keeps job `mirror` (and its
+/// checkpoint) but points `dst` at that broker must make `verify` exit 1, naming what is
+/// missing.
+#[test]
+fn cli_check_run_verify_tansu_to_tansu_then_a_stale_target_mismatches() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    let stale = Tansu::start("stale");
+    for t in [&src, &dst, &stale] {
+        t.create_topic(TOPIC, PARTITIONS);
+    }
+    let (source, counts) = batched_tansu_source(&src, PARTITIONS, RECORDS);
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = write_file(
+        dir.path(),
+        "mirror.toml",
+        &cli_config(
+            &src.bootstrap,
+            &dst.bootstrap,
+            "mirror",
+            "end = \"snapshot\"",
+        ),
+    );
+
+    // 1. check: the plan.
+    let c = km(&["check", "-c", s(&mirror)], Duration::from_secs(60));
+    c.expect_code(EXIT_OK, "check");
+    let want: Vec<Vec<String>> = counts
+        .iter()
+        .enumerate()
+        .map(|(p, n)| {
+            vec![
+                "orders".into(),
+                format!("src:{TOPIC}/{p}"),
+                format!("dst:{TOPIC}/{p}"),
+                "0".into(),
+                n.to_string(),
+                format!("<= {n}"),
+            ]
+        })
+        .collect();
+    let got: Vec<Vec<String>> = table(&c.stdout, "route")
+        .iter()
+        .map(|r| {
+            ["route", "source", "target", "start", "end", "estimate"]
+                .iter()
+                .map(|h| col(r, h).to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(got, want, "plan rows:\n{}", c.stdout);
+    assert!(
+        c.stdout.contains(&format!(
+            "{PARTITIONS} partition tasks; at most {RECORDS} records to copy"
+        )),
+        "{}",
+        c.stdout
+    );
+    assert!(
+        !dir.path().join("checkpoints").exists(),
+        "check wrote a checkpoint"
+    );
+
+    // 2. run --once, read back, verify, checkpoints show.
+    let run = km(
+        &["run", "-c", s(&mirror), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    run.expect_code(EXIT_OK, "run --once");
+    assert!(run.stdout.contains("complete in "), "{}", run.stdout);
+    let t = totals(&run.stdout);
+    assert_eq!(
+        (t["read"], t["acked"]),
+        (RECORDS as i64, RECORDS as i64),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        (t["failed"], t["pending"], t["filtered"]),
+        (0, 0, 0),
+        "{}",
+        run.stdout
+    );
+    let rows = table(&run.stdout, "route");
+    for (p, n) in counts.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|r| col(r, "source") == format!("src:{TOPIC}/{p}"))
+            .unwrap_or_else(|| panic!("no summary row for partition {p}:\n{}", run.stdout));
+        assert_eq!(col(row, "range"), format!("[0, {n})"), "{row:?}");
+        assert_eq!((num(row, "read"), num(row, "acked")), (*n, *n), "{row:?}");
+        assert_eq!(
+            col(row, "target"),
+            format!("dst:{TOPIC}/{p} [0..={}]", n - 1),
+            "{row:?}"
+        );
+        assert_eq!(col(row, "status"), "done", "{row:?}");
+    }
+    let target = read_all(&dst.bootstrap, TOPIC, RECORDS);
+    assert_copied(&source, &target, "src", TOPIC);
+
+    let v = km(&["verify", "-c", s(&mirror)], Duration::from_secs(90));
+    v.expect_code(EXIT_OK, "verify");
+    let vrows = table(&v.stdout, "route");
+    assert_eq!(vrows.len(), PARTITIONS as usize, "{}", v.stdout);
+    for r in &vrows {
+        let n = counts[partition_of(col(r, "source"))];
+        assert_eq!(
+            (num(r, "source records"), num(r, "target records")),
+            (n, n),
+            "{r:?}"
+        );
+        assert_clean(r);
+    }
+    assert!(
+        v.stdout.contains(&format!(
+            "verified {PARTITIONS} partitions: every source record is on the target"
+        )),
+        "{}",
+        v.stdout
+    );
+    let (sum, cp_rows) = shown_next_offsets(&mirror);
+    assert_eq!(sum, RECORDS as i64, "checkpoint next offsets: {cp_rows:?}");
+    assert_eq!(cp_rows.len(), PARTITIONS as usize);
+
+    // A rerun resumes from the checkpoint and copies nothing.
+    let again = km(
+        &["run", "-c", s(&mirror), "--once", "--progress", "0"],
+        Duration::from_secs(60),
+    );
+    again.expect_code(EXIT_OK, "second run --once");
+    assert_eq!(totals(&again.stdout)["acked"], 0, "{}", again.stdout);
+    assert_eq!(read_all(&dst.bootstrap, TOPIC, RECORDS).len(), RECORDS);
+
+    // 3. verify exits 1 on a real mismatch.
+    let backup = write_file(
+        dir.path(),
+        "stale-backup.toml",
+        &cli_config(
+            &src.bootstrap,
+            &stale.bootstrap,
+            "stale-backup",
+            "end = 100",
+        ),
+    );
+    let st = km(&["run", "-c", s(&backup)], Duration::from_secs(60));
+    st.expect_code(EXIT_OK, "run stale-backup");
+    assert_eq!(
+        totals(&st.stdout)["acked"],
+        100 * PARTITIONS as i64,
+        "{}",
+        st.stdout
+    );
+    let restored = write_file(
+        dir.path(),
+        "restored.toml",
+        &std::fs::read_to_string(&mirror).unwrap().replace(
+            &format!("bootstrap = \"{}\"", dst.bootstrap),
+            &format!("bootstrap = \"{}\"", stale.bootstrap),
+        ),
+    );
+    let bad = km(&["verify", "-c", s(&restored)], Duration::from_secs(90));
+    bad.expect_code(EXIT_MISMATCH, "verify against the stale target");
+    let rows = table(&bad.stdout, "route");
+    assert_eq!(rows.len(), PARTITIONS as usize, "{}", bad.stdout);
+    for r in &rows {
+        let n = counts[partition_of(col(r, "source"))];
+        assert_eq!(num(r, "source records"), n, "{r:?}");
+        assert_eq!(num(r, "target records"), 100, "{r:?}");
+        assert_eq!(num(r, "missing"), n - 100, "{r:?}");
+        assert_eq!(num(r, "duplicates"), 0, "{r:?}");
+        assert_eq!(col(r, "result"), "MISMATCH", "{r:?}");
+    }
+    assert!(
+        bad.stdout.contains(&format!(
+            "{PARTITIONS} of {PARTITIONS} partitions do NOT match"
+        )),
+        "{}",
+        bad.stdout
+    );
+    // The real target still verifies.
+    km(
+        &["verify", "-c", s(&mirror), "--fail-on-duplicates"],
+        Duration::from_secs(90),
+    )
+    .expect_code(EXIT_OK, "verify of the real target after the mismatch");
+}
+
+/// The mock cluster (librdkafka's, as `kmirror dev-cluster` hosts it; here in the test
+/// process) to tansu through the binary: `run --once`, read back, `verify`.
+#[test]
+fn cli_mock_to_tansu_run_once_and_verify() {
+    let mock = DevClusters::start(1, 3, &[(TOPIC.to_string(), PARTITIONS)]).expect("mock cluster");
+    let dst = Tansu::start("dst");
+    dst.create_topic(TOPIC, PARTITIONS);
+    produce(
+        &mock.bootstraps[0],
+        TOPIC,
+        PARTITIONS,
+        RECORDS,
+        Batching::Linger(5),
+    );
+    let source = read_all(&mock.bootstraps[0], TOPIC, RECORDS);
+    let counts = records_per_partition(&source, PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "mock.toml",
+        &cli_config(&mock.bootstraps[0], &dst.bootstrap, "mock-to-tansu", ""),
+    );
+    let run = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    run.expect_code(EXIT_OK, "run --once");
+    assert!(run.stdout.contains("complete in "), "{}", run.stdout);
+    let t = totals(&run.stdout);
+    assert_eq!(
+        (t["read"], t["acked"], t["failed"], t["pending"]),
+        (RECORDS as i64, RECORDS as i64, 0, 0),
+        "{}",
+        run.stdout
+    );
+    let target = read_all(&dst.bootstrap, TOPIC, RECORDS);
+    assert_copied(&source, &target, "src", TOPIC);
+    let v = km(
+        &["verify", "-c", s(&cfg), "--fail-on-duplicates"],
+        Duration::from_secs(90),
+    );
+    v.expect_code(EXIT_OK, "verify --fail-on-duplicates");
+    for r in table(&v.stdout, "route") {
+        let n = counts[partition_of(col(&r, "source"))];
+        assert_eq!(
+            (num(&r, "source records"), num(&r, "target records")),
+            (n, n),
+            "{r:?}"
+        );
+        assert_clean(&r);
+    }
+    assert_eq!(shown_next_offsets(&cfg).0, RECORDS as i64);
+}
+
+const BIG: usize = 12_000;
+const BIG_PARTITIONS: i32 = 4;
+
+/// Two tansu brokers, BIG records in lingering batches over BIG_PARTITIONS partitions of the
+/// source, and a routing file (job `big`) whose route is rate limited to 3,000 records/s, so
+/// a copy takes about 4 s.
+fn big_setup(dir: &Path) -> (Tansu, Tansu, PathBuf, Vec<Rec>, Vec<i64>) {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic(TOPIC, BIG_PARTITIONS);
+    dst.create_topic(TOPIC, BIG_PARTITIONS);
+    let (source, counts) = batched_tansu_source(&src, BIG_PARTITIONS, BIG);
+    let cfg = write_file(
+        dir,
+        "big.toml",
+        &cli_config(
+            &src.bootstrap,
+            &dst.bootstrap,
+            "big",
+            "max_messages_per_sec = 3000",
+        ),
+    );
+    (src, dst, cfg, source, counts)
+}
+
+/// Starts `run --once` and returns it once it has run at least 1.5 s AND written a
+/// checkpoint with progress, so the interruption lands in the middle of the copy.
+fn start_and_wait_for_progress(cfg: &Path) -> Running {
+    let cp_file = cfg
+        .parent()
+        .unwrap()
+        .join("checkpoints/big.checkpoint.json");
+    let mut run = Running::spawn(&["run", "-c", s(cfg), "--once", "--progress", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while run.started.elapsed() < Duration::from_millis(1500) || checkpoint_file_sum(&cp_file) == 0
+    {
+        if !run.still_running() {
+            let f = run.wait(Duration::from_secs(1));
+            panic!("the rate-limited run ended before it could be interrupted: {f:?}");
+        }
+        assert!(Instant::now() < deadline, "no checkpointed progress in 30s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(run.still_running(), "run ended before the interruption");
+    run
+}
+
+/// kill -9 in the middle of a tansu -> tansu run, then a rerun: nothing is missing, and the
+/// duplicates `verify` counts are exactly the extra copies found by reading the target.
+#[test]
+fn cli_kill_9_mid_run_on_tansu_then_rerun_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_src, dst, cfg, source, counts) = big_setup(dir.path());
+    let big = BIG as i64;
+
+    let mut run = start_and_wait_for_progress(&cfg);
+    run.child.kill().expect("SIGKILL"); // Child::kill is SIGKILL on Unix
+    let killed = run.wait(Duration::from_secs(10));
+    assert_eq!(killed.code, -1, "killed by a signal: {killed:?}");
+    assert!(!killed.stdout.contains("complete"), "{}", killed.stdout);
+    let (before, _) = shown_next_offsets(&cfg);
+    assert!(
+        before > 0 && before < big,
+        "the checkpoint left by the killed run is mid-copy: {before}"
+    );
+
+    let rerun = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    rerun.expect_code(EXIT_OK, "rerun after kill -9");
+    assert!(rerun.stdout.contains("complete in "), "{}", rerun.stdout);
+    let t = totals(&rerun.stdout);
+    assert_eq!(
+        t["acked"],
+        big - before,
+        "the rerun starts at the checkpoint"
+    );
+    assert_eq!((t["failed"], t["pending"]), (0, 0), "{}", rerun.stdout);
+    assert_eq!(shown_next_offsets(&cfg).0, big);
+
+    let v = km(&["verify", "-c", s(&cfg)], Duration::from_secs(90));
+    v.expect_code(EXIT_OK, "verify after kill -9 and rerun");
+    let rows = table(&v.stdout, "route");
+    assert_eq!(rows.len(), BIG_PARTITIONS as usize, "{}", v.stdout);
+    let mut dups = 0i64;
+    for r in &rows {
+        let n = counts[partition_of(col(r, "source"))];
+        assert_eq!(num(r, "source records"), n, "{r:?}");
+        assert_eq!(num(r, "target records"), n + num(r, "duplicates"), "{r:?}");
+        assert_eq!(
+            (num(r, "missing"), num(r, "unexpected"), num(r, "altered")),
+            (0, 0, 0),
+            "{r:?}"
+        );
+        assert_eq!(col(r, "result"), "OK", "{r:?}");
+        dups += num(r, "duplicates");
+    }
+    let target = read_all(&dst.bootstrap, TOPIC, BIG);
+    let duplicated = assert_copied_at_least_once(&source, &target, "src", TOPIC);
+    let extra: usize = duplicated.iter().map(|(_, n)| n - 1).sum();
+    assert_eq!(
+        (target.len() - BIG, extra as i64),
+        (dups as usize, dups),
+        "verify's duplicates vs the target read back"
+    );
+    println!(
+        "tansu: kill -9 after {:.1}s: checkpoint at {before}/{big}; rerun copied {}; verify: missing 0, {dups} duplicates (at-least-once)",
+        killed.elapsed.as_secs_f64(),
+        t["acked"]
+    );
+}
+
+/// SIGTERM in the middle of a tansu -> tansu run: a quick clean exit 0 whose checkpoint
+/// covers exactly what was acknowledged; the rerun completes, and the target holds every
+/// record exactly once (`verify --fail-on-duplicates` and reading it back).
+#[test]
+fn cli_sigterm_mid_run_on_tansu_then_rerun_has_no_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_src, dst, cfg, source, counts) = big_setup(dir.path());
+    let big = BIG as i64;
+
+    let run = start_and_wait_for_progress(&cfg);
+    let t0 = Instant::now();
+    let st = Command::new("kill")
+        .args(["-TERM", &run.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -TERM failed");
+    let stopped = run.wait(Duration::from_secs(30));
+    let took = t0.elapsed();
+    stopped.expect_code(EXIT_OK, "SIGTERM");
+    assert!(
+        took < Duration::from_secs(15),
+        "SIGTERM to exit took {took:?}"
+    );
+    assert!(stopped.stdout.contains("stopped in "), "{}", stopped.stdout);
+    let t = totals(&stopped.stdout);
+    assert_eq!(
+        (t["pending"], t["failed"]),
+        (0, 0),
+        "a clean stop settles everything in flight:\n{}",
+        stopped.stdout
+    );
+    assert!(t["acked"] > 0 && t["acked"] < big, "{}", stopped.stdout);
+    let (cp, _) = shown_next_offsets(&cfg);
+    assert_eq!(cp, t["acked"], "final checkpoint == acked");
+
+    let rerun = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    rerun.expect_code(EXIT_OK, "rerun after SIGTERM");
+    assert!(rerun.stdout.contains("complete in "), "{}", rerun.stdout);
+    assert_eq!(totals(&rerun.stdout)["acked"], big - t["acked"]);
+
+    let v = km(
+        &["verify", "-c", s(&cfg), "--fail-on-duplicates"],
+        Duration::from_secs(90),
+    );
+    v.expect_code(
+        EXIT_OK,
+        "verify --fail-on-duplicates after SIGTERM and rerun",
+    );
+    for r in table(&v.stdout, "route") {
+        assert_eq!(
+            num(&r, "source records"),
+            counts[partition_of(col(&r, "source"))],
+            "{r:?}"
+        );
+        assert_clean(&r);
+    }
+    let target = read_all(&dst.bootstrap, TOPIC, BIG);
+    assert_copied(&source, &target, "src", TOPIC);
+    println!(
+        "tansu: SIGTERM after {:.1}s: exited in {:.2}s with {} acked; rerun copied the other {}",
+        stopped.elapsed.as_secs_f64() - took.as_secs_f64(),
+        took.as_secs_f64(),
+        t["acked"],
+        big - t["acked"]
+    );
 }
