@@ -456,9 +456,17 @@ pub fn confirm_ends(
             });
         }
     }
+    let behind = highs.iter().zip(&ends).filter(|(r, e)| e > r).count();
+    if behind > 0 {
+        tracing::info!(
+            cluster = %cluster.name, topic,
+            "the broker under-reports the high watermark of {behind} of {} partitions; using the ends found by reading",
+            highs.len()
+        );
+    }
     for (p, (reported, real)) in highs.iter().zip(&ends).enumerate() {
         if real > reported {
-            tracing::info!(
+            tracing::debug!(
                 cluster = %cluster.name, topic, partition = p,
                 "the broker reported high watermark {reported} but records exist up to {}; the snapshot ends at {real}",
                 real - 1
