@@ -21,6 +21,8 @@
 //! `start_latest_*` and `start_offset_inside_last_batch_*` check that `latest` and explicit
 //! start offsets use the end found by reading too.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -41,6 +43,8 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use common::cli::*;
 
 const PROVENANCE: &str = "kmirror.source";
 /// Bound on any one copy run; a run still going then is stopped and the test fails.
@@ -984,265 +988,13 @@ fn start_offset_inside_last_batch_of_tansu_partition() {
 // the built `kmirror` binary against tansu (tests/cli.rs's end-to-end suite, issue 4)
 // ---------------------------------------------------------------------------------------------
 
-const BIN: &str = env!("CARGO_BIN_EXE_kmirror");
 /// Exit codes (src/error.rs).
 const EXIT_OK: i32 = 0;
 const EXIT_MISMATCH: i32 = 1;
 
-/// A `kmirror` command with a predictable environment.
-fn kmirror_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    c
-}
-
-/// What a finished `kmirror` process did.
-#[derive(Debug)]
-struct Finished {
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Finished {
-    fn expect_code(&self, code: i32, what: &str) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "{what}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-}
-
-/// Reads a pipe to a string on a thread of its own (so a chatty child never blocks).
-fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
-/// A running `kmirror` process; killed (SIGKILL) if dropped while still running.
-struct Running {
-    child: Child,
-    started: Instant,
-    stdout: Option<std::thread::JoinHandle<String>>,
-    stderr: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Running {
-    fn spawn(args: &[&str]) -> Running {
-        let mut child = kmirror_cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kmirror");
-        let stdout = drain(child.stdout.take().expect("stdout"));
-        let stderr = drain(child.stderr.take().expect("stderr"));
-        Running {
-            child,
-            started: Instant::now(),
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-        }
-    }
-
-    fn still_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Waits for the exit, at most `limit` (then kills it and panics with its output).
-    fn wait(mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break Some(s);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let elapsed = self.started.elapsed();
-        let stdout = self
-            .stdout
-            .take()
-            .expect("stdout")
-            .join()
-            .unwrap_or_default();
-        let stderr = self
-            .stderr
-            .take()
-            .expect("stderr")
-            .join()
-            .unwrap_or_default();
-        let Some(status) = status else {
-            panic!(
-                "kmirror did not exit within {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-            );
-        };
-        Finished {
-            // A signal death has no code; -1 never equals an expected code.
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr,
-            elapsed,
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Runs `kmirror ARGS` to completion, bounded by `limit`; prints what it printed (shown
-/// when a test fails, or with --nocapture).
-fn km(args: &[&str], limit: Duration) -> Finished {
-    let f = Running::spawn(args).wait(limit);
-    eprintln!(
-        "$ kmirror {} -> exit {} in {:.2}s\n{}{}",
-        args.join(" "),
-        f.code,
-        f.elapsed.as_secs_f64(),
-        f.stdout,
-        f.stderr
-    );
-    f
-}
-
-fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).expect("write routing file");
-    p
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// One row of a printed table, by column header.
-type Row = BTreeMap<String, String>;
-
-fn col<'a>(r: &'a Row, name: &str) -> &'a str {
-    r.get(name)
-        .unwrap_or_else(|| panic!("no column {name:?} in row {r:?}"))
-}
-
-fn num(r: &Row, name: &str) -> i64 {
-    col(r, name)
-        .parse()
-        .unwrap_or_else(|_| panic!("column {name:?} is not a number in {r:?}"))
-}
-
 /// Partition number of a `cluster:topic/partition` cell.
 fn partition_of(cell: &str) -> usize {
     cell.rsplit('/').next().unwrap().parse().unwrap()
-}
-
-/// The rows of the table whose header line starts with `first_header`, keyed by header
-/// (columns found from the `---` rule under the header, as in tests/cli.rs).
-fn table(out: &str, first_header: &str) -> Vec<Row> {
-    let lines: Vec<&str> = out.lines().collect();
-    let at = lines
-        .windows(2)
-        .position(|w| w[0].starts_with(first_header) && w[1].starts_with("---"))
-        .unwrap_or_else(|| panic!("no table with header {first_header:?} in:\n{out}"));
-    let (header, rule) = (lines[at], lines[at + 1]);
-    let mut spans = Vec::new();
-    let mut start = None;
-    for (i, ch) in rule.char_indices().chain([(rule.len(), ' ')]) {
-        match (ch == '-', start) {
-            (true, None) => start = Some(i),
-            (false, Some(s0)) => {
-                spans.push((s0, i));
-                start = None;
-            }
-            _ => {}
-        }
-    }
-    let cut = |line: &str, (a, b): (usize, usize)| -> String {
-        let b = b.min(line.len());
-        if a >= b {
-            String::new()
-        } else {
-            line[a..b].trim().to_string()
-        }
-    };
-    let names: Vec<String> = spans.iter().map(|sp| cut(header, *sp)).collect();
-    let fits = |line: &str| {
-        !line.trim().is_empty()
-            && spans.iter().skip(1).all(|(a, _)| {
-                line.as_bytes()
-                    .get(a - 2..*a)
-                    .is_none_or(|sep| sep == b"  ")
-            })
-    };
-    lines[at + 2..]
-        .iter()
-        .take_while(|l| fits(l))
-        .map(|l| {
-            names
-                .iter()
-                .cloned()
-                .zip(spans.iter().map(|sp| cut(l, *sp)))
-                .collect()
-        })
-        .collect()
-}
-
-/// The TOTAL row of a run summary, as numbers by column.
-fn totals(out: &str) -> BTreeMap<String, i64> {
-    let rows = table(out, "route");
-    let total = rows
-        .iter()
-        .find(|r| col(r, "route") == "TOTAL")
-        .unwrap_or_else(|| panic!("no TOTAL row in:\n{out}"));
-    total
-        .iter()
-        .filter_map(|(k, v)| v.parse().ok().map(|n| (k.clone(), n)))
-        .collect()
-}
-
-/// A verify row with nothing missing, duplicated or altered.
-fn assert_clean(r: &Row) {
-    for c in ["missing", "unexpected", "duplicates", "altered"] {
-        assert_eq!(num(r, c), 0, "{c} in {r:?}");
-    }
-    assert_eq!(col(r, "result"), "OK", "{r:?}");
-}
-
-/// Sum of `next offset` over the rows of `kmirror checkpoints show`.
-fn shown_next_offsets(cfg: &Path) -> (i64, Vec<Row>) {
-    let f = km(
-        &["checkpoints", "show", "-c", s(cfg)],
-        Duration::from_secs(30),
-    );
-    f.expect_code(EXIT_OK, "checkpoints show");
-    let rows = table(&f.stdout, "route");
-    let sum = rows.iter().map(|r| num(r, "next offset")).sum();
-    (sum, rows)
-}
-
-/// Sum of every `"next_offset": N` in a checkpoint file (0 if there is none yet), read
-/// directly to watch progress without spawning processes.
-fn checkpoint_file_sum(path: &Path) -> i64 {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return 0;
-    };
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("\"next_offset\": "))
-        .filter_map(|v| v.trim_end_matches(',').parse::<i64>().ok())
-        .sum()
 }
 
 /// A routing file with clusters `src` and `dst`, job `job` (checkpoints in `checkpoints/`
@@ -1334,7 +1086,7 @@ fn cli_check_run_verify_tansu_to_tansu_then_a_stale_target_mismatches() {
     }
     let (source, counts) = batched_tansu_source(&src, PARTITIONS, RECORDS);
     let dir = tempfile::tempdir().unwrap();
-    let mirror = write_file(
+    let mirror = write(
         dir.path(),
         "mirror.toml",
         &cli_config(
@@ -1456,7 +1208,7 @@ fn cli_check_run_verify_tansu_to_tansu_then_a_stale_target_mismatches() {
     assert_eq!(read_all(&dst.bootstrap, TOPIC, RECORDS).len(), RECORDS);
 
     // 3. verify exits 1 on a real mismatch.
-    let backup = write_file(
+    let backup = write(
         dir.path(),
         "stale-backup.toml",
         &cli_config(
@@ -1474,7 +1226,7 @@ fn cli_check_run_verify_tansu_to_tansu_then_a_stale_target_mismatches() {
         "{}",
         st.stdout
     );
-    let restored = write_file(
+    let restored = write(
         dir.path(),
         "restored.toml",
         &std::fs::read_to_string(&mirror).unwrap().replace(
@@ -1526,7 +1278,7 @@ fn cli_mock_to_tansu_run_once_and_verify() {
     let source = read_all(&mock.bootstraps[0], TOPIC, RECORDS);
     let counts = records_per_partition(&source, PARTITIONS);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_file(
+    let cfg = write(
         dir.path(),
         "mock.toml",
         &cli_config(&mock.bootstraps[0], &dst.bootstrap, "mock-to-tansu", ""),
@@ -1575,7 +1327,7 @@ fn big_setup(dir: &Path) -> (Tansu, Tansu, PathBuf, Vec<Rec>, Vec<i64>) {
     src.create_topic(TOPIC, BIG_PARTITIONS);
     dst.create_topic(TOPIC, BIG_PARTITIONS);
     let (source, counts) = batched_tansu_source(&src, BIG_PARTITIONS, BIG);
-    let cfg = write_file(
+    let cfg = write(
         dir,
         "big.toml",
         &cli_config(

@@ -23,6 +23,8 @@
 //! deleted), so keep each partition well below that.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cli;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
