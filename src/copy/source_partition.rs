@@ -387,12 +387,21 @@ impl State {
                 .unwrap_or(usize::MAX)
                 .min(2000);
             // A batch never takes more than the in-flight budget left (at least one record), so
-            // the bound is overshot by at most one batch per reader.
-            let budget = self
+            // the bound is overshot by at most one batch per reader. Each route sharing a
+            // partition produces (and charges) every record again: divide by that fan-out.
+            let fan_out = self
+                .by_partition
+                .values()
+                .map(Vec::len)
+                .max()
+                .unwrap_or(1)
+                .max(1) as u64;
+            let budget = (self
                 .shared
                 .limits
                 .max_in_flight_bytes
                 .saturating_sub(self.shared.in_flight())
+                / fan_out)
                 .clamp(1, 4 << 20);
             let b = batch::collect(consumer, max_records, budget, Duration::from_millis(50));
             if b.records > 0 && !self.rate_limit(&b) {
