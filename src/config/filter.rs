@@ -18,7 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::diag::Diagnostics;
-use super::value;
+use super::{regex_problem, value};
 use crate::copy::filter::{Filter, JsonPath};
 use crate::copy::validate::Validation;
 
@@ -191,13 +191,7 @@ pub(super) fn check_filter(
         ) {
             Ok(re) => Some(re),
             Err(e) => {
-                let msg = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let msg = regex_problem(&e);
                 d.push(
                     &s.span(),
                     k,

@@ -884,13 +884,7 @@ fn check_route(
         match Regex::new(&format!("^(?:{})$", re.get_ref())) {
             Ok(x) => Some(x),
             Err(e) => {
-                let msg = e
-                    .to_string()
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
+                let msg = regex_problem(&e);
                 d.push(
                     &re.span(),
                     format!("{p}topic_regex"),
@@ -1140,6 +1134,13 @@ fn check_dead_letter(
         cluster: r.cluster.get_ref().clone(),
         topic: r.topic.get_ref().clone(),
     })
+}
+
+/// The part of a regex error worth showing: its last line, without the "error: " prefix.
+pub(crate) fn regex_problem(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let last = text.lines().last().unwrap_or_default().trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
 }
 
 pub fn valid_topic(name: &str) -> bool {
