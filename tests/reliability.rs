@@ -24,13 +24,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{mpsc, Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
+use common::cli::{km, kmirror, s, signal, Running};
 use common::{Mirror, TestRecord, BROKERS, SOURCE, SOURCE_IDX, TARGET, TARGET_IDX};
 use kmirror::checkpoint::{Checkpoint, CheckpointStore, FileStore};
 use kmirror::copy::record::{parse_provenance, raw_headers, PROVENANCE_HEADER};
@@ -43,7 +44,6 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka_sys::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-const BIN: &str = env!("CARGO_BIN_EXE_kmirror");
 const WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
@@ -109,120 +109,6 @@ fn logs_len() -> usize {
 // Harness: kmirror processes
 // ---------------------------------------------------------------------------------------
 
-fn kmirror(args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
-    c
-}
-
-fn drain<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = r.read_to_string(&mut s);
-        s
-    })
-}
-
-#[derive(Debug)]
-struct Finished {
-    /// -1 when killed by a signal.
-    code: i32,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Finished {
-    fn expect(&self, code: i32, what: &str) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "{what}: expected exit {code}, got {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        );
-        self
-    }
-}
-
-/// A running `kmirror`; SIGKILLed if dropped while running.
-struct Proc {
-    child: Child,
-    started: Instant,
-    out: Option<std::thread::JoinHandle<String>>,
-    err: Option<std::thread::JoinHandle<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Proc {
-        let mut child = kmirror(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kmirror");
-        let out = drain(child.stdout.take().expect("stdout"));
-        let err = drain(child.stderr.take().expect("stderr"));
-        Proc {
-            child,
-            started: Instant::now(),
-            out: Some(out),
-            err: Some(err),
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill {sig} {}", self.child.id());
-    }
-
-    fn wait(mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break Some(s);
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let elapsed = self.started.elapsed();
-        let stdout = self.out.take().expect("stdout").join().unwrap_or_default();
-        let stderr = self.err.take().expect("stderr").join().unwrap_or_default();
-        let Some(status) = status else {
-            panic!(
-                "kmirror did not exit within {limit:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-            );
-        };
-        Finished {
-            code: status.code().unwrap_or(-1),
-            stdout,
-            stderr,
-            elapsed,
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn km(args: &[&str], limit: Duration) -> Finished {
-    Proc::spawn(args).wait(limit)
-}
-
 /// `kmirror dev-cluster` in another process (2 clusters of 3 brokers), killed when dropped.
 struct DevClusterProc {
     child: Child,
@@ -279,10 +165,6 @@ impl Drop for DevClusterProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 /// A routing file with clusters `src` and `dst` at the given addresses, then `rest`.
@@ -601,10 +483,10 @@ fn crash_loop_kill_9_loses_nothing_and_bounds_duplicates() {
     let mut schedule = Vec::new();
     for k in 0..CRASH_KILLS {
         let delay = Duration::from_millis(200 + lcg.below(3_800));
-        let mut run = Proc::spawn(&["run", "-c", s(&cfg), "--once", "--progress", "0"]);
+        let mut run = Running::spawn(&["run", "-c", s(&cfg), "--once", "--progress", "0"]);
         std::thread::sleep(delay);
         assert!(
-            run.running(),
+            run.still_running(),
             "kill {k}: the run ended before the kill at {delay:?}: {:?}",
             run.wait(Duration::from_secs(1))
         );
@@ -654,7 +536,7 @@ fn crash_loop_kill_9_loses_nothing_and_bounds_duplicates() {
         &["run", "-c", s(&cfg), "--once", "--progress", "0"],
         Duration::from_secs(180),
     );
-    fin.expect(0, "final run");
+    fin.expect_code(0, "final run");
     assert!(fin.stdout.contains("complete in "), "{}", fin.stdout);
     let cp = store.load().unwrap();
     let pos = cp_positions(cp.as_ref(), "crash", CRASH_TOPIC, CRASH_PARTITIONS);
@@ -681,7 +563,7 @@ fn crash_loop_kill_9_loses_nothing_and_bounds_duplicates() {
     // before its first checkpoint (verify reads from the target's position before the job's
     // first write, `target_start` in the checkpoint).
     let v = km(&["verify", "-c", s(&cfg)], Duration::from_secs(180));
-    v.expect(0, "verify after the crash loop");
+    v.expect_code(0, "verify after the crash loop");
     let reported: u64 = v
         .stdout
         .split("; ")
@@ -738,18 +620,18 @@ fn sigterm_mid_run_exits_0_and_the_rerun_copies_exactly_the_rest() {
         })
     };
 
-    let mut run = Proc::spawn(&["run", "-c", s(&cfg), "--once", "--progress", "0"]);
+    let mut run = Running::spawn(&["run", "-c", s(&cfg), "--once", "--progress", "0"]);
     let deadline = Instant::now() + WAIT;
     while run.started.elapsed() < Duration::from_millis(1500) || checkpointed() == 0 {
-        assert!(run.running(), "the run ended before SIGTERM");
+        assert!(run.still_running(), "the run ended before SIGTERM");
         assert!(Instant::now() < deadline, "no checkpointed progress");
         std::thread::sleep(Duration::from_millis(20));
     }
     let t = Instant::now();
-    run.signal("-TERM");
+    signal(run.pid(), "-TERM");
     let stopped = run.wait(shutdown + Duration::from_secs(20));
     let took = t.elapsed();
-    stopped.expect(0, "SIGTERM");
+    stopped.expect_code(0, "SIGTERM");
     assert!(stopped.stdout.contains("stopped in "), "{}", stopped.stdout);
     // Bounded: waiting for in-flight deliveries is capped by run.shutdown_timeout; the
     // rest (final checkpoint, summary) is quick.
@@ -788,13 +670,13 @@ fn sigterm_mid_run_exits_0_and_the_rerun_copies_exactly_the_rest() {
         &["run", "-c", s(&cfg), "--once", "--progress", "0"],
         Duration::from_secs(120),
     );
-    rerun.expect(0, "rerun after SIGTERM");
+    rerun.expect_code(0, "rerun after SIGTERM");
     assert!(rerun.stdout.contains("complete in "), "{}", rerun.stdout);
     let verify = km(
         &["verify", "-c", s(&cfg), "--fail-on-duplicates"],
         Duration::from_secs(120),
     );
-    verify.expect(0, "verify --fail-on-duplicates after SIGTERM and rerun");
+    verify.expect_code(0, "verify --fail-on-duplicates after SIGTERM and rerun");
 
     let source_count: u64 = (0..TERM_PARTITIONS)
         .map(|p| scan(&src, TERM_TOPIC, p, |_| {}))
@@ -853,7 +735,7 @@ fn truncated_corrupt_and_foreign_checkpoints_exit_5_and_copy_nothing() {
             &["checkpoints", "reset", "-c", s(c), "--to", "earliest"],
             WAIT,
         )
-        .expect(0, "checkpoints reset");
+        .expect_code(0, "checkpoints reset");
     }
     let cp_file = m.dir.path().join("cp-refuse/refuse.checkpoint.json");
     let good = fs::read_to_string(&cp_file).unwrap();
@@ -877,7 +759,7 @@ fn truncated_corrupt_and_foreign_checkpoints_exit_5_and_copy_nothing() {
     for (what, bytes, reason) in cases {
         fs::write(&cp_file, &bytes).unwrap();
         let f = km(&["run", "-c", s(&cfg), "--once"], WAIT);
-        f.expect(5, what);
+        f.expect_code(5, what);
         assert!(
             f.stderr.contains(s(&cp_file)) && f.stderr.contains(reason),
             "{what}: the message names the file and says {reason:?}:\n{}",
@@ -918,7 +800,7 @@ fn checkpoint_behind_retention_exits_4_with_the_gap_or_continues_loudly() {
         &["checkpoints", "reset", "-c", s(&fail), "--to", "10"],
         WAIT,
     )
-    .expect(0, "checkpoint at offset 10");
+    .expect_code(0, "checkpoint at offset 10");
     // The mock keeps at most 5 MB per partition (and 100,000 message SETS): 120,000 records
     // of ~60 bytes on the wire exceed the size, so the oldest batches are deleted.
     let p = common::DataProducer::new(m.source());
@@ -934,7 +816,7 @@ fn checkpoint_behind_retention_exits_4_with_the_gap_or_continues_loudly() {
     let gap = low - 10;
 
     let f = km(&["run", "-c", s(&fail), "--once"], WAIT);
-    f.expect(4, "checkpoint behind the retained log");
+    f.expect_code(4, "checkpoint behind the retained log");
     let want = format!("{gap} records were deleted by retention");
     assert!(
         f.stderr.contains(&want) && f.stderr.contains("resume offset 10"),
@@ -958,7 +840,7 @@ fn checkpoint_behind_retention_exits_4_with_the_gap_or_continues_loudly() {
         "gap",
     );
     let f2 = km(&["run", "-c", s(&earliest)], WAIT);
-    f2.expect(0, "on_offset_out_of_range = earliest");
+    f2.expect_code(0, "on_offset_out_of_range = earliest");
     let line = format!("GAP: {gap} records were deleted by retention");
     assert!(f2.stdout.contains(&line), "{line}:\n{}", f2.stdout);
     let t = tally(
