@@ -71,7 +71,22 @@ pub struct TaskProgress {
     pub counts: Counts,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
     pub status: TaskStatus,
+    /// Why the task is retrying right now (source or target errors), if it is.
+    pub retrying: Option<String>,
     pub in_flight_bytes: u64,
+}
+
+impl TaskProgress {
+    /// The partition's visible state: done, halted: reason, retrying: reason, or copying.
+    pub fn state(&self) -> String {
+        match (&self.status, &self.retrying) {
+            (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => format!("retrying: {why}"),
+            (TaskStatus::Copying, None) => "copying".into(),
+            (TaskStatus::ReadDone, None) => "copying (acks pending)".into(),
+            (TaskStatus::Done, _) => "done".into(),
+            (TaskStatus::Halted(why), _) => format!("halted: {why}"),
+        }
+    }
 }
 
 /// One (route, source partition) copy task.
@@ -82,6 +97,9 @@ pub struct CopyTask {
     pub tracker: AckTracker,
     pub counts: Counts,
     pub status: TaskStatus,
+    /// Set while the task is retrying (a retriable source or target error), with the reason;
+    /// cleared when it makes progress again. Shown as the partition's state.
+    pub retrying: Option<String>,
     pub in_flight_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
@@ -116,6 +134,7 @@ impl CopyTask {
             route,
             counts: Counts::default(),
             status: TaskStatus::Copying,
+            retrying: None,
             in_flight_bytes: 0,
             generation: 0,
             target_ranges,
@@ -145,6 +164,7 @@ impl CopyTask {
             counts: self.counts,
             target_ranges: self.target_ranges.clone(),
             status: self.status.clone(),
+            retrying: self.retrying.clone(),
             in_flight_bytes: self.in_flight_bytes,
         }
     }
