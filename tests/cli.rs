@@ -576,6 +576,61 @@ fn kill_9_mid_run_then_rerun_loses_nothing() {
     );
 }
 
+/// Exit code of a job locked by another process (src/error.rs).
+const EXIT_LOCKED: i32 = 6;
+
+#[test]
+fn a_live_run_holds_the_job_lock_against_a_second_run_and_reset_until_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dc, cfg) = big_setup(dir.path());
+
+    let mut first = start_and_wait_for_progress(&cfg);
+    let pid = first.pid();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    for cmd in [
+        &["run", "--once", "--progress", "0"][..],
+        &["checkpoints", "reset"][..],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&cfg)]);
+        let r = km(&args, Duration::from_secs(60));
+        r.expect_code(
+            EXIT_LOCKED,
+            &format!("{cmd:?} while pid {pid} runs the job"),
+        );
+        assert!(
+            r.stderr
+                .contains(&format!("pid {pid} on host {host} since "))
+                && r.stderr.contains("big.lock"),
+            "{cmd:?}: the refusal names the holder: {}",
+            r.stderr
+        );
+        assert!(
+            r.elapsed < Duration::from_secs(10),
+            "refused at once: {:?}",
+            r.elapsed
+        );
+    }
+    assert!(first.still_running(), "the holder is untouched");
+
+    // The OS drops a killed holder's lock: no stale pid file blocks the next run.
+    first.child.kill().expect("SIGKILL");
+    assert_eq!(first.wait(Duration::from_secs(10)).code, -1);
+    let (before, _) = shown_next_offsets(&cfg);
+    assert!(before > 0 && before < BIG, "killed mid-copy: {before}");
+    let rerun = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    rerun.expect_code(EXIT_OK, "rerun after the holder was killed");
+    assert_eq!(totals(&rerun.stdout)["acked"], BIG - before);
+    assert_eq!(shown_next_offsets(&cfg).0, BIG);
+    drop(dc);
+}
+
 #[test]
 fn sigterm_mid_run_stops_cleanly_and_rerun_has_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
