@@ -43,6 +43,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             return match e {
                 RunError::Cluster(_) => exit::CLUSTER,
                 RunError::Checkpoint(e) => checkpoint_code(e),
+                RunError::CheckpointsStalled(_) => exit::OTHER,
             };
         }
         if let Some(e) = cause.downcast_ref::<VerifyError>() {

@@ -632,6 +632,40 @@ fn a_live_run_holds_the_job_lock_against_a_second_run_and_reset_until_killed() {
 }
 
 #[test]
+fn checkpoints_that_stay_unwritable_stop_the_run_with_exit_70_and_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dc, cfg) = big_setup(dir.path());
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "interval = \"500ms\"",
+        "interval = \"500ms\"\nmax_unwritten = \"1s\"",
+    );
+    fs::write(&cfg, text).unwrap();
+
+    let mut run = start_and_wait_for_progress(&cfg);
+    // A plain file where the checkpoint directory was: fails for root too (unlike chmod).
+    let cp_dir = dir.path().join("checkpoints");
+    fs::rename(&cp_dir, dir.path().join("checkpoints.away")).unwrap();
+    fs::write(&cp_dir, b"not a directory").unwrap();
+    assert!(run.still_running());
+    let f = run.wait(Duration::from_secs(60));
+    f.expect_code(70, "checkpoints unwritable for longer than max_unwritten");
+    assert!(
+        f.stderr.contains("could not be written") && f.stderr.contains("big.checkpoint.json"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(
+        f.stderr
+            .matches("the write is retried with backoff")
+            .count(),
+        1,
+        "one warning per episode of failures: {}",
+        f.stderr
+    );
+    assert!(!f.stdout.contains("complete"), "{}", f.stdout);
+}
+
+#[test]
 fn sigterm_mid_run_stops_cleanly_and_rerun_has_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let (_dc, cfg) = big_setup(dir.path());

@@ -10,6 +10,7 @@
 
 mod file;
 pub mod lock;
+mod retry;
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
 pub use lock::{JobLock, LockHolder};
+pub use retry::RetryingSaver;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{
     check_ownership, partition_key, Checkpoint, CheckpointError, CheckpointStore,
-    PartitionCheckpoint, RouteCheckpoint,
+    PartitionCheckpoint, RetryingSaver, RouteCheckpoint,
 };
 use crate::cluster::ClusterError;
 use crate::config::{value, Config, EndPosition, Limits};
@@ -65,6 +65,10 @@ pub enum RunError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Checkpoints could not be written for longer than `[checkpoints] max_unwritten`, so
+    /// the run stopped reading; its final checkpoint was written.
+    #[error("{0}; the run stopped reading and wrote its final checkpoint once the store took it: fix the store and run again")]
+    CheckpointsStalled(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -220,6 +224,13 @@ fn execute(
             .collect(),
     });
 
+    // Checkpoint on a timer while the readers work; the last one is written after they end.
+    let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
+    // Written before any reader starts, so a crash at any instant leaves the target
+    // positions `verify` needs (`target_start`) on disk, and a store that cannot be written
+    // at all is refused (exit 70) before anything is copied.
+    store.save(&snapshot(config, &plan, &base, &shared))?;
+
     let mut handles = Vec::new();
     for (rid, (((cluster, topic), idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
         let reader = Reader {
@@ -241,11 +252,6 @@ fn execute(
         handles.push(h);
     }
 
-    // Checkpoint on a timer while the readers work; the last one is written after they end.
-    let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
-    // Written before the first record is produced, so a crash at any instant leaves the
-    // target positions `verify` needs (`target_start`) on disk.
-    store.save(&snapshot(config, &plan, &base, &shared))?;
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let shared = shared.clone();
@@ -253,20 +259,41 @@ fn execute(
         let plan = plan.clone();
         let base = base.clone();
         let interval = config.checkpoints.interval;
+        let max_unwritten = config.checkpoints.max_unwritten;
         let progress_every = opts.progress_every;
         let config = config.clone();
         std::thread::scope(|s| {
-            let w = s.spawn(move || -> Result<(), CheckpointError> {
+            // A failed write never ends this thread: copying goes on while the saver retries,
+            // up to `max_unwritten`; past that, reads stop (the run ends with an error) rather
+            // than pile up progress a crash would replay.
+            let w = s.spawn(move || {
+                let mut saver = RetryingSaver::new(store, max_unwritten);
+                let mut stalled: Option<String> = None;
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
                 let mut last_acked = 0u64;
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
-                    if last_cp.elapsed() >= interval {
+                    let due = if saver.failing() {
+                        saver.retry_due()
+                    } else {
+                        last_cp.elapsed() >= interval
+                    };
+                    if due {
                         last_cp = Instant::now();
-                        let cp = snapshot(&config, &plan, &base, &shared);
-                        store.save(&cp)?;
-                        tracing::debug!(path = %store.describe(), "checkpoint written");
+                        // A failure is logged (once per episode) by the saver.
+                        let _ = saver.attempt(&snapshot(&config, &plan, &base, &shared));
+                    }
+                    if stalled.is_none() && saver.overdue() {
+                        let why = format!(
+                            "checkpoints could not be written to {} for {} ({})",
+                            store.describe(),
+                            humantime::format_duration(max_unwritten),
+                            saver.last_error().unwrap_or("?")
+                        );
+                        tracing::error!("{why}: stopping reads so no more progress goes unrecorded");
+                        shared.stop.store(true, Ordering::Relaxed);
+                        stalled = Some(why);
                     }
                     if let Some(every) = progress_every {
                         if last_progress.elapsed() >= every {
@@ -278,40 +305,47 @@ fn execute(
                             }
                             let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
                             last_acked = total.acked;
+                            let unwritten = saver
+                                .failing_for()
+                                .map(|d| format!("; checkpoints failing for {:.0}s", d.as_secs_f64()))
+                                .unwrap_or_default();
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight)",
+                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight{unwritten})",
                                 total.read, total.acked, total.filtered, total.failed, rate,
                                 shared.in_flight() / 1024
                             );
                         }
                     }
                 }
-                Ok(())
+                (saver, stalled)
             });
             let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
             // Stop the checkpoint writer before propagating a reader's panic: the scope
             // waits for it, so a panic first would hang the run forever.
             done.store(true, Ordering::Relaxed);
-            let writer_result = w.join().expect("checkpoint thread panicked");
+            let writer_state = w.join().expect("checkpoint thread panicked");
             let finished: Vec<Vec<CopyTask>> = joined
                 .into_iter()
                 .map(|r| r.expect("reader thread panicked"))
                 .collect();
-            (finished, writer_result)
+            (finished, writer_state)
         })
     };
-    let (finished, writer_result) = writer;
-    writer_result?;
+    let (finished, (mut saver, stalled)) = writer;
     let mut all: Vec<CopyTask> = finished.into_iter().flatten().collect();
     all.sort_by_key(|t| t.id);
     for t in &all {
         *shared.progress[t.id].lock().expect("progress lock") = t.progress();
     }
-    let cp = snapshot(config, &plan, &base, &shared);
-    store.save(&cp)?;
+    // The last checkpoint must land: retried for up to `max_unwritten` before giving up
+    // (an I/O error, exit 70).
+    saver.save_before_giving_up(|| snapshot(config, &plan, &base, &shared))?;
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
+    if let Some(why) = stalled {
+        return Err(RunError::CheckpointsStalled(why));
+    }
 
     let mut rows = Vec::new();
     let mut totals = Counts::default();
