@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
+use kmirror::checkpoint::CheckpointStore;
 use kmirror::config::Config;
 
 const PARTS: i32 = 4;
@@ -175,4 +176,89 @@ fn checkpoint_dir_defaults_to_kmirror_checkpoint_dir_when_the_file_sets_none() {
     )
     .unwrap();
     assert_eq!(c.checkpoints.max_unwritten, Duration::from_secs(90));
+}
+
+const ROUTE: &str = r#"
+[[routes]]
+name = "r"
+source = "src"
+target = "dst"
+topics = ["ids"]
+end = "snapshot"
+"#;
+
+/// A checkpoint records the clusters' and topics' ids; pointing `src` at another cluster
+/// afterwards is refused (exit 5) naming the route and the reset command, and an old
+/// checkpoint without ids is accepted and filled in.
+#[test]
+fn a_checkpoint_made_on_another_cluster_is_refused_and_old_ones_are_filled_in() {
+    let a = Mirror::start(&[("ids", 2)]);
+    produce_numbered(a.source(), "ids", 2, 0..300, 1_700_000_000_000);
+    let config = a.config("ids", ROUTE);
+    let report = run_to_end(&config);
+    assert_eq!(report.totals.acked, 600);
+    let cp = load_checkpoint(&config).unwrap();
+    let rc = &cp.routes["r"];
+    println!(
+        "recorded ids: source {:?} target {:?} topics {:?}",
+        rc.source_cluster_id, rc.target_cluster_id, rc.topic_ids
+    );
+    let (src_id, dst_id) = (
+        rc.source_cluster_id
+            .clone()
+            .expect("source cluster id recorded"),
+        rc.target_cluster_id
+            .clone()
+            .expect("target cluster id recorded"),
+    );
+    assert_ne!(src_id, dst_id);
+
+    // An old checkpoint (no ids) is accepted, and the next run fills them in.
+    let mut old = cp.clone();
+    for rc in old.routes.values_mut() {
+        rc.source_cluster_id = None;
+        rc.target_cluster_id = None;
+        rc.topic_ids.clear();
+    }
+    a.store(&config).save(&old).unwrap();
+    let again = run_to_end(&config);
+    assert_eq!(again.totals.acked, 0, "resumed at the end");
+    let filled = load_checkpoint(&config).unwrap();
+    assert_eq!(
+        filled.routes["r"].source_cluster_id.as_deref(),
+        Some(src_id.as_str())
+    );
+
+    // Same names, same topic, same offsets, another cluster: refused.
+    let b = Mirror::start(&[("ids", 2)]);
+    produce_numbered(b.source(), "ids", 2, 0..500, 1_700_000_000_000);
+    let mut moved = b.config("ids", ROUTE);
+    moved.checkpoints.dir = config.checkpoints.dir.clone();
+    moved.path = config.path.clone();
+    let store = a.store(&moved);
+    let err = kmirror::copy::run(
+        &moved,
+        &store,
+        &kmirror::copy::RunOptions::default(),
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )
+    .map(|r| r.table())
+    .expect_err("a checkpoint made on another cluster must be refused");
+    let msg = err.to_string();
+    let code = kmirror::error::exit_code(&anyhow::Error::from(err));
+    assert_eq!(code, kmirror::error::exit::CHECKPOINT, "{msg}");
+    assert!(
+        msg.contains("route \"r\"")
+            && msg.contains(&src_id)
+            && msg.contains(&format!(
+                "kmirror checkpoints reset -c {} --route r",
+                config.path.display()
+            )),
+        "{msg}"
+    );
+    assert_eq!(
+        load_checkpoint(&config).unwrap(),
+        filled,
+        "a refused run leaves the checkpoint alone"
+    );
 }

@@ -9,6 +9,7 @@
 //! scratch", which would re-copy (or skip) everything.
 
 mod file;
+pub mod identity;
 pub mod lock;
 mod retry;
 
@@ -41,6 +42,13 @@ pub enum CheckpointError {
         path: String,
         found: String,
         expected: String,
+    },
+    #[error("checkpoint {path}: route \"{route}\": {detail}; its offsets do not apply here, refusing to resume. Check what happened, then reset the route with `kmirror checkpoints reset -c {config} --route {route}`")]
+    IdentityChanged {
+        path: String,
+        route: String,
+        detail: String,
+        config: String,
     },
     #[error("job lock {path} is held by {holder}; one process at a time may run or reset a job. Wait for it to end, or stop it")]
     Locked { path: String, holder: String },
@@ -76,6 +84,16 @@ pub struct PartitionCheckpoint {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteCheckpoint {
     pub source_cluster: String,
+    /// The source cluster's id when this route was checkpointed (absent in checkpoints
+    /// written before ids were recorded, or when the broker gives none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cluster_id: Option<String>,
+    /// The target cluster's id, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cluster_id: Option<String>,
+    /// Source topic -> its topic id (Kafka's topic UUID), where the broker gives one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_ids: BTreeMap<String, String>,
     /// Keyed by `topic/partition`.
     pub partitions: BTreeMap<String, PartitionCheckpoint>,
 }

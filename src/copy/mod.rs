@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::identity::{self, Ids};
 use crate::checkpoint::{
     check_ownership, partition_key, Checkpoint, CheckpointError, CheckpointStore,
     PartitionCheckpoint, RetryingSaver, RouteCheckpoint,
@@ -138,13 +139,19 @@ pub fn run(
     };
     let previous = load_checkpoint(&config, store)?;
     let plan = plan::build(&config, previous.as_ref(), CreateTopics::AsConfigured)?;
-    execute(&config, plan, previous, store, opts, stop, started)
+    let ids = identity::lookup(&config, &plan)?;
+    if let Some(cp) = &previous {
+        identity::check(cp, store, &config, &ids)?;
+    }
+    execute(&config, plan, previous, &ids, store, opts, stop, started)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     config: &Config,
     plan: Plan,
     previous: Option<Checkpoint>,
+    ids: &Ids,
     store: &dyn CheckpointStore,
     opts: &RunOptions,
     stop: Arc<AtomicBool>,
@@ -229,7 +236,7 @@ fn execute(
     // Written before any reader starts, so a crash at any instant leaves the target
     // positions `verify` needs (`target_start`) on disk, and a store that cannot be written
     // at all is refused (exit 70) before anything is copied.
-    store.save(&snapshot(config, &plan, &base, &shared))?;
+    store.save(&snapshot(config, &plan, &base, ids, &shared))?;
 
     let mut handles = Vec::new();
     for (rid, (((cluster, topic), idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
@@ -262,6 +269,7 @@ fn execute(
         let max_unwritten = config.checkpoints.max_unwritten;
         let progress_every = opts.progress_every;
         let config = config.clone();
+        let ids = ids.clone();
         std::thread::scope(|s| {
             // A failed write never ends this thread: copying goes on while the saver retries,
             // up to `max_unwritten`; past that, reads stop (the run ends with an error) rather
@@ -282,7 +290,7 @@ fn execute(
                     if due {
                         last_cp = Instant::now();
                         // A failure is logged (once per episode) by the saver.
-                        let _ = saver.attempt(&snapshot(&config, &plan, &base, &shared));
+                        let _ = saver.attempt(&snapshot(&config, &plan, &base, &ids, &shared));
                     }
                     if stalled.is_none() && saver.overdue() {
                         let why = format!(
@@ -339,7 +347,7 @@ fn execute(
     }
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
-    saver.save_before_giving_up(|| snapshot(config, &plan, &base, &shared))?;
+    saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared))?;
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
@@ -396,7 +404,13 @@ fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) 
 
 /// The checkpoint for the current progress, on top of what was loaded (routes and
 /// partitions outside this plan are kept as they were).
-fn snapshot(config: &Config, plan: &Plan, base: &Checkpoint, shared: &Shared) -> Checkpoint {
+fn snapshot(
+    config: &Config,
+    plan: &Plan,
+    base: &Checkpoint,
+    ids: &Ids,
+    shared: &Shared,
+) -> Checkpoint {
     let mut cp = base.clone();
     cp.job = config.job.clone();
     let now = value::format_ms(value::now_ms());
@@ -411,6 +425,17 @@ fn snapshot(config: &Config, plan: &Plan, base: &Checkpoint, shared: &Shared) ->
                 ..Default::default()
             });
         rc.source_cluster = t.source_cluster.clone();
+        // What the offsets refer to (checked on load); kept as recorded where the
+        // broker gives no id now.
+        if let Some(id) = ids.cluster(&t.source_cluster) {
+            rc.source_cluster_id = Some(id.to_string());
+        }
+        if let Some(id) = ids.cluster(&t.target_cluster) {
+            rc.target_cluster_id = Some(id.to_string());
+        }
+        if let Some(id) = ids.topic(&t.source_cluster, &t.topic) {
+            rc.topic_ids.insert(t.topic.clone(), id.to_string());
+        }
         let key = partition_key(&t.topic, t.partition);
         let unchanged = rc
             .partitions
