@@ -430,6 +430,26 @@ fn show_checkpoints(path: &Path) -> Result<i32> {
             &rows
         )
     );
+    // What the offsets refer to: a run refuses them on a cluster or topic with other ids.
+    let mut ids = Vec::new();
+    for (route, rc) in &cp.routes {
+        let mut parts = Vec::new();
+        if let Some(id) = &rc.source_cluster_id {
+            parts.push(format!("source cluster id {id}"));
+        }
+        if let Some(id) = &rc.target_cluster_id {
+            parts.push(format!("target cluster id {id}"));
+        }
+        for (topic, id) in &rc.topic_ids {
+            parts.push(format!("topic {topic} id {id}"));
+        }
+        if !parts.is_empty() {
+            ids.push(format!("  {route}: {}", parts.join(", ")));
+        }
+    }
+    if !ids.is_empty() {
+        println!("\nrecorded ids:\n{}", ids.join("\n"));
+    }
     Ok(exit::OK)
 }
 

@@ -628,6 +628,18 @@ fn a_live_run_holds_the_job_lock_against_a_second_run_and_reset_until_killed() {
     rerun.expect_code(EXIT_OK, "rerun after the holder was killed");
     assert_eq!(totals(&rerun.stdout)["acked"], BIG - before);
     assert_eq!(shown_next_offsets(&cfg).0, BIG);
+    let shown = km(
+        &["checkpoints", "show", "-c", s(&cfg)],
+        Duration::from_secs(30),
+    );
+    assert!(
+        shown
+            .stdout
+            .contains("orders: source cluster id mockCluster")
+            && shown.stdout.contains("target cluster id mockCluster"),
+        "the checkpoint shows the cluster ids it is tied to: {}",
+        shown.stdout
+    );
     drop(dc);
 }
 
