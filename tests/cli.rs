@@ -677,6 +677,37 @@ fn checkpoints_that_stay_unwritable_stop_the_run_with_exit_70_and_one_warning() 
     assert!(!f.stdout.contains("complete"), "{}", f.stdout);
 }
 
+/// A checkpoint directory that cannot be written (here: under a plain file, which stops
+/// root too) is an I/O error, exit 70, refused before anything connects or is copied; exit 5
+/// stays for checkpoints that cannot be trusted.
+#[test]
+fn an_unwritable_checkpoint_directory_exits_70_before_copying() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("state"), b"a file, not a directory").unwrap();
+    let cfg = write(
+        dir.path(),
+        "ro.toml",
+        &mirror_config("127.0.0.1:9", "127.0.0.1:9", "").replace(
+            "[checkpoints]\n",
+            "[checkpoints]\ndir = \"state/checkpoints\"\n",
+        ),
+    );
+    for cmd in [&["run", "--once"][..], &["checkpoints", "reset"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&cfg)]);
+        let r = km(&args, Duration::from_secs(30));
+        r.expect_code(
+            70,
+            &format!("{cmd:?} with an unwritable checkpoint directory"),
+        );
+        assert!(
+            r.stderr.contains("cannot write") && r.stderr.contains("state/checkpoints"),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
+}
+
 #[test]
 fn sigterm_mid_run_stops_cleanly_and_rerun_has_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
