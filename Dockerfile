@@ -1,6 +1,8 @@
 # Build: docker build -t kmirror .
-# Run:   docker run --rm -v $PWD/config:/config -v kmirror-state:/var/lib/kmirror \
+# Run:   docker run --rm -v $PWD/config:/config:ro -v kmirror-state:/var/lib/kmirror \
 #          -e SOURCE_BOOTSTRAP=... kmirror run -c /config/routes.toml
+# Checkpoints and the job lock go to the kmirror-state volume (KMIRROR_CHECKPOINT_DIR below),
+# never beside the read-only routing file, unless the file sets [checkpoints] dir itself.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # librdkafka is built from source by rdkafka-sys (make, gcc, python3); ssl links libssl.
@@ -21,6 +23,8 @@ COPY --from=build /src/target/release/kmirror /usr/local/bin/kmirror
 COPY config /etc/kmirror/examples
 USER kmirror
 WORKDIR /var/lib/kmirror
+ENV KMIRROR_CHECKPOINT_DIR=/var/lib/kmirror
+VOLUME /var/lib/kmirror
 # tini forwards SIGTERM, so kmirror drains in-flight records and writes its final checkpoint.
 ENTRYPOINT ["/usr/bin/tini", "--", "kmirror"]
 CMD ["--help"]

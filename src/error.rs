@@ -13,9 +13,11 @@ pub mod exit {
     pub const CONFIG: i32 = 3;
     /// A cluster is unreachable, or a topic, partition or offset lookup failed.
     pub const CLUSTER: i32 = 4;
-    /// The checkpoint is corrupt, truncated, or belongs to another job.
+    /// The checkpoint is corrupt, truncated, or belongs to another job, cluster or topic.
     pub const CHECKPOINT: i32 = 5;
-    /// Anything else (I/O, internal errors).
+    /// The job is locked by another process (its pid, host and start are in the message).
+    pub const LOCKED: i32 = 6;
+    /// Anything else: I/O (a checkpoint that cannot be read or written), internal errors.
     pub const OTHER: i32 = 70;
 }
 
@@ -34,22 +36,33 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if cause.is::<ClusterError>() {
             return exit::CLUSTER;
         }
-        if cause.is::<CheckpointError>() {
-            return exit::CHECKPOINT;
+        if let Some(e) = cause.downcast_ref::<CheckpointError>() {
+            return checkpoint_code(e);
         }
         if let Some(e) = cause.downcast_ref::<RunError>() {
             return match e {
                 RunError::Cluster(_) => exit::CLUSTER,
-                RunError::Checkpoint(_) => exit::CHECKPOINT,
+                RunError::Checkpoint(e) => checkpoint_code(e),
+                RunError::CheckpointsStalled(_) => exit::OTHER,
             };
         }
         if let Some(e) = cause.downcast_ref::<VerifyError>() {
             return match e {
                 VerifyError::Cluster(_) => exit::CLUSTER,
-                VerifyError::Checkpoint(_) => exit::CHECKPOINT,
+                VerifyError::Checkpoint(e) => checkpoint_code(e),
                 VerifyError::Nothing(_) => exit::MISMATCH,
             };
         }
     }
     exit::OTHER
+}
+
+/// A checkpoint that cannot be trusted is 5; one that cannot be reached is I/O (70): the
+/// fix for the first is a decision about the data, for the second the disk or mount.
+fn checkpoint_code(e: &CheckpointError) -> i32 {
+    match e {
+        CheckpointError::Read { .. } | CheckpointError::Write { .. } => exit::OTHER,
+        CheckpointError::Locked { .. } => exit::LOCKED,
+        _ => exit::CHECKPOINT,
+    }
 }

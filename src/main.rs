@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
-use kmirror::checkpoint::{partition_key, CheckpointStore, FileStore, PartitionCheckpoint};
+use kmirror::checkpoint::{
+    partition_key, CheckpointStore, FileStore, JobLock, PartitionCheckpoint,
+};
 use kmirror::config::{value, Config, StartPosition};
 use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
@@ -22,8 +24,9 @@ use kmirror::{counts, demo, dev_cluster, verify};
     version,
     about = "Mirror Kafka topics between clusters, with checkpoints, rate limits and verification",
     after_help = "Exit codes: 0 success; 1 verify mismatch, or halted partitions / failed records; \
-2 usage; 3 invalid routing file; 4 cluster, topic or offset error; 5 unusable checkpoint; \
-70 other; 130 second signal while stopping."
+2 usage; 3 invalid routing file; 4 cluster, topic or offset error; 5 unusable checkpoint \
+(corrupt, another job, cluster or topic); 6 job locked by another process; 70 I/O (checkpoint \
+cannot be read or written) or other; 130 second signal while stopping."
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
@@ -336,6 +339,8 @@ fn check(path: &Path, offline: bool) -> Result<i32> {
 
 fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     let cfg = load(path)?;
+    // Held until this function returns: one process per job, for the whole run.
+    let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
     let stop = stop_on_signal();
     let store = FileStore::new(cfg.checkpoint_file());
     let opts = RunOptions {
@@ -425,6 +430,26 @@ fn show_checkpoints(path: &Path) -> Result<i32> {
             &rows
         )
     );
+    // What the offsets refer to: a run refuses them on a cluster or topic with other ids.
+    let mut ids = Vec::new();
+    for (route, rc) in &cp.routes {
+        let mut parts = Vec::new();
+        if let Some(id) = &rc.source_cluster_id {
+            parts.push(format!("source cluster id {id}"));
+        }
+        if let Some(id) = &rc.target_cluster_id {
+            parts.push(format!("target cluster id {id}"));
+        }
+        for (topic, id) in &rc.topic_ids {
+            parts.push(format!("topic {topic} id {id}"));
+        }
+        if !parts.is_empty() {
+            ids.push(format!("  {route}: {}", parts.join(", ")));
+        }
+    }
+    if !ids.is_empty() {
+        println!("\nrecorded ids:\n{}", ids.join("\n"));
+    }
     Ok(exit::OK)
 }
 
@@ -435,6 +460,8 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
             bail!("route \"{r}\" is not in {}", path.display());
         }
     }
+    // A reset under a live run would be overwritten by its next checkpoint.
+    let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
     let store = FileStore::new(cfg.checkpoint_file());
     let selected: Vec<String> = cfg
         .routes

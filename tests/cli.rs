@@ -576,6 +576,138 @@ fn kill_9_mid_run_then_rerun_loses_nothing() {
     );
 }
 
+/// Exit code of a job locked by another process (src/error.rs).
+const EXIT_LOCKED: i32 = 6;
+
+#[test]
+fn a_live_run_holds_the_job_lock_against_a_second_run_and_reset_until_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (dc, cfg) = big_setup(dir.path());
+
+    let mut first = start_and_wait_for_progress(&cfg);
+    let pid = first.pid();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    for cmd in [
+        &["run", "--once", "--progress", "0"][..],
+        &["checkpoints", "reset"][..],
+    ] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&cfg)]);
+        let r = km(&args, Duration::from_secs(60));
+        r.expect_code(
+            EXIT_LOCKED,
+            &format!("{cmd:?} while pid {pid} runs the job"),
+        );
+        assert!(
+            r.stderr
+                .contains(&format!("pid {pid} on host {host} since "))
+                && r.stderr.contains("big.lock"),
+            "{cmd:?}: the refusal names the holder: {}",
+            r.stderr
+        );
+        assert!(
+            r.elapsed < Duration::from_secs(10),
+            "refused at once: {:?}",
+            r.elapsed
+        );
+    }
+    assert!(first.still_running(), "the holder is untouched");
+
+    // The OS drops a killed holder's lock: no stale pid file blocks the next run.
+    first.child.kill().expect("SIGKILL");
+    assert_eq!(first.wait(Duration::from_secs(10)).code, -1);
+    let (before, _) = shown_next_offsets(&cfg);
+    assert!(before > 0 && before < BIG, "killed mid-copy: {before}");
+    let rerun = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(90),
+    );
+    rerun.expect_code(EXIT_OK, "rerun after the holder was killed");
+    assert_eq!(totals(&rerun.stdout)["acked"], BIG - before);
+    assert_eq!(shown_next_offsets(&cfg).0, BIG);
+    let shown = km(
+        &["checkpoints", "show", "-c", s(&cfg)],
+        Duration::from_secs(30),
+    );
+    assert!(
+        shown
+            .stdout
+            .contains("orders: source cluster id mockCluster")
+            && shown.stdout.contains("target cluster id mockCluster"),
+        "the checkpoint shows the cluster ids it is tied to: {}",
+        shown.stdout
+    );
+    drop(dc);
+}
+
+#[test]
+fn checkpoints_that_stay_unwritable_stop_the_run_with_exit_70_and_one_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dc, cfg) = big_setup(dir.path());
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        "interval = \"500ms\"",
+        "interval = \"500ms\"\nmax_unwritten = \"1s\"",
+    );
+    fs::write(&cfg, text).unwrap();
+
+    let mut run = start_and_wait_for_progress(&cfg);
+    // A plain file where the checkpoint directory was: fails for root too (unlike chmod).
+    let cp_dir = dir.path().join("checkpoints");
+    fs::rename(&cp_dir, dir.path().join("checkpoints.away")).unwrap();
+    fs::write(&cp_dir, b"not a directory").unwrap();
+    assert!(run.still_running());
+    let f = run.wait(Duration::from_secs(60));
+    f.expect_code(70, "checkpoints unwritable for longer than max_unwritten");
+    assert!(
+        f.stderr.contains("could not be written") && f.stderr.contains("big.checkpoint.json"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(
+        f.stderr
+            .matches("the write is retried with backoff")
+            .count(),
+        1,
+        "one warning per episode of failures: {}",
+        f.stderr
+    );
+    assert!(!f.stdout.contains("complete"), "{}", f.stdout);
+}
+
+/// A checkpoint directory that cannot be written (here: under a plain file, which stops
+/// root too) is an I/O error, exit 70, refused before anything connects or is copied; exit 5
+/// stays for checkpoints that cannot be trusted.
+#[test]
+fn an_unwritable_checkpoint_directory_exits_70_before_copying() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("state"), b"a file, not a directory").unwrap();
+    let cfg = write(
+        dir.path(),
+        "ro.toml",
+        &mirror_config("127.0.0.1:9", "127.0.0.1:9", "").replace(
+            "[checkpoints]\n",
+            "[checkpoints]\ndir = \"state/checkpoints\"\n",
+        ),
+    );
+    for cmd in [&["run", "--once"][..], &["checkpoints", "reset"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&cfg)]);
+        let r = km(&args, Duration::from_secs(30));
+        r.expect_code(
+            70,
+            &format!("{cmd:?} with an unwritable checkpoint directory"),
+        );
+        assert!(
+            r.stderr.contains("cannot write") && r.stderr.contains("state/checkpoints"),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
+}
+
 #[test]
 fn sigterm_mid_run_stops_cleanly_and_rerun_has_no_duplicates() {
     let dir = tempfile::tempdir().unwrap();
@@ -981,8 +1113,13 @@ target = "dst"
                 r.stderr
             );
         }
-        // Nothing was copied or checkpointed.
-        assert!(!dir.path().join("checkpoints").exists(), "{what}");
+        // Nothing was copied or checkpointed (the directory may hold the job's lock file).
+        assert!(
+            !dir.path()
+                .join("checkpoints/topics.checkpoint.json")
+                .exists(),
+            "{what}"
+        );
     }
 }
 

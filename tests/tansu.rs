@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use kmirror::checkpoint::FileStore;
+use kmirror::checkpoint::{CheckpointStore, FileStore};
 use kmirror::config::Config;
 use kmirror::copy::record::raw_headers;
 use kmirror::copy::{self, RunOptions, RunReport};
@@ -169,6 +169,27 @@ impl Tansu {
         assert!(
             out.status.success(),
             "tansu topic create {topic} on {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `tansu topic delete NAME`.
+    fn delete_topic(&self, topic: &str) {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "delete",
+                topic,
+                "--broker",
+                &format!("tcp://{}", self.bootstrap),
+            ])
+            .output()
+            .expect("run tansu topic delete");
+        assert!(
+            out.status.success(),
+            "tansu topic delete {topic} on {}: {}{}",
             self.name,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -1496,4 +1517,52 @@ fn cli_sigterm_mid_run_on_tansu_then_rerun_has_no_duplicates() {
         t["acked"],
         big - t["acked"]
     );
+}
+
+/// A topic deleted and recreated under the same name is another log: its offsets 0.. are
+/// other records. tansu gives topic ids (Metadata v10+), so the checkpoint records them and a
+/// run over the recreated topic is refused (exit 5) naming the route and the reset command,
+/// even when the new log is longer than the checkpoint (which offsets alone cannot catch).
+#[test]
+fn a_deleted_and_recreated_source_topic_is_refused_by_its_topic_id() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic("recreated", 2);
+    dst.create_topic("recreated", 2);
+    produce(&src.bootstrap, "recreated", 2, 100, Batching::OnePerBatch);
+    let job = Job::new(
+        &src.bootstrap,
+        &dst.bootstrap,
+        "recreated",
+        "end = \"snapshot\"",
+    );
+    assert_eq!(job.run(true).totals.acked, 100);
+    let before = job.store().load().unwrap().expect("checkpoint");
+    let old_id = before.routes["r"].topic_ids["recreated"].clone();
+
+    src.delete_topic("recreated");
+    src.create_topic("recreated", 2);
+    produce(&src.bootstrap, "recreated", 2, 300, Batching::OnePerBatch);
+    let err = copy::run(
+        &job.config,
+        &job.store(),
+        &RunOptions::default(),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .map(|r| r.table())
+    .expect_err("a recreated topic must be refused");
+    let msg = err.to_string();
+    assert_eq!(
+        kmirror::error::exit_code(&anyhow::Error::from(err)),
+        kmirror::error::exit::CHECKPOINT,
+        "{msg}"
+    );
+    assert!(
+        msg.contains("topic \"recreated\"")
+            && msg.contains(&old_id)
+            && msg.contains("kmirror checkpoints reset -c ")
+            && msg.contains("--route r"),
+        "{msg}"
+    );
+    assert_eq!(job.store().load().unwrap().unwrap(), before, "left alone");
 }

@@ -294,7 +294,18 @@ pub struct Limits {
 pub struct CheckpointSettings {
     pub dir: PathBuf,
     pub interval: Duration,
+    /// How long checkpoints may fail to be written before the run stops reading (and how
+    /// long the final checkpoint is retried): bounds the progress a crash could replay.
+    pub max_unwritten: Duration,
 }
+
+/// Default of `[checkpoints] max_unwritten`.
+pub const DEFAULT_MAX_UNWRITTEN: Duration = Duration::from_secs(60);
+
+/// Environment variable naming the default checkpoint directory (when `[checkpoints] dir`
+/// is not set). The container image sets it to its state volume, so a routing file on a
+/// read-only mount never gets its checkpoints put beside it.
+pub const CHECKPOINT_DIR_ENV: &str = "KMIRROR_CHECKPOINT_DIR";
 
 impl CheckpointSettings {
     pub fn file_for(&self, job: &str) -> PathBuf {
@@ -585,9 +596,14 @@ fn check(
             }
         })
         .collect::<String>();
+    let default_dir = match env(CHECKPOINT_DIR_ENV).filter(|d| !d.trim().is_empty()) {
+        Some(d) => base_dir.join(d),
+        None => base_dir.join("checkpoints"),
+    };
     let mut cp = CheckpointSettings {
-        dir: base_dir.join("checkpoints"),
+        dir: default_dir,
         interval: Duration::from_secs(5),
+        max_unwritten: DEFAULT_MAX_UNWRITTEN,
     };
     if let Some(c) = &raw.checkpoints {
         if let Some(dir) = &c.dir {
@@ -605,6 +621,11 @@ fn check(
         if let Some(i) = &c.interval {
             if let Some(x) = duration(i, "checkpoints.interval", d) {
                 cp.interval = x;
+            }
+        }
+        if let Some(m) = &c.max_unwritten {
+            if let Some(x) = duration(m, "checkpoints.max_unwritten", d) {
+                cp.max_unwritten = x;
             }
         }
         if let Some(j) = &c.job {

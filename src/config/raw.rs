@@ -30,6 +30,7 @@ pub struct RawCheckpoints {
     pub dir: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,
     pub job: Option<Spanned<String>>,
+    pub max_unwritten: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

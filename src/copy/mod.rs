@@ -26,9 +26,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::checkpoint::identity::{self, Ids};
 use crate::checkpoint::{
     check_ownership, partition_key, Checkpoint, CheckpointError, CheckpointStore,
-    PartitionCheckpoint, RouteCheckpoint,
+    PartitionCheckpoint, RetryingSaver, RouteCheckpoint,
 };
 use crate::cluster::ClusterError;
 use crate::config::{value, Config, EndPosition, Limits};
@@ -65,6 +66,10 @@ pub enum RunError {
     Cluster(#[from] ClusterError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Checkpoints could not be written for longer than `[checkpoints] max_unwritten`, so
+    /// the run stopped reading; its final checkpoint was written.
+    #[error("{0}; the run stopped reading and wrote its final checkpoint once the store took it: fix the store and run again")]
+    CheckpointsStalled(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,13 +139,19 @@ pub fn run(
     };
     let previous = load_checkpoint(&config, store)?;
     let plan = plan::build(&config, previous.as_ref(), CreateTopics::AsConfigured)?;
-    execute(&config, plan, previous, store, opts, stop, started)
+    let ids = identity::lookup(&config, &plan)?;
+    if let Some(cp) = &previous {
+        identity::check(cp, store, &config, &ids)?;
+    }
+    execute(&config, plan, previous, &ids, store, opts, stop, started)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn execute(
     config: &Config,
     plan: Plan,
     previous: Option<Checkpoint>,
+    ids: &Ids,
     store: &dyn CheckpointStore,
     opts: &RunOptions,
     stop: Arc<AtomicBool>,
@@ -220,6 +231,13 @@ fn execute(
             .collect(),
     });
 
+    // Checkpoint on a timer while the readers work; the last one is written after they end.
+    let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
+    // Written before any reader starts, so a crash at any instant leaves the target
+    // positions `verify` needs (`target_start`) on disk, and a store that cannot be written
+    // at all is refused (exit 70) before anything is copied.
+    store.save(&snapshot(config, &plan, &base, ids, &shared))?;
+
     let mut handles = Vec::new();
     for (rid, (((cluster, topic), idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
         let reader = Reader {
@@ -241,11 +259,6 @@ fn execute(
         handles.push(h);
     }
 
-    // Checkpoint on a timer while the readers work; the last one is written after they end.
-    let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
-    // Written before the first record is produced, so a crash at any instant leaves the
-    // target positions `verify` needs (`target_start`) on disk.
-    store.save(&snapshot(config, &plan, &base, &shared))?;
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
         let shared = shared.clone();
@@ -253,20 +266,42 @@ fn execute(
         let plan = plan.clone();
         let base = base.clone();
         let interval = config.checkpoints.interval;
+        let max_unwritten = config.checkpoints.max_unwritten;
         let progress_every = opts.progress_every;
         let config = config.clone();
+        let ids = ids.clone();
         std::thread::scope(|s| {
-            let w = s.spawn(move || -> Result<(), CheckpointError> {
+            // A failed write never ends this thread: copying goes on while the saver retries,
+            // up to `max_unwritten`; past that, reads stop (the run ends with an error) rather
+            // than pile up progress a crash would replay.
+            let w = s.spawn(move || {
+                let mut saver = RetryingSaver::new(store, max_unwritten);
+                let mut stalled: Option<String> = None;
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
                 let mut last_acked = 0u64;
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
-                    if last_cp.elapsed() >= interval {
+                    let due = if saver.failing() {
+                        saver.retry_due()
+                    } else {
+                        last_cp.elapsed() >= interval
+                    };
+                    if due {
                         last_cp = Instant::now();
-                        let cp = snapshot(&config, &plan, &base, &shared);
-                        store.save(&cp)?;
-                        tracing::debug!(path = %store.describe(), "checkpoint written");
+                        // A failure is logged (once per episode) by the saver.
+                        let _ = saver.attempt(&snapshot(&config, &plan, &base, &ids, &shared));
+                    }
+                    if stalled.is_none() && saver.overdue() {
+                        let why = format!(
+                            "checkpoints could not be written to {} for {} ({})",
+                            store.describe(),
+                            humantime::format_duration(max_unwritten),
+                            saver.last_error().unwrap_or("?")
+                        );
+                        tracing::error!("{why}: stopping reads so no more progress goes unrecorded");
+                        shared.stop.store(true, Ordering::Relaxed);
+                        stalled = Some(why);
                     }
                     if let Some(every) = progress_every {
                         if last_progress.elapsed() >= every {
@@ -278,40 +313,47 @@ fn execute(
                             }
                             let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
                             last_acked = total.acked;
+                            let unwritten = saver
+                                .failing_for()
+                                .map(|d| format!("; checkpoints failing for {:.0}s", d.as_secs_f64()))
+                                .unwrap_or_default();
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight)",
+                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight{unwritten})",
                                 total.read, total.acked, total.filtered, total.failed, rate,
                                 shared.in_flight() / 1024
                             );
                         }
                     }
                 }
-                Ok(())
+                (saver, stalled)
             });
             let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
             // Stop the checkpoint writer before propagating a reader's panic: the scope
             // waits for it, so a panic first would hang the run forever.
             done.store(true, Ordering::Relaxed);
-            let writer_result = w.join().expect("checkpoint thread panicked");
+            let writer_state = w.join().expect("checkpoint thread panicked");
             let finished: Vec<Vec<CopyTask>> = joined
                 .into_iter()
                 .map(|r| r.expect("reader thread panicked"))
                 .collect();
-            (finished, writer_result)
+            (finished, writer_state)
         })
     };
-    let (finished, writer_result) = writer;
-    writer_result?;
+    let (finished, (mut saver, stalled)) = writer;
     let mut all: Vec<CopyTask> = finished.into_iter().flatten().collect();
     all.sort_by_key(|t| t.id);
     for t in &all {
         *shared.progress[t.id].lock().expect("progress lock") = t.progress();
     }
-    let cp = snapshot(config, &plan, &base, &shared);
-    store.save(&cp)?;
+    // The last checkpoint must land: retried for up to `max_unwritten` before giving up
+    // (an I/O error, exit 70).
+    saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared))?;
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
+    if let Some(why) = stalled {
+        return Err(RunError::CheckpointsStalled(why));
+    }
 
     let mut rows = Vec::new();
     let mut totals = Counts::default();
@@ -362,7 +404,13 @@ fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) 
 
 /// The checkpoint for the current progress, on top of what was loaded (routes and
 /// partitions outside this plan are kept as they were).
-fn snapshot(config: &Config, plan: &Plan, base: &Checkpoint, shared: &Shared) -> Checkpoint {
+fn snapshot(
+    config: &Config,
+    plan: &Plan,
+    base: &Checkpoint,
+    ids: &Ids,
+    shared: &Shared,
+) -> Checkpoint {
     let mut cp = base.clone();
     cp.job = config.job.clone();
     let now = value::format_ms(value::now_ms());
@@ -377,6 +425,17 @@ fn snapshot(config: &Config, plan: &Plan, base: &Checkpoint, shared: &Shared) ->
                 ..Default::default()
             });
         rc.source_cluster = t.source_cluster.clone();
+        // What the offsets refer to (checked on load); kept as recorded where the
+        // broker gives no id now.
+        if let Some(id) = ids.cluster(&t.source_cluster) {
+            rc.source_cluster_id = Some(id.to_string());
+        }
+        if let Some(id) = ids.cluster(&t.target_cluster) {
+            rc.target_cluster_id = Some(id.to_string());
+        }
+        if let Some(id) = ids.topic(&t.source_cluster, &t.topic) {
+            rc.topic_ids.insert(t.topic.clone(), id.to_string());
+        }
         let key = partition_key(&t.topic, t.partition);
         let unchanged = rc
             .partitions

@@ -649,6 +649,18 @@ impl RunningCopy {
     }
 }
 
+impl RunningCopy {
+    /// Waits (bounded by [`WAIT`]) for a run expected to fail, and returns its error.
+    pub fn join_err(mut self) -> RunError {
+        let h = self.handle.take().expect("joined once");
+        wait_until("the run to end", WAIT, || h.is_finished());
+        match h.join().expect("run thread panicked") {
+            Ok(r) => panic!("the run was expected to fail; it ended:\n{}", r.table()),
+            Err(e) => e,
+        }
+    }
+}
+
 impl Drop for RunningCopy {
     fn drop(&mut self) {
         // A failing test must not leave a run copying in the background.

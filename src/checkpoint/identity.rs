@@ -1,0 +1,227 @@
+//! What a checkpoint's offsets refer to. An offset means something only on the log it was
+//! read from: the same cluster name pointed at another bootstrap, or a topic deleted and
+//! recreated under the same name, must be refused, never resumed (that would skip or
+//! re-copy records). So each route's checkpoint records the cluster id of its source and
+//! target (`rd_kafka_clusterid`, from Metadata) and the topic id of each source topic (the
+//! Metadata v10+ topic UUID, through librdkafka's DescribeTopics), and a run compares them
+//! with what the clusters say now.
+//!
+//! Where a broker gives no id (old brokers; a topic id of all zeros), nothing is compared
+//! for it; a recreated topic is then caught only when the checkpoint lies beyond the new
+//! log's end (`plan`). Checkpoints written before ids were recorded are accepted and
+//! filled in.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::os::raw::c_char;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka_sys as rdsys;
+
+use super::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::cluster::{self, ClusterError};
+use crate::config::Config;
+use crate::plan::Plan;
+
+/// Ids the clusters report now. `None` where a broker gives none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ids {
+    /// Cluster name -> cluster id.
+    pub clusters: BTreeMap<String, Option<String>>,
+    /// (source cluster name, topic) -> topic id.
+    pub topics: BTreeMap<(String, String), Option<String>>,
+}
+
+impl Ids {
+    pub fn cluster(&self, name: &str) -> Option<&str> {
+        self.clusters.get(name)?.as_deref()
+    }
+
+    pub fn topic(&self, cluster: &str, topic: &str) -> Option<&str> {
+        self.topics
+            .get(&(cluster.to_string(), topic.to_string()))?
+            .as_deref()
+    }
+}
+
+/// Asks every cluster the plan reads from or writes to for its id, and every source
+/// cluster for the ids of the plan's topics.
+pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
+    let started = std::time::Instant::now();
+    let timeout = config.run.connect_timeout;
+    let mut ids = Ids::default();
+    let mut topics: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // A topic the plan uses on each cluster, to ask for metadata about.
+    let mut probe: BTreeMap<&str, &str> = BTreeMap::new();
+    for t in &plan.tasks {
+        ids.clusters.entry(t.source_cluster.clone()).or_default();
+        ids.clusters.entry(t.target_cluster.clone()).or_default();
+        probe.insert(&t.source_cluster, &t.topic);
+        probe.entry(&t.target_cluster).or_insert(&t.target_topic);
+        let list = topics.entry(t.source_cluster.as_str()).or_default();
+        if !list.contains(&t.topic) {
+            list.push(t.topic.clone());
+        }
+    }
+    for (name, id) in ids.clusters.iter_mut() {
+        let consumer = cluster::consumer(&config.clusters[name], &[])?;
+        // Fills librdkafka's metadata cache first, so the cluster and controller ids below
+        // answer from it instead of waiting for the client's own first refresh.
+        let md = consumer
+            .fetch_metadata(probe.get(name.as_str()).copied(), timeout)
+            .ok();
+        *id = consumer.client().fetch_cluster_id(timeout);
+        if let Some(list) = topics.get(name.as_str()) {
+            let found = if md.is_some_and(|md| has_controller(&consumer, &md, timeout)) {
+                describe_topic_ids(consumer.client().native_ptr(), list, timeout)
+            } else {
+                BTreeMap::new()
+            };
+            if found.is_empty() {
+                tracing::debug!(
+                    cluster = %name,
+                    "no topic ids from DescribeTopics; a recreated topic is caught only by a checkpoint beyond its end"
+                );
+            }
+            for t in list {
+                ids.topics
+                    .insert((name.clone(), t.clone()), found.get(t).cloned());
+            }
+        }
+    }
+    tracing::debug!(
+        "cluster and topic ids looked up in {:.0}ms: {ids:?}",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(ids)
+}
+
+/// DescribeTopics goes to the controller and waits until it is reachable; a cluster whose
+/// metadata names no live controller (librdkafka's mock cluster answers ControllerId 0,
+/// which is none of its brokers) would hold every run for the whole timeout.
+fn has_controller<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+    md: &rdkafka::metadata::Metadata,
+    timeout: Duration,
+) -> bool {
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: a live client handle; the call only reads cached metadata (waiting for it).
+    let controller = unsafe { rdsys::rd_kafka_controllerid(consumer.client().native_ptr(), ms) };
+    md.brokers().iter().any(|b| b.id() == controller)
+}
+
+/// Topic name -> topic id (base64, as Kafka tools print it) for the topics that have one.
+/// Empty when the request fails or times out: ids are then simply not compared.
+fn describe_topic_ids(
+    rk: *mut rdsys::rd_kafka_t,
+    topics: &[String],
+    timeout: Duration,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let names: Vec<CString> = topics
+        .iter()
+        .filter_map(|t| CString::new(t.as_str()).ok())
+        .collect();
+    let mut ptrs: Vec<*const c_char> = names.iter().map(|c| c.as_ptr()).collect();
+    // SAFETY: every pointer passed is live for the call that takes it (`names` outlives the
+    // collection, which librdkafka copies); every object created here is destroyed here,
+    // results are read before their event is destroyed, and `rk` is a live client handle.
+    unsafe {
+        let coll = rdsys::rd_kafka_TopicCollection_of_topic_names(ptrs.as_mut_ptr(), ptrs.len());
+        let opts = rdsys::rd_kafka_AdminOptions_new(
+            rk,
+            rdsys::rd_kafka_admin_op_t::RD_KAFKA_ADMIN_OP_DESCRIBETOPICS,
+        );
+        let queue = rdsys::rd_kafka_queue_new(rk);
+        rdsys::rd_kafka_DescribeTopics(rk, coll, opts, queue);
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let ev = rdsys::rd_kafka_queue_poll(queue, ms);
+        if !ev.is_null() {
+            let res = rdsys::rd_kafka_event_DescribeTopics_result(ev);
+            if rdsys::rd_kafka_event_error(ev)
+                == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                && !res.is_null()
+            {
+                let mut n = 0usize;
+                let arr = rdsys::rd_kafka_DescribeTopics_result_topics(res, &mut n);
+                for i in 0..n {
+                    let d = *arr.add(i);
+                    let err = rdsys::rd_kafka_TopicDescription_error(d);
+                    if !err.is_null()
+                        && rdsys::rd_kafka_error_code(err)
+                            != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                    {
+                        continue;
+                    }
+                    let id = rdsys::rd_kafka_TopicDescription_topic_id(d);
+                    if id.is_null()
+                        || (rdsys::rd_kafka_Uuid_most_significant_bits(id) == 0
+                            && rdsys::rd_kafka_Uuid_least_significant_bits(id) == 0)
+                    {
+                        continue;
+                    }
+                    let name = CStr::from_ptr(rdsys::rd_kafka_TopicDescription_name(d));
+                    let b64 = CStr::from_ptr(rdsys::rd_kafka_Uuid_base64str(id));
+                    out.insert(
+                        name.to_string_lossy().into_owned(),
+                        b64.to_string_lossy().into_owned(),
+                    );
+                }
+            }
+            rdsys::rd_kafka_event_destroy(ev);
+        }
+        rdsys::rd_kafka_queue_destroy(queue);
+        rdsys::rd_kafka_AdminOptions_destroy(opts);
+        rdsys::rd_kafka_TopicCollection_destroy(coll);
+    }
+    out
+}
+
+/// Refuses a checkpoint whose routes were recorded on other clusters or other
+/// incarnations of their topics than the ones the routing file reaches now.
+pub fn check(
+    cp: &Checkpoint,
+    store: &dyn CheckpointStore,
+    config: &Config,
+    ids: &Ids,
+) -> Result<(), CheckpointError> {
+    let refuse = |route: &str, detail: String| CheckpointError::IdentityChanged {
+        path: store.describe(),
+        route: route.to_string(),
+        detail,
+        config: config.path.display().to_string(),
+    };
+    for route in &config.routes {
+        let Some(rc) = cp.routes.get(&route.name) else {
+            continue;
+        };
+        if rc.partitions.is_empty() {
+            continue;
+        }
+        for (side, name, recorded) in [
+            ("source", &route.source, &rc.source_cluster_id),
+            ("target", &route.target, &rc.target_cluster_id),
+        ] {
+            if let (Some(old), Some(now)) = (recorded, ids.cluster(name)) {
+                if old != now {
+                    return Err(refuse(
+                        &route.name,
+                        format!("its {side} cluster \"{name}\" now has cluster id {now}, but the checkpoint was made on cluster id {old} (another cluster behind the same name)"),
+                    ));
+                }
+            }
+        }
+        for (topic, old) in &rc.topic_ids {
+            if let Some(now) = ids.topic(&route.source, topic) {
+                if now != old {
+                    return Err(refuse(
+                        &route.name,
+                        format!("topic \"{topic}\" on cluster \"{}\" now has topic id {now}, but the checkpoint was made for topic id {old} (deleted and recreated?)", route.source),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

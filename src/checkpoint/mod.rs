@@ -1,0 +1,169 @@
+//! Checkpoints: the contiguous source position of every (route, source partition) copy task,
+//! and the target offsets it wrote; and who may move them. Behind the `CheckpointStore`
+//! trait so a store kept in a compacted topic can follow; the embedded default is
+//! `FileStore` (`file.rs`). `lock.rs` owns the job lock: one process at a time runs or
+//! resets a job.
+//!
+//! A checkpoint that is truncated, corrupted or belongs to another job, another cluster or
+//! another incarnation of a topic is refused: never silently treated as "start from
+//! scratch", which would re-copy (or skip) everything.
+
+mod file;
+pub mod identity;
+pub mod lock;
+mod retry;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use file::FileStore;
+pub use lock::{JobLock, LockHolder};
+pub use retry::RetryingSaver;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: cannot read: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: cannot write: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path} is corrupt ({detail}); refusing to guess where to resume. Inspect it, restore it from a copy, or move it away deliberately (the next run then starts at each route's `start`)")]
+    Corrupt { path: String, detail: String },
+    #[error("checkpoint {path} belongs to job \"{found}\", not \"{expected}\" (another routing file?); refusing to use it. Point [checkpoints] dir or job elsewhere, or move the file away")]
+    WrongJob {
+        path: String,
+        found: String,
+        expected: String,
+    },
+    #[error("checkpoint {path}: route \"{route}\": {detail}; its offsets do not apply here, refusing to resume. Check what happened, then reset the route with `kmirror checkpoints reset -c {config} --route {route}`")]
+    IdentityChanged {
+        path: String,
+        route: String,
+        detail: String,
+        config: String,
+    },
+    #[error("job lock {path} is held by {holder}; one process at a time may run or reset a job. Wait for it to end, or stop it")]
+    Locked { path: String, holder: String },
+    #[error("checkpoint {path}: route \"{route}\" was recorded for source cluster \"{found}\" but the routing file now reads it from \"{expected}\"; offsets from one cluster are meaningless on another. Reset the route with `kmirror checkpoints reset --route {route}`")]
+    WrongSource {
+        path: String,
+        route: String,
+        found: String,
+        expected: String,
+    },
+}
+
+/// Progress of one (route, source partition) copy task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    /// Every source record below this offset is settled on the target (or accounted for).
+    pub next_offset: i64,
+    /// Where this job's copy of the partition began; `verify` checks `[first_offset, next_offset)`.
+    pub first_offset: i64,
+    pub target_cluster: String,
+    pub target_topic: String,
+    /// Target partition -> [first, last] offset written and acknowledged.
+    #[serde(default)]
+    pub target: BTreeMap<i32, [i64; 2]>,
+    /// Target partition -> its high watermark before this job first wrote to it. Copies
+    /// written by a run that died before its first checkpoint lie between this and `target`'s
+    /// first offset; `verify` reads from here so it counts them as duplicates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_start: BTreeMap<i32, i64>,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteCheckpoint {
+    pub source_cluster: String,
+    /// The source cluster's id when this route was checkpointed (absent in checkpoints
+    /// written before ids were recorded, or when the broker gives none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_cluster_id: Option<String>,
+    /// The target cluster's id, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cluster_id: Option<String>,
+    /// Source topic -> its topic id (Kafka's topic UUID), where the broker gives one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_ids: BTreeMap<String, String>,
+    /// Keyed by `topic/partition`.
+    pub partitions: BTreeMap<String, PartitionCheckpoint>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub job: String,
+    pub written_at: String,
+    pub routes: BTreeMap<String, RouteCheckpoint>,
+}
+
+pub fn partition_key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+pub fn parse_partition_key(key: &str) -> Option<(&str, i32)> {
+    let (t, p) = key.rsplit_once('/')?;
+    Some((t, p.parse().ok()?))
+}
+
+impl Checkpoint {
+    pub fn new(job: &str) -> Self {
+        Checkpoint {
+            job: job.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn get(&self, route: &str, topic: &str, partition: i32) -> Option<&PartitionCheckpoint> {
+        self.routes
+            .get(route)?
+            .partitions
+            .get(&partition_key(topic, partition))
+    }
+}
+
+/// Where checkpoints live.
+pub trait CheckpointStore: Send + Sync {
+    /// Human-readable location, for messages.
+    fn describe(&self) -> String;
+    /// The stored checkpoint, `None` if there is none yet.
+    fn load(&self) -> Result<Option<Checkpoint>, CheckpointError>;
+    /// Replaces the stored checkpoint atomically.
+    fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError>;
+}
+
+/// Checks a loaded checkpoint belongs to this job and its routes' sources.
+pub fn check_ownership(
+    cp: &Checkpoint,
+    store: &dyn CheckpointStore,
+    config: &crate::config::Config,
+) -> Result<(), CheckpointError> {
+    if cp.job != config.job {
+        return Err(CheckpointError::WrongJob {
+            path: store.describe(),
+            found: cp.job.clone(),
+            expected: config.job.clone(),
+        });
+    }
+    for route in &config.routes {
+        if let Some(rc) = cp.routes.get(&route.name) {
+            if rc.source_cluster != route.source && !rc.partitions.is_empty() {
+                return Err(CheckpointError::WrongSource {
+                    path: store.describe(),
+                    route: route.name.clone(),
+                    found: rc.source_cluster.clone(),
+                    expected: route.source.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
