@@ -58,7 +58,7 @@ pub enum ClusterError {
         what: String,
         detail: String,
     },
-    #[error("cluster \"{cluster}\" topic \"{topic}\" partition {partition}: the broker cannot look up offsets by timestamp (it answered -1 for {ts} although the partition holds a record at offset {offset} with timestamp {record_ts}); refusing to guess the range. Use an offset or \"earliest\" for `start` on this cluster")]
+    #[error("cluster \"{cluster}\" topic \"{topic}\" partition {partition}: the broker cannot look up offsets by timestamp (it answered -1 for {ts} although the partition holds a record at offset {offset} with timestamp {record_ts}); refusing to guess the range. Use an offset or \"earliest\" for `start`/`end` on this cluster, and select by time with a `filter = {{ timestamp_from = ..., timestamp_to = ... }}`, which reads record timestamps and works on any broker")]
     TimestampUnsupported {
         cluster: String,
         topic: String,
@@ -111,6 +111,35 @@ impl ClientContext for QuietContext {
 
 impl ConsumerContext for QuietContext {}
 
+/// Why a client could not be created, never quoting a property value: rdkafka's own
+/// Display of a configuration error ends with the value, which may be a password (a
+/// mistyped `sasl.pasword` too). What is left still passes through `redact`, because
+/// librdkafka's description may quote the value as well.
+pub fn client_error_detail(e: &KafkaError) -> String {
+    let text = match e {
+        KafkaError::ClientConfig(_, desc, key, _value) => {
+            format!(
+                "librdkafka refused property \"{key}\": {}",
+                withhold_quoted_value(desc.trim())
+            )
+        }
+        other => other.to_string(),
+    };
+    crate::redact::redact(&text).into_owned()
+}
+
+/// `Invalid value "X" for configuration property "P"` -> the same without X: the value
+/// is the user's own and may be a secret the registry does not know (a literal in the file).
+fn withhold_quoted_value(desc: &str) -> String {
+    match desc.split_once("Invalid value \"") {
+        Some((before, rest)) => match rest.rfind("\" for configuration property") {
+            Some(end) => format!("{before}invalid value (withheld){}", &rest[end + 1..]),
+            None => format!("{before}invalid value (withheld)"),
+        },
+        None => desc.to_string(),
+    }
+}
+
 /// The librdkafka settings every client for `cluster` starts from.
 pub fn base_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -127,7 +156,7 @@ fn security(cluster: &ClusterConfig) -> String {
     format!(
         "security.protocol={}",
         cluster
-            .properties
+            .redacted_properties()
             .get("security.protocol")
             .map(String::as_str)
             .unwrap_or("plaintext")
@@ -156,7 +185,7 @@ pub fn consumer(
     })
     .map_err(|e| ClusterError::Client {
         cluster: cluster.name.clone(),
-        detail: e.to_string(),
+        detail: client_error_detail(&e),
     })
 }
 
@@ -384,7 +413,7 @@ pub fn create_topic(
         .create_with_context(QuietContext {
             cluster: cluster.name.clone(),
         })
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(client_error_detail(&e)))?;
     // -1: the broker's default replication factor (KIP-464).
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let opts = AdminOptions::new()

@@ -14,6 +14,7 @@ use kmirror::config::{value, Config, StartPosition};
 use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
 use kmirror::plan::{self, CreateTopics};
+use kmirror::redact::redact;
 use kmirror::{counts, demo, dev_cluster, verify};
 
 #[derive(Parser)]
@@ -40,14 +41,20 @@ struct Cli {
 enum Command {
     /// Validate the routing file, connect, and print the plan (one line per source partition).
     Check {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
-        /// Validate the file only; do not connect.
+        /// Validate the file only; do not connect. Unset `${ENV}` variables are warnings.
         #[arg(long)]
         offline: bool,
+        /// Also create missing target topics (routes with create_target_topics). Without
+        /// it `check` changes nothing; `run` creates them.
+        #[arg(long, conflicts_with = "offline")]
+        create_topics: bool,
     },
     /// Copy until every route reaches its `end` (none = forever), or SIGINT/SIGTERM.
     Run {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// Treat every route as end = "snapshot": copy what is there now, then exit.
@@ -59,6 +66,7 @@ enum Command {
     },
     /// Read the copied ranges on both sides and compare them record by record.
     Verify {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// Only this route.
@@ -104,11 +112,13 @@ enum Command {
 enum CheckpointAction {
     /// Print the checkpoint of the routing file's job.
     Show {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
     },
     /// Move checkpoints: forget them (next run starts at `start`), or set them --to a position.
     Reset {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// Only this route (default: all routes).
@@ -159,10 +169,11 @@ fn main() {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    install_redacting_panic_hook();
     let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", redact(&format!("{e:#}")));
             exit_code(&e)
         }
     };
@@ -180,14 +191,26 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every log line (librdkafka's included, which may quote configuration values at
+        // -vv) is masked before it reaches stderr.
+        .with_writer(kmirror::redact::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
 
-/// Raises the flag on SIGINT or SIGTERM; a second signal exits at once.
-fn stop_on_signal() -> Arc<AtomicBool> {
+/// Panic messages can quote anything (a property value in an `expect`): masked like logs.
+fn install_redacting_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        eprintln!("thread '{name}' {}", redact(&info.to_string()));
+    }));
+}
+
+/// Raises the flag on SIGINT or SIGTERM, logging `stopping` (what the command does now);
+/// a second signal exits at once.
+fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::Builder::new()
@@ -210,7 +233,7 @@ fn stop_on_signal() -> Arc<AtomicBool> {
                         eprintln!("second signal: exiting without waiting");
                         std::process::exit(130);
                     }
-                    tracing::warn!("stopping: no new reads; waiting for in-flight deliveries, then writing the final checkpoint");
+                    tracing::warn!("stopping: {stopping}");
                     flag.store(true, Ordering::Relaxed);
                 }
             });
@@ -225,7 +248,11 @@ fn load(path: &Path) -> Result<Config> {
 
 fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
-        Command::Check { config, offline } => check(&config, offline),
+        Command::Check {
+            config,
+            offline,
+            create_topics,
+        } => check(&config, offline, create_topics),
         Command::Run {
             config,
             once,
@@ -267,7 +294,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             topics,
             seeds,
         } => {
-            let stop = stop_on_signal();
+            let stop = stop_on_signal("shutting the in-memory clusters down");
             let dc = dev_cluster::DevClusters::start(clusters, brokers, &topics)
                 .map_err(anyhow::Error::msg)?;
             for (topic, count) in &seeds {
@@ -305,13 +332,31 @@ fn dispatch(cmd: Command) -> Result<i32> {
     }
 }
 
-fn check(path: &Path, offline: bool) -> Result<i32> {
-    let cfg = load(path)?;
+fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
+    let cfg = if offline {
+        // Offline validation runs where the secrets are not (a CI job, a laptop): an unset
+        // variable is a warning, and a placeholder stands in for it.
+        let unset = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let cfg = Config::load_with_env(path, &|k| {
+            std::env::var(k).ok().or_else(|| {
+                unset.borrow_mut().insert(k.to_string());
+                Some(format!("unset-{k}:0"))
+            })
+        })?;
+        for k in unset.borrow().iter() {
+            tracing::warn!("environment variable `{k}` is not set; checked with a placeholder (`run` and online `check` refuse it)");
+        }
+        cfg
+    } else {
+        load(path)?
+    };
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
-        "{}: routing file OK ({} routes, {} clusters; job \"{}\", checkpoints in {})",
+        "{}: routing file OK ({}, {}; job \"{}\", checkpoints in {})",
         path.display(),
-        cfg.routes.len(),
-        cfg.clusters.len(),
+        plural(cfg.routes.len(), "route", "routes"),
+        plural(cfg.clusters.len(), "cluster", "clusters"),
         cfg.job,
         cfg.checkpoint_file().display()
     );
@@ -329,14 +374,23 @@ fn check(path: &Path, offline: bool) -> Result<i32> {
     }
     let store = FileStore::new(cfg.checkpoint_file());
     let cp = copy::load_checkpoint(&cfg, &store)?;
-    let plan = plan::build(&cfg, cp.as_ref(), CreateTopics::AsConfigured)?;
+    // `check` changes nothing unless asked: missing target topics are reported in the plan,
+    // and created by `run` (or `check --create-topics`).
+    let create = if create_topics {
+        CreateTopics::AsConfigured
+    } else {
+        CreateTopics::Never
+    };
+    let plan = plan::build(&cfg, cp.as_ref(), create)?;
     print!("{}", plan.render());
     Ok(exit::OK)
 }
 
 fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     let cfg = load(path)?;
-    let stop = stop_on_signal();
+    let stop = stop_on_signal(
+        "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
+    );
     let store = FileStore::new(cfg.checkpoint_file());
     let opts = RunOptions {
         once,
@@ -363,7 +417,7 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         );
     }
     for (src, why) in &report.halted {
-        eprintln!("halted {src}: {why}");
+        eprintln!("halted {src}: {}", redact(why));
     }
     Ok(if report.halted.is_empty() && report.totals.failed == 0 {
         exit::OK

@@ -1002,3 +1002,103 @@ fn demo_runs_and_verifies() {
         r.stdout
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 9. secrets never printed
+// ---------------------------------------------------------------------------------------
+
+/// A secret from `${ENV}` under a valid property, under a valid property with a value
+/// librdkafka refuses, inside a bad `sasl.jaas.config`, and under a mistyped property name,
+/// never appears in what any command prints at -vv (librdkafka's debug lines included).
+#[test]
+fn secrets_from_env_never_appear_in_output_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:2"], &["orders:20"]);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let secret = format!("Zk{:x}q{}", nanos, std::process::id());
+    let variants = [
+        (
+            "valid property",
+            r#""security.protocol" = "SASL_PLAINTEXT"
+"sasl.mechanism" = "PLAIN"
+"sasl.username" = "kmirror"
+"sasl.password" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+        (
+            "refused value",
+            r#""security.protocol" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+        (
+            "bad sasl.jaas.config",
+            r#""sasl.jaas.config" = "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"${KMIRROR_TEST_SECRET}\";""#,
+        ),
+        (
+            "mistyped property",
+            r#""sasl.pasword" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+    ];
+    for (what, props) in variants {
+        let cfg = write(
+            dir.path(),
+            "secret.toml",
+            &format!(
+                r#"[checkpoints]
+dir = "{dir}"
+[run]
+connect_timeout = "3s"
+[clusters.src]
+bootstrap = "{src}"
+[clusters.src.properties]
+{props}
+[clusters.dst]
+bootstrap = "{dst}"
+[clusters.dst.properties]
+{props}
+[[routes]]
+name = "orders"
+source = "src"
+topics = ["orders"]
+target = "dst"
+end = "snapshot"
+"#,
+                dir = s(dir.path()),
+                src = dc.bootstrap(1),
+                dst = dc.bootstrap(2),
+            ),
+        );
+        let commands: [&[&str]; 7] = [
+            &["check"],
+            &["check", "--offline"],
+            &["run", "--once"],
+            &["verify"],
+            &["checkpoints", "show"],
+            &["checkpoints", "reset", "--to", "earliest"],
+            &["checkpoints", "reset"],
+        ];
+        for cmd in commands {
+            let mut args = vec!["-vv"];
+            args.extend_from_slice(cmd);
+            args.extend(["-c", s(&cfg)]);
+            let r = km_env(
+                &args,
+                &[("KMIRROR_TEST_SECRET", secret.as_str())],
+                Duration::from_secs(60),
+            );
+            assert!(
+                !r.stdout.contains(&secret) && !r.stderr.contains(&secret),
+                "{what}: `kmirror {}` printed the secret (exit {})",
+                args.join(" "),
+                r.code
+            );
+            // The commands did run (and said something), so the assertion above is not
+            // vacuous: -vv prints kmirror's and librdkafka's debug lines.
+            assert!(
+                !r.stderr.is_empty() || !r.stdout.is_empty(),
+                "{what}: {args:?} printed nothing"
+            );
+        }
+    }
+}
