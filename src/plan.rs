@@ -232,6 +232,11 @@ pub fn build(
                 }
                 None if route.create_target_topics => {
                     to_create.push((route.target.clone(), target_topic.clone()));
+                    // Not there yet: nothing written, and nothing to look up.
+                    target_highs_cache.insert(
+                        (route.target.clone(), target_topic.clone()),
+                        vec![0; partitions],
+                    );
                     metadata
                         .get_mut(&route.target)
                         .expect("target metadata fetched")

@@ -741,6 +741,100 @@ fn missing_routing_file_is_a_config_error() {
         "{}",
         r.stderr
     );
+    assert_eq!(
+        r.stderr.matches("No such file or directory").count(),
+        1,
+        "the OS error is printed once: {}",
+        r.stderr
+    );
+}
+
+/// `check` changes nothing: a missing target topic under create_target_topics is reported
+/// as what `run` will create, not created (the mock refuses CreateTopics, so an attempt
+/// would fail the check); `check --create-topics` does attempt it.
+#[test]
+fn check_does_not_create_target_topics_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:2"], &[]);
+    let cfg = write(
+        dir.path(),
+        "create.toml",
+        &mirror_config(
+            dc.bootstrap(1),
+            dc.bootstrap(2),
+            "target_topic = \"orders.copy\"\ncreate_target_topics = true",
+        ),
+    );
+    let r = km(&["check", "-c", s(&cfg)], Duration::from_secs(60));
+    r.expect_code(EXIT_OK, "check with a missing target topic to create");
+    assert!(
+        r.stdout
+            .contains("target topic dst:orders.copy does not exist: `run` will create it"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("created target topic"), "{}", r.stdout);
+    assert!(r.stdout.contains("(1 route, 2 clusters;"), "{}", r.stdout);
+    let r = km(
+        &["check", "--create-topics", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_CLUSTER, "check --create-topics against the mock");
+    assert!(
+        r.stderr
+            .contains("cluster \"dst\": cannot create topic \"orders.copy\""),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `check --offline` validates where the secrets are not: an unset `${ENV}` is a warning.
+/// Online `check` still refuses it. Every `-c` has help text.
+#[test]
+fn offline_check_warns_about_unset_env_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "env.toml",
+        &mirror_config("${KMIRROR_UNSET_BROKERS}", "127.0.0.1:9", "").replace(
+            "[clusters.dst]",
+            "[clusters.src.properties]\n\"sasl.password\" = \"${KMIRROR_UNSET_PW}\"\n[clusters.dst]",
+        ),
+    );
+    let r = km(
+        &["check", "--offline", "-c", s(&cfg)],
+        Duration::from_secs(10),
+    );
+    r.expect_code(EXIT_OK, "offline check with unset variables");
+    for v in ["KMIRROR_UNSET_BROKERS", "KMIRROR_UNSET_PW"] {
+        assert!(
+            r.stderr
+                .contains(&format!("environment variable `{v}` is not set")),
+            "{v}: {}",
+            r.stderr
+        );
+    }
+    let r = km(&["check", "-c", s(&cfg)], Duration::from_secs(10));
+    r.expect_code(EXIT_CONFIG, "online check with unset variables");
+    for cmd in [
+        &["check"][..],
+        &["run"],
+        &["verify"],
+        &["checkpoints", "show"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let r = km(&args, Duration::from_secs(10));
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("-c, --config <CONFIG>"))
+            .unwrap_or_else(|| panic!("{cmd:?} --help: {}", r.stdout));
+        assert!(
+            line.contains("routing file"),
+            "{cmd:?}: -c has help text: {line}"
+        );
+    }
 }
 
 /// Exit 2 for usage errors and 5 for a checkpoint that cannot be trusted (truncated, not a
@@ -1101,4 +1195,31 @@ end = "snapshot"
             );
         }
     }
+}
+
+/// `dev-cluster` on SIGTERM says what it does (shuts its clusters down), not the copy
+/// path's "writing the final checkpoint", and exits 0.
+#[test]
+fn dev_cluster_sigterm_says_it_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dc = DevCluster::start(dir.path(), 1, 1, &[], &[]);
+    signal(dc.child.id(), "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = dc.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev-cluster did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(EXIT_OK));
+    let err = fs::read_to_string(dir.path().join("dev-cluster.stderr")).unwrap();
+    assert!(
+        err.contains("shutting the in-memory clusters down"),
+        "{err}"
+    );
+    assert!(!err.contains("checkpoint"), "{err}");
 }
