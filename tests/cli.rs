@@ -968,11 +968,26 @@ fn http_junk_port() -> u16 {
 fn unreachable_or_non_kafka_cluster_exits_4_in_bounded_time() {
     let dir = tempfile::tempdir().unwrap();
     let dc = DevCluster::start(dir.path(), 1, 1, &["orders:2"], &[]);
+    // Each failure names its cause, found by kmirror's own probe (librdkafka says
+    // BrokerTransportFailure to all of them).
     let cases = [
-        ("closed port", format!("127.0.0.1:{}", closed_port())),
-        ("HTTP server", format!("127.0.0.1:{}", http_junk_port())),
+        (
+            "closed port",
+            format!("127.0.0.1:{}", closed_port()),
+            "connection refused",
+        ),
+        (
+            "HTTP server",
+            format!("127.0.0.1:{}", http_junk_port()),
+            "an HTTP server answered",
+        ),
+        (
+            "unresolvable name",
+            "nonexistent.invalid:9092".to_string(),
+            "the name does not resolve",
+        ),
     ];
-    for (what, addr) in &cases {
+    for (what, addr, cause) in &cases {
         // `dst` is real; `src` is the broken one (and is contacted second, so a message that
         // names the first cluster it tried would be wrong).
         let cfg = write(
@@ -1011,6 +1026,11 @@ target = "dst"
                 r.stderr
             );
             assert!(!r.stderr.contains("cluster \"dst\""), "{}", r.stderr);
+            assert!(
+                r.stderr.contains(cause),
+                "{cmd:?} against a {what} says \"{cause}\": {}",
+                r.stderr
+            );
         }
     }
 }
