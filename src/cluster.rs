@@ -16,15 +16,15 @@ use crate::config::ClusterConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster \"{cluster}\" ({bootstrap}): no Kafka broker answered within {timeout:?}: {cause} (librdkafka: {detail}; security settings: {security})")]
+    #[error("cluster \"{cluster}\" ({bootstrap}): no Kafka broker answered within {timeout:?}: {cause} ({detail})")]
     Unreachable {
         cluster: String,
         bootstrap: String,
         timeout: Duration,
         /// What kmirror's own probe of the bootstrap addresses found (see `probe`).
         cause: String,
+        /// librdkafka's word and the security settings in use.
         detail: String,
-        security: String,
     },
     #[error("cluster \"{cluster}\": cannot create a client: {detail}")]
     Client { cluster: String, detail: String },
@@ -205,8 +205,11 @@ pub fn metadata<C: ConsumerContext>(
             bootstrap: cluster.bootstrap.clone(),
             timeout,
             cause: probe(cluster, timeout),
-            detail: crate::redact::redact(&e.to_string()).into_owned(),
-            security: security(cluster),
+            detail: format!(
+                "librdkafka: {}; security settings: {}",
+                crate::redact::redact(&e.to_string()),
+                security(cluster)
+            ),
         })
         .and_then(|m| {
             if m.brokers().is_empty() {
@@ -215,8 +218,7 @@ pub fn metadata<C: ConsumerContext>(
                     bootstrap: cluster.bootstrap.clone(),
                     timeout,
                     cause: "the broker answered with metadata that lists no brokers".into(),
-                    detail: "metadata listed no brokers".into(),
-                    security: security(cluster),
+                    detail: format!("security settings: {}", security(cluster)),
                 })
             } else {
                 Ok(m)
