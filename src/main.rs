@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use kmirror::checkpoint::{partition_key, CheckpointStore, FileStore, PartitionCheckpoint};
@@ -117,6 +117,9 @@ enum CheckpointAction {
         config: PathBuf,
     },
     /// Move checkpoints: forget them (next run starts at `start`), or set them --to a position.
+    ///
+    /// Shows what would change (old -> new per partition) and writes nothing unless
+    /// --execute is given, like kafka-consumer-groups --reset-offsets.
     Reset {
         /// The routing file (TOML).
         #[arg(short, long)]
@@ -124,11 +127,84 @@ enum CheckpointAction {
         /// Only this route (default: all routes).
         #[arg(long)]
         route: Option<String>,
+        /// Only this topic, or these partitions of it: TOPIC or TOPIC:0,1 (repeatable).
+        #[arg(long = "topic", value_parser = parse_topic_scope)]
+        topics: Vec<TopicScope>,
         /// earliest | latest | OFFSET | RFC 3339 TIMESTAMP (default: forget).
+        #[arg(long, value_parser = parse_reset_to, allow_hyphen_values = true)]
+        to: Option<StartPosition>,
+        /// Write the new checkpoint; without it the reset is only shown.
         #[arg(long)]
-        to: Option<String>,
+        execute: bool,
     },
 }
+
+/// `--topic TOPIC[:P,P...]` of `checkpoints reset`: a topic, and optionally partitions.
+#[derive(Clone, Debug)]
+struct TopicScope {
+    topic: String,
+    partitions: Option<Vec<i32>>,
+}
+
+fn parse_topic_scope(s: &str) -> Result<TopicScope, String> {
+    let (topic, parts) = match s.rsplit_once(':') {
+        Some((t, p)) => (t, Some(p)),
+        None => (s, None),
+    };
+    if !kmirror::config::valid_topic(topic) {
+        return Err(format!(
+            "\"{topic}\" is not a topic name (expected TOPIC or TOPIC:0,1)"
+        ));
+    }
+    let partitions = match parts {
+        None => None,
+        Some(p) => Some(
+            p.split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| {
+                            format!(
+                                "\"{n}\" is not a partition number (expected TOPIC or TOPIC:0,1)"
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(TopicScope {
+        topic: topic.to_string(),
+        partitions,
+    })
+}
+
+fn parse_reset_to(s: &str) -> Result<StartPosition, String> {
+    match s {
+        "earliest" => Ok(StartPosition::Earliest),
+        "latest" => Ok(StartPosition::Latest),
+        t if t.parse::<i64>().is_ok() => match t.parse::<i64>() {
+            Ok(o) if o >= 0 => Ok(StartPosition::Offset(o)),
+            _ => Err(format!("offset {t} is negative")),
+        },
+        t => value::parse_timestamp_ms(t)
+            .map(StartPosition::Timestamp)
+            .map_err(|m| format!("{m}; or use earliest, latest or an offset")),
+    }
+}
+
+/// A usage error found after parsing (an unknown route): exit 2 like clap's own.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 fn parse_topic_spec(s: &str) -> Result<(String, i32), String> {
     let (t, p) = s
@@ -174,7 +250,11 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", redact(&format!("{e:#}")));
-            exit_code(&e)
+            if e.is::<Usage>() {
+                exit::USAGE
+            } else {
+                exit_code(&e)
+            }
         }
     };
     std::process::exit(code);
@@ -265,9 +345,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
-                if cfg.route(r).is_none() {
-                    bail!("route \"{r}\" is not in {}", config.display());
-                }
+                check_route(&cfg, r)?;
             }
             let store = FileStore::new(cfg.checkpoint_file());
             let report = verify::verify(&cfg, &store, route.as_deref(), fail_on_duplicates)?;
@@ -282,8 +360,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
             action: CheckpointAction::Show { config },
         } => show_checkpoints(&config),
         Command::Checkpoints {
-            action: CheckpointAction::Reset { config, route, to },
-        } => reset_checkpoints(&config, route.as_deref(), to.as_deref()),
+            action:
+                CheckpointAction::Reset {
+                    config,
+                    route,
+                    topics,
+                    to,
+                    execute,
+                },
+        } => reset_checkpoints(&config, route.as_deref(), &topics, to, execute),
         Command::Demo { records } => {
             let ok = demo::run(records, &mut std::io::stdout())?;
             Ok(if ok { exit::OK } else { exit::MISMATCH })
@@ -482,13 +567,40 @@ fn show_checkpoints(path: &Path) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Result<i32> {
+/// `--route R` must name a route of the file: a usage error (exit 2) otherwise.
+fn check_route(cfg: &Config, route: &str) -> Result<()> {
+    if cfg.route(route).is_none() {
+        let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        return Err(Usage(format!(
+            "--route: route \"{route}\" is not in {} (its routes: {})",
+            cfg.path.display(),
+            names.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn reset_checkpoints(
+    path: &Path,
+    route: Option<&str>,
+    topics: &[TopicScope],
+    to: Option<StartPosition>,
+    execute: bool,
+) -> Result<i32> {
     let cfg = load(path)?;
     if let Some(r) = route {
-        if cfg.route(r).is_none() {
-            bail!("route \"{r}\" is not in {}", path.display());
-        }
+        check_route(&cfg, r)?;
     }
+    let in_scope = |topic: &str, partition: i32| {
+        topics.is_empty()
+            || topics.iter().any(|s| {
+                s.topic == topic
+                    && s.partitions
+                        .as_ref()
+                        .is_none_or(|ps| ps.contains(&partition))
+            })
+    };
     let store = FileStore::new(cfg.checkpoint_file());
     let selected: Vec<String> = cfg
         .routes
@@ -510,25 +622,43 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
         }
         None => kmirror::checkpoint::Checkpoint::new(&cfg.job),
     };
-    match to {
+    let old = cp.clone();
+    let was = |r: &str, topic: &str, p: i32| {
+        old.get(r, topic, p)
+            .map(|c| c.next_offset.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    // (route, source partition, checkpoint now, after the reset)
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    match &to {
         None => {
             for r in &selected {
-                cp.routes.remove(r);
+                let Some(rc) = cp.routes.get_mut(r) else {
+                    continue;
+                };
+                let source = rc.source_cluster.clone();
+                rc.partitions.retain(|key, p| {
+                    let Some((topic, partition)) = kmirror::checkpoint::parse_partition_key(key)
+                    else {
+                        return true;
+                    };
+                    if !in_scope(topic, partition) {
+                        return true;
+                    }
+                    rows.push(vec![
+                        r.clone(),
+                        format!("{source}:{key}"),
+                        p.next_offset.to_string(),
+                        "forgotten (starts at `start`)".into(),
+                    ]);
+                    false
+                });
+                if rc.partitions.is_empty() {
+                    cp.routes.remove(r);
+                }
             }
-            println!(
-                "forgot checkpoints of {}: the next run starts at each route's `start`",
-                selected.join(", ")
-            );
         }
-        Some(to) => {
-            let start = match to {
-                "earliest" => StartPosition::Earliest,
-                "latest" => StartPosition::Latest,
-                t if t.parse::<i64>().is_ok_and(|o| o >= 0) => StartPosition::Offset(t.parse()?),
-                t => StartPosition::Timestamp(value::parse_timestamp_ms(t).map_err(|m| {
-                    anyhow::anyhow!("--to {m} (or use earliest, latest or an offset)")
-                })?),
-            };
+        Some(start) => {
             let mut c = cfg.clone();
             c.routes.retain(|r| selected.contains(&r.name));
             for r in &mut c.routes {
@@ -536,10 +666,23 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
             }
             let plan = plan::build(&c, None, CreateTopics::Never)?;
             let now = value::format_ms(value::now_ms());
-            for r in &selected {
-                cp.routes.remove(r);
+            if topics.is_empty() {
+                // The whole route is reset: partitions it no longer reads go too.
+                for r in &selected {
+                    cp.routes.remove(r);
+                }
             }
-            for t in &plan.tasks {
+            for t in plan
+                .tasks
+                .iter()
+                .filter(|t| in_scope(&t.topic, t.partition))
+            {
+                rows.push(vec![
+                    t.route_name.clone(),
+                    t.source_label(),
+                    was(&t.route_name, &t.topic, t.partition),
+                    t.start.to_string(),
+                ]);
                 let rc = cp.routes.entry(t.route_name.clone()).or_default();
                 rc.source_cluster = t.source_cluster.clone();
                 rc.partitions.insert(
@@ -554,9 +697,55 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
                         updated_at: now.clone(),
                     },
                 );
-                println!("{} {} -> {}", t.route_name, t.source_label(), t.start);
             }
         }
+    }
+    if rows.is_empty() && !topics.is_empty() {
+        let asked: Vec<String> = topics
+            .iter()
+            .map(|s| match &s.partitions {
+                Some(p) => format!(
+                    "{}:{}",
+                    s.topic,
+                    p.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                None => s.topic.clone(),
+            })
+            .collect();
+        return Err(Usage(format!(
+            "--topic {}: no {} of the selected routes matches",
+            asked.join(" --topic "),
+            if to.is_some() {
+                "source partition"
+            } else {
+                "checkpointed partition"
+            }
+        ))
+        .into());
+    }
+    if rows.is_empty() {
+        println!(
+            "nothing checkpointed for {}: nothing to forget",
+            selected.join(", ")
+        );
+    } else {
+        print!(
+            "{}",
+            counts::render_table(
+                &["route", "source", "next offset now", "after reset"],
+                &rows
+            )
+        );
+    }
+    if !execute {
+        println!(
+            "preview only: nothing written to {}. Run again with --execute to apply",
+            store.describe()
+        );
+        return Ok(exit::OK);
     }
     cp.job = cfg.job.clone();
     cp.written_at = value::format_ms(value::now_ms());

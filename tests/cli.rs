@@ -467,7 +467,15 @@ fn verify_exits_1_when_the_target_lacks_records() {
         );
     }
     km(
-        &["checkpoints", "reset", "-c", s(&moved), "--route", "orders"],
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&moved),
+            "--route",
+            "orders",
+            "--execute",
+        ],
         Duration::from_secs(30),
     )
     .expect_code(EXIT_OK, "the reset the error message asks for");
@@ -862,7 +870,7 @@ fn usage_errors_exit_2_and_untrustworthy_checkpoints_exit_5() {
     // `checkpoints reset` without --to only forgets: it writes a valid, empty checkpoint
     // without connecting.
     km(
-        &["checkpoints", "reset", "-c", s(&a)],
+        &["checkpoints", "reset", "-c", s(&a), "--execute"],
         Duration::from_secs(10),
     )
     .expect_code(EXIT_OK, "checkpoints reset (forget)");
@@ -1242,4 +1250,113 @@ fn dev_cluster_sigterm_says_it_shuts_down() {
         "{err}"
     );
     assert!(!err.contains("checkpoint"), "{err}");
+}
+
+/// `checkpoints reset` shows old -> new per partition and writes nothing without
+/// --execute; --route and --topic T[:P,..] scope it; a bad --to, an unknown route and a
+/// --topic matching nothing are usage errors (exit 2) naming the flag.
+#[test]
+fn checkpoints_reset_previews_scopes_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:2"], &["orders:20"]);
+    let cfg = write(
+        dir.path(),
+        "reset.toml",
+        &mirror_config(dc.bootstrap(1), dc.bootstrap(2), ""),
+    );
+    km(
+        &["run", "--once", "--progress", "0", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "run --once");
+    let cp_file = dir.path().join("checkpoints/reset.checkpoint.json");
+    let before = fs::read_to_string(&cp_file).unwrap();
+    let offsets = |cfg: &Path| -> Vec<(String, i64)> {
+        let (_, rows) = shown_next_offsets(cfg);
+        rows.iter()
+            .map(|r| (col(r, "source").to_string(), num(r, "next offset")))
+            .collect()
+    };
+    assert_eq!(
+        offsets(&cfg),
+        vec![("src:orders/0".into(), 10), ("src:orders/1".into(), 10)]
+    );
+
+    // Preview: old -> new for each partition, nothing written.
+    let r = km(
+        &["checkpoints", "reset", "--to", "earliest", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_OK, "reset preview");
+    let rows = table(&r.stdout, "route");
+    assert_eq!(rows.len(), 2, "{}", r.stdout);
+    for row in &rows {
+        assert_eq!(col(row, "next offset now"), "10", "{row:?}");
+        assert_eq!(col(row, "after reset"), "0", "{row:?}");
+    }
+    assert!(r.stdout.contains("preview only"), "{}", r.stdout);
+    assert_eq!(
+        fs::read_to_string(&cp_file).unwrap(),
+        before,
+        "a preview writes nothing"
+    );
+
+    // --topic orders:1 --execute moves only partition 1.
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "--to",
+            "earliest",
+            "--topic",
+            "orders:1",
+            "--route",
+            "orders",
+            "--execute",
+            "-c",
+            s(&cfg),
+        ],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "scoped reset");
+    assert_eq!(
+        offsets(&cfg),
+        vec![("src:orders/0".into(), 10), ("src:orders/1".into(), 0)]
+    );
+    // Forgetting partition 0 only.
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "--topic",
+            "orders:0",
+            "--execute",
+            "-c",
+            s(&cfg),
+        ],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "scoped forget");
+    assert_eq!(offsets(&cfg), vec![("src:orders/1".into(), 0)]);
+
+    let after = fs::read_to_string(&cp_file).unwrap();
+    for (args, flag) in [
+        (&["--to", "bogus"][..], "--to"),
+        (&["--to", "-5"][..], "--to"),
+        (&["--route", "nope"][..], "--route"),
+        (&["--topic", "nope:0", "--to", "earliest"][..], "--topic"),
+        (&["--topic", "orders:x"][..], "--topic"),
+    ] {
+        let mut a = vec!["checkpoints", "reset", "--execute", "-c", s(&cfg)];
+        a.extend_from_slice(args);
+        let r = km(&a, Duration::from_secs(60));
+        r.expect_code(2, &format!("{args:?}"));
+        assert!(r.stderr.contains(flag), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("`start`"), "{args:?}: {}", r.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(&cp_file).unwrap(),
+        after,
+        "usage errors write nothing"
+    );
 }
