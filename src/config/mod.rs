@@ -8,6 +8,7 @@
 mod diag;
 pub mod filter;
 mod raw;
+mod schema;
 pub mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -338,6 +339,12 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let source = SourceText::new(path, text);
+        // Every shape problem at once, with key paths; serde would stop at the first.
+        let mut shape = Diagnostics::new(&source);
+        schema::check(&source.text, &mut shape);
+        if !shape.items.is_empty() {
+            return Err(ConfigError::Invalid(shape.items));
+        }
         let raw: RawConfig = toml::from_str(&source.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             ConfigError::Invalid(vec![Diagnostic {
