@@ -285,6 +285,11 @@ fn install_redacting_panic_hook() {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("<unnamed>");
         eprintln!("thread '{name}' {}", redact(&info.to_string()));
+        // Backtraces as std's own hook gives them (RUST_BACKTRACE), masked too.
+        let bt = std::backtrace::Backtrace::capture();
+        if bt.status() == std::backtrace::BacktraceStatus::Captured {
+            eprintln!("{}", redact(&bt.to_string()));
+        }
     }));
 }
 

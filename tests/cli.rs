@@ -1158,6 +1158,12 @@ fn secrets_from_env_never_appear_in_output_at_trace_level() {
             r#""sasl.jaas.config" = "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"${KMIRROR_TEST_SECRET}\";""#,
         ),
         (
+            // librdkafka's configuration dump at -vv quotes non-sensitive properties.
+            "librdkafka debug log",
+            r#""debug" = "conf,broker"
+"client.rack" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+        (
             "mistyped property",
             r#""sasl.pasword" = "${KMIRROR_TEST_SECRET}""#,
         ),
