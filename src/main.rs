@@ -669,7 +669,8 @@ fn reset_checkpoints(
             for r in &mut c.routes {
                 r.start = start.clone();
             }
-            let plan = plan::build(&c, None, CreateTopics::Never)?;
+            let plan = plan::build(&c, None, CreateTopics::Never)
+                .context("resolving --to on the source partitions")?;
             let now = value::format_ms(value::now_ms());
             if topics.is_empty() {
                 // The whole route is reset: partitions it no longer reads go too.

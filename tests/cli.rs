@@ -437,7 +437,7 @@ fn verify_exits_1_when_the_target_lacks_records() {
         &["verify", "-c", s(&restored), "--route", "nope"],
         Duration::from_secs(30),
     );
-    assert_ne!(bad.code, EXIT_OK, "verify --route nope must fail");
+    bad.expect_code(2, "verify --route nope is a usage error");
     assert!(bad.stderr.contains("route \"nope\""), "{}", bad.stderr);
 
     // The route now reads from another source cluster: the checkpoint's offsets mean nothing
