@@ -249,7 +249,7 @@ fn main() {
     let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", redact(&format!("{e:#}")));
+            eprintln!("error: {}", redact(&render_error(&e)));
             if e.is::<Usage>() {
                 exit::USAGE
             } else {
@@ -277,6 +277,24 @@ fn init_logging(verbose: u8, quiet: bool) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+}
+
+/// The error and its causes, joined by ": ", leaving out a cause whose text is already
+/// there: many errors quote their source (an OS error) in their own message, and anyhow's
+/// `{:#}` would print it twice.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// Panic messages can quote anything (a property value in an `expect`): masked like logs.

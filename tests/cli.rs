@@ -757,6 +757,38 @@ fn missing_routing_file_is_a_config_error() {
     );
 }
 
+/// An OS error under a kmirror error is printed once, not once per link of the chain
+/// (here: a checkpoint that cannot be read because its directory is under a file).
+#[test]
+fn os_errors_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "not-a-dir", "");
+    let cfg = write(
+        dir.path(),
+        "cp.toml",
+        &mirror_config("127.0.0.1:9", "127.0.0.1:9", "").replace(
+            "[checkpoints]",
+            &format!("[checkpoints]\ndir = \"{}/sub\"", s(&file)),
+        ),
+    );
+    let r = km(
+        &["checkpoints", "reset", "--execute", "-c", s(&cfg)],
+        Duration::from_secs(10),
+    );
+    r.expect_code(5, "checkpoint directory under a file");
+    assert!(
+        r.stderr.contains("cp.checkpoint.json: cannot"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("os error").count(),
+        1,
+        "the OS error is printed once: {}",
+        r.stderr
+    );
+}
+
 /// `check` changes nothing: a missing target topic under create_target_topics is reported
 /// as what `run` will create, not created (the mock refuses CreateTopics, so an attempt
 /// would fail the check); `check --create-topics` does attempt it.
