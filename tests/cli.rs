@@ -1008,6 +1008,8 @@ fn http_junk_port() -> u16 {
 fn unreachable_or_non_kafka_cluster_exits_4_in_bounded_time() {
     let dir = tempfile::tempdir().unwrap();
     let dc = DevCluster::start(dir.path(), 1, 1, &["orders:2"], &[]);
+    // Accepts connections (the kernel does, from the backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     // Each failure names its cause, found by kmirror's own probe (librdkafka says
     // BrokerTransportFailure to all of them).
     let cases = [
@@ -1025,6 +1027,11 @@ fn unreachable_or_non_kafka_cluster_exits_4_in_bounded_time() {
             "unresolvable name",
             "nonexistent.invalid:9092".to_string(),
             "the name does not resolve",
+        ),
+        (
+            "silent listener",
+            format!("127.0.0.1:{}", silent.local_addr().unwrap().port()),
+            "accepted the connection but sent nothing back",
         ),
     ];
     for (what, addr, cause) in &cases {
