@@ -16,13 +16,15 @@ use crate::config::ClusterConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("cluster \"{cluster}\" ({bootstrap}): no Kafka broker answered within {timeout:?}: {detail}. Is the address right, is it a Kafka listener, and are security settings ({security}) right?")]
+    #[error("cluster \"{cluster}\" ({bootstrap}): no Kafka broker answered within {timeout:?}: {cause} ({detail})")]
     Unreachable {
         cluster: String,
         bootstrap: String,
         timeout: Duration,
+        /// What kmirror's own probe of the bootstrap addresses found (see `probe`).
+        cause: String,
+        /// librdkafka's word and the security settings in use.
         detail: String,
-        security: String,
     },
     #[error("cluster \"{cluster}\": cannot create a client: {detail}")]
     Client { cluster: String, detail: String },
@@ -58,7 +60,7 @@ pub enum ClusterError {
         what: String,
         detail: String,
     },
-    #[error("cluster \"{cluster}\" topic \"{topic}\" partition {partition}: the broker cannot look up offsets by timestamp (it answered -1 for {ts} although the partition holds a record at offset {offset} with timestamp {record_ts}); refusing to guess the range. Use an offset or \"earliest\" for `start` on this cluster")]
+    #[error("cluster \"{cluster}\" topic \"{topic}\" partition {partition}: the broker cannot look up offsets by timestamp (it answered -1 for {ts} although the partition holds a record at offset {offset} with timestamp {record_ts}); refusing to guess the range. Use an offset or \"earliest\" for `start`/`end` on this cluster, and select by time with a `filter = {{ timestamp_from = ..., timestamp_to = ... }}`, which reads record timestamps and works on any broker")]
     TimestampUnsupported {
         cluster: String,
         topic: String,
@@ -111,6 +113,35 @@ impl ClientContext for QuietContext {
 
 impl ConsumerContext for QuietContext {}
 
+/// Why a client could not be created, never quoting a property value: rdkafka's own
+/// Display of a configuration error ends with the value, which may be a password (a
+/// mistyped `sasl.pasword` too). What is left still passes through `redact`, because
+/// librdkafka's description may quote the value as well.
+pub fn client_error_detail(e: &KafkaError) -> String {
+    let text = match e {
+        KafkaError::ClientConfig(_, desc, key, _value) => {
+            format!(
+                "librdkafka refused property \"{key}\": {}",
+                withhold_quoted_value(desc.trim())
+            )
+        }
+        other => other.to_string(),
+    };
+    crate::redact::redact(&text).into_owned()
+}
+
+/// `Invalid value "X" for configuration property "P"` -> the same without X: the value
+/// is the user's own and may be a secret the registry does not know (a literal in the file).
+fn withhold_quoted_value(desc: &str) -> String {
+    match desc.split_once("Invalid value \"") {
+        Some((before, rest)) => match rest.rfind("\" for configuration property") {
+            Some(end) => format!("{before}invalid value (withheld){}", &rest[end + 1..]),
+            None => format!("{before}invalid value (withheld)"),
+        },
+        None => desc.to_string(),
+    }
+}
+
 /// The librdkafka settings every client for `cluster` starts from.
 pub fn base_config(cluster: &ClusterConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -127,7 +158,7 @@ fn security(cluster: &ClusterConfig) -> String {
     format!(
         "security.protocol={}",
         cluster
-            .properties
+            .redacted_properties()
             .get("security.protocol")
             .map(String::as_str)
             .unwrap_or("plaintext")
@@ -156,7 +187,7 @@ pub fn consumer(
     })
     .map_err(|e| ClusterError::Client {
         cluster: cluster.name.clone(),
-        detail: e.to_string(),
+        detail: client_error_detail(&e),
     })
 }
 
@@ -173,8 +204,12 @@ pub fn metadata<C: ConsumerContext>(
             cluster: cluster.name.clone(),
             bootstrap: cluster.bootstrap.clone(),
             timeout,
-            detail: e.to_string(),
-            security: security(cluster),
+            cause: probe(cluster, timeout),
+            detail: format!(
+                "librdkafka: {}; security settings: {}",
+                crate::redact::redact(&e.to_string()),
+                security(cluster)
+            ),
         })
         .and_then(|m| {
             if m.brokers().is_empty() {
@@ -182,13 +217,124 @@ pub fn metadata<C: ConsumerContext>(
                     cluster: cluster.name.clone(),
                     bootstrap: cluster.bootstrap.clone(),
                     timeout,
-                    detail: "metadata listed no brokers".into(),
-                    security: security(cluster),
+                    cause: "the broker answered with metadata that lists no brokers".into(),
+                    detail: format!("security settings: {}", security(cluster)),
                 })
             } else {
                 Ok(m)
             }
         })
+}
+
+/// Why nothing answered, found by kmirror itself: librdkafka says only
+/// "BrokerTransportFailure" whether the name does not resolve, the port is closed, nothing
+/// answers, or a server that is not Kafka (an HTTP server, say) answered. Each bootstrap
+/// address is resolved and connected to (bounded), and on a plaintext listener sent a
+/// Kafka ApiVersions request whose reply framing is checked.
+pub fn probe(cluster: &ClusterConfig, timeout: Duration) -> String {
+    let protocol = cluster
+        .properties
+        .get("security.protocol")
+        .map(|p| p.to_ascii_lowercase())
+        .unwrap_or_else(|| "plaintext".into());
+    let tls = protocol.contains("ssl");
+    let step = timeout.clamp(Duration::from_millis(200), Duration::from_secs(2));
+    let servers: Vec<&str> = cluster
+        .bootstrap
+        .split(',')
+        .map(str::trim)
+        .take(3)
+        .collect();
+    let mut found = Vec::new();
+    for server in &servers {
+        let addr = server.rsplit("://").next().unwrap_or(server);
+        if servers.len() == 1 {
+            found.push(probe_one(addr, tls, step));
+        } else {
+            found.push(format!("{addr}: {}", probe_one(addr, tls, step)));
+        }
+    }
+    found.join("; ")
+}
+
+fn probe_one(addr: &str, tls: bool, step: Duration) -> String {
+    use std::io::{ErrorKind, Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    let addrs: Vec<_> = match addr.to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return format!("the name does not resolve ({e})"),
+    };
+    let Some(first) = addrs.first() else {
+        return "the name resolves to no address".into();
+    };
+    let mut stream = match TcpStream::connect_timeout(first, step) {
+        Ok(s) => s,
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+            return format!("connection refused at {first} (nothing listens on that port)")
+        }
+        Err(e) if e.kind() == ErrorKind::TimedOut || e.kind() == ErrorKind::WouldBlock => {
+            return format!(
+                "no answer from {first} within {step:?} (a firewall dropping packets, or a host that is down?)"
+            )
+        }
+        Err(e) => return format!("cannot connect to {first}: {e}"),
+    };
+    if tls {
+        return format!(
+            "a TCP connection to {first} opens; the failure is after it (TLS or SASL settings, or the broker's advertised listeners)"
+        );
+    }
+    // ApiVersions v0: size, api_key 18, api_version 0, correlation id, client id.
+    let client = b"kmirror-probe";
+    let mut req = Vec::new();
+    let body_len = 2 + 2 + 4 + 2 + client.len();
+    req.extend_from_slice(&(body_len as i32).to_be_bytes());
+    req.extend_from_slice(&18i16.to_be_bytes());
+    req.extend_from_slice(&0i16.to_be_bytes());
+    req.extend_from_slice(&0x6b6d_6972i32.to_be_bytes());
+    req.extend_from_slice(&(client.len() as i16).to_be_bytes());
+    req.extend_from_slice(client);
+    let _ = stream.set_read_timeout(Some(step));
+    let _ = stream.set_write_timeout(Some(step));
+    if let Err(e) = stream.write_all(&req) {
+        return format!("{first} accepted the connection, then failed a write: {e}");
+    }
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        match stream.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => break,
+        }
+    }
+    if got == 0 {
+        return format!(
+            "{first} accepted the connection but sent nothing back to a Kafka request (not a Kafka listener, or one that expects TLS/SASL?)"
+        );
+    }
+    let size = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+    let correlation = i32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+    if got == head.len() && (6..=1 << 20).contains(&size) && correlation == 0x6b6d_6972 {
+        return format!(
+            "a Kafka broker answers at {first}; the failure is after the first request (the broker's advertised listeners, or security settings)"
+        );
+    }
+    let text: String = String::from_utf8_lossy(&head[..got])
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '.'
+            }
+        })
+        .collect();
+    if text.starts_with("HTTP") {
+        format!("an HTTP server answered at {first}, not Kafka (it replied \"{text}...\")")
+    } else {
+        format!("a server that is not Kafka answered at {first} (its reply begins \"{text}\")")
+    }
 }
 
 /// Partition count of `topic`, or None if it does not exist.
@@ -384,7 +530,7 @@ pub fn create_topic(
         .create_with_context(QuietContext {
             cluster: cluster.name.clone(),
         })
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(client_error_detail(&e)))?;
     // -1: the broker's default replication factor (KIP-464).
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(-1));
     let opts = AdminOptions::new()

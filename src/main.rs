@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use kmirror::checkpoint::{
@@ -16,6 +16,7 @@ use kmirror::config::{value, Config, StartPosition};
 use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
 use kmirror::plan::{self, CreateTopics};
+use kmirror::redact::redact;
 use kmirror::{counts, demo, dev_cluster, verify};
 
 #[derive(Parser)]
@@ -43,14 +44,20 @@ struct Cli {
 enum Command {
     /// Validate the routing file, connect, and print the plan (one line per source partition).
     Check {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
-        /// Validate the file only; do not connect.
+        /// Validate the file only; do not connect. Unset `${ENV}` variables are warnings.
         #[arg(long)]
         offline: bool,
+        /// Also create missing target topics (routes with create_target_topics). Without
+        /// it `check` changes nothing; `run` creates them.
+        #[arg(long, conflicts_with = "offline")]
+        create_topics: bool,
     },
     /// Copy until every route reaches its `end` (none = forever), or SIGINT/SIGTERM.
     Run {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// Treat every route as end = "snapshot": copy what is there now, then exit.
@@ -62,6 +69,7 @@ enum Command {
     },
     /// Read the copied ranges on both sides and compare them record by record.
     Verify {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// Only this route.
@@ -107,21 +115,99 @@ enum Command {
 enum CheckpointAction {
     /// Print the checkpoint of the routing file's job.
     Show {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
     },
     /// Move checkpoints: forget them (next run starts at `start`), or set them --to a position.
+    ///
+    /// Shows what would change (old -> new per partition) and writes nothing unless
+    /// --execute is given, like kafka-consumer-groups --reset-offsets.
     Reset {
+        /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
         /// Only this route (default: all routes).
         #[arg(long)]
         route: Option<String>,
+        /// Only this topic, or these partitions of it: TOPIC or TOPIC:0,1 (repeatable).
+        #[arg(long = "topic", value_parser = parse_topic_scope)]
+        topics: Vec<TopicScope>,
         /// earliest | latest | OFFSET | RFC 3339 TIMESTAMP (default: forget).
+        #[arg(long, value_parser = parse_reset_to, allow_hyphen_values = true)]
+        to: Option<StartPosition>,
+        /// Write the new checkpoint; without it the reset is only shown.
         #[arg(long)]
-        to: Option<String>,
+        execute: bool,
     },
 }
+
+/// `--topic TOPIC[:P,P...]` of `checkpoints reset`: a topic, and optionally partitions.
+#[derive(Clone, Debug)]
+struct TopicScope {
+    topic: String,
+    partitions: Option<Vec<i32>>,
+}
+
+fn parse_topic_scope(s: &str) -> Result<TopicScope, String> {
+    let (topic, parts) = match s.rsplit_once(':') {
+        Some((t, p)) => (t, Some(p)),
+        None => (s, None),
+    };
+    if !kmirror::config::valid_topic(topic) {
+        return Err(format!(
+            "\"{topic}\" is not a topic name (expected TOPIC or TOPIC:0,1)"
+        ));
+    }
+    let partitions = match parts {
+        None => None,
+        Some(p) => Some(
+            p.split(',')
+                .map(|n| {
+                    n.trim()
+                        .parse::<i32>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| {
+                            format!(
+                                "\"{n}\" is not a partition number (expected TOPIC or TOPIC:0,1)"
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    Ok(TopicScope {
+        topic: topic.to_string(),
+        partitions,
+    })
+}
+
+fn parse_reset_to(s: &str) -> Result<StartPosition, String> {
+    match s {
+        "earliest" => Ok(StartPosition::Earliest),
+        "latest" => Ok(StartPosition::Latest),
+        t if t.parse::<i64>().is_ok() => match t.parse::<i64>() {
+            Ok(o) if o >= 0 => Ok(StartPosition::Offset(o)),
+            _ => Err(format!("offset {t} is negative")),
+        },
+        t => value::parse_timestamp_ms(t)
+            .map(StartPosition::Timestamp)
+            .map_err(|m| format!("{m}; or use earliest, latest or an offset")),
+    }
+}
+
+/// A usage error found after parsing (an unknown route): exit 2 like clap's own.
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
 
 fn parse_topic_spec(s: &str) -> Result<(String, i32), String> {
     let (t, p) = s
@@ -162,11 +248,16 @@ fn main() {
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    install_redacting_panic_hook();
     let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            exit_code(&e)
+            eprintln!("error: {}", redact(&render_error(&e)));
+            if e.is::<Usage>() {
+                exit::USAGE
+            } else {
+                exit_code(&e)
+            }
         }
     };
     std::process::exit(code);
@@ -183,14 +274,49 @@ fn init_logging(verbose: u8, quiet: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Every log line (librdkafka's included, which may quote configuration values at
+        // -vv) is masked before it reaches stderr.
+        .with_writer(kmirror::redact::RedactingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
 }
 
-/// Raises the flag on SIGINT or SIGTERM; a second signal exits at once.
-fn stop_on_signal() -> Arc<AtomicBool> {
+/// The error and its causes, joined by ": ", leaving out a cause whose text is already
+/// there: many errors quote their source (an OS error) in their own message, and anyhow's
+/// `{:#}` would print it twice.
+fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+/// Panic messages can quote anything (a property value in an `expect`): masked like logs.
+fn install_redacting_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        eprintln!("thread '{name}' {}", redact(&info.to_string()));
+        // Backtraces as std's own hook gives them (RUST_BACKTRACE), masked too.
+        let bt = std::backtrace::Backtrace::capture();
+        if bt.status() == std::backtrace::BacktraceStatus::Captured {
+            eprintln!("{}", redact(&bt.to_string()));
+        }
+    }));
+}
+
+/// Raises the flag on SIGINT or SIGTERM, logging `stopping` (what the command does now);
+/// a second signal exits at once.
+fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     std::thread::Builder::new()
@@ -213,7 +339,7 @@ fn stop_on_signal() -> Arc<AtomicBool> {
                         eprintln!("second signal: exiting without waiting");
                         std::process::exit(130);
                     }
-                    tracing::warn!("stopping: no new reads; waiting for in-flight deliveries, then writing the final checkpoint");
+                    tracing::warn!("stopping: {stopping}");
                     flag.store(true, Ordering::Relaxed);
                 }
             });
@@ -228,7 +354,11 @@ fn load(path: &Path) -> Result<Config> {
 
 fn dispatch(cmd: Command) -> Result<i32> {
     match cmd {
-        Command::Check { config, offline } => check(&config, offline),
+        Command::Check {
+            config,
+            offline,
+            create_topics,
+        } => check(&config, offline, create_topics),
         Command::Run {
             config,
             once,
@@ -241,9 +371,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
-                if cfg.route(r).is_none() {
-                    bail!("route \"{r}\" is not in {}", config.display());
-                }
+                check_route(&cfg, r)?;
             }
             let store = FileStore::new(cfg.checkpoint_file());
             let report = verify::verify(&cfg, &store, route.as_deref(), fail_on_duplicates)?;
@@ -258,8 +386,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
             action: CheckpointAction::Show { config },
         } => show_checkpoints(&config),
         Command::Checkpoints {
-            action: CheckpointAction::Reset { config, route, to },
-        } => reset_checkpoints(&config, route.as_deref(), to.as_deref()),
+            action:
+                CheckpointAction::Reset {
+                    config,
+                    route,
+                    topics,
+                    to,
+                    execute,
+                },
+        } => reset_checkpoints(&config, route.as_deref(), &topics, to, execute),
         Command::Demo { records } => {
             let ok = demo::run(records, &mut std::io::stdout())?;
             Ok(if ok { exit::OK } else { exit::MISMATCH })
@@ -270,7 +405,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             topics,
             seeds,
         } => {
-            let stop = stop_on_signal();
+            let stop = stop_on_signal("shutting the in-memory clusters down");
             let dc = dev_cluster::DevClusters::start(clusters, brokers, &topics)
                 .map_err(anyhow::Error::msg)?;
             for (topic, count) in &seeds {
@@ -308,13 +443,31 @@ fn dispatch(cmd: Command) -> Result<i32> {
     }
 }
 
-fn check(path: &Path, offline: bool) -> Result<i32> {
-    let cfg = load(path)?;
+fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
+    let cfg = if offline {
+        // Offline validation runs where the secrets are not (a CI job, a laptop): an unset
+        // variable is a warning, and a placeholder stands in for it.
+        let unset = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let cfg = Config::load_with_env(path, &|k| {
+            std::env::var(k).ok().or_else(|| {
+                unset.borrow_mut().insert(k.to_string());
+                Some(format!("unset-{k}:0"))
+            })
+        })?;
+        for k in unset.borrow().iter() {
+            tracing::warn!("environment variable `{k}` is not set; checked with a placeholder (`run` and online `check` refuse it)");
+        }
+        cfg
+    } else {
+        load(path)?
+    };
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
-        "{}: routing file OK ({} routes, {} clusters; job \"{}\", checkpoints in {})",
+        "{}: routing file OK ({}, {}; job \"{}\", checkpoints in {})",
         path.display(),
-        cfg.routes.len(),
-        cfg.clusters.len(),
+        plural(cfg.routes.len(), "route", "routes"),
+        plural(cfg.clusters.len(), "cluster", "clusters"),
         cfg.job,
         cfg.checkpoint_file().display()
     );
@@ -332,7 +485,14 @@ fn check(path: &Path, offline: bool) -> Result<i32> {
     }
     let store = FileStore::new(cfg.checkpoint_file());
     let cp = copy::load_checkpoint(&cfg, &store)?;
-    let plan = plan::build(&cfg, cp.as_ref(), CreateTopics::AsConfigured)?;
+    // `check` changes nothing unless asked: missing target topics are reported in the plan,
+    // and created by `run` (or `check --create-topics`).
+    let create = if create_topics {
+        CreateTopics::AsConfigured
+    } else {
+        CreateTopics::Never
+    };
+    let plan = plan::build(&cfg, cp.as_ref(), create)?;
     print!("{}", plan.render());
     Ok(exit::OK)
 }
@@ -341,7 +501,9 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     let cfg = load(path)?;
     // Held until this function returns: one process per job, for the whole run.
     let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
-    let stop = stop_on_signal();
+    let stop = stop_on_signal(
+        "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
+    );
     let store = FileStore::new(cfg.checkpoint_file());
     let opts = RunOptions {
         once,
@@ -368,7 +530,7 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         );
     }
     for (src, why) in &report.halted {
-        eprintln!("halted {src}: {why}");
+        eprintln!("halted {src}: {}", redact(why));
     }
     Ok(if report.halted.is_empty() && report.totals.failed == 0 {
         exit::OK
@@ -453,15 +615,47 @@ fn show_checkpoints(path: &Path) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Result<i32> {
+/// `--route R` must name a route of the file: a usage error (exit 2) otherwise.
+fn check_route(cfg: &Config, route: &str) -> Result<()> {
+    if cfg.route(route).is_none() {
+        let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();
+        return Err(Usage(format!(
+            "--route: route \"{route}\" is not in {} (its routes: {})",
+            cfg.path.display(),
+            names.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn reset_checkpoints(
+    path: &Path,
+    route: Option<&str>,
+    topics: &[TopicScope],
+    to: Option<StartPosition>,
+    execute: bool,
+) -> Result<i32> {
     let cfg = load(path)?;
     if let Some(r) = route {
-        if cfg.route(r).is_none() {
-            bail!("route \"{r}\" is not in {}", path.display());
-        }
+        check_route(&cfg, r)?;
     }
-    // A reset under a live run would be overwritten by its next checkpoint.
-    let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
+    // A reset under a live run would be overwritten by its next checkpoint; a preview only
+    // reads (the checkpoint is replaced atomically) and needs no lock.
+    let _lock = if execute {
+        Some(JobLock::acquire(&JobLock::path_for(&cfg))?)
+    } else {
+        None
+    };
+    let in_scope = |topic: &str, partition: i32| {
+        topics.is_empty()
+            || topics.iter().any(|s| {
+                s.topic == topic
+                    && s.partitions
+                        .as_ref()
+                        .is_none_or(|ps| ps.contains(&partition))
+            })
+    };
     let store = FileStore::new(cfg.checkpoint_file());
     let selected: Vec<String> = cfg
         .routes
@@ -483,36 +677,68 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
         }
         None => kmirror::checkpoint::Checkpoint::new(&cfg.job),
     };
-    match to {
+    let old = cp.clone();
+    let was = |r: &str, topic: &str, p: i32| {
+        old.get(r, topic, p)
+            .map(|c| c.next_offset.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    // (route, source partition, checkpoint now, after the reset)
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    match &to {
         None => {
             for r in &selected {
-                cp.routes.remove(r);
+                let Some(rc) = cp.routes.get_mut(r) else {
+                    continue;
+                };
+                let source = rc.source_cluster.clone();
+                rc.partitions.retain(|key, p| {
+                    let Some((topic, partition)) = kmirror::checkpoint::parse_partition_key(key)
+                    else {
+                        return true;
+                    };
+                    if !in_scope(topic, partition) {
+                        return true;
+                    }
+                    rows.push(vec![
+                        r.clone(),
+                        format!("{source}:{key}"),
+                        p.next_offset.to_string(),
+                        "forgotten (starts at `start`)".into(),
+                    ]);
+                    false
+                });
+                if rc.partitions.is_empty() {
+                    cp.routes.remove(r);
+                }
             }
-            println!(
-                "forgot checkpoints of {}: the next run starts at each route's `start`",
-                selected.join(", ")
-            );
         }
-        Some(to) => {
-            let start = match to {
-                "earliest" => StartPosition::Earliest,
-                "latest" => StartPosition::Latest,
-                t if t.parse::<i64>().is_ok_and(|o| o >= 0) => StartPosition::Offset(t.parse()?),
-                t => StartPosition::Timestamp(value::parse_timestamp_ms(t).map_err(|m| {
-                    anyhow::anyhow!("--to {m} (or use earliest, latest or an offset)")
-                })?),
-            };
+        Some(start) => {
             let mut c = cfg.clone();
             c.routes.retain(|r| selected.contains(&r.name));
             for r in &mut c.routes {
                 r.start = start.clone();
             }
-            let plan = plan::build(&c, None, CreateTopics::Never)?;
+            let plan = plan::build(&c, None, CreateTopics::Never)
+                .context("resolving --to on the source partitions")?;
             let now = value::format_ms(value::now_ms());
-            for r in &selected {
-                cp.routes.remove(r);
+            if topics.is_empty() {
+                // The whole route is reset: partitions it no longer reads go too.
+                for r in &selected {
+                    cp.routes.remove(r);
+                }
             }
-            for t in &plan.tasks {
+            for t in plan
+                .tasks
+                .iter()
+                .filter(|t| in_scope(&t.topic, t.partition))
+            {
+                rows.push(vec![
+                    t.route_name.clone(),
+                    t.source_label(),
+                    was(&t.route_name, &t.topic, t.partition),
+                    t.start.to_string(),
+                ]);
                 let rc = cp.routes.entry(t.route_name.clone()).or_default();
                 rc.source_cluster = t.source_cluster.clone();
                 rc.partitions.insert(
@@ -527,9 +753,55 @@ fn reset_checkpoints(path: &Path, route: Option<&str>, to: Option<&str>) -> Resu
                         updated_at: now.clone(),
                     },
                 );
-                println!("{} {} -> {}", t.route_name, t.source_label(), t.start);
             }
         }
+    }
+    if rows.is_empty() && !topics.is_empty() {
+        let asked: Vec<String> = topics
+            .iter()
+            .map(|s| match &s.partitions {
+                Some(p) => format!(
+                    "{}:{}",
+                    s.topic,
+                    p.iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                None => s.topic.clone(),
+            })
+            .collect();
+        return Err(Usage(format!(
+            "--topic {}: no {} of the selected routes matches",
+            asked.join(" --topic "),
+            if to.is_some() {
+                "source partition"
+            } else {
+                "checkpointed partition"
+            }
+        ))
+        .into());
+    }
+    if rows.is_empty() {
+        println!(
+            "nothing checkpointed for {}: nothing to forget",
+            selected.join(", ")
+        );
+    } else {
+        print!(
+            "{}",
+            counts::render_table(
+                &["route", "source", "next offset now", "after reset"],
+                &rows
+            )
+        );
+    }
+    if !execute {
+        println!(
+            "preview only: nothing written to {}. Run again with --execute to apply",
+            store.describe()
+        );
+        return Ok(exit::OK);
     }
     cp.job = cfg.job.clone();
     cp.written_at = value::format_ms(value::now_ms());

@@ -93,6 +93,8 @@ pub struct Plan {
     pub tasks: Vec<TaskPlan>,
     /// Target topics created by this plan (create_target_topics).
     pub created_topics: Vec<(String, String)>,
+    /// Target topics missing that `run` would create (planned with `CreateTopics::Never`).
+    pub topics_to_create: Vec<(String, String)>,
 }
 
 /// How planning treats missing target topics.
@@ -100,7 +102,7 @@ pub struct Plan {
 pub enum CreateTopics {
     /// Create them where `create_target_topics` says so.
     AsConfigured,
-    /// Only report what would be created (used by `check --dry-run`).
+    /// Only report what would be created (`check`, `checkpoints reset`: they change nothing).
     Never,
 }
 
@@ -139,6 +141,7 @@ pub fn build(
     let mut tasks = Vec::new();
     let mut target_highs_cache: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
     let mut created = Vec::new();
+    let mut to_create = Vec::new();
     let now = value::now_ms();
     for (ri, route) in config.routes.iter().enumerate() {
         if let Some(dl) = &route.dead_letter {
@@ -150,7 +153,13 @@ pub fn build(
                         .get_mut(&dl.cluster)
                         .expect("fetched")
                         .insert(dl.topic.clone(), 1);
-                } else if !route.create_target_topics {
+                } else if route.create_target_topics {
+                    to_create.push((dl.cluster.clone(), dl.topic.clone()));
+                    metadata
+                        .get_mut(&dl.cluster)
+                        .expect("fetched")
+                        .insert(dl.topic.clone(), 1);
+                } else {
                     return Err(ClusterError::TopicMissing {
                         cluster: dl.cluster.clone(),
                         topic: dl.topic.clone(),
@@ -221,7 +230,19 @@ pub fn build(
                         .insert(target_topic.clone(), partitions);
                     partitions
                 }
-                None if route.create_target_topics => partitions,
+                None if route.create_target_topics => {
+                    to_create.push((route.target.clone(), target_topic.clone()));
+                    // Not there yet: nothing written, and nothing to look up.
+                    target_highs_cache.insert(
+                        (route.target.clone(), target_topic.clone()),
+                        vec![0; partitions],
+                    );
+                    metadata
+                        .get_mut(&route.target)
+                        .expect("target metadata fetched")
+                        .insert(target_topic.clone(), partitions);
+                    partitions
+                }
                 None => {
                     return Err(ClusterError::TopicMissing {
                         cluster: route.target.clone(),
@@ -358,7 +379,7 @@ pub fn build(
                     let detail = match start_from {
                         StartFrom::Config => format!("it is beyond the end of the partition ({high})"),
                         StartFrom::Checkpoint => format!(
-                            "the checkpoint is beyond the end of the partition ({high}): the source log was truncated or recreated; reset the checkpoint (`kmirror checkpoints reset`) after checking what happened"
+                            "the checkpoint is beyond the end of the partition ({high}): the source log was truncated or recreated; reset the checkpoint (`kmirror checkpoints reset`, then again with `--execute`) after checking what happened"
                         ),
                     };
                     return Err(ClusterError::Lookup {
@@ -418,6 +439,7 @@ pub fn build(
     Ok(Plan {
         tasks,
         created_topics: created,
+        topics_to_create: to_create,
     })
 }
 
@@ -464,6 +486,12 @@ impl Plan {
         );
         for (c, t) in &self.created_topics {
             let _ = writeln!(out, "created target topic {c}:{t}");
+        }
+        for (c, t) in &self.topics_to_create {
+            let _ = writeln!(
+                out,
+                "target topic {c}:{t} does not exist: `run` will create it (create_target_topics)"
+            );
         }
         out
     }

@@ -437,7 +437,7 @@ fn verify_exits_1_when_the_target_lacks_records() {
         &["verify", "-c", s(&restored), "--route", "nope"],
         Duration::from_secs(30),
     );
-    assert_ne!(bad.code, EXIT_OK, "verify --route nope must fail");
+    bad.expect_code(2, "verify --route nope is a usage error");
     assert!(bad.stderr.contains("route \"nope\""), "{}", bad.stderr);
 
     // The route now reads from another source cluster: the checkpoint's offsets mean nothing
@@ -467,7 +467,15 @@ fn verify_exits_1_when_the_target_lacks_records() {
         );
     }
     km(
-        &["checkpoints", "reset", "-c", s(&moved), "--route", "orders"],
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&moved),
+            "--route",
+            "orders",
+            "--execute",
+        ],
         Duration::from_secs(30),
     )
     .expect_code(EXIT_OK, "the reset the error message asks for");
@@ -592,7 +600,7 @@ fn a_live_run_holds_the_job_lock_against_a_second_run_and_reset_until_killed() {
         .to_string();
     for cmd in [
         &["run", "--once", "--progress", "0"][..],
-        &["checkpoints", "reset"][..],
+        &["checkpoints", "reset", "--execute"][..],
     ] {
         let mut args = cmd.to_vec();
         args.extend(["-c", s(&cfg)]);
@@ -692,7 +700,10 @@ fn an_unwritable_checkpoint_directory_exits_70_before_copying() {
             "[checkpoints]\ndir = \"state/checkpoints\"\n",
         ),
     );
-    for cmd in [&["run", "--once"][..], &["checkpoints", "reset"][..]] {
+    for cmd in [
+        &["run", "--once"][..],
+        &["checkpoints", "reset", "--execute"][..],
+    ] {
         let mut args = cmd.to_vec();
         args.extend(["-c", s(&cfg)]);
         let r = km(&args, Duration::from_secs(30));
@@ -873,6 +884,132 @@ fn missing_routing_file_is_a_config_error() {
         "{}",
         r.stderr
     );
+    assert_eq!(
+        r.stderr.matches("No such file or directory").count(),
+        1,
+        "the OS error is printed once: {}",
+        r.stderr
+    );
+}
+
+/// An OS error under a kmirror error is printed once, not once per link of the chain
+/// (here: a checkpoint that cannot be read because its directory is under a file).
+#[test]
+fn os_errors_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "not-a-dir", "");
+    let cfg = write(
+        dir.path(),
+        "cp.toml",
+        &mirror_config("127.0.0.1:9", "127.0.0.1:9", "").replace(
+            "[checkpoints]",
+            &format!("[checkpoints]\ndir = \"{}/sub\"", s(&file)),
+        ),
+    );
+    let r = km(
+        &["checkpoints", "reset", "-c", s(&cfg)],
+        Duration::from_secs(10),
+    );
+    r.expect_code(70, "checkpoint directory under a file (an I/O error)");
+    assert!(
+        r.stderr.contains("cp.checkpoint.json: cannot"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("os error").count(),
+        1,
+        "the OS error is printed once: {}",
+        r.stderr
+    );
+}
+
+/// `check` changes nothing: a missing target topic under create_target_topics is reported
+/// as what `run` will create, not created (the mock refuses CreateTopics, so an attempt
+/// would fail the check); `check --create-topics` does attempt it.
+#[test]
+fn check_does_not_create_target_topics_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:2"], &[]);
+    let cfg = write(
+        dir.path(),
+        "create.toml",
+        &mirror_config(
+            dc.bootstrap(1),
+            dc.bootstrap(2),
+            "target_topic = \"orders.copy\"\ncreate_target_topics = true",
+        ),
+    );
+    let r = km(&["check", "-c", s(&cfg)], Duration::from_secs(60));
+    r.expect_code(EXIT_OK, "check with a missing target topic to create");
+    assert!(
+        r.stdout
+            .contains("target topic dst:orders.copy does not exist: `run` will create it"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("created target topic"), "{}", r.stdout);
+    assert!(r.stdout.contains("(1 route, 2 clusters;"), "{}", r.stdout);
+    let r = km(
+        &["check", "--create-topics", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_CLUSTER, "check --create-topics against the mock");
+    assert!(
+        r.stderr
+            .contains("cluster \"dst\": cannot create topic \"orders.copy\""),
+        "{}",
+        r.stderr
+    );
+}
+
+/// `check --offline` validates where the secrets are not: an unset `${ENV}` is a warning.
+/// Online `check` still refuses it. Every `-c` has help text.
+#[test]
+fn offline_check_warns_about_unset_env_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "env.toml",
+        &mirror_config("${KMIRROR_UNSET_BROKERS}", "127.0.0.1:9", "").replace(
+            "[clusters.dst]",
+            "[clusters.src.properties]\n\"sasl.password\" = \"${KMIRROR_UNSET_PW}\"\n[clusters.dst]",
+        ),
+    );
+    let r = km(
+        &["check", "--offline", "-c", s(&cfg)],
+        Duration::from_secs(10),
+    );
+    r.expect_code(EXIT_OK, "offline check with unset variables");
+    for v in ["KMIRROR_UNSET_BROKERS", "KMIRROR_UNSET_PW"] {
+        assert!(
+            r.stderr
+                .contains(&format!("environment variable `{v}` is not set")),
+            "{v}: {}",
+            r.stderr
+        );
+    }
+    let r = km(&["check", "-c", s(&cfg)], Duration::from_secs(10));
+    r.expect_code(EXIT_CONFIG, "online check with unset variables");
+    for cmd in [
+        &["check"][..],
+        &["run"],
+        &["verify"],
+        &["checkpoints", "show"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let r = km(&args, Duration::from_secs(10));
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("-c, --config <CONFIG>"))
+            .unwrap_or_else(|| panic!("{cmd:?} --help: {}", r.stdout));
+        assert!(
+            line.contains("routing file"),
+            "{cmd:?}: -c has help text: {line}"
+        );
+    }
 }
 
 /// Exit 2 for usage errors and 5 for a checkpoint that cannot be trusted (truncated, not a
@@ -900,7 +1037,7 @@ fn usage_errors_exit_2_and_untrustworthy_checkpoints_exit_5() {
     // `checkpoints reset` without --to only forgets: it writes a valid, empty checkpoint
     // without connecting.
     km(
-        &["checkpoints", "reset", "-c", s(&a)],
+        &["checkpoints", "reset", "-c", s(&a), "--execute"],
         Duration::from_secs(10),
     )
     .expect_code(EXIT_OK, "checkpoints reset (forget)");
@@ -936,7 +1073,7 @@ fn usage_errors_exit_2_and_untrustworthy_checkpoints_exit_5() {
             &["run", "--once"][..],
             &["verify"][..],
             &["checkpoints", "show"][..],
-            &["checkpoints", "reset"][..],
+            &["checkpoints", "reset", "--execute"][..],
         ] {
             let mut args = cmd.to_vec();
             args.extend(["-c", s(&a)]);
@@ -956,7 +1093,10 @@ fn usage_errors_exit_2_and_untrustworthy_checkpoints_exit_5() {
     }
     // Another job's checkpoint copied into place is refused too.
     fs::write(cp_dir.join("b.checkpoint.json"), &good).unwrap();
-    for cmd in [&["run", "--once"][..], &["checkpoints", "reset"][..]] {
+    for cmd in [
+        &["run", "--once"][..],
+        &["checkpoints", "reset", "--execute"][..],
+    ] {
         let mut args = cmd.to_vec();
         args.extend(["-c", s(&b)]);
         let r = km(&args, Duration::from_secs(30));
@@ -1006,11 +1146,33 @@ fn http_junk_port() -> u16 {
 fn unreachable_or_non_kafka_cluster_exits_4_in_bounded_time() {
     let dir = tempfile::tempdir().unwrap();
     let dc = DevCluster::start(dir.path(), 1, 1, &["orders:2"], &[]);
+    // Accepts connections (the kernel does, from the backlog) and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    // Each failure names its cause, found by kmirror's own probe (librdkafka says
+    // BrokerTransportFailure to all of them).
     let cases = [
-        ("closed port", format!("127.0.0.1:{}", closed_port())),
-        ("HTTP server", format!("127.0.0.1:{}", http_junk_port())),
+        (
+            "closed port",
+            format!("127.0.0.1:{}", closed_port()),
+            "connection refused",
+        ),
+        (
+            "HTTP server",
+            format!("127.0.0.1:{}", http_junk_port()),
+            "an HTTP server answered",
+        ),
+        (
+            "unresolvable name",
+            "nonexistent.invalid:9092".to_string(),
+            "the name does not resolve",
+        ),
+        (
+            "silent listener",
+            format!("127.0.0.1:{}", silent.local_addr().unwrap().port()),
+            "accepted the connection but sent nothing back",
+        ),
     ];
-    for (what, addr) in &cases {
+    for (what, addr, cause) in &cases {
         // `dst` is real; `src` is the broken one (and is contacted second, so a message that
         // names the first cluster it tried would be wrong).
         let cfg = write(
@@ -1049,6 +1211,11 @@ target = "dst"
                 r.stderr
             );
             assert!(!r.stderr.contains("cluster \"dst\""), "{}", r.stderr);
+            assert!(
+                r.stderr.contains(cause),
+                "{cmd:?} against a {what} says \"{cause}\": {}",
+                r.stderr
+            );
         }
     }
 }
@@ -1137,5 +1304,247 @@ fn demo_runs_and_verifies() {
             .contains("verified 6 partitions: every source record is on the target"),
         "{}",
         r.stdout
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. secrets never printed
+// ---------------------------------------------------------------------------------------
+
+/// A secret from `${ENV}` under a valid property, under a valid property with a value
+/// librdkafka refuses, inside a bad `sasl.jaas.config`, and under a mistyped property name,
+/// never appears in what any command prints at -vv (librdkafka's debug lines included).
+#[test]
+fn secrets_from_env_never_appear_in_output_at_trace_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:2"], &["orders:20"]);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let secret = format!("Zk{:x}q{}", nanos, std::process::id());
+    let variants = [
+        (
+            "valid property",
+            r#""security.protocol" = "SASL_PLAINTEXT"
+"sasl.mechanism" = "PLAIN"
+"sasl.username" = "kmirror"
+"sasl.password" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+        (
+            "refused value",
+            r#""security.protocol" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+        (
+            "bad sasl.jaas.config",
+            r#""sasl.jaas.config" = "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"${KMIRROR_TEST_SECRET}\";""#,
+        ),
+        (
+            // librdkafka's configuration dump at -vv quotes non-sensitive properties.
+            "librdkafka debug log",
+            r#""debug" = "conf,broker"
+"client.rack" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+        (
+            "mistyped property",
+            r#""sasl.pasword" = "${KMIRROR_TEST_SECRET}""#,
+        ),
+    ];
+    for (what, props) in variants {
+        let cfg = write(
+            dir.path(),
+            "secret.toml",
+            &format!(
+                r#"[checkpoints]
+dir = "{dir}"
+[run]
+connect_timeout = "3s"
+[clusters.src]
+bootstrap = "{src}"
+[clusters.src.properties]
+{props}
+[clusters.dst]
+bootstrap = "{dst}"
+[clusters.dst.properties]
+{props}
+[[routes]]
+name = "orders"
+source = "src"
+topics = ["orders"]
+target = "dst"
+end = "snapshot"
+"#,
+                dir = s(dir.path()),
+                src = dc.bootstrap(1),
+                dst = dc.bootstrap(2),
+            ),
+        );
+        let commands: [&[&str]; 7] = [
+            &["check"],
+            &["check", "--offline"],
+            &["run", "--once"],
+            &["verify"],
+            &["checkpoints", "show"],
+            &["checkpoints", "reset", "--to", "earliest"],
+            &["checkpoints", "reset"],
+        ];
+        for cmd in commands {
+            let mut args = vec!["-vv"];
+            args.extend_from_slice(cmd);
+            args.extend(["-c", s(&cfg)]);
+            let r = km_env(
+                &args,
+                &[("KMIRROR_TEST_SECRET", secret.as_str())],
+                Duration::from_secs(60),
+            );
+            assert!(
+                !r.stdout.contains(&secret) && !r.stderr.contains(&secret),
+                "{what}: `kmirror {}` printed the secret (exit {})",
+                args.join(" "),
+                r.code
+            );
+            // The commands did run (and said something), so the assertion above is not
+            // vacuous: -vv prints kmirror's and librdkafka's debug lines.
+            assert!(
+                !r.stderr.is_empty() || !r.stdout.is_empty(),
+                "{what}: {args:?} printed nothing"
+            );
+        }
+    }
+}
+
+/// `dev-cluster` on SIGTERM says what it does (shuts its clusters down), not the copy
+/// path's "writing the final checkpoint", and exits 0.
+#[test]
+fn dev_cluster_sigterm_says_it_shuts_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dc = DevCluster::start(dir.path(), 1, 1, &[], &[]);
+    signal(dc.child.id(), "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = dc.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dev-cluster did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(EXIT_OK));
+    let err = fs::read_to_string(dir.path().join("dev-cluster.stderr")).unwrap();
+    assert!(
+        err.contains("shutting the in-memory clusters down"),
+        "{err}"
+    );
+    assert!(!err.contains("checkpoint"), "{err}");
+}
+
+/// `checkpoints reset` shows old -> new per partition and writes nothing without
+/// --execute; --route and --topic T[:P,..] scope it; a bad --to, an unknown route and a
+/// --topic matching nothing are usage errors (exit 2) naming the flag.
+#[test]
+fn checkpoints_reset_previews_scopes_and_refuses_bad_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:2"], &["orders:20"]);
+    let cfg = write(
+        dir.path(),
+        "reset.toml",
+        &mirror_config(dc.bootstrap(1), dc.bootstrap(2), ""),
+    );
+    km(
+        &["run", "--once", "--progress", "0", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "run --once");
+    let cp_file = dir.path().join("checkpoints/reset.checkpoint.json");
+    let before = fs::read_to_string(&cp_file).unwrap();
+    let offsets = |cfg: &Path| -> Vec<(String, i64)> {
+        let (_, rows) = shown_next_offsets(cfg);
+        rows.iter()
+            .map(|r| (col(r, "source").to_string(), num(r, "next offset")))
+            .collect()
+    };
+    assert_eq!(
+        offsets(&cfg),
+        vec![("src:orders/0".into(), 10), ("src:orders/1".into(), 10)]
+    );
+
+    // Preview: old -> new for each partition, nothing written.
+    let r = km(
+        &["checkpoints", "reset", "--to", "earliest", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_OK, "reset preview");
+    let rows = table(&r.stdout, "route");
+    assert_eq!(rows.len(), 2, "{}", r.stdout);
+    for row in &rows {
+        assert_eq!(col(row, "next offset now"), "10", "{row:?}");
+        assert_eq!(col(row, "after reset"), "0", "{row:?}");
+    }
+    assert!(r.stdout.contains("preview only"), "{}", r.stdout);
+    assert_eq!(
+        fs::read_to_string(&cp_file).unwrap(),
+        before,
+        "a preview writes nothing"
+    );
+
+    // --topic orders:1 --execute moves only partition 1.
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "--to",
+            "earliest",
+            "--topic",
+            "orders:1",
+            "--route",
+            "orders",
+            "--execute",
+            "-c",
+            s(&cfg),
+        ],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "scoped reset");
+    assert_eq!(
+        offsets(&cfg),
+        vec![("src:orders/0".into(), 10), ("src:orders/1".into(), 0)]
+    );
+    // Forgetting partition 0 only.
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "--topic",
+            "orders:0",
+            "--execute",
+            "-c",
+            s(&cfg),
+        ],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "scoped forget");
+    assert_eq!(offsets(&cfg), vec![("src:orders/1".into(), 0)]);
+
+    let after = fs::read_to_string(&cp_file).unwrap();
+    for (args, flag) in [
+        (&["--to", "bogus"][..], "--to"),
+        (&["--to", "-5"][..], "--to"),
+        (&["--route", "nope"][..], "--route"),
+        (&["--topic", "nope:0", "--to", "earliest"][..], "--topic"),
+        (&["--topic", "orders:x"][..], "--topic"),
+    ] {
+        let mut a = vec!["checkpoints", "reset", "--execute", "-c", s(&cfg)];
+        a.extend_from_slice(args);
+        let r = km(&a, Duration::from_secs(60));
+        r.expect_code(2, &format!("{args:?}"));
+        assert!(r.stderr.contains(flag), "{args:?}: {}", r.stderr);
+        assert!(!r.stderr.contains("`start`"), "{args:?}: {}", r.stderr);
+    }
+    assert_eq!(
+        fs::read_to_string(&cp_file).unwrap(),
+        after,
+        "usage errors write nothing"
     );
 }

@@ -968,6 +968,10 @@ end = "snapshot"
         let msg = err.to_string();
         assert!(msg.contains("cannot look up offsets by timestamp"), "{msg}");
         assert!(
+            msg.contains("timestamp_from") && msg.contains("works on any broker"),
+            "the refusal points at the filter that selects by time on any broker: {msg}"
+        );
+        assert!(
             load_checkpoint(&config).is_none(),
             "no checkpoint after a refused plan"
         );

@@ -732,7 +732,15 @@ fn truncated_corrupt_and_foreign_checkpoints_exit_5_and_copy_nothing() {
     // Valid checkpoints (next offset 0 everywhere) without copying anything.
     for c in [&cfg, &other] {
         km(
-            &["checkpoints", "reset", "-c", s(c), "--to", "earliest"],
+            &[
+                "checkpoints",
+                "reset",
+                "-c",
+                s(c),
+                "--to",
+                "earliest",
+                "--execute",
+            ],
             WAIT,
         )
         .expect_code(0, "checkpoints reset");
@@ -797,7 +805,15 @@ fn checkpoint_behind_retention_exits_4_with_the_gap_or_continues_loudly() {
     common::produce(m.source(), "gap", &first);
     let fail = binary_config(&m, "gap-fail", "gap", "", "gap");
     km(
-        &["checkpoints", "reset", "-c", s(&fail), "--to", "10"],
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&fail),
+            "--to",
+            "10",
+            "--execute",
+        ],
         WAIT,
     )
     .expect_code(0, "checkpoint at offset 10");

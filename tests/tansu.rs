@@ -1566,3 +1566,52 @@ fn a_deleted_and_recreated_source_topic_is_refused_by_its_topic_id() {
     );
     assert_eq!(job.store().load().unwrap().unwrap(), before, "left alone");
 }
+
+/// `check` changes nothing on a broker that could create topics: the missing target topic
+/// under create_target_topics is only listed; `check --create-topics` creates it with the
+/// source's partition count.
+#[test]
+fn cli_check_creates_target_topics_only_when_asked_on_tansu() {
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic(TOPIC, PARTITIONS);
+    let created = "orders.copy";
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "create.toml",
+        &cli_config(
+            &src.bootstrap,
+            &dst.bootstrap,
+            "create",
+            "target_topic = \"orders.copy\"\ncreate_target_topics = true",
+        ),
+    );
+    let c = km(&["check", "-c", s(&cfg)], Duration::from_secs(60));
+    c.expect_code(EXIT_OK, "check");
+    assert!(
+        c.stdout
+            .contains("target topic dst:orders.copy does not exist: `run` will create it"),
+        "{}",
+        c.stdout
+    );
+    assert_eq!(
+        partition_count(&dst.bootstrap, created),
+        None,
+        "check created the target topic"
+    );
+    let c = km(
+        &["check", "--create-topics", "-c", s(&cfg)],
+        Duration::from_secs(60),
+    );
+    c.expect_code(EXIT_OK, "check --create-topics");
+    assert!(
+        c.stdout.contains("created target topic dst:orders.copy"),
+        "{}",
+        c.stdout
+    );
+    assert_eq!(
+        partition_count(&dst.bootstrap, created),
+        Some(PARTITIONS as usize)
+    );
+}

@@ -43,7 +43,7 @@ pub enum CheckpointError {
         found: String,
         expected: String,
     },
-    #[error("checkpoint {path}: route \"{route}\": {detail}; its offsets do not apply here, refusing to resume. Check what happened, then reset the route with `kmirror checkpoints reset -c {config} --route {route}`")]
+    #[error("checkpoint {path}: route \"{route}\": {detail}; its offsets do not apply here, refusing to resume. Check what happened, then preview a reset of the route with `kmirror checkpoints reset -c {config} --route {route}`, then add `--execute`")]
     IdentityChanged {
         path: String,
         route: String,
@@ -52,7 +52,7 @@ pub enum CheckpointError {
     },
     #[error("job lock {path} is held by {holder}; one process at a time may run or reset a job. Wait for it to end, or stop it")]
     Locked { path: String, holder: String },
-    #[error("checkpoint {path}: route \"{route}\" was recorded for source cluster \"{found}\" but the routing file now reads it from \"{expected}\"; offsets from one cluster are meaningless on another. Reset the route with `kmirror checkpoints reset --route {route}`")]
+    #[error("checkpoint {path}: route \"{route}\" was recorded for source cluster \"{found}\" but the routing file now reads it from \"{expected}\"; offsets from one cluster are meaningless on another. Reset the route with `kmirror checkpoints reset --route {route} --execute` (without `--execute` it previews)")]
     WrongSource {
         path: String,
         route: String,

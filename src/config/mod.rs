@@ -8,6 +8,7 @@
 mod diag;
 pub mod filter;
 mod raw;
+mod schema;
 pub mod value;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,12 +64,9 @@ const MANAGED_PROPERTIES: &[(&str, &str)] = &[
 /// Errors loading the routing file. Every problem carries its position.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read routing file: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // Not a `#[source]`: the message already says it, and `{:#}` would print it twice.
+    #[error("{path}: cannot read routing file: {err}")]
+    Read { path: String, err: std::io::Error },
     #[error("{}", render(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -118,12 +116,13 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
-    /// Properties with secret values replaced, for printing and logging.
+    /// Properties with secret values replaced, for printing and logging: secret-looking
+    /// keys, and any value holding a registered secret (e.g. one from `${ENV}`).
     pub fn redacted_properties(&self) -> BTreeMap<String, String> {
         self.properties
             .iter()
             .map(|(k, v)| {
-                let v = if is_secret_key(k) {
+                let v = if is_secret_key(k) || crate::redact::contains_secret(v) {
                     "******".to_string()
                 } else {
                     v.clone()
@@ -151,6 +150,8 @@ pub fn is_secret_key(key: &str) -> bool {
         || k.contains("secret")
         || k.contains("token")
         || k.contains("jaas")
+        || k.contains("credential")
+        || k == "sasl.oauthbearer.config"
         || k.ends_with(".key")
         || k.ends_with(".pem")
         || k.contains("key.pem")
@@ -327,11 +328,19 @@ pub const DEFAULT_MAX_IN_FLIGHT_BYTES_PER_PARTITION: u64 = 16 << 20;
 impl Config {
     /// Reads and checks a routing file. Nothing connects.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Self::load_with_env(path, &|k| std::env::var(k).ok())
+    }
+
+    /// As `load`, with `env` resolving `${NAME}` (e.g. placeholders for offline checks).
+    pub fn load_with_env(
+        path: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            err,
         })?;
-        Self::from_str(path, text, &|k| std::env::var(k).ok())
+        Self::from_str(path, text, env)
     }
 
     /// Checks routing-file text; `env` resolves `${NAME}` (injectable for tests).
@@ -341,6 +350,12 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let source = SourceText::new(path, text);
+        // Every shape problem at once, with key paths; serde would stop at the first.
+        let mut shape = Diagnostics::new(&source);
+        schema::check(&source.text, &mut shape);
+        if !shape.items.is_empty() {
+            return Err(ConfigError::Invalid(shape.items));
+        }
         let raw: RawConfig = toml::from_str(&source.text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
             ConfigError::Invalid(vec![Diagnostic {
@@ -756,14 +771,28 @@ fn check(
                 continue;
             }
             let text = match pv.get_ref() {
-                toml::Value::String(s) => match value::interpolate_env(s, env) {
-                    Ok(s) => s,
+                toml::Value::String(s) => match value::interpolate_env_parts(s, env) {
+                    Ok((s, from_env)) => {
+                        // See crate::redact for what counts as a secret.
+                        if !from_env.is_empty() || is_secret_key(pk.get_ref()) {
+                            crate::redact::register(&s);
+                        }
+                        for v in &from_env {
+                            crate::redact::register(v);
+                        }
+                        s
+                    }
                     Err(m) => {
                         d.push(&pv.span(), &pkey, m);
                         continue;
                     }
                 },
-                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Integer(i) => {
+                    if is_secret_key(pk.get_ref()) {
+                        crate::redact::register(&i.to_string());
+                    }
+                    i.to_string()
+                }
                 toml::Value::Boolean(b) => b.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 other => {

@@ -9,6 +9,16 @@ pub fn interpolate_env(
     input: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, String> {
+    interpolate_env_parts(input, lookup).map(|(s, _)| s)
+}
+
+/// As `interpolate_env`, also returning the environment values it substituted (they are
+/// treated as secrets when they land in librdkafka properties).
+pub fn interpolate_env_parts(
+    input: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<String>), String> {
+    let mut used = Vec::new();
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
     while let Some(i) = rest.find('$') {
@@ -28,7 +38,10 @@ pub fn interpolate_env(
                 ));
             }
             match lookup(name) {
-                Some(v) => out.push_str(&v),
+                Some(v) => {
+                    out.push_str(&v);
+                    used.push(v);
+                }
                 None => {
                     return Err(format!(
                         "environment variable `{name}` is not set (referenced as `${{{name}}}`)"
@@ -42,7 +55,7 @@ pub fn interpolate_env(
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, used))
 }
 
 /// Parses a byte size: an integer, or a string such as `"512KiB"`, `"64MiB"`, `"1GB"`.

@@ -198,7 +198,7 @@ impl ProducerPool {
             })
             .map_err(|e| ClusterError::Client {
                 cluster: name.to_string(),
-                detail: e.to_string(),
+                detail: crate::cluster::client_error_detail(&e),
             })
     }
 

@@ -61,7 +61,13 @@ pub struct Running {
 
 impl Running {
     pub fn spawn(args: &[&str]) -> Running {
+        Self::spawn_env(args, &[])
+    }
+
+    /// As `spawn`, with extra environment variables.
+    pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = kmirror(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -137,7 +143,12 @@ impl Drop for Running {
 
 /// Runs `kmirror ARGS` to completion, bounded by `limit`.
 pub fn km(args: &[&str], limit: Duration) -> Finished {
-    let f = Running::spawn(args).wait(limit);
+    km_env(args, &[], limit)
+}
+
+/// As `km`, with extra environment variables.
+pub fn km_env(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Finished {
+    let f = Running::spawn_env(args, env).wait(limit);
     // Shown when a test fails, or with --nocapture.
     eprintln!(
         "$ kmirror {} -> exit {} in {:.2}s\n{}{}",
