@@ -50,7 +50,8 @@ enum Command {
     Run {
         #[arg(short, long)]
         config: PathBuf,
-        /// Treat every route as end = "snapshot": copy what is there now, then exit.
+        /// Copy what is there now, then exit: each route ends at its own `end` or at the
+        /// snapshot (the end of each partition when the run starts), whichever comes first.
         #[arg(long)]
         once: bool,
         /// Seconds between progress lines (0 = none).

@@ -31,7 +31,7 @@ use crate::checkpoint::{
     PartitionCheckpoint, RouteCheckpoint,
 };
 use crate::cluster::ClusterError;
-use crate::config::{value, Config, EndPosition, Limits};
+use crate::config::{value, Config, Limits};
 use crate::counts::{Counts, SummaryRow};
 use crate::plan::{self, CreateTopics, Plan};
 use crate::rate_limit::Limiter;
@@ -69,7 +69,8 @@ pub enum RunError {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Treat every route as `end = "snapshot"`.
+    /// End every route at its own `end` or at the snapshot (the ends seen when the run
+    /// starts), whichever comes first.
     pub once: bool,
     /// Log a progress line this often.
     pub progress_every: Option<Duration>,
@@ -98,15 +99,6 @@ impl RunReport {
     }
 }
 
-/// Applies `--once`: every route ends at the high watermarks seen when the run starts.
-pub fn once(config: &Config) -> Config {
-    let mut c = config.clone();
-    for r in &mut c.routes {
-        r.end = EndPosition::Snapshot;
-    }
-    c
-}
-
 /// Loads the checkpoint and checks it belongs to this routing file.
 pub fn load_checkpoint(
     config: &Config,
@@ -127,14 +119,15 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let config = if opts.once {
-        once(config)
+    let previous = load_checkpoint(config, store)?;
+    // `--once` ends each task at its route's `end` or the snapshot, whichever comes first.
+    let ends = if opts.once {
+        plan::Ends::Once
     } else {
-        config.clone()
+        plan::Ends::AsConfigured
     };
-    let previous = load_checkpoint(&config, store)?;
-    let plan = plan::build(&config, previous.as_ref(), CreateTopics::AsConfigured)?;
-    execute(&config, plan, previous, store, opts, stop, started)
+    let plan = plan::build_with(config, previous.as_ref(), CreateTopics::AsConfigured, ends)?;
+    execute(config, plan, previous, store, opts, stop, started)
 }
 
 fn execute(

@@ -35,7 +35,7 @@ use super::Shared;
 use crate::cluster::{self, QuietContext};
 use crate::config::{ClusterConfig, ErrorAction, OutOfRangePolicy, Partitioning, RouteConfig};
 use crate::counts::Counts;
-use crate::plan::{TaskEnd, TaskPlan};
+use crate::plan::TaskPlan;
 use crate::rate_limit::Limiter;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,7 @@ impl CopyTask {
             eof_gap_since: None,
             plan,
         };
-        if let TaskEnd::Offset(e) = t.plan.end {
+        if let Some(e) = t.plan.end.offset() {
             if t.plan.start >= e {
                 t.status = TaskStatus::Done;
             }
@@ -363,7 +363,7 @@ impl State {
             self.settle_reports(Duration::ZERO);
             self.check_producers();
             for t in &mut self.tasks {
-                if let (Some(since), TaskEnd::Offset(e)) = (t.eof_gap_since, t.plan.end) {
+                if let (Some(since), Some(e)) = (t.eof_gap_since, t.plan.end.offset()) {
                     if since.elapsed() >= EOF_GAP_GRACE && t.status == TaskStatus::Copying {
                         tracing::debug!(
                             source = %t.plan.source_label(),
@@ -544,18 +544,17 @@ impl State {
                 continue; // finished, rewound, or already read before a re-assign
             }
             t.eof_gap_since = None;
-            match t.plan.end {
-                TaskEnd::Offset(e) if offset >= e => {
-                    t.read_done(e);
-                    continue;
-                }
-                TaskEnd::Timestamp(ts) if m.timestamp().to_millis().is_some_and(|x| x >= ts) => {
+            if let Some(e) = t.plan.end.offset().filter(|e| offset >= *e) {
+                t.read_done(e);
+                continue;
+            }
+            if let Some(ts) = t.plan.end.timestamp() {
+                if m.timestamp().to_millis().is_some_and(|x| x >= ts) {
                     t.read_done(offset);
                     continue;
                 }
-                _ => {}
             }
-            if let TaskEnd::Offset(e) = t.plan.end {
+            if let Some(e) = t.plan.end.offset() {
                 if offset + 1 >= e {
                     // The last record before the end: no need to wait for one past it, or
                     // for end-of-partition.
@@ -876,19 +875,19 @@ impl State {
             if t.stale_until_assign {
                 continue;
             }
-            match t.plan.end {
+            match (t.plan.end.offset(), t.plan.end.timestamp()) {
                 // At EOF the fetch position is the current high watermark, which is at or
                 // past the snapshot taken at plan time. If everything below `e` was read,
                 // the end is reached; if not, wait a little for records before calling the
                 // rest a gap (see `eof_gap_since`).
-                TaskEnd::Offset(e) if e <= t.plan.high => {
+                (Some(e), _) if e <= t.plan.high => {
                     if t.tracker.next_offset() >= e {
                         t.read_done(e);
                     } else if t.eof_gap_since.is_none() {
                         t.eof_gap_since = Some(Instant::now());
                     }
                 }
-                TaskEnd::Timestamp(ts) if now >= ts => {
+                (None, Some(ts)) if now >= ts => {
                     let at = t.tracker.next_offset();
                     t.read_done(at)
                 }
