@@ -345,15 +345,10 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     };
     let report = copy::run(&cfg, &store, &opts, stop)?;
     print!("{}", report.table());
+    let verdict = report.verdict();
     println!(
         "{} in {:.1}s; checkpoint {}",
-        if report.complete {
-            "complete"
-        } else if report.stopped {
-            "stopped"
-        } else {
-            "ended"
-        },
+        verdict.summary,
         report.elapsed.as_secs_f64(),
         report.checkpoint
     );
@@ -366,11 +361,12 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     for (src, why) in &report.halted {
         eprintln!("halted {src}: {why}");
     }
-    Ok(if report.halted.is_empty() && report.totals.failed == 0 {
-        exit::OK
-    } else {
-        exit::MISMATCH
-    })
+    if report.stopped {
+        for (src, why) in &report.failing {
+            eprintln!("failing when stopped {src}: {why}");
+        }
+    }
+    Ok(verdict.code)
 }
 
 fn show_checkpoints(path: &Path) -> Result<i32> {

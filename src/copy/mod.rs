@@ -83,6 +83,11 @@ pub struct RunReport {
     pub totals: Counts,
     /// Tasks that stopped on an error, with the reason.
     pub halted: Vec<(String, String)>,
+    /// Tasks that were retrying (a failing source or target) when the run ended, with the
+    /// reason. A run stopped while any was failing is not a success.
+    pub failing: Vec<(String, String)>,
+    /// Consumer (fetch) errors taken, over all tasks.
+    pub source_errors: u64,
     /// Whether every task reached its end (false when stopped or following forever).
     pub complete: bool,
     pub stopped: bool,
@@ -97,6 +102,51 @@ impl RunReport {
     pub fn table(&self) -> String {
         crate::counts::summary_table(&self.rows)
     }
+
+    /// How the run ended, in a word or a sentence, and the exit code that means.
+    pub fn verdict(&self) -> Verdict {
+        use crate::error::exit;
+        let mut problems = Vec::new();
+        if !self.halted.is_empty() {
+            problems.push(format!("{} partitions halted", self.halted.len()));
+        }
+        if self.totals.failed > 0 {
+            problems.push(format!("{} records failed", self.totals.failed));
+        }
+        if self.stopped && !self.failing.is_empty() {
+            problems.push(format!(
+                "stopped while {} partitions were failing",
+                self.failing.len()
+            ));
+        }
+        if !problems.is_empty() {
+            return Verdict {
+                summary: format!("FAILED: {}", problems.join("; ")),
+                code: exit::MISMATCH,
+            };
+        }
+        let summary = if self.complete {
+            "complete"
+        } else if self.stopped {
+            "stopped"
+        } else {
+            "ended"
+        };
+        Verdict {
+            summary: summary.into(),
+            code: exit::OK,
+        }
+    }
+}
+
+/// The end of a run, as `kmirror run` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// "complete", "stopped", "ended", or "FAILED: " and what failed.
+    pub summary: String,
+    /// 0 (`exit::OK`), or 1 (`exit::MISMATCH`) when any partition halted, any record failed,
+    /// or the run was stopped while partitions were failing (retrying).
+    pub code: i32,
 }
 
 /// Loads the checkpoint and checks it belongs to this routing file.
@@ -309,12 +359,19 @@ fn execute(
     let mut rows = Vec::new();
     let mut totals = Counts::default();
     let mut halted = Vec::new();
+    let mut failing = Vec::new();
+    let mut source_errors = 0;
     let mut gaps = 0;
     for t in &all {
         totals.add(&t.counts);
         gaps += t.plan.gap;
-        if let TaskStatus::Halted(why) = &t.status {
-            halted.push((t.plan.source_label(), why.clone()));
+        source_errors += t.source_errors;
+        match (&t.status, &t.retrying) {
+            (TaskStatus::Halted(why), _) => halted.push((t.plan.source_label(), why.clone())),
+            (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
+                failing.push((t.plan.source_label(), why.clone()))
+            }
+            _ => {}
         }
         rows.push(SummaryRow {
             route: t.plan.route_name.clone(),
@@ -326,7 +383,8 @@ fn execute(
                 &t.plan.target_topic,
                 &t.target_ranges,
             ),
-            status: t.status.label(),
+            status: summary_status(t),
+            source_errors: t.source_errors,
         });
     }
     Ok(RunReport {
@@ -335,11 +393,25 @@ fn execute(
         rows,
         totals,
         halted,
+        failing,
+        source_errors,
         gaps,
         peak_in_flight_bytes: shared.peak_in_flight_bytes.load(Ordering::Relaxed),
         checkpoint: store.describe(),
         elapsed: started.elapsed(),
     })
+}
+
+/// A task's status in the end-of-run summary: its state (`TaskProgress::state`), where a
+/// task still copying was stopped.
+fn summary_status(t: &CopyTask) -> String {
+    match (&t.status, &t.retrying) {
+        (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
+            format!("stopped while retrying: {why}")
+        }
+        (TaskStatus::Copying | TaskStatus::ReadDone, None) => t.status.label(),
+        _ => t.progress().state(),
+    }
 }
 
 fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) -> String {

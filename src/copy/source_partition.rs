@@ -22,7 +22,7 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
-use super::batch::{self, Event};
+use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
 use super::produce::{
     classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
@@ -64,6 +64,20 @@ impl TaskStatus {
 /// they are taken for a gap.
 const EOF_GAP_GRACE: Duration = Duration::from_secs(1);
 
+/// A source error episode ends when no consumer error came for this long (librdkafka
+/// reports a persisting fetch error again after each fetch backoff, well under a second),
+/// or when the partitions deliver records or end-of-partition again.
+const SOURCE_ERROR_QUIET: Duration = Duration::from_secs(5);
+
+/// Consumer errors on a reader's topic, from the first until the source delivers again.
+/// Logged once (at warn) when it starts or its error changes, counted per partition always.
+struct SourceEpisode {
+    code: Option<RDKafkaErrorCode>,
+    since: Instant,
+    last: Instant,
+    errors: u64,
+}
+
 /// What the checkpoint writer and progress display see of a task.
 #[derive(Debug, Clone)]
 pub struct TaskProgress {
@@ -100,6 +114,10 @@ pub struct CopyTask {
     /// Set while the task is retrying (a retriable source or target error), with the reason;
     /// cleared when it makes progress again. Shown as the partition's state.
     pub retrying: Option<String>,
+    /// Consumer (fetch) errors taken for this partition.
+    pub source_errors: u64,
+    /// `retrying` was set by a source error (cleared when the source delivers again).
+    source_retrying: bool,
     pub in_flight_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
@@ -135,6 +153,8 @@ impl CopyTask {
             counts: Counts::default(),
             status: TaskStatus::Copying,
             retrying: None,
+            source_errors: 0,
+            source_retrying: false,
             in_flight_bytes: 0,
             generation: 0,
             target_ranges,
@@ -283,6 +303,7 @@ struct State {
     backoff: Duration,
     last_publish: Instant,
     prov_buf: String,
+    source_episode: Option<SourceEpisode>,
 }
 
 impl Reader {
@@ -320,6 +341,7 @@ impl Reader {
             backoff: Duration::ZERO,
             last_publish: Instant::now(),
             prov_buf: String::with_capacity(128),
+            source_episode: None,
         };
         // librdkafka's prefetch limits apply to the consumer's one queue, across all of its
         // partitions: a quarter of the overall in-flight bound, 16 to 64 MiB.
@@ -375,6 +397,13 @@ impl State {
                 }
                 t.maybe_finish();
             }
+            if self
+                .source_episode
+                .as_ref()
+                .is_some_and(|ep| ep.last.elapsed() >= SOURCE_ERROR_QUIET)
+            {
+                self.end_source_episode(None);
+            }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
                 self.publish();
             }
@@ -429,8 +458,14 @@ impl State {
             }
             for ev in b.events {
                 match ev {
-                    Event::Record(m) => self.offer(&m),
-                    Event::Eof(p) => self.on_eof(p),
+                    Event::Record(m) => {
+                        self.source_delivers(m.partition());
+                        self.offer(&m)
+                    }
+                    Event::Eof(p) => {
+                        self.source_delivers(p);
+                        self.on_eof(p)
+                    }
                     Event::Error(e) => self.on_consume_error(consumer, e),
                 }
             }
@@ -902,7 +937,7 @@ impl State {
             code,
             Some(RDKafkaErrorCode::AutoOffsetReset) | Some(RDKafkaErrorCode::OffsetOutOfRange)
         ) {
-            tracing::debug!(cluster = %self.cluster.name, topic = %self.topic, "consume error (librdkafka retries): {e}");
+            self.on_source_error(code, &e);
             return;
         }
         // librdkafka does not say which partition; find the ones outside the retained range.
@@ -943,6 +978,123 @@ impl State {
             }
         }
         self.needs_assign = true;
+    }
+
+    /// A consumer error other than an out-of-range position. It names no partition (see
+    /// `Event::Error`), so it is taken for every partition of this topic still reading:
+    /// counted on each, logged once per episode, and either shown as the partitions'
+    /// `retrying` reason (librdkafka fetches again) or halting them (see
+    /// `batch::classify_source_error`).
+    fn on_source_error(&mut self, code: Option<RDKafkaErrorCode>, e: &KafkaError) {
+        let affected: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].status == TaskStatus::Copying)
+            .collect();
+        for &i in &affected {
+            self.tasks[i].source_errors += 1;
+        }
+        let now = Instant::now();
+        let new_episode = self
+            .source_episode
+            .as_ref()
+            .is_none_or(|ep| ep.code != code);
+        if new_episode {
+            self.source_episode = Some(SourceEpisode {
+                code,
+                since: now,
+                last: now,
+                errors: 0,
+            });
+        }
+        let ep = self.source_episode.as_mut().expect("episode just set");
+        ep.last = now;
+        ep.errors += 1;
+        let lasted = now - ep.since;
+        let partitions = affected
+            .iter()
+            .map(|&i| self.tasks[i].plan.partition)
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let (cluster, topic) = (&self.cluster.name, &self.topic);
+        let halt = match batch::classify_source_error(code) {
+            SourceErrorKind::Permanent => Some(format!(
+                "source {cluster}:{topic}: {e} (not retriable{})",
+                if code == Some(RDKafkaErrorCode::TopicAuthorizationFailed) {
+                    "; grant the source principal Read on the topic, then run again"
+                } else {
+                    ""
+                }
+            )),
+            SourceErrorKind::RetriableFor(bound) if lasted >= bound => Some(format!(
+                "source {cluster}:{topic}: {e} for {}s (longer than {}s)",
+                lasted.as_secs(),
+                bound.as_secs()
+            )),
+            SourceErrorKind::Retriable | SourceErrorKind::RetriableFor(_) => None,
+        };
+        if let Some(why) = halt {
+            // `halt` logs one error line per partition (cluster:topic/partition).
+            for &i in &affected {
+                self.tasks[i].halt(why.clone());
+            }
+            self.source_episode = None;
+            return;
+        }
+        let why = format!("source fetch error: {e}");
+        if new_episode && !affected.is_empty() {
+            tracing::warn!(
+                cluster = %cluster, topic = %topic, partitions = %partitions,
+                "consumer error on {cluster}:{topic} partitions [{partitions}]: {e}; librdkafka fetches again (further errors in this episode are counted, not logged)"
+            );
+        } else {
+            tracing::debug!(cluster = %cluster, topic = %topic, "consumer error (counted): {e}");
+        }
+        for &i in &affected {
+            let t = &mut self.tasks[i];
+            if t.retrying.is_none() || t.source_retrying {
+                t.retrying = Some(why.clone());
+                t.source_retrying = true;
+            }
+        }
+    }
+
+    /// Partition `p` delivered a record or end-of-partition: its source works again.
+    fn source_delivers(&mut self, p: i32) {
+        let mut cleared = false;
+        for &i in self.by_partition.get(&p).into_iter().flatten() {
+            let t = &mut self.tasks[i];
+            if t.source_retrying {
+                t.source_retrying = false;
+                t.retrying = None;
+                cleared = true;
+            }
+        }
+        if cleared && !self.tasks.iter().any(|t| t.source_retrying) {
+            self.end_source_episode(Some(p));
+        }
+    }
+
+    /// The source works again (records flow, or no error for `SOURCE_ERROR_QUIET`).
+    fn end_source_episode(&mut self, delivering: Option<i32>) {
+        for t in &mut self.tasks {
+            if t.source_retrying {
+                t.source_retrying = false;
+                t.retrying = None;
+            }
+        }
+        if let Some(ep) = self.source_episode.take() {
+            let how = match delivering {
+                Some(p) => format!("partition {p} delivers again"),
+                None => format!("no error for {}s", SOURCE_ERROR_QUIET.as_secs()),
+            };
+            tracing::info!(
+                cluster = %self.cluster.name, topic = %self.topic,
+                "consumer errors on {}:{} over: {} errors in {:.1}s ({how})",
+                self.cluster.name, self.topic, ep.errors, ep.since.elapsed().as_secs_f64()
+            );
+        }
     }
 
     /// Settles delivery reports; waits up to `wait` for the first one.
