@@ -1497,3 +1497,68 @@ fn cli_sigterm_mid_run_on_tansu_then_rerun_has_no_duplicates() {
         big - t["acked"]
     );
 }
+
+/// Issue 8 item 4, on a broker that holds read_committed readers at an open transaction
+/// (tansu does: its Fetch stops at the last stable offset, and its ListOffsets "latest"
+/// answers 0 under read_committed while the transaction is open). A route with an explicit
+/// `end` past a transaction held open for several seconds (longer than the 1 s end-of-
+/// partition grace) must not end or checkpoint past the transaction's first offset; once the
+/// transaction commits, every record below the end is copied.
+///
+/// What this does NOT exercise: kmirror's planner reads the partition end with the same
+/// read_committed client, so here the end (18) is beyond the planned end (the stable offset,
+/// 10) and the task waits for records; the end-of-partition gap decision
+/// (`eof_below_end`, unit-tested in source_partition.rs) is reached only when the planned
+/// end is past the stable offset, which takes a broker whose ListOffsets ignores the
+/// isolation level. Neither broker here does that.
+#[test]
+fn open_source_transaction_inside_an_end_offset_window_is_waited_for_then_copied() {
+    let src = Tansu::start("txn-src");
+    let dst = Tansu::start("txn-dst");
+    src.create_topic("txn", 1);
+    dst.create_topic("txn", 1);
+    produce(&src.bootstrap, "txn", 1, 10, Batching::OnePerBatch); // offsets 0..10
+    let txp: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &src.bootstrap)
+        .set("transactional.id", "kmirror-test-open-txn")
+        .create()
+        .expect("transactional producer");
+    txp.init_transactions(Duration::from_secs(10))
+        .expect("init");
+    txp.begin_transaction().expect("begin");
+    for i in 0..5 {
+        let v = format!("{{\"in-txn\":{i}}}");
+        txp.send(BaseRecord::<(), _>::to("txn").partition(0).payload(&v))
+            .map_err(|(e, _)| e)
+            .expect("send in transaction");
+    }
+    txp.flush(Duration::from_secs(10)).expect("flush"); // offsets 10..15, open
+    produce(&src.bootstrap, "txn", 1, 3, Batching::OnePerBatch); // offsets 15..18
+    let job = Job::new(&src.bootstrap, &dst.bootstrap, "txn", "end = 18");
+    let report = std::thread::scope(|s| {
+        let run = s.spawn(|| job.run(false));
+        // Several end-of-partition grace periods with the transaction open.
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(
+            !run.is_finished(),
+            "the run ended while a transaction below its end was open"
+        );
+        let held = kmirror::checkpoint::CheckpointStore::load(&job.store())
+            .expect("checkpoint loads")
+            .and_then(|cp| cp.get("r", "txn", 0).map(|p| p.next_offset))
+            .unwrap_or(0);
+        assert!(
+            held <= 10,
+            "checkpoint {held} is past the open transaction at 10"
+        );
+        txp.commit_transaction(Duration::from_secs(10))
+            .expect("commit");
+        run.join().expect("run thread")
+    });
+    assert!(report.complete, "{}", report.table());
+    let source = read_all(&src.bootstrap, "txn", 18);
+    assert_eq!(source.len(), 18, "10 + 5 committed in the transaction + 3");
+    let target = read_all(&dst.bootstrap, "txn", 18);
+    assert_copied(&source, &target, "src", "txn");
+    assert_run_and_verify(&job, &report, 18);
+}

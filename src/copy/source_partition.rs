@@ -134,6 +134,8 @@ pub struct CopyTask {
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
     skip_logged: bool,
+    /// The offset an open source transaction holds this task at (warned once per offset).
+    txn_wait: Option<i64>,
     /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
     provenance_prefix: String,
 }
@@ -168,6 +170,7 @@ impl CopyTask {
             ),
             stale_until_assign: false,
             eof_gap_since: None,
+            txn_wait: None,
             plan,
         };
         if let Some(e) = t.plan.end.offset() {
@@ -222,6 +225,31 @@ impl CopyTask {
             self.tracker.position()
         );
         self.status = TaskStatus::Halted(why);
+    }
+}
+
+/// What an end-of-partition below a task's end means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EofBelowEnd {
+    /// The consumer read past every offset below the end: the rest is a gap (transaction
+    /// markers, compaction) and the end is reached.
+    Gap,
+    /// Records below the end are not readable yet (an open transaction at this offset):
+    /// wait, never skip them.
+    Wait(i64),
+}
+
+/// Decides an end-of-partition that stood with offsets below the end `e` unread: `next` is
+/// the task's next offset, `read_to` the consumer's position (the offset after the last
+/// record or control record it passed; -1 if none since the assignment). Only a consumer
+/// that read up to the end proves a gap. A broker's ListOffsets answer cannot: some report
+/// the high watermark whatever the isolation level (tansu answers 0 while a transaction is
+/// open), and that is exactly the case where a gap would lose the transaction's records.
+fn eof_below_end(next: i64, e: i64, read_to: i64) -> EofBelowEnd {
+    if read_to >= e {
+        EofBelowEnd::Gap
+    } else {
+        EofBelowEnd::Wait(read_to.max(next))
     }
 }
 
@@ -384,18 +412,14 @@ impl State {
         loop {
             self.settle_reports(Duration::ZERO);
             self.check_producers();
-            for t in &mut self.tasks {
+            for i in 0..self.tasks.len() {
+                let t = &self.tasks[i];
                 if let (Some(since), Some(e)) = (t.eof_gap_since, t.plan.end.offset()) {
                     if since.elapsed() >= EOF_GAP_GRACE && t.status == TaskStatus::Copying {
-                        tracing::debug!(
-                            source = %t.plan.source_label(),
-                            "no records between offset {} and the end {e}: a gap", t.tracker.next_offset()
-                        );
-                        t.eof_gap_since = None;
-                        t.read_done(e);
+                        self.end_below_end(consumer, i, e);
                     }
                 }
-                t.maybe_finish();
+                self.tasks[i].maybe_finish();
             }
             if self
                 .source_episode
@@ -980,6 +1004,53 @@ impl State {
         self.needs_assign = true;
     }
 
+    /// End-of-partition stood for `EOF_GAP_GRACE` with offsets below the task's end `e` not
+    /// read. Under read_committed librdkafka reports end-of-partition at the last stable
+    /// offset, so an open transaction looks just like a trailing gap (markers, compaction);
+    /// calling it a gap would move the checkpoint over records still to be committed. It is
+    /// a gap only if the consumer read (control records included) up to the end.
+    fn end_below_end(&mut self, consumer: &BaseConsumer<QuietContext>, i: usize, e: i64) {
+        let (topic, p) = (&self.topic, self.tasks[i].plan.partition);
+        // The consumer's position counts control records (transaction markers) too, and
+        // every record it passed has been offered by now (this runs between batches).
+        let read_to = consumer
+            .position()
+            .ok()
+            .and_then(|tpl| tpl.find_partition(topic, p).map(|el| el.offset()))
+            .and_then(|o| o.to_raw())
+            .unwrap_or(-1);
+        let next = self.tasks[i].tracker.next_offset();
+        let decision = match eof_below_end(next, e, read_to) {
+            EofBelowEnd::Gap => {
+                let t = &mut self.tasks[i];
+                tracing::debug!(
+                    source = %t.plan.source_label(),
+                    "no records between offset {next} and the end {e} (read to {read_to}): a gap"
+                );
+                t.eof_gap_since = None;
+                t.txn_wait = None;
+                t.read_done(e);
+                return;
+            }
+            EofBelowEnd::Wait(at) => at,
+        };
+        let t = &mut self.tasks[i];
+        // Look again after another grace period; records arriving end the wait.
+        t.eof_gap_since = Some(Instant::now());
+        let why = format!("waiting for an open transaction at offset {decision} (the end is {e}; read_committed reads stop at the last stable offset)");
+        if t.txn_wait != Some(decision) {
+            t.txn_wait = Some(decision);
+            tracing::warn!(
+                route = %t.plan.route_name, source = %t.plan.source_label(),
+                "{why}; offsets {decision}..{e} are not readable yet, so the end is not reached (never skipped)"
+            );
+        }
+        if t.retrying.is_none() || t.source_retrying {
+            t.retrying = Some(why);
+            t.source_retrying = true;
+        }
+    }
+
     /// A consumer error other than an out-of-range position. It names no partition (see
     /// `Event::Error`), so it is taken for every partition of this topic still reading:
     /// counted on each, logged once per episode, and either shown as the partitions'
@@ -1277,5 +1348,23 @@ impl State {
         for t in &self.tasks {
             *self.shared.progress[t.id].lock().expect("progress lock") = t.progress();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8 item 4: an end-of-partition below the end is a gap only when the consumer
+    /// read (control records included) up to the end; an open transaction holding the
+    /// read_committed consumer at its first offset is waited for, whatever the grace.
+    #[test]
+    fn end_of_partition_below_the_end_is_a_gap_only_when_read_to_the_end() {
+        // Trailing commit marker at 99: the consumer passed it.
+        assert_eq!(eof_below_end(99, 100, 100), EofBelowEnd::Gap);
+        // Records 10..18 exist but a transaction opened at 10: EOF at the stable offset 10.
+        assert_eq!(eof_below_end(10, 18, 10), EofBelowEnd::Wait(10));
+        // Right after an assignment, before the consumer passed anything.
+        assert_eq!(eof_below_end(10, 18, -1), EofBelowEnd::Wait(10));
     }
 }
