@@ -316,13 +316,28 @@ fn execute(
                             let secs = last_progress.elapsed().as_secs_f64();
                             last_progress = Instant::now();
                             let mut total = Counts::default();
+                            let (mut retrying, mut halted) = (0, 0);
                             for p in &shared.progress {
-                                total.add(&p.lock().expect("progress lock").counts);
+                                let p = p.lock().expect("progress lock");
+                                total.add(&p.counts);
+                                match (&p.status, &p.retrying) {
+                                    (TaskStatus::Halted(_), _) => halted += 1,
+                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(_)) => {
+                                        retrying += 1
+                                    }
+                                    _ => {}
+                                }
                             }
                             let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
                             last_acked = total.acked;
+                            // A stalled copy says why in the same line (reasons: per
+                            // partition in the warn lines and the summary).
+                            let trouble = match (retrying, halted) {
+                                (0, 0) => String::new(),
+                                (r, h) => format!("; {r} partitions retrying, {h} halted"),
+                            };
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight)",
+                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight){trouble}",
                                 total.read, total.acked, total.filtered, total.failed, rate,
                                 shared.in_flight() / 1024
                             );
