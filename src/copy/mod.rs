@@ -106,17 +106,26 @@ impl RunReport {
     /// How the run ended, in a word or a sentence, and the exit code that means.
     pub fn verdict(&self) -> Verdict {
         use crate::error::exit;
+        let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         let mut problems = Vec::new();
         if !self.halted.is_empty() {
-            problems.push(format!("{} partitions halted", self.halted.len()));
+            problems.push(format!("{} halted", n(self.halted.len(), "partition")));
         }
         if self.totals.failed > 0 {
-            problems.push(format!("{} records failed", self.totals.failed));
+            problems.push(format!(
+                "{} failed",
+                n(self.totals.failed as usize, "record")
+            ));
         }
         if self.stopped && !self.failing.is_empty() {
+            let were = if self.failing.len() == 1 {
+                "was"
+            } else {
+                "were"
+            };
             problems.push(format!(
-                "stopped while {} partitions were failing",
-                self.failing.len()
+                "stopped while {} {were} failing",
+                n(self.failing.len(), "partition")
             ));
         }
         if !problems.is_empty() {

@@ -134,8 +134,8 @@ pub struct CopyTask {
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
     skip_logged: bool,
-    /// The offset an open source transaction holds this task at (warned once per offset).
-    txn_wait: Option<i64>,
+    /// Where the task waits below its end (an open source transaction), warned once.
+    wait_warned: Option<i64>,
     /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
     provenance_prefix: String,
 }
@@ -170,7 +170,7 @@ impl CopyTask {
             ),
             stale_until_assign: false,
             eof_gap_since: None,
-            txn_wait: None,
+            wait_warned: None,
             plan,
         };
         if let Some(e) = t.plan.end.offset() {
@@ -234,24 +234,33 @@ enum EofBelowEnd {
     /// The consumer read past every offset below the end: the rest is a gap (transaction
     /// markers, compaction) and the end is reached.
     Gap,
-    /// Records below the end are not readable yet (an open transaction at this offset):
-    /// wait, never skip them.
-    Wait(i64),
+    /// Records exist past where the read_committed consumer stops: an open transaction at
+    /// this offset holds it back. Wait, never skip them.
+    OpenTransaction(i64),
+    /// Nothing is readable past this offset yet: wait for records.
+    Records(i64),
 }
 
 /// Decides an end-of-partition that stood with offsets below the end `e` unread: `next` is
 /// the task's next offset, `read_to` the consumer's position (the offset after the last
-/// record or control record it passed; -1 if none since the assignment). Only a consumer
-/// that read up to the end proves a gap. A broker's ListOffsets answer cannot: some report
-/// the high watermark whatever the isolation level (tansu answers 0 while a transaction is
-/// open), and that is exactly the case where a gap would lose the transaction's records.
-fn eof_below_end(next: i64, e: i64, read_to: i64) -> EofBelowEnd {
+/// record or control record it passed; -1 if none since the assignment), `high` the
+/// partition's high watermark (read_uncommitted), if known. Only a consumer that read up to
+/// the end proves a gap. A broker's ListOffsets answer cannot: some report the high
+/// watermark whatever the isolation level (tansu answers 0 under read_committed while a
+/// transaction is open), which is exactly when a gap would lose the transaction's records.
+fn eof_below_end(next: i64, e: i64, read_to: i64, high: Option<i64>) -> EofBelowEnd {
+    let at = read_to.max(next);
     if read_to >= e {
         EofBelowEnd::Gap
+    } else if high.is_some_and(|h| h > at) {
+        EofBelowEnd::OpenTransaction(at)
     } else {
-        EofBelowEnd::Wait(read_to.max(next))
+        EofBelowEnd::Records(at)
     }
 }
+
+/// How often a partition waiting below its end looks again (one ListOffsets each time).
+const EOF_WAIT_RECHECK: Duration = Duration::from_secs(5);
 
 /// A record bound for a producer.
 struct Outgoing<'a> {
@@ -332,6 +341,8 @@ struct State {
     last_publish: Instant,
     prov_buf: String,
     source_episode: Option<SourceEpisode>,
+    /// A read_uncommitted client for high watermarks (see `high_watermark`).
+    uncommitted: Option<BaseConsumer<QuietContext>>,
 }
 
 impl Reader {
@@ -370,6 +381,7 @@ impl Reader {
             last_publish: Instant::now(),
             prov_buf: String::with_capacity(128),
             source_episode: None,
+            uncommitted: None,
         };
         // librdkafka's prefetch limits apply to the consumer's one queue, across all of its
         // partitions: a quarter of the overall in-flight bound, 16 to 64 MiB.
@@ -935,11 +947,10 @@ impl State {
                 continue;
             }
             match (t.plan.end.offset(), t.plan.end.timestamp()) {
-                // At EOF the fetch position is the current high watermark, which is at or
-                // past the snapshot taken at plan time. If everything below `e` was read,
-                // the end is reached; if not, wait a little for records before calling the
-                // rest a gap (see `eof_gap_since`).
-                (Some(e), _) if e <= t.plan.high => {
+                // At EOF the fetch position is the last stable offset (read_committed). If
+                // everything below `e` was read, the end is reached; if not, wait a little
+                // for records, then decide (`end_below_end`).
+                (Some(e), _) => {
                     if t.tracker.next_offset() >= e {
                         t.read_done(e);
                     } else if t.eof_gap_since.is_none() {
@@ -1010,17 +1021,22 @@ impl State {
     /// calling it a gap would move the checkpoint over records still to be committed. It is
     /// a gap only if the consumer read (control records included) up to the end.
     fn end_below_end(&mut self, consumer: &BaseConsumer<QuietContext>, i: usize, e: i64) {
-        let (topic, p) = (&self.topic, self.tasks[i].plan.partition);
+        let (topic, p) = (self.topic.clone(), self.tasks[i].plan.partition);
         // The consumer's position counts control records (transaction markers) too, and
         // every record it passed has been offered by now (this runs between batches).
         let read_to = consumer
             .position()
             .ok()
-            .and_then(|tpl| tpl.find_partition(topic, p).map(|el| el.offset()))
+            .and_then(|tpl| tpl.find_partition(&topic, p).map(|el| el.offset()))
             .and_then(|o| o.to_raw())
             .unwrap_or(-1);
         let next = self.tasks[i].tracker.next_offset();
-        let decision = match eof_below_end(next, e, read_to) {
+        let high = if read_to >= e {
+            None
+        } else {
+            self.high_watermark(p)
+        };
+        let (why, warn) = match eof_below_end(next, e, read_to, high) {
             EofBelowEnd::Gap => {
                 let t = &mut self.tasks[i];
                 tracing::debug!(
@@ -1028,27 +1044,68 @@ impl State {
                     "no records between offset {next} and the end {e} (read to {read_to}): a gap"
                 );
                 t.eof_gap_since = None;
-                t.txn_wait = None;
+                t.wait_warned = None;
                 t.read_done(e);
                 return;
             }
-            EofBelowEnd::Wait(at) => at,
+            EofBelowEnd::OpenTransaction(at) => (
+                Some(format!("waiting for an open transaction at offset {at} (the end is {e}; read_committed reads stop at the last stable offset)")),
+                at,
+            ),
+            // The plan saw the partition reach the end, yet nothing is readable past `at`.
+            EofBelowEnd::Records(at) if e <= self.tasks[i].plan.high => (
+                Some(format!("waiting for offsets {at}..{e}: the partition ended at {} when the run started but ends at {at} now", self.tasks[i].plan.high)),
+                at,
+            ),
+            // Waiting for records beyond what the partition held: normal.
+            EofBelowEnd::Records(at) => (None, at),
         };
         let t = &mut self.tasks[i];
-        // Look again after another grace period; records arriving end the wait.
-        t.eof_gap_since = Some(Instant::now());
-        let why = format!("waiting for an open transaction at offset {decision} (the end is {e}; read_committed reads stop at the last stable offset)");
-        if t.txn_wait != Some(decision) {
-            t.txn_wait = Some(decision);
-            tracing::warn!(
-                route = %t.plan.route_name, source = %t.plan.source_label(),
-                "{why}; offsets {decision}..{e} are not readable yet, so the end is not reached (never skipped)"
-            );
+        // Records arriving end the wait; otherwise look again later.
+        t.eof_gap_since = Some(Instant::now() + EOF_WAIT_RECHECK - EOF_GAP_GRACE);
+        match why {
+            Some(why) => {
+                if t.wait_warned != Some(warn) {
+                    t.wait_warned = Some(warn);
+                    tracing::warn!(
+                        route = %t.plan.route_name, source = %t.plan.source_label(),
+                        "{why}; offsets {warn}..{e} are not readable yet, so the end is not reached (never skipped)"
+                    );
+                }
+                if t.retrying.is_none() || t.source_retrying {
+                    t.retrying = Some(why);
+                    t.source_retrying = true;
+                }
+            }
+            None if t.source_retrying && t.wait_warned.is_some() => {
+                t.retrying = None;
+                t.source_retrying = false;
+                t.wait_warned = None;
+            }
+            None => {}
         }
-        if t.retrying.is_none() || t.source_retrying {
-            t.retrying = Some(why);
-            t.source_retrying = true;
+    }
+
+    /// The high watermark of partition `p` as a read_uncommitted client sees it (records
+    /// in open transactions included), from a client made the first time it is needed.
+    fn high_watermark(&mut self, p: i32) -> Option<i64> {
+        if self.uncommitted.is_none() {
+            self.uncommitted =
+                cluster::consumer(&self.cluster, &[("isolation.level", "read_uncommitted")])
+                    .map_err(|e| tracing::debug!("{e}"))
+                    .ok();
         }
+        let c = self.uncommitted.as_ref()?;
+        cluster::watermarks(
+            c,
+            &self.cluster.name,
+            &self.topic,
+            p,
+            Duration::from_secs(5),
+        )
+        .map_err(|e| tracing::debug!("{e}"))
+        .ok()
+        .map(|(_, high)| high)
     }
 
     /// A consumer error other than an out-of-range position. It names no partition (see
@@ -1361,10 +1418,14 @@ mod tests {
     #[test]
     fn end_of_partition_below_the_end_is_a_gap_only_when_read_to_the_end() {
         // Trailing commit marker at 99: the consumer passed it.
-        assert_eq!(eof_below_end(99, 100, 100), EofBelowEnd::Gap);
-        // Records 10..18 exist but a transaction opened at 10: EOF at the stable offset 10.
-        assert_eq!(eof_below_end(10, 18, 10), EofBelowEnd::Wait(10));
-        // Right after an assignment, before the consumer passed anything.
-        assert_eq!(eof_below_end(10, 18, -1), EofBelowEnd::Wait(10));
+        assert_eq!(eof_below_end(99, 100, 100, None), EofBelowEnd::Gap);
+        // A transaction opened at 10 holds the reader there; records 10..18 exist.
+        assert_eq!(
+            eof_below_end(10, 18, 10, Some(18)),
+            EofBelowEnd::OpenTransaction(10)
+        );
+        // The same, on a broker whose ListOffsets says nothing useful: still no gap.
+        assert_eq!(eof_below_end(10, 18, 10, None), EofBelowEnd::Records(10));
+        assert_eq!(eof_below_end(10, 18, -1, Some(0)), EofBelowEnd::Records(10));
     }
 }
