@@ -128,8 +128,10 @@ pub struct CopyTask {
     /// Acting on them would skip (and so lose) the records in between.
     stale_until_assign: bool,
     /// End-of-partition seen while offsets below `end` are still unread: a trailing gap
-    /// (transaction markers, compaction), or a broker whose watermark runs behind its data.
-    /// The end is declared only if no record arrives for `EOF_GAP_GRACE`.
+    /// (transaction markers, compaction), an open transaction holding the read_committed
+    /// consumer at the last stable offset, or records not written yet. Decided by
+    /// `end_below_end` once no record arrived for `EOF_GAP_GRACE` (then every
+    /// `EOF_WAIT_RECHECK` while it waits).
     eof_gap_since: Option<Instant>,
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
