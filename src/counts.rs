@@ -96,6 +96,8 @@ pub struct SummaryRow {
     pub counts: Counts,
     pub target: String,
     pub status: String,
+    /// Consumer (fetch) errors taken for this partition.
+    pub source_errors: u64,
 }
 
 /// Renders rows as an aligned text table with a totals line.
@@ -142,8 +144,19 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 /// The end-of-run table: source range, every count, target offsets written, status.
 pub fn summary_table(rows: &[SummaryRow]) -> String {
     let headers = [
-        "route", "source", "range", "read", "filtered", "acked", "dlq", "skipped", "failed",
-        "pending", "target", "status",
+        "route",
+        "source",
+        "range",
+        "read",
+        "filtered",
+        "acked",
+        "dlq",
+        "skipped",
+        "failed",
+        "pending",
+        "src_errors",
+        "target",
+        "status",
     ];
     let mut total = Counts::default();
     let mut cells: Vec<Vec<String>> = rows
@@ -162,6 +175,7 @@ pub fn summary_table(rows: &[SummaryRow]) -> String {
                 c.skipped.to_string(),
                 c.failed.to_string(),
                 c.pending().to_string(),
+                r.source_errors.to_string(),
                 r.target.clone(),
                 r.status.clone(),
             ]
@@ -178,6 +192,10 @@ pub fn summary_table(rows: &[SummaryRow]) -> String {
         total.skipped.to_string(),
         total.failed.to_string(),
         total.pending().to_string(),
+        rows.iter()
+            .map(|r| r.source_errors)
+            .sum::<u64>()
+            .to_string(),
         String::new(),
         if total.invariant_holds() && total.pending() == 0 {
             "read = filtered + acked + dlq + skipped + failed".into()

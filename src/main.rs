@@ -60,7 +60,8 @@ enum Command {
         /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
-        /// Treat every route as end = "snapshot": copy what is there now, then exit.
+        /// Copy what is there now, then exit: each route ends at its own `end` or at the
+        /// snapshot (the end of each partition when the run starts), whichever comes first.
         #[arg(long)]
         once: bool,
         /// Seconds between progress lines (0 = none).
@@ -511,15 +512,10 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     };
     let report = copy::run(&cfg, &store, &opts, stop)?;
     print!("{}", report.table());
+    let verdict = report.verdict();
     println!(
         "{} in {:.1}s; checkpoint {}",
-        if report.complete {
-            "complete"
-        } else if report.stopped {
-            "stopped"
-        } else {
-            "ended"
-        },
+        verdict.summary,
         report.elapsed.as_secs_f64(),
         report.checkpoint
     );
@@ -532,11 +528,12 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
     for (src, why) in &report.halted {
         eprintln!("halted {src}: {}", redact(why));
     }
-    Ok(if report.halted.is_empty() && report.totals.failed == 0 {
-        exit::OK
-    } else {
-        exit::MISMATCH
-    })
+    if report.stopped {
+        for (src, why) in &report.failing {
+            eprintln!("failing when stopped {src}: {why}");
+        }
+    }
+    Ok(verdict.code)
 }
 
 fn show_checkpoints(path: &Path) -> Result<i32> {

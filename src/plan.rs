@@ -26,6 +26,38 @@ pub enum TaskEnd {
     Offset(i64),
     /// Stop at the first record with a timestamp at or after this (ms since epoch).
     Timestamp(i64),
+    /// `--once` with a timestamp end: stop at the first record with a timestamp at or after
+    /// the first value, or before the offset (the snapshot), whichever comes first.
+    TimestampOrOffset(i64, i64),
+}
+
+impl TaskEnd {
+    /// The offset the task stops before, if it has one.
+    pub fn offset(&self) -> Option<i64> {
+        match self {
+            TaskEnd::Offset(e) | TaskEnd::TimestampOrOffset(_, e) => Some(*e),
+            TaskEnd::None | TaskEnd::Timestamp(_) => None,
+        }
+    }
+
+    /// The record timestamp the task stops at, if it has one.
+    pub fn timestamp(&self) -> Option<i64> {
+        match self {
+            TaskEnd::Timestamp(ts) | TaskEnd::TimestampOrOffset(ts, _) => Some(*ts),
+            TaskEnd::None | TaskEnd::Offset(_) => None,
+        }
+    }
+
+    /// Where `--once` stops a task whose route ends at `end`, given the partition's
+    /// snapshot (its end when the run started): whichever comes first. `--once` must never
+    /// widen a route's window (a replay window would otherwise become the whole topic).
+    pub fn once(end: &EndPosition, snapshot: i64) -> TaskEnd {
+        match end {
+            EndPosition::None | EndPosition::Snapshot => TaskEnd::Offset(snapshot),
+            EndPosition::Offset(o) => TaskEnd::Offset((*o).min(snapshot)),
+            EndPosition::Timestamp(ts) => TaskEnd::TimestampOrOffset(*ts, snapshot),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -67,10 +99,7 @@ impl TaskPlan {
 
     /// Offsets to copy, when known: an upper bound on records (gaps make it smaller).
     pub fn estimate(&self) -> Option<i64> {
-        match self.end {
-            TaskEnd::Offset(e) => Some((e - self.start).max(0)),
-            _ => None,
-        }
+        self.end.offset().map(|e| (e - self.start).max(0))
     }
 
     pub fn source_label(&self) -> String {
@@ -106,11 +135,30 @@ pub enum CreateTopics {
     Never,
 }
 
-/// Connects and resolves the plan.
+/// Where tasks end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ends {
+    /// Each route's `end`.
+    AsConfigured,
+    /// `--once`: each route's `end` or the snapshot, whichever comes first.
+    Once,
+}
+
+/// Connects and resolves the plan, with each route's own `end`.
 pub fn build(
     config: &Config,
     checkpoint: Option<&Checkpoint>,
     create: CreateTopics,
+) -> Result<Plan, ClusterError> {
+    build_with(config, checkpoint, create, Ends::AsConfigured)
+}
+
+/// Connects and resolves the plan.
+pub fn build_with(
+    config: &Config,
+    checkpoint: Option<&Checkpoint>,
+    create: CreateTopics,
+    ends: Ends,
 ) -> Result<Plan, ClusterError> {
     let timeout = config.run.connect_timeout;
     let mut consumers: BTreeMap<String, BaseConsumer<QuietContext>> = BTreeMap::new();
@@ -309,7 +357,9 @@ pub fn build(
                 }
                 // A snapshot must not stop short, so it needs the confirmed end; for the rest
                 // the reported watermark is the best answer a very busy topic allows.
-                Err(e) if route.end == EndPosition::Snapshot => return Err(e),
+                Err(e) if route.end == EndPosition::Snapshot || ends == Ends::Once => {
+                    return Err(e)
+                }
                 Err(e) => tracing::warn!("{e}; using the reported high watermarks"),
             }
             for p in 0..partitions as i32 {
@@ -390,11 +440,12 @@ pub fn build(
                         detail,
                     });
                 }
-                let end = match route.end {
-                    EndPosition::None => TaskEnd::None,
-                    EndPosition::Snapshot => TaskEnd::Offset(high),
-                    EndPosition::Offset(o) => TaskEnd::Offset(o),
-                    EndPosition::Timestamp(t) => TaskEnd::Timestamp(t),
+                let end = match (ends, &route.end) {
+                    (Ends::Once, e) => TaskEnd::once(e, high),
+                    (_, EndPosition::None) => TaskEnd::None,
+                    (_, EndPosition::Snapshot) => TaskEnd::Offset(high),
+                    (_, EndPosition::Offset(o)) => TaskEnd::Offset(*o),
+                    (_, EndPosition::Timestamp(t)) => TaskEnd::Timestamp(*t),
                 };
                 let first_offset = cp.map(|c| c.first_offset).unwrap_or(start);
                 let writable: Vec<i32> = match route.partitioning {
@@ -468,6 +519,9 @@ impl Plan {
                         TaskEnd::None => "follow".into(),
                         TaskEnd::Offset(o) => o.to_string(),
                         TaskEnd::Timestamp(ts) => value::format_ms(ts),
+                        TaskEnd::TimestampOrOffset(ts, o) => {
+                            format!("{} or {o}", value::format_ms(ts))
+                        }
                     },
                     match t.estimate() {
                         Some(n) => format!("<= {n}"),

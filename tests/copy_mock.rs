@@ -1045,3 +1045,91 @@ end = "snapshot"
     );
     verify_clean(&config, true);
 }
+
+/// Issue 8 item 5: `--once` ends each partition at whichever comes first, the route's own
+/// `end` (offset or timestamp) or the snapshot; it never widens a replay window to the
+/// whole topic. Three routes read the same topic: an offset window, a timestamp window,
+/// and an offset end beyond the snapshot (which stops at the snapshot).
+#[test]
+fn once_keeps_each_routes_end_and_stops_at_the_snapshot() {
+    const TS: i64 = 1_700_000_000_000;
+    let m = Mirror::start(&[("window", 2)]);
+    produce_numbered(m.source(), "window", 2, 0..1_000, TS);
+    for t in ["by-offset", "by-time", "past-snapshot"] {
+        m.create_target_topic(t, 2);
+    }
+    let until = kmirror::config::value::format_ms(TS + 700);
+    let config = m.config(
+        "window",
+        &format!(
+            r#"
+[[routes]]
+name = "by-offset"
+source = "src"
+target = "dst"
+topics = ["window"]
+target_topic = "{{route}}"
+start = 200
+end = 500
+
+[[routes]]
+name = "by-time"
+source = "src"
+target = "dst"
+topics = ["window"]
+target_topic = "{{route}}"
+end = "{until}"
+
+[[routes]]
+name = "past-snapshot"
+source = "src"
+target = "dst"
+topics = ["window"]
+target_topic = "{{route}}"
+end = 5000
+"#
+        ),
+    );
+    let store = FileStore::new(config.checkpoint_file());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (c, flag) = (config.clone(), stop.clone());
+    let h = std::thread::spawn(move || {
+        let opts = RunOptions {
+            once: true,
+            ..Default::default()
+        };
+        copy::run(&c, &FileStore::new(c.checkpoint_file()), &opts, flag)
+    });
+    let started = Instant::now();
+    while !h.is_finished() && started.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let report = h.join().expect("run thread").expect("run");
+    assert!(report.complete, "{}", report.table());
+    assert_report_invariant(&report);
+    let cp = kmirror::checkpoint::CheckpointStore::load(&store)
+        .unwrap()
+        .unwrap();
+    for (route, window) in [
+        ("by-offset", 200..500),
+        ("by-time", 0..700),
+        ("past-snapshot", 0..1_000),
+    ] {
+        for p in 0..2 {
+            let r = row(&report, route, "window", p);
+            assert_eq!(r.range, (window.start, window.end), "{route} partition {p}");
+            let pc = cp.get(route, "window", p).unwrap();
+            assert_eq!(
+                pc.next_offset, window.end,
+                "{route} partition {p} checkpoint"
+            );
+        }
+        let target = read_topic(m.target(), route);
+        assert_exactly_once(
+            &census(&target, SOURCE, "window"),
+            &same_range(2, window.clone()),
+        );
+    }
+    verify_clean(&config, true);
+}

@@ -1100,6 +1100,134 @@ fn source_fetch_and_list_offsets_errors_lose_nothing() {
     );
 }
 
+/// Issue 8 item 2: a permanent source error (Fetch answering TOPIC_AUTHORIZATION_FAILED on
+/// every request) halts every partition with the reason instead of leaving a snapshot run
+/// sitting at "0 records/s"; the run ends, names cluster/topic/partition at warn or above,
+/// counts the errors, and its verdict is exit 1.
+#[test]
+fn source_authorization_failure_halts_the_partitions_and_exits_1() {
+    let _serial = serial();
+    const P: i32 = 4;
+    let m = Mirror::start(&[("denied", P)]);
+    common::produce_numbered(m.source(), "denied", P, 0..200, TS);
+    let cfg = m.config("denied", &route("denied", ""));
+    m.control(Control::RequestErrors {
+        cluster: SOURCE_IDX,
+        api: RDKafkaApiKey::Fetch,
+        error: RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        count: 1_000_000,
+    });
+    let from = logs_len();
+    let report = common::spawn_run(&cfg).join(Duration::from_secs(60));
+    m.control(Control::ClearRequestErrors {
+        cluster: SOURCE_IDX,
+        api: RDKafkaApiKey::Fetch,
+    });
+    let logs = logs_since(from);
+    println!("{}\n{}", report.table(), report.verdict().summary);
+    assert!(!report.complete && !report.stopped, "{}", report.table());
+    assert_eq!(report.halted.len(), P as usize, "{:?}", report.halted);
+    for (src, why) in &report.halted {
+        assert!(
+            why.contains("src:denied") && why.to_lowercase().contains("authorization"),
+            "{src}: {why}"
+        );
+    }
+    for p in 0..P {
+        let row = common::row(&report, "denied", "denied", p);
+        assert!(row.status.starts_with("halted: "), "{}", row.status);
+        assert!(row.source_errors >= 1, "partition {p}: errors counted");
+        assert_eq!(row.counts.read, 0);
+        let line = logs
+            .lines()
+            .find(|l| {
+                (l.contains("WARN") || l.contains("ERROR"))
+                    && l.contains(&format!("src:denied/{p}"))
+                    && l.to_lowercase().contains("authorization")
+            })
+            .unwrap_or_else(|| panic!("no warn/error line names src:denied/{p}:\n{logs}"));
+        println!("{line}");
+    }
+    assert!(report.source_errors >= P as u64);
+    let v = report.verdict();
+    assert_eq!(v.code, kmirror::error::exit::MISMATCH, "{v:?}");
+    assert!(v.summary.contains("4 partitions halted"), "{v:?}");
+    assert_eq!(
+        cp_positions(
+            m.store(&cfg).load().unwrap().as_ref(),
+            "denied",
+            "denied",
+            P
+        ),
+        vec![0; P as usize],
+        "nothing was checkpointed past what was copied"
+    );
+}
+
+/// Issue 8 item 2: while every Fetch fails with a retriable error the partitions show
+/// "retrying: <reason>", one warn line per episode names cluster/topic/partitions (not one
+/// per poll), the errors are counted, and a run stopped then is not a success (exit 1,
+/// "stopped while N partitions were failing").
+#[test]
+fn stopped_while_source_fetches_fail_is_not_success() {
+    let _serial = serial();
+    const P: i32 = 4;
+    let m = Mirror::start(&[("failing", P)]);
+    common::produce_numbered(m.source(), "failing", P, 0..200, TS);
+    let cfg = m.config("failing", &route("failing", ""));
+    m.control(Control::RequestErrors {
+        cluster: SOURCE_IDX,
+        api: RDKafkaApiKey::Fetch,
+        error: RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        count: 1_000_000,
+    });
+    let from = logs_len();
+    let run = common::spawn_run(&cfg);
+    common::wait_until("a warn line about the failing fetches", WAIT, || {
+        logs_since(from).contains("consumer error on src:failing")
+    });
+    // Several fetch backoffs, so errors repeat within the episode.
+    std::thread::sleep(Duration::from_secs(3));
+    run.request_stop();
+    let report = run.join(WAIT);
+    m.control(Control::ClearRequestErrors {
+        cluster: SOURCE_IDX,
+        api: RDKafkaApiKey::Fetch,
+    });
+    let logs = logs_since(from);
+    println!("{}\n{}", report.table(), report.verdict().summary);
+    assert!(report.stopped && !report.complete);
+    assert!(report.halted.is_empty(), "{:?}", report.halted);
+    assert_eq!(report.failing.len(), P as usize, "{:?}", report.failing);
+    for p in 0..P {
+        let row = common::row(&report, "failing", "failing", p);
+        assert!(
+            row.status
+                .starts_with("stopped while retrying: source fetch error"),
+            "{}",
+            row.status
+        );
+    }
+    let warns: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("consumer error on src:failing"))
+        .collect();
+    assert_eq!(warns.len(), 1, "one warn line per episode:\n{logs}");
+    assert!(warns[0].contains("partitions [0,1,2,3]"), "{}", warns[0]);
+    assert!(
+        report.source_errors > warns.len() as u64,
+        "errors after the first are counted ({})",
+        report.source_errors
+    );
+    let v = report.verdict();
+    assert_eq!(v.code, kmirror::error::exit::MISMATCH, "{v:?}");
+    assert!(
+        v.summary
+            .contains("stopped while 4 partitions were failing"),
+        "{v:?}"
+    );
+}
+
 /// 1 KiB records for the slow-target test: key 8 + value 1000 + header 3 + 8 = 1019 bytes.
 fn kib_record(p: i32, i: i64) -> TestRecord {
     TestRecord {

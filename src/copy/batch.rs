@@ -5,15 +5,101 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, ConsumerContext};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 
 /// One item taken from the consumer queue, in queue order.
 pub enum Event<'c> {
     Record(BorrowedMessage<'c>),
-    /// The fetch position of this partition reached the high watermark.
+    /// The fetch position of this partition reached the end of what it may read: the last
+    /// stable offset under read_committed (an open transaction holds it back), else the
+    /// high watermark.
     Eof(i32),
+    /// A consumer error. librdkafka attaches the partition to its per-partition fetch
+    /// errors, but rdkafka 0.39 hands them over as `KafkaError::MessageConsumption(code)`
+    /// without it (only end-of-partition keeps its partition), and broker-level errors
+    /// (transport, all brokers down) have none. A reader reads one topic, so the reader
+    /// takes an error for every partition of its topic still reading.
     Error(KafkaError),
+}
+
+/// What a consumer (fetch) error means for the partitions it concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// librdkafka retries the fetch itself: the partitions show "retrying" until records
+    /// (or end-of-partition) arrive again.
+    Retriable,
+    /// Retriable for a while (a topic briefly unknown while metadata propagates), then
+    /// permanent: the partitions halt once the episode lasts longer than this.
+    RetriableFor(Duration),
+    /// Retrying cannot help (authorization, unsupported, corrupt data): the partitions halt.
+    Permanent,
+}
+
+/// How long a source topic or partition may stay unknown before its partitions halt.
+pub const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
+
+/// The explicit list of source errors. Codes on neither list are taken as retriable
+/// (librdkafka backs off and fetches again), surfaced and counted like the others: halting
+/// on an error nobody classified would stop a healthy copy.
+pub fn classify_source_error(code: Option<RDKafkaErrorCode>) -> SourceErrorKind {
+    use RDKafkaErrorCode as C;
+    match code {
+        // Access and protocol problems, and data the consumer cannot decode or skip.
+        Some(
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::GroupAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::UnsupportedSASLMechanism
+            | C::IllegalSASLState
+            | C::UnsupportedVersion
+            | C::UnsupportedForMessageFormat
+            | C::UnsupportedCompressionType
+            | C::UnsupportedFeature
+            | C::InvalidMessage
+            | C::BadMessage
+            | C::BadCompression
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::MessageSizeTooLarge
+            | C::InvalidRequest
+            | C::LogTruncation
+            | C::Fatal,
+        ) => SourceErrorKind::Permanent,
+        Some(
+            C::UnknownTopicOrPartition | C::UnknownTopic | C::UnknownPartition | C::UnknownTopicId,
+        ) => SourceErrorKind::RetriableFor(UNKNOWN_TOPIC_GRACE),
+        // Leadership moves, transport, timeouts, coordinators, storage hiccups, throttling:
+        // librdkafka refreshes metadata, reconnects and fetches again.
+        Some(
+            C::NotLeaderForPartition
+            | C::LeaderNotAvailable
+            | C::BrokerNotAvailable
+            | C::ReplicaNotAvailable
+            | C::FencedLeaderEpoch
+            | C::UnknownLeaderEpoch
+            | C::OffsetNotAvailable
+            | C::KafkaStorageError
+            | C::NotCoordinator
+            | C::CoordinatorNotAvailable
+            | C::CoordinatorLoadInProgress
+            | C::BrokerTransportFailure
+            | C::AllBrokersDown
+            | C::Resolve
+            | C::RequestTimedOut
+            | C::OperationTimedOut
+            | C::MessageTimedOut
+            | C::NetworkException
+            | C::NotEnoughReplicas
+            | C::ThrottlingQuotaExceeded
+            | C::FetchSessionIdNotFound
+            | C::InvalidFetchSessionEpoch
+            | C::Partial,
+        ) => SourceErrorKind::Retriable,
+        _ => SourceErrorKind::Retriable,
+    }
 }
 
 pub struct Batch<'c> {

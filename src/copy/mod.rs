@@ -32,7 +32,7 @@ use crate::checkpoint::{
     PartitionCheckpoint, RetryingSaver, RouteCheckpoint,
 };
 use crate::cluster::ClusterError;
-use crate::config::{value, Config, EndPosition, Limits};
+use crate::config::{value, Config, Limits};
 use crate::counts::{Counts, SummaryRow};
 use crate::plan::{self, CreateTopics, Plan};
 use crate::rate_limit::Limiter;
@@ -74,7 +74,8 @@ pub enum RunError {
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Treat every route as `end = "snapshot"`.
+    /// End every route at its own `end` or at the snapshot (the ends seen when the run
+    /// starts), whichever comes first.
     pub once: bool,
     /// Log a progress line this often.
     pub progress_every: Option<Duration>,
@@ -87,6 +88,11 @@ pub struct RunReport {
     pub totals: Counts,
     /// Tasks that stopped on an error, with the reason.
     pub halted: Vec<(String, String)>,
+    /// Tasks that were retrying (a failing source or target) when the run ended, with the
+    /// reason. A run stopped while any was failing is not a success.
+    pub failing: Vec<(String, String)>,
+    /// Consumer (fetch) errors taken, over all tasks.
+    pub source_errors: u64,
     /// Whether every task reached its end (false when stopped or following forever).
     pub complete: bool,
     pub stopped: bool,
@@ -101,15 +107,60 @@ impl RunReport {
     pub fn table(&self) -> String {
         crate::counts::summary_table(&self.rows)
     }
+
+    /// How the run ended, in a word or a sentence, and the exit code that means.
+    pub fn verdict(&self) -> Verdict {
+        use crate::error::exit;
+        let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        let mut problems = Vec::new();
+        if !self.halted.is_empty() {
+            problems.push(format!("{} halted", n(self.halted.len(), "partition")));
+        }
+        if self.totals.failed > 0 {
+            problems.push(format!(
+                "{} failed",
+                n(self.totals.failed as usize, "record")
+            ));
+        }
+        if self.stopped && !self.failing.is_empty() {
+            let were = if self.failing.len() == 1 {
+                "was"
+            } else {
+                "were"
+            };
+            problems.push(format!(
+                "stopped while {} {were} failing",
+                n(self.failing.len(), "partition")
+            ));
+        }
+        if !problems.is_empty() {
+            return Verdict {
+                summary: format!("FAILED: {}", problems.join("; ")),
+                code: exit::MISMATCH,
+            };
+        }
+        let summary = if self.complete {
+            "complete"
+        } else if self.stopped {
+            "stopped"
+        } else {
+            "ended"
+        };
+        Verdict {
+            summary: summary.into(),
+            code: exit::OK,
+        }
+    }
 }
 
-/// Applies `--once`: every route ends at the high watermarks seen when the run starts.
-pub fn once(config: &Config) -> Config {
-    let mut c = config.clone();
-    for r in &mut c.routes {
-        r.end = EndPosition::Snapshot;
-    }
-    c
+/// The end of a run, as `kmirror run` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// "complete", "stopped", "ended", or "FAILED: " and what failed.
+    pub summary: String,
+    /// 0 (`exit::OK`), or 1 (`exit::MISMATCH`) when any partition halted, any record failed,
+    /// or the run was stopped while partitions were failing (retrying).
+    pub code: i32,
 }
 
 /// Loads the checkpoint and checks it belongs to this routing file.
@@ -132,18 +183,19 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
-    let config = if opts.once {
-        once(config)
+    let previous = load_checkpoint(config, store)?;
+    // `--once` ends each task at its route's `end` or the snapshot, whichever comes first.
+    let ends = if opts.once {
+        plan::Ends::Once
     } else {
-        config.clone()
+        plan::Ends::AsConfigured
     };
-    let previous = load_checkpoint(&config, store)?;
-    let plan = plan::build(&config, previous.as_ref(), CreateTopics::AsConfigured)?;
-    let ids = identity::lookup(&config, &plan)?;
+    let plan = plan::build_with(config, previous.as_ref(), CreateTopics::AsConfigured, ends)?;
+    let ids = identity::lookup(config, &plan)?;
     if let Some(cp) = &previous {
-        identity::check(cp, store, &config, &ids)?;
+        identity::check(cp, store, config, &ids)?;
     }
-    execute(&config, plan, previous, &ids, store, opts, stop, started)
+    execute(config, plan, previous, &ids, store, opts, stop, started)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -308,8 +360,17 @@ fn execute(
                             let secs = last_progress.elapsed().as_secs_f64();
                             last_progress = Instant::now();
                             let mut total = Counts::default();
+                            let (mut retrying, mut halted) = (0, 0);
                             for p in &shared.progress {
-                                total.add(&p.lock().expect("progress lock").counts);
+                                let p = p.lock().expect("progress lock");
+                                total.add(&p.counts);
+                                match (&p.status, &p.retrying) {
+                                    (TaskStatus::Halted(_), _) => halted += 1,
+                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(_)) => {
+                                        retrying += 1
+                                    }
+                                    _ => {}
+                                }
                             }
                             let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
                             last_acked = total.acked;
@@ -317,8 +378,14 @@ fn execute(
                                 .failing_for()
                                 .map(|d| format!("; checkpoints failing for {:.0}s", d.as_secs_f64()))
                                 .unwrap_or_default();
+                            // A stalled copy says why in the same line (reasons: per
+                            // partition in the warn lines and the summary).
+                            let trouble = match (retrying, halted) {
+                                (0, 0) => String::new(),
+                                (r, h) => format!("; {r} partitions retrying, {h} halted"),
+                            };
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight{unwritten})",
+                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
                                 total.read, total.acked, total.filtered, total.failed, rate,
                                 shared.in_flight() / 1024
                             );
@@ -358,12 +425,19 @@ fn execute(
     let mut rows = Vec::new();
     let mut totals = Counts::default();
     let mut halted = Vec::new();
+    let mut failing = Vec::new();
+    let mut source_errors = 0;
     let mut gaps = 0;
     for t in &all {
         totals.add(&t.counts);
         gaps += t.plan.gap;
-        if let TaskStatus::Halted(why) = &t.status {
-            halted.push((t.plan.source_label(), why.clone()));
+        source_errors += t.source_errors;
+        match (&t.status, &t.retrying) {
+            (TaskStatus::Halted(why), _) => halted.push((t.plan.source_label(), why.clone())),
+            (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
+                failing.push((t.plan.source_label(), why.clone()))
+            }
+            _ => {}
         }
         rows.push(SummaryRow {
             route: t.plan.route_name.clone(),
@@ -375,7 +449,8 @@ fn execute(
                 &t.plan.target_topic,
                 &t.target_ranges,
             ),
-            status: t.status.label(),
+            status: summary_status(t),
+            source_errors: t.source_errors,
         });
     }
     Ok(RunReport {
@@ -384,11 +459,25 @@ fn execute(
         rows,
         totals,
         halted,
+        failing,
+        source_errors,
         gaps,
         peak_in_flight_bytes: shared.peak_in_flight_bytes.load(Ordering::Relaxed),
         checkpoint: store.describe(),
         elapsed: started.elapsed(),
     })
+}
+
+/// A task's status in the end-of-run summary: its state (`TaskProgress::state`), where a
+/// task still copying was stopped.
+fn summary_status(t: &CopyTask) -> String {
+    match (&t.status, &t.retrying) {
+        (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
+            format!("stopped while retrying: {why}")
+        }
+        (TaskStatus::Copying | TaskStatus::ReadDone, None) => t.status.label(),
+        _ => t.progress().state(),
+    }
 }
 
 fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) -> String {

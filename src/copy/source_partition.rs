@@ -22,7 +22,7 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
-use super::batch::{self, Event};
+use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
 use super::produce::{
     classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
@@ -35,7 +35,7 @@ use super::Shared;
 use crate::cluster::{self, QuietContext};
 use crate::config::{ClusterConfig, ErrorAction, OutOfRangePolicy, Partitioning, RouteConfig};
 use crate::counts::Counts;
-use crate::plan::{TaskEnd, TaskPlan};
+use crate::plan::TaskPlan;
 use crate::rate_limit::Limiter;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +63,20 @@ impl TaskStatus {
 /// How long an end-of-partition must stand, with offsets below the end unread, before
 /// they are taken for a gap.
 const EOF_GAP_GRACE: Duration = Duration::from_secs(1);
+
+/// A source error episode ends when no consumer error came for this long (librdkafka
+/// reports a persisting fetch error again after each fetch backoff, well under a second),
+/// or when the partitions deliver records or end-of-partition again.
+const SOURCE_ERROR_QUIET: Duration = Duration::from_secs(5);
+
+/// Consumer errors on a reader's topic, from the first until the source delivers again.
+/// Logged once (at warn) when it starts or its error changes, counted per partition always.
+struct SourceEpisode {
+    code: Option<RDKafkaErrorCode>,
+    since: Instant,
+    last: Instant,
+    errors: u64,
+}
 
 /// What the checkpoint writer and progress display see of a task.
 #[derive(Debug, Clone)]
@@ -100,6 +114,10 @@ pub struct CopyTask {
     /// Set while the task is retrying (a retriable source or target error), with the reason;
     /// cleared when it makes progress again. Shown as the partition's state.
     pub retrying: Option<String>,
+    /// Consumer (fetch) errors taken for this partition.
+    pub source_errors: u64,
+    /// `retrying` was set by a source error (cleared when the source delivers again).
+    source_retrying: bool,
     pub in_flight_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
@@ -110,12 +128,16 @@ pub struct CopyTask {
     /// Acting on them would skip (and so lose) the records in between.
     stale_until_assign: bool,
     /// End-of-partition seen while offsets below `end` are still unread: a trailing gap
-    /// (transaction markers, compaction), or a broker whose watermark runs behind its data.
-    /// The end is declared only if no record arrives for `EOF_GAP_GRACE`.
+    /// (transaction markers, compaction), an open transaction holding the read_committed
+    /// consumer at the last stable offset, or records not written yet. Decided by
+    /// `end_below_end` once no record arrived for `EOF_GAP_GRACE` (then every
+    /// `EOF_WAIT_RECHECK` while it waits).
     eof_gap_since: Option<Instant>,
     pub limiter: Option<Arc<Limiter>>,
     round_robin: usize,
     skip_logged: bool,
+    /// Where the task waits below its end (an open source transaction), warned once.
+    wait_warned: Option<i64>,
     /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
     provenance_prefix: String,
 }
@@ -135,6 +157,8 @@ impl CopyTask {
             counts: Counts::default(),
             status: TaskStatus::Copying,
             retrying: None,
+            source_errors: 0,
+            source_retrying: false,
             in_flight_bytes: 0,
             generation: 0,
             target_ranges,
@@ -148,9 +172,10 @@ impl CopyTask {
             ),
             stale_until_assign: false,
             eof_gap_since: None,
+            wait_warned: None,
             plan,
         };
-        if let TaskEnd::Offset(e) = t.plan.end {
+        if let Some(e) = t.plan.end.offset() {
             if t.plan.start >= e {
                 t.status = TaskStatus::Done;
             }
@@ -204,6 +229,40 @@ impl CopyTask {
         self.status = TaskStatus::Halted(why);
     }
 }
+
+/// What an end-of-partition below a task's end means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EofBelowEnd {
+    /// The consumer read past every offset below the end: the rest is a gap (transaction
+    /// markers, compaction) and the end is reached.
+    Gap,
+    /// Records exist past where the read_committed consumer stops: an open transaction at
+    /// this offset holds it back. Wait, never skip them.
+    OpenTransaction(i64),
+    /// Nothing is readable past this offset yet: wait for records.
+    Records(i64),
+}
+
+/// Decides an end-of-partition that stood with offsets below the end `e` unread: `next` is
+/// the task's next offset, `read_to` the consumer's position (the offset after the last
+/// record or control record it passed; -1 if none since the assignment), `high` the
+/// partition's high watermark (read_uncommitted), if known. Only a consumer that read up to
+/// the end proves a gap. A broker's ListOffsets answer cannot: some report the high
+/// watermark whatever the isolation level (tansu answers 0 under read_committed while a
+/// transaction is open), which is exactly when a gap would lose the transaction's records.
+fn eof_below_end(next: i64, e: i64, read_to: i64, high: Option<i64>) -> EofBelowEnd {
+    let at = read_to.max(next);
+    if read_to >= e {
+        EofBelowEnd::Gap
+    } else if high.is_some_and(|h| h > at) {
+        EofBelowEnd::OpenTransaction(at)
+    } else {
+        EofBelowEnd::Records(at)
+    }
+}
+
+/// How often a partition waiting below its end looks again (one ListOffsets each time).
+const EOF_WAIT_RECHECK: Duration = Duration::from_secs(5);
 
 /// A record bound for a producer.
 struct Outgoing<'a> {
@@ -283,6 +342,9 @@ struct State {
     backoff: Duration,
     last_publish: Instant,
     prov_buf: String,
+    source_episode: Option<SourceEpisode>,
+    /// A read_uncommitted client for high watermarks (see `high_watermark`).
+    uncommitted: Option<BaseConsumer<QuietContext>>,
 }
 
 impl Reader {
@@ -320,6 +382,8 @@ impl Reader {
             backoff: Duration::ZERO,
             last_publish: Instant::now(),
             prov_buf: String::with_capacity(128),
+            source_episode: None,
+            uncommitted: None,
         };
         // librdkafka's prefetch limits apply to the consumer's one queue, across all of its
         // partitions: a quarter of the overall in-flight bound, 16 to 64 MiB.
@@ -362,18 +426,21 @@ impl State {
         loop {
             self.settle_reports(Duration::ZERO);
             self.check_producers();
-            for t in &mut self.tasks {
-                if let (Some(since), TaskEnd::Offset(e)) = (t.eof_gap_since, t.plan.end) {
+            for i in 0..self.tasks.len() {
+                let t = &self.tasks[i];
+                if let (Some(since), Some(e)) = (t.eof_gap_since, t.plan.end.offset()) {
                     if since.elapsed() >= EOF_GAP_GRACE && t.status == TaskStatus::Copying {
-                        tracing::debug!(
-                            source = %t.plan.source_label(),
-                            "no records between offset {} and the end {e}: a gap", t.tracker.next_offset()
-                        );
-                        t.eof_gap_since = None;
-                        t.read_done(e);
+                        self.end_below_end(consumer, i, e);
                     }
                 }
-                t.maybe_finish();
+                self.tasks[i].maybe_finish();
+            }
+            if self
+                .source_episode
+                .as_ref()
+                .is_some_and(|ep| ep.last.elapsed() >= SOURCE_ERROR_QUIET)
+            {
+                self.end_source_episode(None);
             }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
                 self.publish();
@@ -429,8 +496,14 @@ impl State {
             }
             for ev in b.events {
                 match ev {
-                    Event::Record(m) => self.offer(&m),
-                    Event::Eof(p) => self.on_eof(p),
+                    Event::Record(m) => {
+                        self.source_delivers(m.partition());
+                        self.offer(&m)
+                    }
+                    Event::Eof(p) => {
+                        self.source_delivers(p);
+                        self.on_eof(p)
+                    }
                     Event::Error(e) => self.on_consume_error(consumer, e),
                 }
             }
@@ -544,18 +617,17 @@ impl State {
                 continue; // finished, rewound, or already read before a re-assign
             }
             t.eof_gap_since = None;
-            match t.plan.end {
-                TaskEnd::Offset(e) if offset >= e => {
-                    t.read_done(e);
-                    continue;
-                }
-                TaskEnd::Timestamp(ts) if m.timestamp().to_millis().is_some_and(|x| x >= ts) => {
+            if let Some(e) = t.plan.end.offset().filter(|e| offset >= *e) {
+                t.read_done(e);
+                continue;
+            }
+            if let Some(ts) = t.plan.end.timestamp() {
+                if m.timestamp().to_millis().is_some_and(|x| x >= ts) {
                     t.read_done(offset);
                     continue;
                 }
-                _ => {}
             }
-            if let TaskEnd::Offset(e) = t.plan.end {
+            if let Some(e) = t.plan.end.offset() {
                 if offset + 1 >= e {
                     // The last record before the end: no need to wait for one past it, or
                     // for end-of-partition.
@@ -876,19 +948,18 @@ impl State {
             if t.stale_until_assign {
                 continue;
             }
-            match t.plan.end {
-                // At EOF the fetch position is the current high watermark, which is at or
-                // past the snapshot taken at plan time. If everything below `e` was read,
-                // the end is reached; if not, wait a little for records before calling the
-                // rest a gap (see `eof_gap_since`).
-                TaskEnd::Offset(e) if e <= t.plan.high => {
+            match (t.plan.end.offset(), t.plan.end.timestamp()) {
+                // At EOF the fetch position is the last stable offset (read_committed). If
+                // everything below `e` was read, the end is reached; if not, wait a little
+                // for records, then decide (`end_below_end`).
+                (Some(e), _) => {
                     if t.tracker.next_offset() >= e {
                         t.read_done(e);
                     } else if t.eof_gap_since.is_none() {
                         t.eof_gap_since = Some(Instant::now());
                     }
                 }
-                TaskEnd::Timestamp(ts) if now >= ts => {
+                (None, Some(ts)) if now >= ts => {
                     let at = t.tracker.next_offset();
                     t.read_done(at)
                 }
@@ -903,7 +974,7 @@ impl State {
             code,
             Some(RDKafkaErrorCode::AutoOffsetReset) | Some(RDKafkaErrorCode::OffsetOutOfRange)
         ) {
-            tracing::debug!(cluster = %self.cluster.name, topic = %self.topic, "consume error (librdkafka retries): {e}");
+            self.on_source_error(code, &e);
             return;
         }
         // librdkafka does not say which partition; find the ones outside the retained range.
@@ -944,6 +1015,216 @@ impl State {
             }
         }
         self.needs_assign = true;
+    }
+
+    /// End-of-partition stood for `EOF_GAP_GRACE` with offsets below the task's end `e` not
+    /// read. Under read_committed librdkafka reports end-of-partition at the last stable
+    /// offset, so an open transaction looks just like a trailing gap (markers, compaction);
+    /// calling it a gap would move the checkpoint over records still to be committed. It is
+    /// a gap only if the consumer read (control records included) up to the end.
+    fn end_below_end(&mut self, consumer: &BaseConsumer<QuietContext>, i: usize, e: i64) {
+        let (topic, p) = (self.topic.clone(), self.tasks[i].plan.partition);
+        // The consumer's position counts control records (transaction markers) too, and
+        // every record it passed has been offered by now (this runs between batches).
+        let read_to = consumer
+            .position()
+            .ok()
+            .and_then(|tpl| tpl.find_partition(&topic, p).map(|el| el.offset()))
+            .and_then(|o| o.to_raw())
+            .unwrap_or(-1);
+        let next = self.tasks[i].tracker.next_offset();
+        let high = if read_to >= e {
+            None
+        } else {
+            self.high_watermark(p)
+        };
+        let (why, warn) = match eof_below_end(next, e, read_to, high) {
+            EofBelowEnd::Gap => {
+                let t = &mut self.tasks[i];
+                tracing::debug!(
+                    source = %t.plan.source_label(),
+                    "no records between offset {next} and the end {e} (read to {read_to}): a gap"
+                );
+                t.eof_gap_since = None;
+                t.wait_warned = None;
+                t.read_done(e);
+                return;
+            }
+            EofBelowEnd::OpenTransaction(at) => (
+                Some(format!("waiting for an open transaction at offset {at} (the end is {e}; read_committed reads stop at the last stable offset)")),
+                at,
+            ),
+            // The plan saw the partition reach the end, yet nothing is readable past `at`.
+            EofBelowEnd::Records(at) if e <= self.tasks[i].plan.high => (
+                Some(format!("waiting for offsets {at}..{e}: the partition ended at {} when the run started but ends at {at} now", self.tasks[i].plan.high)),
+                at,
+            ),
+            // Waiting for records beyond what the partition held: normal.
+            EofBelowEnd::Records(at) => (None, at),
+        };
+        let t = &mut self.tasks[i];
+        // Records arriving end the wait; otherwise look again later.
+        t.eof_gap_since = Some(Instant::now() + EOF_WAIT_RECHECK - EOF_GAP_GRACE);
+        match why {
+            Some(why) => {
+                if t.wait_warned != Some(warn) {
+                    t.wait_warned = Some(warn);
+                    tracing::warn!(
+                        route = %t.plan.route_name, source = %t.plan.source_label(),
+                        "{why}; offsets {warn}..{e} are not readable yet, so the end is not reached (never skipped)"
+                    );
+                }
+                if t.retrying.is_none() || t.source_retrying {
+                    t.retrying = Some(why);
+                    t.source_retrying = true;
+                }
+            }
+            None if t.source_retrying && t.wait_warned.is_some() => {
+                t.retrying = None;
+                t.source_retrying = false;
+                t.wait_warned = None;
+            }
+            None => {}
+        }
+    }
+
+    /// The high watermark of partition `p` as a read_uncommitted client sees it (records
+    /// in open transactions included), from a client made the first time it is needed.
+    fn high_watermark(&mut self, p: i32) -> Option<i64> {
+        if self.uncommitted.is_none() {
+            self.uncommitted =
+                cluster::consumer(&self.cluster, &[("isolation.level", "read_uncommitted")])
+                    .map_err(|e| tracing::debug!("{e}"))
+                    .ok();
+        }
+        let c = self.uncommitted.as_ref()?;
+        cluster::watermarks(
+            c,
+            &self.cluster.name,
+            &self.topic,
+            p,
+            Duration::from_secs(5),
+        )
+        .map_err(|e| tracing::debug!("{e}"))
+        .ok()
+        .map(|(_, high)| high)
+    }
+
+    /// A consumer error other than an out-of-range position. It names no partition (see
+    /// `Event::Error`), so it is taken for every partition of this topic still reading:
+    /// counted on each, logged once per episode, and either shown as the partitions'
+    /// `retrying` reason (librdkafka fetches again) or halting them (see
+    /// `batch::classify_source_error`).
+    fn on_source_error(&mut self, code: Option<RDKafkaErrorCode>, e: &KafkaError) {
+        let affected: Vec<usize> = (0..self.tasks.len())
+            .filter(|&i| self.tasks[i].status == TaskStatus::Copying)
+            .collect();
+        for &i in &affected {
+            self.tasks[i].source_errors += 1;
+        }
+        let now = Instant::now();
+        let new_episode = self
+            .source_episode
+            .as_ref()
+            .is_none_or(|ep| ep.code != code);
+        if new_episode {
+            self.source_episode = Some(SourceEpisode {
+                code,
+                since: now,
+                last: now,
+                errors: 0,
+            });
+        }
+        let ep = self.source_episode.as_mut().expect("episode just set");
+        ep.last = now;
+        ep.errors += 1;
+        let lasted = now - ep.since;
+        let partitions = affected
+            .iter()
+            .map(|&i| self.tasks[i].plan.partition)
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let (cluster, topic) = (&self.cluster.name, &self.topic);
+        let halt = match batch::classify_source_error(code) {
+            SourceErrorKind::Permanent => Some(format!(
+                "source {cluster}:{topic}: {e} (not retriable{})",
+                if code == Some(RDKafkaErrorCode::TopicAuthorizationFailed) {
+                    "; grant the source principal Read on the topic, then run again"
+                } else {
+                    ""
+                }
+            )),
+            SourceErrorKind::RetriableFor(bound) if lasted >= bound => Some(format!(
+                "source {cluster}:{topic}: {e} for {}s (longer than {}s)",
+                lasted.as_secs(),
+                bound.as_secs()
+            )),
+            SourceErrorKind::Retriable | SourceErrorKind::RetriableFor(_) => None,
+        };
+        if let Some(why) = halt {
+            // `halt` logs one error line per partition (cluster:topic/partition).
+            for &i in &affected {
+                self.tasks[i].halt(why.clone());
+            }
+            self.source_episode = None;
+            return;
+        }
+        let why = format!("source fetch error: {e}");
+        if new_episode && !affected.is_empty() {
+            tracing::warn!(
+                cluster = %cluster, topic = %topic, partitions = %partitions,
+                "consumer error on {cluster}:{topic} partitions [{partitions}]: {e}; librdkafka fetches again (further errors in this episode are counted, not logged)"
+            );
+        } else {
+            tracing::debug!(cluster = %cluster, topic = %topic, "consumer error (counted): {e}");
+        }
+        for &i in &affected {
+            let t = &mut self.tasks[i];
+            if t.retrying.is_none() || t.source_retrying {
+                t.retrying = Some(why.clone());
+                t.source_retrying = true;
+            }
+        }
+    }
+
+    /// Partition `p` delivered a record or end-of-partition: its source works again.
+    fn source_delivers(&mut self, p: i32) {
+        let mut cleared = false;
+        for &i in self.by_partition.get(&p).into_iter().flatten() {
+            let t = &mut self.tasks[i];
+            if t.source_retrying {
+                t.source_retrying = false;
+                t.retrying = None;
+                cleared = true;
+            }
+        }
+        if cleared && !self.tasks.iter().any(|t| t.source_retrying) {
+            self.end_source_episode(Some(p));
+        }
+    }
+
+    /// The source works again (records flow, or no error for `SOURCE_ERROR_QUIET`).
+    fn end_source_episode(&mut self, delivering: Option<i32>) {
+        for t in &mut self.tasks {
+            if t.source_retrying {
+                t.source_retrying = false;
+                t.retrying = None;
+            }
+        }
+        if let Some(ep) = self.source_episode.take() {
+            let how = match delivering {
+                Some(p) => format!("partition {p} delivers again"),
+                None => format!("no error for {}s", SOURCE_ERROR_QUIET.as_secs()),
+            };
+            tracing::info!(
+                cluster = %self.cluster.name, topic = %self.topic,
+                "consumer errors on {}:{} over: {} errors in {:.1}s ({how})",
+                self.cluster.name, self.topic, ep.errors, ep.since.elapsed().as_secs_f64()
+            );
+        }
     }
 
     /// Settles delivery reports; waits up to `wait` for the first one.
@@ -1126,5 +1407,27 @@ impl State {
         for t in &self.tasks {
             *self.shared.progress[t.id].lock().expect("progress lock") = t.progress();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 8 item 4: an end-of-partition below the end is a gap only when the consumer
+    /// read (control records included) up to the end; an open transaction holding the
+    /// read_committed consumer at its first offset is waited for, whatever the grace.
+    #[test]
+    fn end_of_partition_below_the_end_is_a_gap_only_when_read_to_the_end() {
+        // Trailing commit marker at 99: the consumer passed it.
+        assert_eq!(eof_below_end(99, 100, 100, None), EofBelowEnd::Gap);
+        // A transaction opened at 10 holds the reader there; records 10..18 exist.
+        assert_eq!(
+            eof_below_end(10, 18, 10, Some(18)),
+            EofBelowEnd::OpenTransaction(10)
+        );
+        // The same, on a broker whose ListOffsets says nothing useful: still no gap.
+        assert_eq!(eof_below_end(10, 18, 10, None), EofBelowEnd::Records(10));
+        assert_eq!(eof_below_end(10, 18, -1, Some(0)), EofBelowEnd::Records(10));
     }
 }
