@@ -320,6 +320,9 @@ fn install_redacting_panic_hook() {
 fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Returns only once the handlers are installed: a signal that arrives earlier would take
+    // the default action and kill the process without a final checkpoint or clean exit.
+    let (installed_tx, installed) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("kmirror-signals".into())
         .spawn(move || {
@@ -331,6 +334,7 @@ fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
                 let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                let _ = installed_tx.send(());
                 for n in 0.. {
                     tokio::select! {
                         _ = term.recv() => {}
@@ -346,6 +350,7 @@ fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
             });
         })
         .expect("spawn signal thread");
+    let _ = installed.recv();
     stop
 }
 
