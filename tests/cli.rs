@@ -1016,6 +1016,17 @@ fn demo_runs_and_verifies() {
 fn dev_cluster_creates_300_topics_promptly_and_a_regex_route_copies_them() {
     const TOPICS: usize = 300;
     const PER_TOPIC: u64 = 10;
+    for (bad, says) in [
+        ("t:0:1", "is not a topic count"),
+        ("t:x:1", "is not a topic count"),
+        ("t:3:0", "at least 1 partition"),
+        ("a:b:c:1", "PREFIX:COUNT:PARTITIONS"),
+        ("a b:2:1", "is not a valid topic name"),
+    ] {
+        let r = km(&["dev-cluster", "--topic", bad], Duration::from_secs(10));
+        r.expect_code(2, bad);
+        assert!(r.stderr.contains(says), "{bad}: {}", r.stderr);
+    }
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let dc = DevCluster::start(dir.path(), 2, 1, &[&format!("t:{TOPICS}:1")], &[]);
