@@ -277,28 +277,31 @@ fn create_topics(
     replication: i32,
     mut progress: impl FnMut(usize),
 ) -> Result<(), String> {
-    let broker: Option<SocketAddr> = cluster
+    // Every broker, so a broker taken down (its listener closed) does not stop the nudges.
+    let brokers: Vec<SocketAddr> = cluster
         .bootstrap_servers()
         .split(',')
-        .find_map(|a| a.to_socket_addrs().ok()?.next());
+        .filter_map(|a| a.to_socket_addrs().ok()?.next())
+        .collect();
     let created = AtomicUsize::new(0);
     let finished = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        if let Some(addr) = broker {
-            let (created, finished) = (&created, &finished);
-            scope.spawn(move || {
-                let mut seen = usize::MAX;
-                while !finished.load(Ordering::Acquire) {
-                    std::thread::sleep(NUDGE_AFTER);
-                    let now = created.load(Ordering::Acquire);
-                    if now == seen {
-                        // The same request is still waiting: wake the mock's poll.
-                        let _ = TcpStream::connect_timeout(&addr, Duration::from_millis(100));
-                    }
-                    seen = now;
+        let (created, finished, brokers) = (&created, &finished, &brokers);
+        scope.spawn(move || {
+            let mut seen = usize::MAX;
+            while !finished.load(Ordering::Acquire) {
+                std::thread::sleep(NUDGE_AFTER);
+                let now = created.load(Ordering::Acquire);
+                if now == seen {
+                    // The same request is still waiting: wake the mock's poll.
+                    let timeout = Duration::from_millis(100);
+                    let _ = brokers
+                        .iter()
+                        .any(|a| TcpStream::connect_timeout(a, timeout).is_ok());
                 }
-            });
-        }
+                seen = now;
+            }
+        });
         let result = topics.iter().try_for_each(|(t, p)| {
             cluster
                 .create_topic(t, *p, replication)
