@@ -103,9 +103,10 @@ enum Command {
         /// Brokers per cluster.
         #[arg(long, default_value_t = 3)]
         brokers: i32,
-        /// Topic to create on every cluster, as NAME:PARTITIONS (repeatable).
-        #[arg(long = "topic", value_parser = parse_topic_spec)]
-        topics: Vec<(String, i32)>,
+        /// Topic to create on every cluster, as NAME:PARTITIONS, or PREFIX:COUNT:PARTITIONS
+        /// for COUNT topics PREFIX1..PREFIXCOUNT (e.g. `t:300:1`). Repeatable.
+        #[arg(long = "topic", visible_alias = "topics", value_parser = parse_topic_spec)]
+        topics: Vec<TopicSpec>,
         /// Seed sample records into the first cluster, as TOPIC:COUNT (repeatable).
         #[arg(long = "seed", value_parser = parse_topic_count)]
         seeds: Vec<(String, u64)>,
@@ -210,19 +211,45 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-fn parse_topic_spec(s: &str) -> Result<(String, i32), String> {
-    let (t, p) = s
-        .split_once(':')
-        .ok_or("expected NAME:PARTITIONS, e.g. orders:12")?;
+/// One `--topic` value: the (name, partitions) it stands for.
+#[derive(Debug, Clone)]
+struct TopicSpec(Vec<(String, i32)>);
+
+/// Most topics one `--topic PREFIX:COUNT:PARTITIONS` may ask for.
+const MAX_TOPIC_COUNT: u32 = 100_000;
+
+fn parse_topic_spec(s: &str) -> Result<TopicSpec, String> {
+    const USAGE: &str =
+        "expected NAME:PARTITIONS (e.g. orders:12) or PREFIX:COUNT:PARTITIONS (e.g. t:300:1)";
+    let parts: Vec<&str> = s.split(':').collect();
+    let (name, count, p) = match parts[..] {
+        [name, p] => (name, None, p),
+        [prefix, count, p] => (prefix, Some(count), p),
+        _ => return Err(USAGE.into()),
+    };
     let p: i32 = p
         .parse()
-        .map_err(|_| format!("\"{p}\" is not a partition count"))?;
-    if p < 1 || !kmirror::config::valid_topic(t) {
-        return Err(
-            "expected NAME:PARTITIONS with a valid topic name and at least 1 partition".into(),
-        );
+        .map_err(|_| format!("\"{p}\" is not a partition count ({USAGE})"))?;
+    if p < 1 {
+        return Err(format!("at least 1 partition is needed ({USAGE})"));
     }
-    Ok((t.to_string(), p))
+    let names: Vec<String> = match count {
+        None => vec![name.to_string()],
+        Some(c) => {
+            let c: u32 = c
+                .parse()
+                .ok()
+                .filter(|c| (1..=MAX_TOPIC_COUNT).contains(c))
+                .ok_or_else(|| {
+                    format!("\"{c}\" is not a topic count from 1 to {MAX_TOPIC_COUNT}")
+                })?;
+            (1..=c).map(|i| format!("{name}{i}")).collect()
+        }
+    };
+    if let Some(bad) = names.iter().find(|t| !kmirror::config::valid_topic(t)) {
+        return Err(format!("\"{bad}\" is not a valid topic name ({USAGE})"));
+    }
+    Ok(TopicSpec(names.into_iter().map(|t| (t, p)).collect()))
 }
 
 fn parse_topic_count(s: &str) -> Result<(String, u64), String> {
@@ -412,8 +439,32 @@ fn dispatch(cmd: Command) -> Result<i32> {
             seeds,
         } => {
             let stop = stop_on_signal("shutting the in-memory clusters down");
-            let dc = dev_cluster::DevClusters::start(clusters, brokers, &topics)
+            let topics: Vec<(String, i32)> = topics.into_iter().flat_map(|t| t.0).collect();
+            let started = std::time::Instant::now();
+            let mut shown = started;
+            let dc =
+                dev_cluster::DevClusters::start_with_progress(clusters, brokers, &topics, |p| {
+                    // Many topics take a moment: say how far along, about once a second.
+                    if shown.elapsed() >= Duration::from_secs(1) || p.created == p.total {
+                        shown = std::time::Instant::now();
+                        if p.total >= 100 || started.elapsed() >= Duration::from_secs(1) {
+                            eprintln!(
+                                "creating topics: cluster{} {}/{}",
+                                p.cluster + 1,
+                                p.created,
+                                p.total
+                            );
+                        }
+                    }
+                })
                 .map_err(anyhow::Error::msg)?;
+            if !topics.is_empty() {
+                eprintln!(
+                    "created {} topics on each of {clusters} clusters in {:.1?}",
+                    topics.len(),
+                    started.elapsed()
+                );
+            }
             for (topic, count) in &seeds {
                 let partitions = topics
                     .iter()

@@ -1308,7 +1308,7 @@ fn demo_runs_and_verifies() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 9. secrets never printed
+// 10. secrets never printed
 // ---------------------------------------------------------------------------------------
 
 /// A secret from `${ENV}` under a valid property, under a valid property with a value
@@ -1546,5 +1546,106 @@ fn checkpoints_reset_previews_scopes_and_refuses_bad_flags() {
         fs::read_to_string(&cp_file).unwrap(),
         after,
         "usage errors write nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. dev-cluster with many topics
+// ---------------------------------------------------------------------------------------
+
+/// 300 topics on 2 clusters (the count form `--topic t:300:1`) are ready promptly, and a
+/// `topic_regex` route over all of them copies everything. Before the mock's thread was
+/// nudged, each topic creation could wait for its 1 s poll timeout: 300 topics on 2 clusters
+/// took from 16 s to minutes (50 topics once took 25 s). The bound below is generous (the
+/// fixed start takes under a second); it only catches that regression.
+#[test]
+fn dev_cluster_creates_300_topics_promptly_and_a_regex_route_copies_them() {
+    const TOPICS: usize = 300;
+    const PER_TOPIC: u64 = 10;
+    for (bad, says) in [
+        ("t:0:1", "is not a topic count"),
+        ("t:x:1", "is not a topic count"),
+        ("t:3:0", "at least 1 partition"),
+        ("a:b:c:1", "PREFIX:COUNT:PARTITIONS"),
+        ("a b:2:1", "is not a valid topic name"),
+    ] {
+        let r = km(&["dev-cluster", "--topic", bad], Duration::from_secs(10));
+        r.expect_code(2, bad);
+        assert!(r.stderr.contains(says), "{bad}: {}", r.stderr);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let dc = DevCluster::start(dir.path(), 2, 1, &[&format!("t:{TOPICS}:1")], &[]);
+    let ready_in = started.elapsed();
+    assert!(
+        ready_in < Duration::from_secs(20),
+        "300 topics on 2 clusters took {ready_in:?} to be ready"
+    );
+    let stderr = fs::read_to_string(dir.path().join("dev-cluster.stderr")).unwrap();
+    assert!(
+        stderr.contains(&format!("creating topics: cluster2 {TOPICS}/{TOPICS}"))
+            && stderr.contains(&format!("created {TOPICS} topics on each of 2 clusters")),
+        "progress lines on stderr:\n{stderr}"
+    );
+
+    let p = common::DataProducer::new(dc.bootstrap(1));
+    for t in 1..=TOPICS {
+        for i in 0..PER_TOPIC {
+            p.send(
+                &format!("t{t}"),
+                &common::numbered_record(0, i, 1_700_000_000_000),
+            );
+        }
+    }
+    p.flush();
+
+    let cfg = write(
+        dir.path(),
+        "many.toml",
+        &format!(
+            r#"[checkpoints]
+interval = "1s"
+
+[run]
+connect_timeout = "10s"
+
+[clusters.src]
+bootstrap = "{}"
+
+[clusters.dst]
+bootstrap = "{}"
+
+[[routes]]
+name = "many"
+source = "src"
+topic_regex = "t[0-9]+"
+target = "dst"
+"#,
+            dc.bootstrap(1),
+            dc.bootstrap(2)
+        ),
+    );
+    let copy_started = Instant::now();
+    let run = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(300),
+    );
+    run.expect_code(EXIT_OK, "run --once over 300 topics");
+    let t = totals(&run.stdout);
+    let want = (TOPICS as u64 * PER_TOPIC) as i64;
+    assert_eq!(
+        (t["read"], t["acked"], t["pending"], t["failed"]),
+        (want, want, 0, 0),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        table(&run.stdout, "route").len(),
+        TOPICS + 1,
+        "a row per topic and TOTAL"
+    );
+    eprintln!(
+        "dev-cluster ready in {ready_in:?}; copy of {TOPICS} topics took {:?}",
+        copy_started.elapsed()
     );
 }

@@ -1378,8 +1378,10 @@ impl State {
         }
         t.generation = t.generation.wrapping_add(1);
         let (dropped, _) = t.tracker.rewind();
-        for s in dropped {
-            t.counts.unread(s);
+        for (s, n) in dropped.iter() {
+            for _ in 0..n {
+                t.counts.unread(s);
+            }
         }
         t.status = TaskStatus::Copying;
         t.end_at = None;
