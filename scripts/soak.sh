@@ -33,4 +33,4 @@ done
 echo "soak: $records records, rate ceiling $rate/s; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $(nproc) cores; $(date -u +%FT%TZ)" | tee "$log"
 KMIRROR_SOAK_RECORDS="$records" KMIRROR_SOAK_RATE="$rate" \
     cargo test --release --test soak soak_flow_through_long_run -- --ignored --nocapture --exact 2>&1 \
-    | grep -v -e ' librdkafka: ' -e 'rdkafka::client' | tee -a "$log"
+    | grep --line-buffered -v -e ' librdkafka: ' -e 'rdkafka::client' | tee -a "$log"
