@@ -151,3 +151,37 @@ pub fn collect<'c, C: ConsumerContext>(
     }
     batch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_source_error_is_retried_forever_unless_listed() {
+        use RDKafkaErrorCode as C;
+        assert_eq!(
+            classify_source_error(Some(C::TopicAuthorizationFailed)),
+            SourceErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_source_error(Some(C::NotLeaderForPartition)),
+            SourceErrorKind::Retriable
+        );
+        // Codes on neither list: bounded, then the partitions halt.
+        for code in [
+            C::PolicyViolation,
+            C::InvalidTimestamp,
+            C::DuplicateSequenceNumber,
+        ] {
+            assert_eq!(
+                classify_source_error(Some(code)),
+                SourceErrorKind::RetriableFor(UNCLASSIFIED_GRACE),
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            classify_source_error(None),
+            SourceErrorKind::RetriableFor(UNCLASSIFIED_GRACE)
+        );
+    }
+}
