@@ -273,15 +273,25 @@ fn execute(
                             let secs = last_progress.elapsed().as_secs_f64();
                             last_progress = Instant::now();
                             let mut total = Counts::default();
+                            let mut retrying = (0, None);
                             for p in &shared.progress {
-                                total.add(&p.lock().expect("progress lock").counts);
+                                let p = p.lock().expect("progress lock");
+                                total.add(&p.counts);
+                                if let Some(why) = &p.retrying {
+                                    retrying.0 += 1;
+                                    retrying.1.get_or_insert_with(|| why.clone());
+                                }
                             }
+                            let retrying = match retrying {
+                                (n, Some(why)) => format!("; {n} partitions retrying: {why}"),
+                                _ => String::new(),
+                            };
                             let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
                             last_acked = total.acked;
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight)",
-                                total.read, total.acked, total.filtered, total.failed, rate,
-                                shared.in_flight() / 1024
+                                "progress: read {} acked {} filtered {} failed {} re-read {} ({:.0} records/s, {} KiB in flight){retrying}",
+                                total.read, total.acked, total.filtered, total.failed,
+                                total.retried, rate, shared.in_flight() / 1024
                             );
                         }
                     }
