@@ -1462,3 +1462,64 @@ fn odd_records_are_copied_byte_for_byte() {
     assert_eq!(held.len(), 1);
     assert_eq!(held[0].key.as_deref(), Some(&b"before"[..]));
 }
+
+/// Issue 8 item 6: with every target broker down, a long `message.timeout.ms` and a tiny
+/// producer queue, the reader sits in the QueueFull retry loop. A stop must end the run
+/// well before the message timeout (the guard brings the brokers back after 60 s so a
+/// regression fails instead of hanging), and the checkpoint must not pass anything the
+/// target acknowledged (nothing, here).
+#[test]
+fn stop_during_a_target_outage_with_a_full_producer_queue_returns_promptly() {
+    let _serial = serial();
+    const P: i32 = 2;
+    let m = Mirror::start(&[("stuck", P)]);
+    common::produce_numbered(m.source(), "stuck", P, 0..500, TS);
+    let cfg = m.config(
+        "stuck",
+        &format!(
+            "[run]\nshutdown_timeout = \"2s\"\n\n[clusters.{TARGET}.properties]\n\"message.timeout.ms\" = \"300000\"\n\"queue.buffering.max.messages\" = \"10\"\n\n{}",
+            route("stuck", "max_messages_per_sec = 100")
+        ),
+    );
+    let run = common::spawn_run(&cfg);
+    // Planning needs the target: take it down once the run has written its first checkpoint.
+    common::wait_until("the first checkpoint", WAIT, || {
+        common::load_checkpoint(&cfg).is_some()
+    });
+    m.all_brokers(TARGET_IDX, false);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!run.is_finished(), "the run waits for the target");
+    run.request_stop();
+    let stopped = Instant::now();
+    let mut brought_back = false;
+    while !run.is_finished() {
+        if stopped.elapsed() > Duration::from_secs(60) && !brought_back {
+            m.all_brokers(TARGET_IDX, true);
+            brought_back = true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = stopped.elapsed();
+    let report = run.join(Duration::from_secs(600));
+    assert!(
+        !brought_back,
+        "the run ignored stop for over 60 s while the producer queue was full ({took:?})"
+    );
+    if !brought_back {
+        m.all_brokers(TARGET_IDX, true);
+    }
+    let held = census(m.target(), "stuck", P, "stuck");
+    let cp = m.store(&cfg).load().expect("checkpoint loads");
+    for (p, next) in cp_positions(cp.as_ref(), "stuck", "stuck", P)
+        .into_iter()
+        .enumerate()
+    {
+        let prefix = (0..).find(|o| !held.contains_key(&(p as i32, *o))).unwrap();
+        assert!(
+            next <= prefix,
+            "partition {p}: checkpoint {next} passes what the target holds ([0, {prefix}))\n{}",
+            report.table()
+        );
+    }
+    println!("stop with the target down and its queue full: returned in {took:?}");
+}
