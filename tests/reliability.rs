@@ -1523,3 +1523,53 @@ fn stop_during_a_target_outage_with_a_full_producer_queue_returns_promptly() {
     }
     println!("stop with the target down and its queue full: returned in {took:?}");
 }
+
+/// Issue 8 item 3: a target outage is logged at warn within seconds (librdkafka's broker
+/// errors, long before `message.timeout.ms`), once, naming the target, and its recovery
+/// is logged once too. Before, nothing showed at warn until the deliveries timed out.
+#[test]
+fn a_target_outage_is_warned_about_once_and_its_recovery_reported() {
+    let _serial = serial();
+    const P: i32 = 4;
+    let m = Mirror::start(&[("seen", P)]);
+    common::produce_numbered(m.source(), "seen", P, 0..4_000, TS);
+    let cfg = m.config(
+        "seen",
+        &format!(
+            "[clusters.{TARGET}.properties]\n\"message.timeout.ms\" = \"60000\"\n\n{}",
+            route("seen", "max_messages_per_sec = 1000")
+        ),
+    );
+    let run = common::spawn_run(&cfg);
+    common::wait_until("checkpointed progress", WAIT, || {
+        common::checkpoint_progress(&cfg) >= 500
+    });
+    let from = logs_len();
+    m.all_brokers(TARGET_IDX, false);
+    // Far below message.timeout.ms (60 s): only an early warning can satisfy this.
+    common::wait_until(
+        "a warning naming the target",
+        Duration::from_secs(20),
+        || logs_since(from).contains("target dst is failing"),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    m.all_brokers(TARGET_IDX, true);
+    common::wait_until("the recovery line", WAIT, || {
+        logs_since(from).contains("target dst recovered after")
+    });
+    let report = run.join(Duration::from_secs(150));
+    assert_complete(&report);
+    let logs = logs_since(from);
+    let (failing, recovered) = (
+        logs.matches("target dst is failing").count(),
+        logs.matches("target dst recovered after").count(),
+    );
+    println!("outage: {failing} failing warnings, {recovered} recoveries");
+    // Once per episode, not per record: a broker still reconnecting right after the first
+    // acknowledgement can open (and close) a short second episode, never hundreds.
+    assert!(
+        failing <= recovered + 1 && failing <= 3,
+        "one warning per episode ({failing} warnings, {recovered} recoveries):\n{logs}"
+    );
+    check_copy(&m, &cfg, "seen", P, 4_000);
+}
