@@ -1854,3 +1854,117 @@ fn records_the_broker_refuses_follow_on_error() {
         assert_eq!(next_offset(&cp, "r", "orders", p), 40);
     }
 }
+
+/// Refusals outside the list of retriable errors (issue 8): the broker answering
+/// INVALID_TIMESTAMP (e.g. `message.timestamp.*.max.ms` when replaying old data),
+/// POLICY_VIOLATION or UNSUPPORTED_COMPRESSION_TYPE used to rewind the
+/// partition every 200 ms forever, so a `--once` run never ended. Now each is permanent
+/// for the refused records and follows on_error; `run_once` fails the test if a run does
+/// not end within its bound (it raises stop and panics). (CORRUPT_MESSAGE is not injected:
+/// librdkafka retries that one itself, so a single injected answer refuses nothing.)
+#[test]
+fn permanent_broker_refusals_follow_on_error_instead_of_retrying_forever() {
+    use kmirror::dev_cluster::Control;
+    use rdkafka_sys::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let lab = Lab::start(&["src", "dst", "ops"]);
+    lab.topic("src", "orders", 2);
+    lab.topic("ops", "orders.dlq", 1);
+    let source = seed(lab.bootstrap("src"), "orders", &tenant_orders(2, 40));
+    let all: BTreeSet<(i32, i64)> = source.iter().map(Got::pos).collect();
+    let cases = [
+        (RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_TIMESTAMP, "skip"),
+        (
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_POLICY_VIOLATION,
+            "dead_letter",
+        ),
+        (
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNSUPPORTED_COMPRESSION_TYPE,
+            "stop",
+        ),
+    ];
+    for (n, (error, action)) in cases.into_iter().enumerate() {
+        let topic = format!("permanent-{n}");
+        lab.topic("dst", &topic, 2);
+        lab.clusters
+            .control(Control::RequestErrors {
+                cluster: lab.idx("dst"),
+                api: RDKafkaApiKey::Produce,
+                error,
+                count: 1,
+            })
+            .expect("inject produce error");
+        let dead_letter = if action == "dead_letter" {
+            r#"dead_letter = { cluster = "ops", topic = "orders.dlq" }"#
+        } else {
+            ""
+        };
+        let cfg = lab.config(
+            &format!("permanent-{n}"),
+            &format!(
+                "[[routes]]\nname = \"r\"\nsource = \"src\"\ntopics = [\"orders\"]\ntarget = \"dst\"\ntarget_topic = \"{topic}\"\non_error = \"{action}\"\n{dead_letter}\n"
+            ),
+        );
+        let report = run_once(&cfg);
+        let label = format!("{error:?} with on_error = {action}");
+        let target = read_topic(lab.bootstrap("dst"), &topic);
+        let arrived: BTreeSet<(i32, i64)> =
+            map_to_source(&target, &source, "src", "orders", true, &[])
+                .into_iter()
+                .collect();
+        assert_eq!(
+            report.totals.acked,
+            target.len() as u64,
+            "{label}\n{}",
+            report.table()
+        );
+        let refused = 80 - target.len() as u64;
+        assert!(refused > 0, "{label}: the injected refusal refused nothing");
+        match action {
+            "skip" => {
+                assert!(
+                    report.complete && report.halted.is_empty(),
+                    "{label}\n{}",
+                    report.table()
+                );
+                assert_eq!(report.totals.skipped, refused, "{label}");
+            }
+            "dead_letter" => {
+                assert!(
+                    report.complete && report.halted.is_empty(),
+                    "{label}\n{}",
+                    report.table()
+                );
+                let dlq = read_topic(lab.bootstrap("ops"), "orders.dlq");
+                assert_eq!(report.totals.dead_lettered, refused, "{label}");
+                assert_eq!(dlq.len() as u64, refused, "{label}");
+                let mut copied = arrived.clone();
+                for d in &dlq {
+                    assert!(d.header_text(DLQ_ERROR).contains("refused by dst"));
+                    let (_, _, p, o) =
+                        parse_provenance(d.header_text(DLQ_SOURCE).as_bytes()).unwrap();
+                    assert!(copied.insert((p, o)), "{label}: {p}/{o} twice");
+                }
+                assert_eq!(copied, all, "{label}: every record copied or dead-lettered");
+            }
+            _ => {
+                assert!(!report.complete, "{label}\n{}", report.table());
+                assert!(!report.halted.is_empty(), "{label}\n{}", report.table());
+                for (_, why) in &report.halted {
+                    assert!(why.contains("refused by dst"), "{label}: {why}");
+                    assert!(why.contains("on_error = \"stop\""), "{label}: {why}");
+                }
+                assert!(report.totals.failed >= 1, "{label}");
+            }
+        }
+        let cp = checkpoint(&cfg);
+        for p in 0..2 {
+            let next = next_offset(&cp, "r", "orders", p);
+            let first_missing = (0..40).find(|o| !arrived.contains(&(p, *o))).unwrap_or(40);
+            if action == "stop" {
+                assert!(next <= first_missing, "{label}: partition {p} checkpoint {next} passes a refused record at {first_missing}");
+            } else {
+                assert_eq!(next, 40, "{label}: partition {p}");
+            }
+        }
+    }
+}

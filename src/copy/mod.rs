@@ -361,13 +361,15 @@ fn execute(
                             last_progress = Instant::now();
                             let mut total = Counts::default();
                             let (mut retrying, mut halted) = (0, 0);
+                            let mut reason: Option<String> = None;
                             for p in &shared.progress {
                                 let p = p.lock().expect("progress lock");
                                 total.add(&p.counts);
                                 match (&p.status, &p.retrying) {
                                     (TaskStatus::Halted(_), _) => halted += 1,
-                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(_)) => {
-                                        retrying += 1
+                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
+                                        retrying += 1;
+                                        reason.get_or_insert_with(|| why.clone());
                                     }
                                     _ => {}
                                 }
@@ -380,14 +382,17 @@ fn execute(
                                 .unwrap_or_default();
                             // A stalled copy says why in the same line (reasons: per
                             // partition in the warn lines and the summary).
-                            let trouble = match (retrying, halted) {
-                                (0, 0) => String::new(),
-                                (r, h) => format!("; {r} partitions retrying, {h} halted"),
+                            let trouble = match (retrying, halted, reason) {
+                                (0, 0, _) => String::new(),
+                                (r, h, Some(why)) => {
+                                    format!("; {r} partitions retrying ({why}), {h} halted")
+                                }
+                                (r, h, None) => format!("; {r} partitions retrying, {h} halted"),
                             };
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
-                                total.read, total.acked, total.filtered, total.failed, rate,
-                                shared.in_flight() / 1024
+                                "progress: read {} acked {} filtered {} failed {} re-read {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
+                                total.read, total.acked, total.filtered, total.failed,
+                                total.retried, rate, shared.in_flight() / 1024
                             );
                         }
                     }
