@@ -1717,3 +1717,72 @@ fn a_target_outage_is_warned_about_once_and_its_recovery_reported() {
     );
     check_copy(&m, &cfg, "seen", P, 4_000);
 }
+
+/// Issue 8 item 3: the progress line's `read` never goes backwards. A target outage longer
+/// than `message.timeout.ms` makes deliveries fail and the partitions rewind; the records
+/// read again are counted as `re-read`, not subtracted from `read` (which went 62000 ->
+/// 60000 before). Runs the built binary and reads its progress lines.
+#[test]
+fn progress_read_count_never_goes_backwards_across_a_rewinding_outage() {
+    let _serial = serial();
+    const P: i32 = 8;
+    const N: i64 = 3_000;
+    let m = Mirror::start(&[("reread", P)]);
+    produce_fixed(m.source(), "reread", P, N);
+    let cfg = binary_config(
+        &m,
+        "reread",
+        "reread",
+        "end = \"snapshot\"\nmax_messages_per_sec = 3000",
+        "reread",
+    );
+    // Deliveries time out (and partitions rewind) well within the outage.
+    let extra = format!("\n[clusters.{TARGET}.properties]\n\"message.timeout.ms\" = \"2000\"\n");
+    fs::write(&cfg, fs::read_to_string(&cfg).unwrap() + &extra).unwrap();
+    let run = Running::spawn(&["run", "-c", s(&cfg), "--progress", "1"]);
+    std::thread::sleep(Duration::from_secs(3));
+    m.all_brokers(TARGET_IDX, false);
+    std::thread::sleep(Duration::from_secs(6));
+    m.all_brokers(TARGET_IDX, true);
+    let done = run.wait(Duration::from_secs(120));
+    done.expect_code(0, "a run through a target outage");
+    let reads: Vec<(u64, u64)> = done
+        .stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("progress: read ")? + "progress: read ".len()..];
+            let read = rest.split_whitespace().next()?.parse().ok()?;
+            let again = rest
+                .split("re-read ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Some((read, again))
+        })
+        .collect();
+    assert!(reads.len() >= 5, "progress lines: {}", done.stderr);
+    for w in reads.windows(2) {
+        assert!(
+            w[1].0 >= w[0].0,
+            "read went backwards ({} -> {}):\n{}",
+            w[0].0,
+            w[1].0,
+            done.stderr
+        );
+    }
+    let rereads = reads.last().unwrap().1;
+    assert!(
+        rereads > 0,
+        "the outage made records be read again (re-read 0):\n{}",
+        done.stderr
+    );
+    assert!(
+        reads.last().unwrap().0 <= (P as u64) * N as u64,
+        "read counts each offset once"
+    );
+    println!(
+        "{} progress lines, read monotonic, re-read {rereads}",
+        reads.len()
+    );
+}
