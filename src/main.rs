@@ -747,6 +747,7 @@ fn reset_checkpoints(
                         target_topic: t.target_topic.clone(),
                         target: Default::default(),
                         target_start: Default::default(),
+                        end: None,
                         updated_at: now.clone(),
                     },
                 );

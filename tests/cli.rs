@@ -487,6 +487,62 @@ fn verify_exits_1_when_the_target_lacks_records() {
     }
 }
 
+/// `checkpoints reset --to latest` moves a copy past every record: verify then compares empty
+/// ranges. They match, but nothing was copied: a route with a fixed end must fail (exit 1)
+/// and say what was never copied; a following route reports the gap without failing.
+#[test]
+fn verify_after_a_reset_past_the_records_says_they_were_never_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let cfg = |name: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dc.bootstrap(2), &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    for (name, extra, code, word) in [
+        ("fixed", "end = \"snapshot\"", EXIT_MISMATCH, "INCOMPLETE"),
+        ("follow", "", EXIT_OK, "BEHIND"),
+    ] {
+        let c = cfg(name, extra);
+        km(
+            &[
+                "checkpoints",
+                "reset",
+                "-c",
+                s(&c),
+                "--to",
+                "latest",
+                "--execute",
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_code(EXIT_OK, "reset to latest");
+        let v = km(&["verify", "-c", s(&c)], Duration::from_secs(60));
+        v.expect_code(code, name);
+        let rows = table(&v.stdout, "route");
+        assert_eq!(rows.len(), 3, "{}", v.stdout);
+        for r in &rows {
+            assert_eq!(num(r, "source records"), 0, "{r:?}");
+            assert_eq!(col(r, "result"), word, "{r:?}");
+            assert!(
+                col(r, "not copied").contains("before the copied range never copied"),
+                "{r:?}"
+            );
+        }
+        assert!(
+            !v.stdout.contains("every source record is on the target")
+                && v.stdout.contains("600 offsets"),
+            "{}",
+            v.stdout
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 4 and 5. kill -9 and SIGTERM in the middle of a run
 // ---------------------------------------------------------------------------------------

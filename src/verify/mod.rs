@@ -15,15 +15,20 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::checkpoint::{parse_partition_key, CheckpointError, CheckpointStore};
+mod coverage;
+
+pub use coverage::Coverage;
+
+use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
-use crate::config::{ClusterConfig, Config, ErrorAction, RouteConfig};
+use crate::config::{ClusterConfig, Config, ErrorAction, Partitioning, RouteConfig};
 use crate::copy::filter::{self, Decision, RecordView};
 use crate::copy::record::{
     content_digest, parse_provenance, raw_headers, record_bytes, DLQ_ROUTE_HEADER,
     DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use crate::counts::render_table;
+use crate::plan::{self, CreateTopics, Ends, TaskEnd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -57,14 +62,56 @@ pub struct VerifyRow {
     pub altered: u64,
     /// Compared by content (provenance present) or only by count.
     pub by_content: bool,
+    /// How much of the route's range the copy has reached.
+    pub coverage: Coverage,
+    /// Why this row cannot be verified (a failure), e.g. records that cannot be attributed.
+    pub unverifiable: Option<String>,
+    /// Count mode across partitions: the row counts the route's whole selection (from this
+    /// many source partitions) against everything it wrote to the target topic.
+    pub whole_route: Option<usize>,
+    /// Count mode across partitions: this partition's copies are counted in the route's
+    /// whole-route row, not here.
+    pub in_group: bool,
+}
+
+/// Count mode across partitions: a route's selection and the target range it wrote.
+#[derive(Debug, Default)]
+struct CountGroup {
+    expected: u64,
+    tasks: usize,
+    topics: BTreeSet<String>,
+    /// Target partition -> `[from, to)` written by any of the route's tasks.
+    ranges: BTreeMap<i32, (i64, i64)>,
 }
 
 impl VerifyRow {
     pub fn matches(&self, fail_on_duplicates: bool) -> bool {
-        self.missing == 0
+        self.unverifiable.is_none()
+            && self.missing == 0
             && self.unexpected == 0
             && self.altered == 0
             && (!fail_on_duplicates || self.duplicates == 0)
+    }
+
+    /// The copied range matches and, for a route with a fixed end, covers the whole range.
+    /// (A following route that is behind is not a failure: it is reported as lag.)
+    pub fn ok(&self, fail_on_duplicates: bool) -> bool {
+        self.matches(fail_on_duplicates) && (self.coverage.complete() || !self.coverage.fixed_end())
+    }
+
+    /// One word for the row: OK, MISMATCH, INCOMPLETE (fixed end not reached) or BEHIND.
+    pub fn verdict(&self, fail_on_duplicates: bool) -> &'static str {
+        if self.unverifiable.is_some() {
+            "UNVERIFIABLE"
+        } else if !self.matches(fail_on_duplicates) {
+            "MISMATCH"
+        } else if self.coverage.complete() {
+            "OK"
+        } else if self.coverage.fixed_end() {
+            "INCOMPLETE"
+        } else {
+            "BEHIND"
+        }
     }
 }
 
@@ -76,13 +123,14 @@ pub struct VerifyReport {
 
 impl VerifyReport {
     pub fn ok(&self) -> bool {
-        self.rows.iter().all(|r| r.matches(self.fail_on_duplicates))
+        self.rows.iter().all(|r| r.ok(self.fail_on_duplicates))
     }
 
     pub fn table(&self) -> String {
         let headers = [
             "route",
             "source",
+            "route range",
             "range",
             "source records",
             "filtered",
@@ -94,6 +142,7 @@ impl VerifyReport {
             "unexpected",
             "duplicates",
             "altered",
+            "not copied",
             "result",
         ];
         let rows: Vec<Vec<String>> = self
@@ -103,13 +152,24 @@ impl VerifyReport {
                 vec![
                     r.route.clone(),
                     r.source.clone(),
-                    format!("[{}, {})", r.source_range.0, r.source_range.1),
+                    match r.whole_route {
+                        Some(_) => "-".into(),
+                        None => r.coverage.route_range(),
+                    },
+                    match r.whole_route {
+                        Some(n) => format!("{n} partitions"),
+                        None => format!("[{}, {})", r.source_range.0, r.source_range.1),
+                    },
                     r.source_records.to_string(),
                     r.filtered.to_string(),
                     r.dead_lettered.to_string(),
                     r.skipped.to_string(),
                     r.target.clone(),
-                    r.target_records.to_string(),
+                    if r.in_group {
+                        "in /* row".into()
+                    } else {
+                        r.target_records.to_string()
+                    },
                     r.missing.to_string(),
                     r.unexpected.to_string(),
                     r.duplicates.to_string(),
@@ -118,40 +178,97 @@ impl VerifyReport {
                     } else {
                         "n/a".into()
                     },
-                    if r.matches(self.fail_on_duplicates) {
-                        "OK".into()
-                    } else {
-                        "MISMATCH".into()
+                    match r.coverage.gaps() {
+                        g if g.is_empty() => "-".into(),
+                        g => g,
                     },
+                    r.verdict(self.fail_on_duplicates).into(),
                 ]
             })
             .collect();
         let mut out = render_table(&headers, &rows);
-        let bad = self
+        for r in &self.rows {
+            if let Some(why) = &r.unverifiable {
+                out.push_str(&format!("{} {}: cannot verify: {why}\n", r.route, r.source));
+            }
+        }
+        out.push_str(&self.summary());
+        out.push('\n');
+        out
+    }
+
+    /// The closing line: exactly what was proven, and what was not.
+    pub fn summary(&self) -> String {
+        let n = self.rows.iter().filter(|r| r.whole_route.is_none()).count();
+        let fod = self.fail_on_duplicates;
+        let bad = self.rows.iter().filter(|r| !r.matches(fod)).count();
+        let incomplete: Vec<&VerifyRow> = self
             .rows
             .iter()
-            .filter(|r| !r.matches(self.fail_on_duplicates))
-            .count();
-        let dups: u64 = self.rows.iter().map(|r| r.duplicates).sum();
-        out.push_str(&if bad == 0 {
-            format!(
-                "verified {} partitions: every source record is on the target",
-                self.rows.len()
-            )
+            .filter(|r| r.coverage.fixed_end() && !r.coverage.complete())
+            .collect();
+        let behind: Vec<&VerifyRow> = self
+            .rows
+            .iter()
+            .filter(|r| !r.coverage.fixed_end() && !r.coverage.complete())
+            .collect();
+        let copies: u64 = self
+            .rows
+            .iter()
+            .filter(|r| r.whole_route.is_none())
+            .map(|r| {
+                r.source_records
+                    .saturating_sub(r.filtered + r.skipped + r.dead_lettered + r.missing)
+            })
+            .sum();
+        let offsets = |rows: &[&VerifyRow]| -> u64 {
+            rows.iter()
+                .map(|r| r.coverage.not_copied_before + r.coverage.behind)
+                .sum()
+        };
+        let mut out = if bad > 0 {
+            let unverifiable = self
+                .rows
+                .iter()
+                .filter(|r| r.unverifiable.is_some())
+                .count();
+            // Whole-route count rows are rows, not partitions.
+            let what = if self.rows.len() == n {
+                "partitions"
+            } else {
+                "rows"
+            };
+            let mut m = format!("{bad} of {} {what} do NOT match", self.rows.len());
+            if unverifiable > 0 {
+                m.push_str(&format!(" ({unverifiable} cannot be verified, see above)"));
+            }
+            m
+        } else if incomplete.is_empty() && behind.is_empty() {
+            format!("verified {n} partitions: every source record is on the target ({copies} selected records in the routes' whole ranges, each copied and matching)")
         } else {
-            format!("{bad} of {} partitions do NOT match", self.rows.len())
-        });
+            format!("verified {n} partitions: the copied ranges match ({copies} selected records on the target), but the copy is NOT complete")
+        };
+        if !incomplete.is_empty() {
+            out.push_str(&format!(
+                "; {} partitions of routes with a fixed end are INCOMPLETE ({} offsets not copied)",
+                incomplete.len(),
+                offsets(&incomplete)
+            ));
+        }
+        if !behind.is_empty() {
+            out.push_str(&format!(
+                "; {} partitions of following routes are behind by {} offsets (lag, not a mismatch)",
+                behind.len(),
+                offsets(&behind)
+            ));
+        }
+        let dups: u64 = self.rows.iter().map(|r| r.duplicates).sum();
         if dups > 0 {
             out.push_str(&format!(
                 "; {dups} duplicate deliveries (at-least-once retries or restarts){}",
-                if self.fail_on_duplicates {
-                    ", counted as failures"
-                } else {
-                    ""
-                }
+                if fod { ", counted as failures" } else { "" }
             ));
         }
-        out.push('\n');
         out
     }
 }
@@ -303,7 +420,8 @@ fn dead_lettered(
     Ok(out)
 }
 
-/// Compares source and target for every checkpointed task of the selected routes.
+/// Compares source and target for every task of the selected routes: the copied range
+/// record by record, and how much of the route's range the copy has not reached.
 pub fn verify(
     config: &Config,
     store: &dyn CheckpointStore,
@@ -313,19 +431,34 @@ pub fn verify(
     let cp = crate::copy::load_checkpoint(config, store)?.ok_or_else(|| {
         VerifyError::Nothing(format!("no checkpoint at {} (run first)", store.describe()))
     })?;
+    let copied_any = config
+        .routes
+        .iter()
+        .filter(|r| route.is_none_or(|n| n == r.name))
+        .any(|r| {
+            cp.routes
+                .get(&r.name)
+                .is_some_and(|rc| !rc.partitions.is_empty())
+        });
+    if !copied_any {
+        return Err(VerifyError::Nothing(
+            "the checkpoint records no copied partitions for these routes".into(),
+        ));
+    }
     let timeout = config.run.connect_timeout.max(Duration::from_secs(10));
+    // The plan gives every partition of the routes' topics, the source's end now and each
+    // route's end, so partitions the copy never reached are reported too.
+    let plan = plan::build_with(config, Some(&cp), CreateTopics::Never, Ends::AsConfigured)?;
     let mut rows = Vec::new();
-    for r in &config.routes {
+    for (ri, r) in config.routes.iter().enumerate() {
         if route.is_some_and(|n| n != r.name) {
             continue;
         }
-        let Some(rc) = cp.routes.get(&r.name) else {
-            continue;
-        };
+        let rc = cp.routes.get(&r.name);
         let src = &config.clusters[&r.source];
         let dlq = match &r.dead_letter {
-            Some(dl) => dead_lettered(config, &r.name, dl, timeout)?,
-            None => BTreeMap::new(),
+            Some(dl) if rc.is_some() => dead_lettered(config, &r.name, dl, timeout)?,
+            _ => BTreeMap::new(),
         };
         // Headers the route sets or drops are compared separately (set) or not at all (drop).
         let ignore: Vec<&str> = r
@@ -335,21 +468,72 @@ pub fn verify(
             .map(|(k, _)| k.as_str())
             .chain(r.headers.drop.iter().map(String::as_str))
             .collect();
-        for (key, pc) in &rc.partitions {
-            let Some((topic, partition)) = parse_partition_key(key) else {
-                continue;
+        let grouped = !r.provenance && r.partitioning != Partitioning::Preserve;
+        let mut groups: BTreeMap<(String, String), CountGroup> = BTreeMap::new();
+        // Count mode cannot tell this route's records from another's without provenance.
+        let shared_without_provenance = (!r.provenance)
+            .then(|| {
+                plan.tasks.iter().find(|t| {
+                    t.route != ri
+                        && !config.routes[t.route].provenance
+                        && plan.tasks.iter().any(|o| {
+                            o.route == ri
+                                && o.target_cluster == t.target_cluster
+                                && o.target_topic == t.target_topic
+                        })
+                })
+            })
+            .flatten()
+            .map(|t| {
+                format!(
+                    "route \"{}\" also writes {}:{} without provenance, so records cannot be attributed; set provenance = true on both",
+                    t.route_name, t.target_cluster, t.target_topic
+                )
+            });
+        for task in plan.tasks.iter().filter(|t| t.route == ri) {
+            let (topic, partition) = (task.topic.as_str(), task.partition);
+            let pc = rc.and_then(|rc| rc.partitions.get(&partition_key(topic, partition)));
+            // A timestamp end is where the copy path stops: the first record at or after it
+            // (read, not looked up: not every broker answers lookups by time).
+            let end_offset = match task.end {
+                TaskEnd::Timestamp(ts) => {
+                    let from = pc.map_or(task.start, |pc| pc.next_offset);
+                    let mut at = None;
+                    scan(src, topic, partition, from, task.high, timeout, |m| {
+                        if at.is_none() && m.timestamp().to_millis().is_some_and(|t| t >= ts) {
+                            at = Some(m.offset());
+                        }
+                    })?;
+                    Some(at.unwrap_or(task.high))
+                }
+                _ => None,
             };
-            let Some(dst) = config.clusters.get(&pc.target_cluster) else {
-                continue;
-            };
+            let coverage = Coverage::new(
+                r,
+                task,
+                pc.map(|pc| (pc.first_offset, pc.next_offset)),
+                pc.and_then(|pc| pc.end),
+                end_offset,
+            );
             let mut row = VerifyRow {
                 route: r.name.clone(),
                 source: format!("{}:{}/{}", r.source, topic, partition),
-                source_range: (pc.first_offset, pc.next_offset),
-                target: format!("{}:{}", pc.target_cluster, pc.target_topic),
+                source_range: (coverage.copied_to, coverage.copied_to),
+                target: format!("{}:{}", task.target_cluster, task.target_topic),
                 by_content: r.provenance,
+                coverage,
                 ..Default::default()
             };
+            let Some(pc) = pc else {
+                rows.push(row);
+                continue;
+            };
+            let Some(dst) = config.clusters.get(&pc.target_cluster) else {
+                rows.push(row);
+                continue;
+            };
+            row.source_range = (pc.first_offset, pc.next_offset);
+            row.target = format!("{}:{}", pc.target_cluster, pc.target_topic);
             // Source side: what the route should have done with every record in the copied
             // range, decided exactly as the copy path decides it.
             let mut expected: BTreeMap<i64, u64> = BTreeMap::new();
@@ -390,6 +574,29 @@ pub fn verify(
                 } else {
                     row.missing += 1;
                 }
+            }
+            if let Some(why) = &shared_without_provenance {
+                row.unverifiable = Some(why.clone());
+            }
+            if grouped {
+                // Without provenance, a record cannot be traced to the task that wrote it
+                // and every task may write every target partition: only the route's whole
+                // selection against the whole range it wrote can be counted soundly.
+                let g = groups
+                    .entry((pc.target_cluster.clone(), pc.target_topic.clone()))
+                    .or_default();
+                g.expected += expected.len() as u64;
+                g.topics.insert(topic.to_string());
+                g.tasks += 1;
+                for (tp, [a, b]) in &pc.target {
+                    let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
+                    let e = g.ranges.entry(*tp).or_insert((from, b + 1));
+                    e.0 = e.0.min(from);
+                    e.1 = e.1.max(b + 1);
+                }
+                row.in_group = true;
+                rows.push(row);
+                continue;
             }
             // Target side: every record written for this task, found by provenance.
             let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
@@ -454,11 +661,33 @@ pub fn verify(
             }
             rows.push(row);
         }
-    }
-    if rows.is_empty() {
-        return Err(VerifyError::Nothing(
-            "the checkpoint records no copied partitions for these routes".into(),
-        ));
+        for ((tc, tt), g) in groups {
+            let Some(dst) = config.clusters.get(&tc) else {
+                continue;
+            };
+            let mut target_records = 0u64;
+            for (tp, (from, to)) in &g.ranges {
+                scan(dst, &tt, *tp, *from, *to, timeout, |m| {
+                    // Another route's copy names its route; this route's records carry none.
+                    if provenance(m).is_none() {
+                        target_records += 1;
+                    }
+                })?;
+            }
+            let topics: Vec<&str> = g.topics.iter().map(String::as_str).collect();
+            rows.push(VerifyRow {
+                route: r.name.clone(),
+                source: format!("{}:{}/*", r.source, topics.join(",")),
+                source_records: g.expected,
+                target: format!("{tc}:{tt}"),
+                target_records,
+                missing: g.expected.saturating_sub(target_records),
+                duplicates: target_records.saturating_sub(g.expected),
+                whole_route: Some(g.tasks),
+                unverifiable: shared_without_provenance.clone(),
+                ..Default::default()
+            });
+        }
     }
     Ok(VerifyReport {
         rows,
