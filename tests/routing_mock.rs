@@ -467,10 +467,11 @@ fn map_to_source(
             s.headers_without(transformed),
             "headers of {p}/{o}"
         );
-        assert_eq!(
-            t.header_text(PROVENANCE),
-            format!("{cluster}/{topic}/{p}/{o}")
-        );
+        // `<route>@<cluster>/<topic>/<partition>/<offset>`
+        let prov = t.header_text(PROVENANCE);
+        let (route, rest) = prov.split_once('@').expect("provenance names its route");
+        assert!(!route.is_empty() && !route.contains('/'), "{prov}");
+        assert_eq!(rest, format!("{cluster}/{topic}/{p}/{o}"));
         assert!(seen.insert((p, o)), "source {p}/{o} arrived twice");
         out.push((p, o));
     }
@@ -2020,4 +2021,62 @@ filter = { json = "$.tenant_id", equals = "globex" }
         text.contains("cannot verify: route \"globex\" also writes dst:shared without provenance"),
         "{text}"
     );
+}
+
+/// Two routes from one source topic with disjoint filters into one target topic: each
+/// route's verify must find its own records and leave the other route's alone (each used to
+/// call the other's copies `unexpected`). The provenance header names the route.
+#[test]
+fn two_routes_into_one_topic_each_verify_their_own_records() {
+    let lab = Lab::start(&["src", "dst"]);
+    lab.topic("src", "orders", 2);
+    lab.topic("dst", "merged", 2);
+    let source = seed(lab.bootstrap("src"), "orders", &tenant_orders(2, 60));
+    let cfg = lab.config(
+        "merge",
+        r#"
+[[routes]]
+name = "acme"
+source = "src"
+topics = ["orders"]
+target = "dst"
+target_topic = "merged"
+filter = { json = "$.tenant_id", equals = "acme" }
+
+[[routes]]
+name = "globex"
+source = "src"
+topics = ["orders"]
+target = "dst"
+target_topic = "merged"
+filter = { json = "$.tenant_id", equals = "globex" }
+"#,
+    );
+    run_once(&cfg);
+    let target = read_topic(lab.bootstrap("dst"), "merged");
+    let prov = |g: &Got| g.header_text(PROVENANCE);
+    let acme = tenant_positions(&source, "acme");
+    for g in &target {
+        let (_, _, p, o) = parse_provenance(prov(g).as_bytes()).unwrap();
+        let want = if acme.contains(&(p, o)) {
+            "acme@"
+        } else {
+            "globex@"
+        };
+        assert!(prov(g).starts_with(want), "{} names its route", prov(g));
+    }
+    let v = run_verify(&cfg);
+    let text = v.table();
+    assert!(v.ok(), "{text}");
+    for (route, tenant) in [("acme", "acme"), ("globex", "globex")] {
+        let want = tenant_positions(&source, tenant);
+        for p in 0..2 {
+            let r = verify_row(&v, route, &format!("src:orders/{p}"));
+            assert_eq!(
+                (r.unexpected, r.missing, r.target_records),
+                (0, 0, per_partition(&want, p)),
+                "{text}"
+            );
+        }
+    }
 }

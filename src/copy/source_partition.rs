@@ -28,8 +28,8 @@ use super::produce::{
     classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
 };
 use super::record::{
-    provenance_value, raw_headers, record_bytes, remove_header, without_last_header,
-    DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+    provenance_prefix, provenance_value, raw_headers, record_bytes, remove_header,
+    without_last_header, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use super::Shared;
 use crate::cluster::{self, QuietContext};
@@ -166,9 +166,11 @@ impl CopyTask {
             limiter,
             round_robin: plan.partition as usize,
             skip_logged: false,
-            provenance_prefix: format!(
-                "{}/{}/{}/",
-                plan.source_cluster, plan.topic, plan.partition
+            provenance_prefix: provenance_prefix(
+                &plan.route_name,
+                &plan.source_cluster,
+                &plan.topic,
+                plan.partition,
             ),
             stale_until_assign: false,
             eof_gap_since: None,
