@@ -178,15 +178,15 @@ pub fn parse_provenance(value: &[u8]) -> Option<(&str, &str, i32, i64)> {
     Some((p.cluster, p.topic, p.partition, p.offset))
 }
 
-/// A 64-bit digest of what a copy must preserve: key, value, timestamp and headers other
-/// than provenance and those named in `ignore` (headers a route sets or drops). `verify`
-/// compares source and target digests, so an altered record is found, not just a missing
-/// one. (FNV-1a with length prefixes, so field boundaries count.)
+/// A 64-bit digest of what a copy must preserve besides its timestamp: key, value and
+/// headers other than provenance and those named in `ignore` (headers a route sets or
+/// drops). `verify` compares source and target digests, so an altered record is found, not
+/// just a missing one; it compares timestamps apart, because a target topic with
+/// `LogAppendTime` cannot keep them. (FNV-1a with length prefixes, so field boundaries count.)
 pub fn content_digest(msg: &BorrowedMessage<'_>, ignore: &[&str]) -> u64 {
     let mut h = Fnv::new();
     h.field(msg.key());
     h.field(msg.payload());
-    h.write(&msg.timestamp().to_millis().unwrap_or(-1).to_le_bytes());
     for hd in raw_headers(msg) {
         if hd.name == PROVENANCE_HEADER.as_bytes() || ignore.iter().any(|n| n.as_bytes() == hd.name)
         {

@@ -15,8 +15,10 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+mod compare;
 mod coverage;
 
+pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
@@ -24,7 +26,7 @@ use crate::cluster::{self, ClusterError};
 use crate::config::{ClusterConfig, Config, ErrorAction, Partitioning, RouteConfig};
 use crate::copy::filter::{self, Decision, RecordView};
 use crate::copy::record::{
-    content_digest, parse_provenance, parse_provenance_full, raw_headers, record_bytes, Provenance,
+    parse_provenance, parse_provenance_full, raw_headers, record_bytes, Provenance,
     DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use crate::counts::render_table;
@@ -60,6 +62,9 @@ pub struct VerifyRow {
     pub unexpected: u64,
     pub duplicates: u64,
     pub altered: u64,
+    /// Copies whose timestamp the target set itself (a topic with LogAppendTime): their
+    /// timestamps could not be kept and were not compared (the rest of them was).
+    pub timestamps_not_kept: u64,
     /// Compared by content (provenance present) or only by count.
     pub by_content: bool,
     /// How much of the route's range the copy has reached.
@@ -260,6 +265,12 @@ impl VerifyReport {
                 "; {} partitions of following routes are behind by {} offsets (lag, not a mismatch)",
                 behind.len(),
                 offsets(&behind)
+            ));
+        }
+        let not_kept: u64 = self.rows.iter().map(|r| r.timestamps_not_kept).sum();
+        if not_kept > 0 {
+            out.push_str(&format!(
+                "; timestamps NOT compared for {not_kept} copies: the target set its own (LogAppendTime), so only key, value and headers were"
             ));
         }
         let dups: u64 = self.rows.iter().map(|r| r.duplicates).sum();
@@ -536,7 +547,7 @@ pub fn verify(
             row.target = format!("{}:{}", pc.target_cluster, pc.target_topic);
             // Source side: what the route should have done with every record in the copied
             // range, decided exactly as the copy path decides it.
-            let mut expected: BTreeMap<i64, u64> = BTreeMap::new();
+            let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
             let mut poison: Vec<i64> = Vec::new();
             let mut source_records = 0u64;
             scan(
@@ -552,11 +563,7 @@ pub fn verify(
                         Decision::Copy => {
                             expected.insert(
                                 m.offset(),
-                                if r.provenance {
-                                    content_digest(m, &ignore)
-                                } else {
-                                    0
-                                },
+                                r.provenance.then(|| Fingerprint::of(m, &ignore)),
                             );
                         }
                         Decision::Filtered => row.filtered += 1,
@@ -635,11 +642,14 @@ pub fn verify(
                             .map(|h| h.value)
                             .eq([Some(v.as_bytes())])
                     });
-                    if !set_ok
-                        || expected
-                            .get(&o)
-                            .is_some_and(|d| *d != content_digest(m, &ignore))
-                    {
+                    let verdict = match expected.get(&o) {
+                        Some(Some(want)) => compare(want, &Fingerprint::of(m, &ignore)),
+                        _ => Comparison::Same,
+                    };
+                    if verdict == Comparison::SameTimestampNotKept {
+                        row.timestamps_not_kept += 1;
+                    }
+                    if !set_ok || verdict == Comparison::Altered {
                         row.altered += 1;
                     }
                 })?;
