@@ -79,6 +79,12 @@ enum Command {
         /// Count duplicate deliveries (normal after a crash under at-least-once) as a mismatch.
         #[arg(long)]
         fail_on_duplicates: bool,
+        /// `text` (a table), or `json` (schema: docs/verify-report.schema.json).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Also write a JUnit XML report here (one testcase per route partition).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Show or reset checkpoints.
     Checkpoints {
@@ -369,6 +375,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             route,
             fail_on_duplicates,
+            output,
+            junit,
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
@@ -376,7 +384,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
             }
             let store = FileStore::new(cfg.checkpoint_file());
             let report = verify::verify(&cfg, &store, route.as_deref(), fail_on_duplicates)?;
-            print!("{}", report.table());
+            if let Some(path) = &junit {
+                std::fs::write(path, report.junit())
+                    .with_context(|| format!("writing the JUnit report {}", path.display()))?;
+            }
+            if output == "json" {
+                println!("{:#}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
             Ok(if report.ok() {
                 exit::OK
             } else {

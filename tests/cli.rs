@@ -543,6 +543,156 @@ fn verify_after_a_reset_past_the_records_says_they_were_never_copied() {
     }
 }
 
+/// The JSON report of `verify --output json` against its schema (docs/verify-report.schema.json).
+fn verify_json(stdout: &str) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/verify-report.schema.json"
+        ))
+        .unwrap(),
+    )
+    .expect("the schema is JSON");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{stdout}");
+    report
+}
+
+/// Element names of an XML document in order, checking every tag closes where it should
+/// (a small well-formedness check: no attributes with `>` in them, no CDATA).
+fn xml_elements(xml: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut seen = Vec::new();
+    let mut rest = xml.trim_start();
+    rest = rest
+        .strip_prefix("<?xml")
+        .map(|r| &r[r.find("?>").expect("declaration ends") + 2..])
+        .unwrap_or(rest);
+    while let Some(i) = rest.find('<') {
+        assert!(
+            !rest[..i].contains('>') && !rest[..i].contains('<'),
+            "stray markup: {:?}",
+            &rest[..i]
+        );
+        let j = rest[i..].find('>').expect("tag ends") + i;
+        let tag = &rest[i + 1..j];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(open.pop().as_deref(), Some(name), "closing tag in\n{xml}");
+        } else {
+            let name = tag.split_whitespace().next().unwrap().trim_end_matches('/');
+            assert_eq!(tag.matches('"').count() % 2, 0, "quotes in <{tag}>");
+            seen.push(name.to_string());
+            if !tag.ends_with('/') {
+                open.push(name.to_string());
+            }
+        }
+        rest = &rest[j + 1..];
+    }
+    assert!(
+        open.is_empty() && rest.trim().is_empty(),
+        "unclosed {open:?}"
+    );
+    seen
+}
+
+/// `verify --output json` follows its schema and lists where records are missing;
+/// `--junit` writes one testcase per route partition, failures naming their offsets. The
+/// exit code is the same as with the table.
+#[test]
+fn verify_writes_json_and_junit_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 3, 1, &["orders:3"], &["orders:600"]);
+    let job = |name: &str, dst: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dst, &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    let mirror = job("mirror", dc.bootstrap(2), "");
+    let stale = job("stale", dc.bootstrap(3), "end = 100");
+    for c in [&mirror, &stale] {
+        km(&["run", "-c", s(c), "--once"], Duration::from_secs(60)).expect_code(EXIT_OK, "run");
+    }
+    let restored = write(
+        dir.path(),
+        "restored.toml",
+        &fs::read_to_string(&mirror)
+            .unwrap()
+            .replace(dc.bootstrap(2), dc.bootstrap(3)),
+    );
+
+    let good = km(
+        &["verify", "-c", s(&mirror), "--output", "json"],
+        Duration::from_secs(60),
+    );
+    good.expect_code(EXIT_OK, "verify --output json of a good copy");
+    let j = verify_json(&good.stdout);
+    assert_eq!(j["ok"], true, "{j:#}");
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    let total: i64 = parts
+        .iter()
+        .map(|p| p["counts"]["target_records"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 600, "{j:#}");
+
+    let junit = dir.path().join("verify.xml");
+    let bad = km(
+        &[
+            "verify",
+            "-c",
+            s(&restored),
+            "--output",
+            "json",
+            "--junit",
+            s(&junit),
+        ],
+        Duration::from_secs(60),
+    );
+    bad.expect_code(
+        EXIT_MISMATCH,
+        "verify --output json against the stale target",
+    );
+    let j = verify_json(&bad.stdout);
+    assert_eq!(j["ok"], false);
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for p in parts {
+        let n = p["counts"]["source_records"].as_i64().unwrap();
+        assert_eq!(p["verdict"], "MISMATCH", "{p:#}");
+        assert_eq!(p["counts"]["missing"].as_i64(), Some(n - 100), "{p:#}");
+        let first: Vec<i64> = (100..110).collect();
+        assert_eq!(p["first_missing"], serde_json::json!(first), "{p:#}");
+    }
+    let xml = fs::read_to_string(&junit).unwrap();
+    let elements = xml_elements(&xml);
+    assert_eq!(
+        elements.iter().filter(|e| *e == "testcase").count(),
+        3,
+        "{xml}"
+    );
+    assert_eq!(
+        elements.iter().filter(|e| *e == "failure").count(),
+        3,
+        "{xml}"
+    );
+    assert!(
+        xml.contains("tests=\"3\" failures=\"3\"")
+            && xml.contains("first missing source offsets: 100, 101, 102"),
+        "{xml}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 4 and 5. kill -9 and SIGTERM in the middle of a run
 // ---------------------------------------------------------------------------------------

@@ -17,9 +17,11 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 mod compare;
 mod coverage;
+mod report;
 
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
+pub use report::JSON_SCHEMA_VERSION;
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
@@ -41,6 +43,9 @@ pub enum VerifyError {
     #[error("nothing to verify: {0}")]
     Nothing(String),
 }
+
+/// How many offsets of each kind of difference a row lists.
+pub const FIRST_OFFSETS: usize = 10;
 
 #[derive(Debug, Clone, Default)]
 pub struct VerifyRow {
@@ -65,6 +70,11 @@ pub struct VerifyRow {
     /// Copies whose timestamp the target set itself (a topic with LogAppendTime): their
     /// timestamps could not be kept and were not compared (the rest of them was).
     pub timestamps_not_kept: u64,
+    /// The first few ([`FIRST_OFFSETS`]) source offsets missing, altered, and unexpected on
+    /// the target, in offset order: where to start looking.
+    pub first_missing: Vec<i64>,
+    pub first_altered: Vec<i64>,
+    pub first_unexpected: Vec<i64>,
     /// Compared by content (provenance present) or only by count.
     pub by_content: bool,
     /// How much of the route's range the copy has reached.
@@ -580,6 +590,9 @@ pub fn verify(
                     row.skipped += 1;
                 } else {
                     row.missing += 1;
+                    if row.first_missing.len() < FIRST_OFFSETS {
+                        row.first_missing.push(*o);
+                    }
                 }
             }
             if let Some(why) = &shared_without_provenance {
@@ -651,6 +664,9 @@ pub fn verify(
                     }
                     if !set_ok || verdict == Comparison::Altered {
                         row.altered += 1;
+                        if row.first_altered.len() < FIRST_OFFSETS {
+                            row.first_altered.push(o);
+                        }
                     }
                 })?;
             }
@@ -665,15 +681,26 @@ pub fn verify(
                         row.dead_lettered += 1;
                     } else {
                         row.missing += 1;
+                        if row.first_missing.len() < 2 * FIRST_OFFSETS {
+                            row.first_missing.push(*o);
+                        }
                     }
                 }
-                row.unexpected = seen.keys().filter(|o| !expected.contains_key(o)).count() as u64;
+                let unexpected: Vec<i64> = seen
+                    .keys()
+                    .filter(|o| !expected.contains_key(o))
+                    .copied()
+                    .collect();
+                row.unexpected = unexpected.len() as u64;
+                row.first_unexpected = unexpected.into_iter().take(FIRST_OFFSETS).collect();
                 row.duplicates = seen.values().map(|n| (*n as u64).saturating_sub(1)).sum();
             } else {
                 let want = expected.len() as u64;
                 row.missing += want.saturating_sub(row.target_records);
                 row.duplicates = row.target_records.saturating_sub(want);
             }
+            row.first_missing.sort_unstable();
+            row.first_missing.truncate(FIRST_OFFSETS);
             rows.push(row);
         }
         for ((tc, tt), g) in groups {
