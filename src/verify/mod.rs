@@ -1,11 +1,16 @@
-//! Verification: for every checkpointed (route, source partition), read the source records
+//! Verification: for every (route, source partition) of the plan, read the source records
 //! in the copied range and the target records in the written range, and compare them record
-//! by record. Counting is done by reading, never by subtracting offsets: compaction,
-//! transaction markers and some brokers leave gaps or misreport watermarks.
+//! by record; and say how much of the route's range the copy has not reached
+//! (`coverage.rs`), because a copy can match and still be incomplete. Counting is done by
+//! reading, never by subtracting offsets: compaction, transaction markers and some brokers
+//! leave gaps or misreport watermarks.
 //!
-//! With provenance headers (the default), each target record names its source offset, so
-//! the comparison finds missing, duplicated and altered records (by content digest), not
-//! just unequal counts. Without them, counts are compared.
+//! With provenance headers (the default), each target record names its route and source
+//! offset, so the comparison finds missing, duplicated and altered records (`compare.rs`:
+//! content digest, and timestamps where the target keeps them), not just unequal counts.
+//! Without them, counts are compared: per partition under `preserve`, per route as a whole
+//! otherwise (any task may write any target partition). `report.rs` renders the JSON and
+//! JUnit reports; this file reads and decides.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
