@@ -545,11 +545,17 @@ fn verify_after_a_reset_past_the_records_says_they_were_never_copied() {
 
 /// The JSON report of `verify --output json` against its schema (docs/verify-report.schema.json).
 fn verify_json(stdout: &str) -> serde_json::Value {
+    json_with_schema(stdout, "verify-report.schema.json")
+}
+
+/// `stdout` parsed as JSON and checked against the schema `docs/<schema>`.
+fn json_with_schema(stdout: &str, schema: &str) -> serde_json::Value {
     let schema: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/docs/verify-report.schema.json"
-        ))
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs")
+                .join(schema),
+        )
         .unwrap(),
     )
     .expect("the schema is JSON");
@@ -645,6 +651,24 @@ fn verify_writes_json_and_junit_reports() {
         .map(|p| p["counts"]["target_records"].as_i64().unwrap())
         .sum();
     assert_eq!(total, 600, "{j:#}");
+
+    // checkpoints show --output json: next offsets with the source's end and the lag.
+    for (c, copied) in [(&mirror, None), (&stale, Some(100))] {
+        let shown = km(
+            &["checkpoints", "show", "-c", s(c), "--output", "json"],
+            Duration::from_secs(30),
+        );
+        shown.expect_code(EXIT_OK, "checkpoints show --output json");
+        let j = json_with_schema(&shown.stdout, "checkpoints-show.schema.json");
+        let parts = j["routes"][0]["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), 3, "{j:#}");
+        for p in parts {
+            let end = p["log_end_offset"].as_i64().expect("log end offset");
+            let next = p["next_offset"].as_i64().unwrap();
+            assert_eq!(next, copied.unwrap_or(end), "{p:#}");
+            assert_eq!(p["lag"].as_i64(), Some(end - next), "{p:#}");
+        }
+    }
 
     let junit = dir.path().join("verify.xml");
     let bad = km(
