@@ -79,6 +79,12 @@ enum Command {
         /// Count duplicate deliveries (normal after a crash under at-least-once) as a mismatch.
         #[arg(long)]
         fail_on_duplicates: bool,
+        /// `text` (a table), or `json` (schema: docs/verify-report.schema.json).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Also write a JUnit XML report here (one testcase per route partition).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Show or reset checkpoints.
     Checkpoints {
@@ -120,6 +126,11 @@ enum CheckpointAction {
         /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// `text` (a table, read from the file alone), or `json` (schema:
+        /// docs/checkpoints-show.schema.json; also asks each source cluster for its log-end
+        /// offsets to give the lag per partition).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Move checkpoints: forget them (next run starts at `start`), or set them --to a position.
     ///
@@ -401,6 +412,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             route,
             fail_on_duplicates,
+            output,
+            junit,
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
@@ -408,7 +421,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
             }
             let store = FileStore::new(cfg.checkpoint_file());
             let report = verify::verify(&cfg, &store, route.as_deref(), fail_on_duplicates)?;
-            print!("{}", report.table());
+            if let Some(path) = &junit {
+                std::fs::write(path, report.junit())
+                    .with_context(|| format!("writing the JUnit report {}", path.display()))?;
+            }
+            if output == "json" {
+                println!("{:#}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
             Ok(if report.ok() {
                 exit::OK
             } else {
@@ -416,8 +437,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
             })
         }
         Command::Checkpoints {
-            action: CheckpointAction::Show { config },
-        } => show_checkpoints(&config),
+            action: CheckpointAction::Show { config, output },
+        } => {
+            if output == "json" {
+                show_checkpoints_json(&config)
+            } else {
+                show_checkpoints(&config)
+            }
+        }
         Command::Checkpoints {
             action:
                 CheckpointAction::Reset {
@@ -590,6 +617,72 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         }
     }
     Ok(verdict.code)
+}
+
+/// `checkpoints show --output json`: the checkpoint with each partition's log-end offset and
+/// lag (as the source broker reports its high watermark; a failed lookup is given per
+/// partition, never fatal).
+fn show_checkpoints_json(path: &Path) -> Result<i32> {
+    let cfg = load(path)?;
+    let store = FileStore::new(cfg.checkpoint_file());
+    let cp = copy::load_checkpoint(&cfg, &store)?;
+    let timeout = cfg.run.connect_timeout;
+    let mut consumers = std::collections::BTreeMap::new();
+    let mut routes = Vec::new();
+    for (route, rc) in cp.iter().flat_map(|c| &c.routes) {
+        let mut parts = Vec::new();
+        for (key, p) in &rc.partitions {
+            let Some((topic, partition)) = kmirror::checkpoint::parse_partition_key(key) else {
+                continue;
+            };
+            let consumer = consumers
+                .entry(rc.source_cluster.clone())
+                .or_insert_with(|| match cfg.clusters.get(&rc.source_cluster) {
+                    Some(c) => kmirror::cluster::consumer(c, &[]).map_err(|e| e.to_string()),
+                    None => Err(format!(
+                        "cluster \"{}\" is not in the routing file",
+                        rc.source_cluster
+                    )),
+                });
+            let end = match consumer {
+                Ok(c) => {
+                    kmirror::cluster::watermarks(c, &rc.source_cluster, topic, partition, timeout)
+                        .map(|(_, high)| high)
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.clone()),
+            };
+            parts.push(serde_json::json!({
+                "source": format!("{}:{key}", rc.source_cluster),
+                "topic": topic,
+                "partition": partition,
+                "next_offset": p.next_offset,
+                "first_offset": p.first_offset,
+                "end": p.end,
+                "target": format!("{}:{}", p.target_cluster, p.target_topic),
+                "target_written": p.target.iter().map(|(tp, [a, b])| serde_json::json!({"partition": tp, "first": a, "last": b})).collect::<Vec<_>>(),
+                "updated_at": p.updated_at,
+                "log_end_offset": end.as_ref().ok(),
+                "lag": end.as_ref().ok().map(|e| (e - p.next_offset).max(0)),
+                "lookup_error": end.as_ref().err(),
+            }));
+        }
+        routes.push(serde_json::json!({
+            "route": route,
+            "source_cluster": rc.source_cluster,
+            "partitions": parts,
+        }));
+    }
+    let out = serde_json::json!({
+        "kind": "kmirror-checkpoints",
+        "version": 1,
+        "checkpoint": store.describe(),
+        "job": cp.as_ref().map(|c| c.job.clone()),
+        "written_at": cp.as_ref().map(|c| c.written_at.clone()),
+        "routes": routes,
+    });
+    println!("{out:#}");
+    Ok(exit::OK)
 }
 
 fn show_checkpoints(path: &Path) -> Result<i32> {
@@ -803,6 +896,7 @@ fn reset_checkpoints(
                         target_topic: t.target_topic.clone(),
                         target: Default::default(),
                         target_start: Default::default(),
+                        end: None,
                         updated_at: now.clone(),
                     },
                 );

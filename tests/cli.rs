@@ -487,6 +487,236 @@ fn verify_exits_1_when_the_target_lacks_records() {
     }
 }
 
+/// `checkpoints reset --to latest` moves a copy past every record: verify then compares empty
+/// ranges. They match, but nothing was copied: a route with a fixed end must fail (exit 1)
+/// and say what was never copied; a following route reports the gap without failing.
+#[test]
+fn verify_after_a_reset_past_the_records_says_they_were_never_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let cfg = |name: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dc.bootstrap(2), &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    for (name, extra, code, word) in [
+        ("fixed", "end = \"snapshot\"", EXIT_MISMATCH, "INCOMPLETE"),
+        ("follow", "", EXIT_OK, "BEHIND"),
+    ] {
+        let c = cfg(name, extra);
+        km(
+            &[
+                "checkpoints",
+                "reset",
+                "-c",
+                s(&c),
+                "--to",
+                "latest",
+                "--execute",
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_code(EXIT_OK, "reset to latest");
+        let v = km(&["verify", "-c", s(&c)], Duration::from_secs(60));
+        v.expect_code(code, name);
+        let rows = table(&v.stdout, "route");
+        assert_eq!(rows.len(), 3, "{}", v.stdout);
+        for r in &rows {
+            assert_eq!(num(r, "source records"), 0, "{r:?}");
+            assert_eq!(col(r, "result"), word, "{r:?}");
+            assert!(
+                col(r, "not copied").contains("before the copied range never copied"),
+                "{r:?}"
+            );
+        }
+        assert!(
+            !v.stdout.contains("every source record is on the target")
+                && v.stdout.contains("600 offsets"),
+            "{}",
+            v.stdout
+        );
+    }
+}
+
+/// The JSON report of `verify --output json` against its schema (docs/verify-report.schema.json).
+fn verify_json(stdout: &str) -> serde_json::Value {
+    json_with_schema(stdout, "verify-report.schema.json")
+}
+
+/// `stdout` parsed as JSON and checked against the schema `docs/<schema>`.
+fn json_with_schema(stdout: &str, schema: &str) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs")
+                .join(schema),
+        )
+        .unwrap(),
+    )
+    .expect("the schema is JSON");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{stdout}");
+    report
+}
+
+/// Element names of an XML document in order, checking every tag closes where it should
+/// (a small well-formedness check: no attributes with `>` in them, no CDATA).
+fn xml_elements(xml: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut seen = Vec::new();
+    let mut rest = xml.trim_start();
+    rest = rest
+        .strip_prefix("<?xml")
+        .map(|r| &r[r.find("?>").expect("declaration ends") + 2..])
+        .unwrap_or(rest);
+    while let Some(i) = rest.find('<') {
+        assert!(
+            !rest[..i].contains('>') && !rest[..i].contains('<'),
+            "stray markup: {:?}",
+            &rest[..i]
+        );
+        let j = rest[i..].find('>').expect("tag ends") + i;
+        let tag = &rest[i + 1..j];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(open.pop().as_deref(), Some(name), "closing tag in\n{xml}");
+        } else {
+            let name = tag.split_whitespace().next().unwrap().trim_end_matches('/');
+            assert_eq!(tag.matches('"').count() % 2, 0, "quotes in <{tag}>");
+            seen.push(name.to_string());
+            if !tag.ends_with('/') {
+                open.push(name.to_string());
+            }
+        }
+        rest = &rest[j + 1..];
+    }
+    assert!(
+        open.is_empty() && rest.trim().is_empty(),
+        "unclosed {open:?}"
+    );
+    seen
+}
+
+/// `verify --output json` follows its schema and lists where records are missing;
+/// `--junit` writes one testcase per route partition, failures naming their offsets. The
+/// exit code is the same as with the table.
+#[test]
+fn verify_writes_json_and_junit_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 3, 1, &["orders:3"], &["orders:600"]);
+    let job = |name: &str, dst: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dst, &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    let mirror = job("mirror", dc.bootstrap(2), "");
+    let stale = job("stale", dc.bootstrap(3), "end = 100");
+    for c in [&mirror, &stale] {
+        km(&["run", "-c", s(c), "--once"], Duration::from_secs(60)).expect_code(EXIT_OK, "run");
+    }
+    let restored = write(
+        dir.path(),
+        "restored.toml",
+        &fs::read_to_string(&mirror)
+            .unwrap()
+            .replace(dc.bootstrap(2), dc.bootstrap(3)),
+    );
+
+    let good = km(
+        &["verify", "-c", s(&mirror), "--output", "json"],
+        Duration::from_secs(60),
+    );
+    good.expect_code(EXIT_OK, "verify --output json of a good copy");
+    let j = verify_json(&good.stdout);
+    assert_eq!(j["ok"], true, "{j:#}");
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    let total: i64 = parts
+        .iter()
+        .map(|p| p["counts"]["target_records"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 600, "{j:#}");
+
+    // checkpoints show --output json: next offsets with the source's end and the lag.
+    for (c, copied) in [(&mirror, None), (&stale, Some(100))] {
+        let shown = km(
+            &["checkpoints", "show", "-c", s(c), "--output", "json"],
+            Duration::from_secs(30),
+        );
+        shown.expect_code(EXIT_OK, "checkpoints show --output json");
+        let j = json_with_schema(&shown.stdout, "checkpoints-show.schema.json");
+        let parts = j["routes"][0]["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), 3, "{j:#}");
+        for p in parts {
+            let end = p["log_end_offset"].as_i64().expect("log end offset");
+            let next = p["next_offset"].as_i64().unwrap();
+            assert_eq!(next, copied.unwrap_or(end), "{p:#}");
+            assert_eq!(p["lag"].as_i64(), Some(end - next), "{p:#}");
+        }
+    }
+
+    let junit = dir.path().join("verify.xml");
+    let bad = km(
+        &[
+            "verify",
+            "-c",
+            s(&restored),
+            "--output",
+            "json",
+            "--junit",
+            s(&junit),
+        ],
+        Duration::from_secs(60),
+    );
+    bad.expect_code(
+        EXIT_MISMATCH,
+        "verify --output json against the stale target",
+    );
+    let j = verify_json(&bad.stdout);
+    assert_eq!(j["ok"], false);
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for p in parts {
+        let n = p["counts"]["source_records"].as_i64().unwrap();
+        assert_eq!(p["verdict"], "MISMATCH", "{p:#}");
+        assert_eq!(p["counts"]["missing"].as_i64(), Some(n - 100), "{p:#}");
+        let first: Vec<i64> = (100..110).collect();
+        assert_eq!(p["first_missing"], serde_json::json!(first), "{p:#}");
+    }
+    let xml = fs::read_to_string(&junit).unwrap();
+    let elements = xml_elements(&xml);
+    assert_eq!(
+        elements.iter().filter(|e| *e == "testcase").count(),
+        3,
+        "{xml}"
+    );
+    assert_eq!(
+        elements.iter().filter(|e| *e == "failure").count(),
+        3,
+        "{xml}"
+    );
+    assert!(
+        xml.contains("tests=\"3\" failures=\"3\"")
+            && xml.contains("first missing source offsets: 100, 101, 102"),
+        "{xml}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // 4 and 5. kill -9 and SIGTERM in the middle of a run
 // ---------------------------------------------------------------------------------------

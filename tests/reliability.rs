@@ -1553,7 +1553,7 @@ fn odd_records_are_copied_byte_for_byte() {
         );
         assert_eq!(
             last.1.as_deref(),
-            Some(format!("{SOURCE}/odd/0/{}", s.offset).as_bytes())
+            Some(format!("odd@{SOURCE}/odd/0/{}", s.offset).as_bytes())
         );
         assert_eq!(t.key, s.key, "key of {}", s.offset);
         assert_eq!(t.value, s.value, "value of {}", s.offset);

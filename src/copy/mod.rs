@@ -531,10 +531,11 @@ fn snapshot(
             rc.topic_ids.insert(t.topic.clone(), id.to_string());
         }
         let key = partition_key(&t.topic, t.partition);
-        let unchanged = rc
-            .partitions
-            .get(&key)
-            .is_some_and(|old| old.next_offset == p.position && old.target == p.target_ranges);
+        let unchanged = rc.partitions.get(&key).is_some_and(|old| {
+            old.next_offset == p.position
+                && old.target == p.target_ranges
+                && old.end == t.end.offset()
+        });
         if unchanged {
             continue;
         }
@@ -547,6 +548,7 @@ fn snapshot(
                 target_topic: t.target_topic.clone(),
                 target: p.target_ranges,
                 target_start: t.target_start.clone(),
+                end: t.end.offset(),
                 updated_at: now.clone(),
             },
         );

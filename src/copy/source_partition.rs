@@ -29,8 +29,8 @@ use super::produce::{
     MISSING_TOPIC_ATTEMPTS,
 };
 use super::record::{
-    provenance_value, raw_headers, record_bytes, remove_header, without_last_header,
-    DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+    provenance_prefix, provenance_value, raw_headers, record_bytes, remove_header,
+    without_last_header, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use super::Shared;
 use crate::cluster::{self, QuietContext};
@@ -175,9 +175,11 @@ impl CopyTask {
             skip_logged: false,
             read_below: plan.start,
             missing_attempts: 0,
-            provenance_prefix: format!(
-                "{}/{}/{}/",
-                plan.source_cluster, plan.topic, plan.partition
+            provenance_prefix: provenance_prefix(
+                &plan.route_name,
+                &plan.source_cluster,
+                &plan.topic,
+                plan.partition,
             ),
             stale_until_assign: false,
             eof_gap_since: None,
