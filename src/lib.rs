@@ -8,7 +8,7 @@
 //! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
 //! - `verify`: record-by-record comparison of source and target;
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
-//! - `error`: exit codes; `redact`: secret values masked wherever text leaves.
+//! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
 pub mod checkpoint;
 pub mod cluster;
@@ -18,6 +18,7 @@ pub mod counts;
 pub mod demo;
 pub mod dev_cluster;
 pub mod error;
+pub mod exit;
 pub mod plan;
 pub mod rate_limit;
 pub mod redact;

@@ -110,7 +110,7 @@ impl RunReport {
 
     /// How the run ended, in a word or a sentence, and the exit code that means.
     pub fn verdict(&self) -> Verdict {
-        use crate::error::exit;
+        use crate::exit;
         let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         let mut problems = Vec::new();
         if !self.halted.is_empty() {
