@@ -96,6 +96,9 @@ pub struct SummaryRow {
     pub range: (i64, i64),
     pub counts: Counts,
     pub target: String,
+    /// Target partition -> first and last offset written there, as the checkpoint keeps them
+    /// (`target` unabridged, for the JSON summary).
+    pub target_written: std::collections::BTreeMap<i32, [i64; 2]>,
     pub status: String,
     /// Consumer (fetch) errors taken for this partition.
     pub source_errors: u64,

@@ -7,6 +7,7 @@
 //! - `copy`: the copy path (source partition -> batch -> produce -> ack tracker);
 //! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
 //! - `verify`: record-by-record comparison of source and target;
+//! - `report`: the JSON documents of `check` and `run` (`--output json`);
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
 //! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
@@ -22,4 +23,5 @@ pub mod exit;
 pub mod plan;
 pub mod rate_limit;
 pub mod redact;
+pub mod report;
 pub mod verify;

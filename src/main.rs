@@ -17,7 +17,7 @@ use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
 use kmirror::plan::{self, CreateTopics};
 use kmirror::redact::redact;
-use kmirror::{counts, demo, dev_cluster, verify};
+use kmirror::{counts, demo, dev_cluster, report, verify};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,10 @@ enum Command {
         /// it `check` changes nothing; `run` creates them.
         #[arg(long, conflicts_with = "offline")]
         create_topics: bool,
+        /// `text`, or `json` (schema: docs/check-plan.schema.json): the routing file and,
+        /// unless --offline, the plan.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Copy until every route reaches its `end` (none = forever), or SIGINT/SIGTERM.
     Run {
@@ -67,6 +71,11 @@ enum Command {
         /// Seconds between progress lines (0 = none).
         #[arg(long, default_value_t = 5)]
         progress: u64,
+        /// `text` (a table and a verdict line), or `json` (schema:
+        /// docs/run-summary.schema.json). Either way only the summary goes to stdout; logs
+        /// go to stderr.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Read the copied ranges on both sides and compare them record by record.
     Verify {
@@ -402,12 +411,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             offline,
             create_topics,
-        } => check(&config, offline, create_topics),
+            output,
+        } => check(&config, offline, create_topics, output == "json"),
         Command::Run {
             config,
             once,
             progress,
-        } => run(&config, once, progress),
+            output,
+        } => run(&config, once, progress, output == "json"),
         Command::Verify {
             config,
             route,
@@ -527,7 +538,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
     }
 }
 
-fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
+fn check(path: &Path, offline: bool, create_topics: bool, json: bool) -> Result<i32> {
     let cfg = if offline {
         // Offline validation runs where the secrets are not (a CI job, a laptop): an unset
         // variable is a warning, and a placeholder stands in for it.
@@ -545,6 +556,37 @@ fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
     } else {
         load(path)?
     };
+    // Text prints the file summary before connecting (it shows even if a cluster fails);
+    // JSON is one document, printed once it is whole.
+    if !json {
+        print_routing_file(path, &cfg);
+    }
+    if offline {
+        if json {
+            println!("{:#}", report::check_json(&cfg, None));
+        }
+        return Ok(exit::OK);
+    }
+    let store = FileStore::new(cfg.checkpoint_file());
+    let cp = copy::load_checkpoint(&cfg, &store)?;
+    // `check` changes nothing unless asked: missing target topics are reported in the plan,
+    // and created by `run` (or `check --create-topics`).
+    let create = if create_topics {
+        CreateTopics::AsConfigured
+    } else {
+        CreateTopics::Never
+    };
+    let plan = plan::build(&cfg, cp.as_ref(), create)?;
+    if json {
+        println!("{:#}", report::check_json(&cfg, Some(&plan)));
+    } else {
+        print!("{}", plan.render());
+    }
+    Ok(exit::OK)
+}
+
+/// The routing file summary `check` prints before the plan.
+fn print_routing_file(path: &Path, cfg: &Config) {
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
@@ -564,24 +606,9 @@ fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
             println!("  cluster {}: {} ({})", c.name, c.bootstrap, p.join(", "));
         }
     }
-    if offline {
-        return Ok(exit::OK);
-    }
-    let store = FileStore::new(cfg.checkpoint_file());
-    let cp = copy::load_checkpoint(&cfg, &store)?;
-    // `check` changes nothing unless asked: missing target topics are reported in the plan,
-    // and created by `run` (or `check --create-topics`).
-    let create = if create_topics {
-        CreateTopics::AsConfigured
-    } else {
-        CreateTopics::Never
-    };
-    let plan = plan::build(&cfg, cp.as_ref(), create)?;
-    print!("{}", plan.render());
-    Ok(exit::OK)
 }
 
-fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
+fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
     let cfg = load(path)?;
     // Held until this function returns: one process per job, for the whole run.
     let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
@@ -594,20 +621,13 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
     };
     let report = copy::run(&cfg, &store, &opts, stop)?;
-    print!("{}", report.table());
     let verdict = report.verdict();
-    println!(
-        "{} in {:.1}s; checkpoint {}",
-        verdict.summary,
-        report.elapsed.as_secs_f64(),
-        report.checkpoint
-    );
-    if report.gaps > 0 {
-        println!(
-            "GAP: {} records were deleted by retention before they could be copied",
-            report.gaps
-        );
+    if json {
+        println!("{:#}", report.json());
+    } else {
+        print_run_summary(&report);
     }
+    // On stderr in both formats: they say why the exit code is not 0.
     for (src, why) in &report.halted {
         eprintln!("halted {src}: {}", redact(why));
     }
@@ -617,6 +637,23 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         }
     }
     Ok(verdict.code)
+}
+
+/// The summary table and the verdict line `run` prints.
+fn print_run_summary(report: &copy::RunReport) {
+    print!("{}", report.table());
+    println!(
+        "{} in {:.1}s; checkpoint {}",
+        report.verdict().summary,
+        report.elapsed.as_secs_f64(),
+        report.checkpoint
+    );
+    if report.gaps > 0 {
+        println!(
+            "GAP: {} records were deleted by retention before they could be copied",
+            report.gaps
+        );
+    }
 }
 
 /// `checkpoints show --output json`: the checkpoint with each partition's log-end offset and

@@ -10,7 +10,8 @@
 //! verification mismatch (exit 1), kill -9 and SIGTERM in the middle of a run followed by a
 //! rerun, 40+ malformed routing files (exit 3 with `file:line:column`, before connecting),
 //! unreachable clusters and non-Kafka listeners (exit 4, bounded), missing topics (exit 4),
-//! usage errors (exit 2), untrustworthy checkpoints (exit 5) and `kmirror demo`.
+//! usage errors (exit 2), untrustworthy checkpoints (exit 5), `kmirror demo`, and the JSON of
+//! `check`, `run`, `verify` and `checkpoints show` against their schemas (docs/*.schema.json).
 //!
 //! The binary is `target/debug/kmirror`: a build of another source tree into the same target
 //! directory replaces it, so run these from a quiet tree.
@@ -717,6 +718,199 @@ fn verify_writes_json_and_junit_reports() {
     );
 }
 
+/// Issue 9: `check --output json` and `run --output json` print one JSON document on stdout
+/// (logs stay on stderr) that matches its schema and carries the plan's and the run's
+/// numbers; a run whose partitions halt still prints its summary (exit 1), and an error
+/// before a run has a summary prints nothing on stdout (exit 4, the error on stderr).
+#[test]
+fn check_and_run_print_json_matching_their_schemas() {
+    const SEEDED: i64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let mirror = write(
+        dir.path(),
+        "mirror.toml",
+        &mirror_config(dc.bootstrap(1), dc.bootstrap(2), "end = \"snapshot\"\n"),
+    );
+
+    // Offline: the routing file alone, its secret masked.
+    let secret = "hunter2-json-secret";
+    let offline_cfg = write(
+        dir.path(),
+        "offline.toml",
+        &fs::read_to_string(&mirror).unwrap().replace(
+            "[clusters.dst]\n",
+            "[clusters.dst]\nproperties = { \"sasl.password\" = \"${KMIRROR_TEST_PW}\" }\n",
+        ),
+    );
+    let offline = km_env(
+        &[
+            "check",
+            "-c",
+            s(&offline_cfg),
+            "--offline",
+            "--output",
+            "json",
+        ],
+        &[("KMIRROR_TEST_PW", secret)],
+        Duration::from_secs(30),
+    );
+    offline.expect_code(EXIT_OK, "check --offline --output json");
+    let j = json_with_schema(&offline.stdout, "check-plan.schema.json");
+    assert!(j["plan"].is_null(), "{j:#}");
+    assert_eq!(j["routing_file"]["routes"][0]["end"]["kind"], "snapshot");
+    let dst = j["routing_file"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dst")
+        .expect("cluster dst");
+    assert_eq!(dst["properties"]["sasl.password"], "******", "{j:#}");
+    assert!(
+        !offline.stdout.contains(secret) && !offline.stderr.contains(secret),
+        "the secret leaked:\n{}\n{}",
+        offline.stdout,
+        offline.stderr
+    );
+
+    // The plan: one task per source partition, ending at the snapshot.
+    let plan = |what: &str| {
+        let f = km(
+            &["check", "-c", s(&mirror), "--output", "json"],
+            Duration::from_secs(60),
+        );
+        f.expect_code(EXIT_OK, what);
+        json_with_schema(&f.stdout, "check-plan.schema.json")
+    };
+    let j = plan("check --output json");
+    let tasks = j["plan"]["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "{j:#}");
+    for (p, t) in tasks.iter().enumerate() {
+        let n = share(SEEDED, 3, p as i64);
+        assert_eq!(t["route"], "orders");
+        assert_eq!(
+            t["source"],
+            serde_json::json!({"cluster": "src", "topic": "orders", "partition": p})
+        );
+        assert_eq!(t["target"]["cluster"], "dst");
+        assert_eq!(t["target"]["topic"], "orders");
+        assert_eq!(t["target"]["partition"], p);
+        assert_eq!(t["start"], 0);
+        assert_eq!(t["resumes_from_checkpoint"], false);
+        assert_eq!(
+            t["end"],
+            serde_json::json!({"kind": "snapshot", "offset": n}),
+            "{t:#}"
+        );
+        assert_eq!(t["estimate"], n);
+    }
+    assert_eq!(j["plan"]["estimate_total"], SEEDED);
+
+    // The run: stdout is the summary and nothing else (json_with_schema parses all of it).
+    let r = km(
+        &["run", "-c", s(&mirror), "--once", "--output", "json"],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_OK, "run --once --output json");
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!(
+        (&j["verdict"], &j["ok"]),
+        (&"complete".into(), &true.into())
+    );
+    assert_eq!(j["exit_code"], EXIT_OK);
+    assert_eq!(j["totals"]["acked"], SEEDED, "{j:#}");
+    assert_eq!(j["totals"]["read"], SEEDED, "{j:#}");
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for (p, row) in parts.iter().enumerate() {
+        let n = share(SEEDED, 3, p as i64);
+        assert_eq!(row["state"], "done", "{row:#}");
+        assert_eq!(row["source_partition"]["partition"], p);
+        assert_eq!(row["range"], serde_json::json!({"start": 0, "end": n}));
+        assert_eq!(row["counts"]["acked"], n);
+        assert_eq!(
+            row["target_written"],
+            serde_json::json!([{"partition": p, "first": 0, "last": n - 1}]),
+            "{row:#}"
+        );
+    }
+
+    // After the run, the plan resumes each partition from the checkpoint, at its end.
+    let j = plan("check --output json after the run");
+    for (p, t) in j["plan"]["tasks"].as_array().unwrap().iter().enumerate() {
+        let n = share(SEEDED, 3, p as i64);
+        assert_eq!(
+            (&t["start"], &t["resumes_from_checkpoint"], &t["estimate"]),
+            (&n.into(), &true.into(), &0.into()),
+            "{t:#}"
+        );
+    }
+
+    // Halted partitions: exit 1, and still the summary, saying why.
+    let halting = write(
+        dir.path(),
+        "halting.toml",
+        &mirror_config(
+            dc.bootstrap(1),
+            dc.bootstrap(2),
+            "end = \"snapshot\"\nvalidate = { max_record_bytes = \"10B\" }\non_error = \"stop\"\n",
+        )
+        .replace("[checkpoints]\n", "[checkpoints]\njob = \"halting\"\n"),
+    );
+    let r = km(
+        &["run", "-c", s(&halting), "--once", "--output", "json"],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_MISMATCH, "run --output json with halting partitions");
+    // The ERROR log lines went to stderr; stdout still parses as one document.
+    assert!(r.stderr.contains("partition halted"), "{}", r.stderr);
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!((&j["verdict"], &j["ok"]), (&"failed".into(), &false.into()));
+    assert_eq!(j["exit_code"], EXIT_MISMATCH);
+    assert!(
+        j["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILED: 3 partitions halted"),
+        "{j:#}"
+    );
+    let halted = j["halted"].as_array().unwrap();
+    assert_eq!(halted.len(), 3, "{j:#}");
+    for h in halted {
+        assert!(
+            h["reason"].as_str().unwrap().contains("max_record_bytes"),
+            "{h:#}"
+        );
+    }
+    assert!(j["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["state"] == "halted" && p["counts"]["acked"] == 0));
+    assert_eq!(j["totals"]["failed"], 3, "{j:#}");
+
+    // No summary to print: an unreachable cluster fails before the run. Nothing on stdout.
+    let unreachable = write(
+        dir.path(),
+        "unreachable.toml",
+        &mirror_config(&format!("127.0.0.1:{}", closed_port()), dc.bootstrap(2), "")
+            .replace("connect_timeout = \"10s\"", "connect_timeout = \"3s\"")
+            .replace("[checkpoints]\n", "[checkpoints]\njob = \"unreachable\"\n"),
+    );
+    for cmd in [&["check"][..], &["run", "--once"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&unreachable), "--output", "json"]);
+        let r = km(&args, Duration::from_secs(60));
+        r.expect_code(EXIT_CLUSTER, &format!("{cmd:?} --output json, unreachable"));
+        assert_eq!(r.stdout, "", "{cmd:?}: nothing on stdout");
+        assert!(
+            r.stderr.contains("error: cluster \"src\""),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 4 and 5. kill -9 and SIGTERM in the middle of a run
 // ---------------------------------------------------------------------------------------
@@ -742,11 +936,18 @@ fn big_setup(dir: &Path) -> (DevCluster, PathBuf) {
 /// Starts `run --once` and returns it once it has run at least 1.5 s AND written a
 /// checkpoint with progress, so the interruption really lands in the middle of the copy.
 fn start_and_wait_for_progress(cfg: &Path) -> Running {
+    start_and_wait_for_progress_with(cfg, &[])
+}
+
+/// [`start_and_wait_for_progress`] with more `run` arguments.
+fn start_and_wait_for_progress_with(cfg: &Path, extra: &[&str]) -> Running {
     let cp_file = cfg
         .parent()
         .unwrap()
         .join("checkpoints/big.checkpoint.json");
-    let mut run = Running::spawn(&["run", "-c", s(cfg), "--once", "--progress", "1"]);
+    let mut args = vec!["run", "-c", s(cfg), "--once", "--progress", "1"];
+    args.extend(extra);
+    let mut run = Running::spawn(&args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while run.started.elapsed() < Duration::from_millis(1500) || checkpoint_file_sum(&cp_file) == 0
     {
@@ -947,6 +1148,38 @@ fn an_unwritable_checkpoint_directory_exits_70_before_copying() {
             r.stderr
         );
     }
+}
+
+/// Issue 9: a run stopped by SIGTERM still prints its JSON summary: `stopped`, nothing
+/// pending, and the acknowledged total is what the final checkpoint holds.
+#[test]
+fn sigterm_mid_run_prints_a_stopped_json_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dc, cfg) = big_setup(dir.path());
+    let run = start_and_wait_for_progress_with(&cfg, &["--output", "json"]);
+    signal(run.pid(), "-TERM");
+    let stopped = run.wait(Duration::from_secs(30));
+    stopped.expect_code(EXIT_OK, "SIGTERM with --output json");
+    let j = json_with_schema(&stopped.stdout, "run-summary.schema.json");
+    assert_eq!(
+        (&j["verdict"], &j["stopped"], &j["complete"]),
+        (&"stopped".into(), &true.into(), &false.into()),
+        "{j:#}"
+    );
+    assert_eq!(j["totals"]["pending"], 0, "{j:#}");
+    let acked = j["totals"]["acked"].as_i64().unwrap();
+    assert!(acked > 0 && acked < BIG, "{j:#}");
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 6, "{j:#}");
+    assert!(
+        parts.iter().any(|p| p["state"] == "stopped")
+            && parts
+                .iter()
+                .all(|p| p["state"] == "stopped" || p["state"] == "done"),
+        "{j:#}"
+    );
+    let (cp, _) = shown_next_offsets(&cfg);
+    assert_eq!(cp, acked, "final checkpoint == acked");
 }
 
 #[test]

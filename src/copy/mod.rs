@@ -454,6 +454,7 @@ fn execute(
                 &t.plan.target_topic,
                 &t.target_ranges,
             ),
+            target_written: t.target_ranges.clone(),
             status: summary_status(t),
             source_errors: t.source_errors,
         });
