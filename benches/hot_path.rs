@@ -98,6 +98,39 @@ fn ack_tracker(c: &mut Criterion) {
             black_box(t.position())
         })
     });
+    // A target outage holds one record while a selective filter settles the rest: the
+    // filtered records join one run behind it instead of taking an entry each.
+    g.bench_function("push_filtered_behind_pending/1000", |b| {
+        let mut t = AckTracker::new(0);
+        t.push(0, Settled::Pending, 240);
+        let mut next = 1i64;
+        b.iter(|| {
+            for o in next..next + N {
+                t.push(o, Settled::Filtered, 0);
+            }
+            next += N;
+            black_box(t.entries_len())
+        })
+    });
+    // One target partition down holds a record; the rest are acked out of order around
+    // filtered ones, so settled entries are folded by compaction.
+    g.bench_function("ack_and_filter_behind_stuck/1000", |b| {
+        let mut t = AckTracker::new(0);
+        t.push(0, Settled::Pending, 240);
+        let mut next = 1i64;
+        b.iter(|| {
+            for o in next..next + N {
+                if o % 3 == 0 {
+                    t.push(o, Settled::Filtered, 0);
+                } else {
+                    t.push(o, Settled::Pending, 240);
+                    black_box(t.settle(o, Settled::Acked));
+                }
+            }
+            next += N;
+            black_box(t.entries_len())
+        })
+    });
     g.finish();
 }
 

@@ -11,16 +11,19 @@ use crate::copy::ack_tracker::Settled;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
-    /// Records read from the source (each offset once, even if re-read after a retry).
+    /// Records read from the source, each offset once: it never goes backwards, even when a
+    /// retry reads records again (those are counted in `retried`).
     pub read: u64,
     pub filtered: u64,
-    /// Records handed to the target producer (including those since acknowledged).
+    /// Records handed to a producer (target or dead-letter), each send counted, re-sends
+    /// after a retry included (informational, not part of the invariant).
     pub produced: u64,
     pub acked: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
     pub failed: u64,
-    /// Records re-read after a retriable delivery failure (not part of the invariant).
+    /// Records read again after a rewind (a retriable delivery failure or a recreated
+    /// producer): not part of the invariant, since `read` counts each offset once.
     pub retried: u64,
 }
 
@@ -55,24 +58,22 @@ impl Counts {
         }
     }
 
-    /// Undoes one record dropped by a rewind: it will be read (and counted) again.
+    /// A record dropped by a rewind: it stays read (`read` never goes backwards) and becomes
+    /// pending again until its re-read copy settles; a settlement it already had is taken
+    /// back so it is not counted twice. Re-reads are counted in `retried` when they happen.
     pub fn unread(&mut self, s: Settled) {
-        self.read -= 1;
-        self.retried += 1;
-        // `produced` is informational (records handed to a producer, target or dead-letter).
+        self.unread_n(s, 1)
+    }
+
+    /// `unread` for `n` records that had the same settlement (a rewind drops counted runs).
+    pub fn unread_n(&mut self, s: Settled, n: u64) {
         match s {
-            Settled::Pending => self.produced = self.produced.saturating_sub(1),
-            Settled::Acked => {
-                self.acked -= 1;
-                self.produced = self.produced.saturating_sub(1);
-            }
-            Settled::Filtered => self.filtered -= 1,
-            Settled::Failed => self.failed -= 1,
-            Settled::DeadLettered => {
-                self.dead_lettered -= 1;
-                self.produced = self.produced.saturating_sub(1);
-            }
-            Settled::Skipped => self.skipped -= 1,
+            Settled::Pending => {}
+            Settled::Acked => self.acked -= n,
+            Settled::Filtered => self.filtered -= n,
+            Settled::Failed => self.failed -= n,
+            Settled::DeadLettered => self.dead_lettered -= n,
+            Settled::Skipped => self.skipped -= n,
         }
     }
 
@@ -95,6 +96,9 @@ pub struct SummaryRow {
     pub range: (i64, i64),
     pub counts: Counts,
     pub target: String,
+    /// Target partition -> first and last offset written there, as the checkpoint keeps them
+    /// (`target` unabridged, for the JSON summary).
+    pub target_written: std::collections::BTreeMap<i32, [i64; 2]>,
     pub status: String,
     /// Consumer (fetch) errors taken for this partition.
     pub source_errors: u64,
@@ -211,7 +215,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unread_undoes_exactly() {
+    fn unread_keeps_read_and_returns_records_to_pending() {
         let mut c = Counts {
             read: 3,
             produced: 2,
@@ -223,9 +227,16 @@ mod tests {
         c.unread(Settled::Acked);
         c.unread(Settled::Pending);
         assert_eq!(
-            (c.read, c.produced, c.acked, c.filtered, c.retried),
-            (1, 0, 0, 1, 2)
+            (c.read, c.produced, c.acked, c.filtered, c.pending()),
+            (3, 2, 0, 1, 2),
+            "read and produced never go backwards; the dropped records are pending again"
         );
+        assert!(c.invariant_holds());
+        // The re-read copies settle: the invariant holds and nothing is counted twice.
+        c.retried += 2;
+        c.settled(Settled::Acked);
+        c.settled(Settled::Acked);
+        assert_eq!((c.read, c.acked, c.pending()), (3, 2, 0));
         assert!(c.invariant_holds());
     }
 }

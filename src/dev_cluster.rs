@@ -5,7 +5,13 @@
 //! the host lives. They are for tests only: everything is in memory and each partition
 //! keeps at most 5 MB or 100,000 messages (older ones are deleted). `MockCluster` is not
 //! `Send`, so the clusters live on one thread and faults are injected by message.
+//!
+//! Topic creation nudges the mock's thread (see [`create_topics`]): librdkafka's mock can
+//! lose the wake-up of a control request and serve it only at its next 1 s poll timeout,
+//! which made hundreds of topics take minutes.
 
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -59,6 +65,21 @@ enum Msg {
     Stop,
 }
 
+/// Topics created so far on one cluster while the clusters start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicProgress {
+    /// Index of the cluster (0-based).
+    pub cluster: usize,
+    pub created: usize,
+    pub total: usize,
+}
+
+enum Startup {
+    Progress(TopicProgress),
+    Ready(Vec<String>),
+    Failed(String),
+}
+
 /// Mock clusters alive until this is dropped (or `stop`ped).
 pub struct DevClusters {
     pub bootstraps: Vec<String>,
@@ -75,8 +96,19 @@ impl DevClusters {
         brokers: i32,
         topics: &[(String, i32)],
     ) -> Result<DevClusters, String> {
+        Self::start_with_progress(clusters, brokers, topics, |_| {})
+    }
+
+    /// Like [`start`](Self::start), calling `progress` (on the caller's thread) after each
+    /// topic created.
+    pub fn start_with_progress(
+        clusters: usize,
+        brokers: i32,
+        topics: &[(String, i32)],
+        mut progress: impl FnMut(TopicProgress),
+    ) -> Result<DevClusters, String> {
         let (tx, rx) = mpsc::channel::<Msg>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<Vec<String>, String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Startup>();
         let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name("kmirror-dev-cluster".into())
@@ -86,20 +118,29 @@ impl DevClusters {
                     match MockCluster::new(brokers) {
                         Ok(c) => hosted.push(c),
                         Err(e) => {
-                            let _ = ready_tx.send(Err(format!("cannot start a mock cluster: {e}")));
+                            let _ = ready_tx
+                                .send(Startup::Failed(format!("cannot start a mock cluster: {e}")));
                             return;
                         }
                     }
                 }
-                for c in &hosted {
-                    for (t, p) in &topics {
-                        if let Err(e) = c.create_topic(t, *p, brokers.min(3)) {
-                            let _ = ready_tx.send(Err(format!("cannot create topic {t}: {e}")));
-                            return;
-                        }
+                for (cluster, c) in hosted.iter().enumerate() {
+                    let total = topics.len();
+                    let created = create_topics(c, &topics, brokers.min(3), |created| {
+                        let _ = ready_tx.send(Startup::Progress(TopicProgress {
+                            cluster,
+                            created,
+                            total,
+                        }));
+                    });
+                    if let Err(e) = created {
+                        let _ = ready_tx.send(Startup::Failed(e));
+                        return;
                     }
                 }
-                let _ = ready_tx.send(Ok(hosted.iter().map(|c| c.bootstrap_servers()).collect()));
+                let _ = ready_tx.send(Startup::Ready(
+                    hosted.iter().map(|c| c.bootstrap_servers()).collect(),
+                ));
                 while let Ok(msg) = rx.recv() {
                     match msg {
                         Msg::Stop => break,
@@ -110,9 +151,14 @@ impl DevClusters {
                 }
             })
             .map_err(|e| e.to_string())?;
-        let bootstraps = ready_rx
-            .recv()
-            .map_err(|_| "the dev-cluster thread ended before it was ready".to_string())??;
+        let bootstraps = loop {
+            match ready_rx.recv() {
+                Ok(Startup::Progress(p)) => progress(p),
+                Ok(Startup::Ready(b)) => break b,
+                Ok(Startup::Failed(e)) => return Err(e),
+                Err(_) => return Err("the dev-cluster thread ended before it was ready".into()),
+            }
+        };
         Ok(DevClusters {
             bootstraps,
             brokers,
@@ -166,9 +212,7 @@ fn apply(
             cluster,
             topic,
             partitions,
-        } => get(cluster)?
-            .create_topic(&topic, partitions, 1)
-            .map_err(|e| e.to_string()),
+        } => create_topics(get(cluster)?, &[(topic, partitions)], 1, |_| {}),
         Control::BrokerDown { cluster, broker } => {
             get(cluster)?.broker_down(broker).map_err(|e| e.to_string())
         }
@@ -204,6 +248,71 @@ fn apply(
             .broker_round_trip_time(broker, delay)
             .map_err(|e| e.to_string()),
     }
+}
+
+/// How long a control request may wait before the mock's thread is nudged.
+const NUDGE_AFTER: Duration = Duration::from_millis(2);
+
+/// Creates `topics` (name, partitions) on `cluster`, calling `progress(created)` after each.
+///
+/// Why this does not simply call `create_topic` in a loop: librdkafka's mock
+/// (`rdkafka_mock.c`) hands each control request to its own thread as an op on a queue and
+/// waits for the reply (`rd_kafka_op_req`, no timeout). The enqueue wakes that thread by
+/// writing a byte to a pipe, at most once per "serving period" (the queue's io-event
+/// `sent` flag, reset when the queue is served). The thread's loop
+/// (`rd_kafka_mock_cluster_io_poll`) polls its sockets and the pipe with a timeout of up to
+/// 1 s, then serves the queue, and only then drains the pipe. A request enqueued between
+/// those two steps (the next `create_topic`, issued the moment the previous reply arrives)
+/// has its wake-up byte drained unseen; the thread sleeps in poll until the timeout, so
+/// that topic takes up to a second. On a busy machine most requests hit that window:
+/// hundreds of topics took minutes with the CPU idle.
+///
+/// The fix from outside: while a request is outstanding for longer than [`NUDGE_AFTER`], a
+/// helper thread opens (and at once closes) a TCP connection to one of the cluster's
+/// brokers. The new connection makes the mock's poll return, and it serves the queue
+/// first. A lost wake-up then costs milliseconds, not a second.
+fn create_topics(
+    cluster: &MockCluster<'static, DefaultProducerContext>,
+    topics: &[(String, i32)],
+    replication: i32,
+    mut progress: impl FnMut(usize),
+) -> Result<(), String> {
+    // Every broker, so a broker taken down (its listener closed) does not stop the nudges.
+    let brokers: Vec<SocketAddr> = cluster
+        .bootstrap_servers()
+        .split(',')
+        .filter_map(|a| a.to_socket_addrs().ok()?.next())
+        .collect();
+    let created = AtomicUsize::new(0);
+    let finished = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let (created, finished, brokers) = (&created, &finished, &brokers);
+        scope.spawn(move || {
+            let mut seen = usize::MAX;
+            while !finished.load(Ordering::Acquire) {
+                std::thread::sleep(NUDGE_AFTER);
+                let now = created.load(Ordering::Acquire);
+                if now == seen {
+                    // The same request is still waiting: wake the mock's poll.
+                    let timeout = Duration::from_millis(100);
+                    let _ = brokers
+                        .iter()
+                        .any(|a| TcpStream::connect_timeout(a, timeout).is_ok());
+                }
+                seen = now;
+            }
+        });
+        let result = topics.iter().try_for_each(|(t, p)| {
+            cluster
+                .create_topic(t, *p, replication)
+                .map_err(|e| format!("cannot create topic {t}: {e}"))?;
+            let n = created.fetch_add(1, Ordering::AcqRel) + 1;
+            progress(n);
+            Ok(())
+        });
+        finished.store(true, Ordering::Release);
+        result
+    })
 }
 
 /// Produces `count` sample order records to `topic` (spread over `partitions` by index):

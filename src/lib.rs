@@ -7,8 +7,9 @@
 //! - `copy`: the copy path (source partition -> batch -> produce -> ack tracker);
 //! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
 //! - `verify`: record-by-record comparison of source and target;
+//! - `report`: the JSON documents of `check` and `run` (`--output json`);
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
-//! - `error`: exit codes; `redact`: secret values masked wherever text leaves.
+//! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
 pub mod checkpoint;
 pub mod cluster;
@@ -18,7 +19,9 @@ pub mod counts;
 pub mod demo;
 pub mod dev_cluster;
 pub mod error;
+pub mod exit;
 pub mod plan;
 pub mod rate_limit;
 pub mod redact;
+pub mod report;
 pub mod verify;

@@ -17,7 +17,7 @@ use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
 use kmirror::plan::{self, CreateTopics};
 use kmirror::redact::redact;
-use kmirror::{counts, demo, dev_cluster, verify};
+use kmirror::{counts, demo, dev_cluster, report, verify};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,10 @@ enum Command {
         /// it `check` changes nothing; `run` creates them.
         #[arg(long, conflicts_with = "offline")]
         create_topics: bool,
+        /// `text`, or `json` (schema: docs/check-plan.schema.json): the routing file and,
+        /// unless --offline, the plan.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Copy until every route reaches its `end` (none = forever), or SIGINT/SIGTERM.
     Run {
@@ -67,6 +71,11 @@ enum Command {
         /// Seconds between progress lines (0 = none).
         #[arg(long, default_value_t = 5)]
         progress: u64,
+        /// `text` (a table and a verdict line), or `json` (schema:
+        /// docs/run-summary.schema.json). Either way only the summary goes to stdout; logs
+        /// go to stderr.
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Read the copied ranges on both sides and compare them record by record.
     Verify {
@@ -79,6 +88,12 @@ enum Command {
         /// Count duplicate deliveries (normal after a crash under at-least-once) as a mismatch.
         #[arg(long)]
         fail_on_duplicates: bool,
+        /// `text` (a table), or `json` (schema: docs/verify-report.schema.json).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+        /// Also write a JUnit XML report here (one testcase per route partition).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
     },
     /// Show or reset checkpoints.
     Checkpoints {
@@ -103,9 +118,10 @@ enum Command {
         /// Brokers per cluster.
         #[arg(long, default_value_t = 3)]
         brokers: i32,
-        /// Topic to create on every cluster, as NAME:PARTITIONS (repeatable).
-        #[arg(long = "topic", value_parser = parse_topic_spec)]
-        topics: Vec<(String, i32)>,
+        /// Topic to create on every cluster, as NAME:PARTITIONS, or PREFIX:COUNT:PARTITIONS
+        /// for COUNT topics PREFIX1..PREFIXCOUNT (e.g. `t:300:1`). Repeatable.
+        #[arg(long = "topic", visible_alias = "topics", value_parser = parse_topic_spec)]
+        topics: Vec<TopicSpec>,
         /// Seed sample records into the first cluster, as TOPIC:COUNT (repeatable).
         #[arg(long = "seed", value_parser = parse_topic_count)]
         seeds: Vec<(String, u64)>,
@@ -119,6 +135,11 @@ enum CheckpointAction {
         /// The routing file (TOML).
         #[arg(short, long)]
         config: PathBuf,
+        /// `text` (a table, read from the file alone), or `json` (schema:
+        /// docs/checkpoints-show.schema.json; also asks each source cluster for its log-end
+        /// offsets to give the lag per partition).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Move checkpoints: forget them (next run starts at `start`), or set them --to a position.
     ///
@@ -210,19 +231,45 @@ impl std::fmt::Display for Usage {
 
 impl std::error::Error for Usage {}
 
-fn parse_topic_spec(s: &str) -> Result<(String, i32), String> {
-    let (t, p) = s
-        .split_once(':')
-        .ok_or("expected NAME:PARTITIONS, e.g. orders:12")?;
+/// One `--topic` value: the (name, partitions) it stands for.
+#[derive(Debug, Clone)]
+struct TopicSpec(Vec<(String, i32)>);
+
+/// Most topics one `--topic PREFIX:COUNT:PARTITIONS` may ask for.
+const MAX_TOPIC_COUNT: u32 = 100_000;
+
+fn parse_topic_spec(s: &str) -> Result<TopicSpec, String> {
+    const USAGE: &str =
+        "expected NAME:PARTITIONS (e.g. orders:12) or PREFIX:COUNT:PARTITIONS (e.g. t:300:1)";
+    let parts: Vec<&str> = s.split(':').collect();
+    let (name, count, p) = match parts[..] {
+        [name, p] => (name, None, p),
+        [prefix, count, p] => (prefix, Some(count), p),
+        _ => return Err(USAGE.into()),
+    };
     let p: i32 = p
         .parse()
-        .map_err(|_| format!("\"{p}\" is not a partition count"))?;
-    if p < 1 || !kmirror::config::valid_topic(t) {
-        return Err(
-            "expected NAME:PARTITIONS with a valid topic name and at least 1 partition".into(),
-        );
+        .map_err(|_| format!("\"{p}\" is not a partition count ({USAGE})"))?;
+    if p < 1 {
+        return Err(format!("at least 1 partition is needed ({USAGE})"));
     }
-    Ok((t.to_string(), p))
+    let names: Vec<String> = match count {
+        None => vec![name.to_string()],
+        Some(c) => {
+            let c: u32 = c
+                .parse()
+                .ok()
+                .filter(|c| (1..=MAX_TOPIC_COUNT).contains(c))
+                .ok_or_else(|| {
+                    format!("\"{c}\" is not a topic count from 1 to {MAX_TOPIC_COUNT}")
+                })?;
+            (1..=c).map(|i| format!("{name}{i}")).collect()
+        }
+    };
+    if let Some(bad) = names.iter().find(|t| !kmirror::config::valid_topic(t)) {
+        return Err(format!("\"{bad}\" is not a valid topic name ({USAGE})"));
+    }
+    Ok(TopicSpec(names.into_iter().map(|t| (t, p)).collect()))
 }
 
 fn parse_topic_count(s: &str) -> Result<(String, u64), String> {
@@ -320,6 +367,9 @@ fn install_redacting_panic_hook() {
 fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
+    // Returns only once the handlers are installed: a signal that arrives earlier would take
+    // the default action and kill the process without a final checkpoint or clean exit.
+    let (installed_tx, installed) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("kmirror-signals".into())
         .spawn(move || {
@@ -331,6 +381,7 @@ fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
                 use tokio::signal::unix::{signal, SignalKind};
                 let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
                 let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+                let _ = installed_tx.send(());
                 for n in 0.. {
                     tokio::select! {
                         _ = term.recv() => {}
@@ -346,6 +397,7 @@ fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
             });
         })
         .expect("spawn signal thread");
+    let _ = installed.recv();
     stop
 }
 
@@ -359,16 +411,20 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             offline,
             create_topics,
-        } => check(&config, offline, create_topics),
+            output,
+        } => check(&config, offline, create_topics, output == "json"),
         Command::Run {
             config,
             once,
             progress,
-        } => run(&config, once, progress),
+            output,
+        } => run(&config, once, progress, output == "json"),
         Command::Verify {
             config,
             route,
             fail_on_duplicates,
+            output,
+            junit,
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
@@ -376,7 +432,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
             }
             let store = FileStore::new(cfg.checkpoint_file());
             let report = verify::verify(&cfg, &store, route.as_deref(), fail_on_duplicates)?;
-            print!("{}", report.table());
+            if let Some(path) = &junit {
+                std::fs::write(path, report.junit())
+                    .with_context(|| format!("writing the JUnit report {}", path.display()))?;
+            }
+            if output == "json" {
+                println!("{:#}", report.json());
+            } else {
+                print!("{}", report.table());
+            }
             Ok(if report.ok() {
                 exit::OK
             } else {
@@ -384,8 +448,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
             })
         }
         Command::Checkpoints {
-            action: CheckpointAction::Show { config },
-        } => show_checkpoints(&config),
+            action: CheckpointAction::Show { config, output },
+        } => {
+            if output == "json" {
+                show_checkpoints_json(&config)
+            } else {
+                show_checkpoints(&config)
+            }
+        }
         Command::Checkpoints {
             action:
                 CheckpointAction::Reset {
@@ -407,8 +477,32 @@ fn dispatch(cmd: Command) -> Result<i32> {
             seeds,
         } => {
             let stop = stop_on_signal("shutting the in-memory clusters down");
-            let dc = dev_cluster::DevClusters::start(clusters, brokers, &topics)
+            let topics: Vec<(String, i32)> = topics.into_iter().flat_map(|t| t.0).collect();
+            let started = std::time::Instant::now();
+            let mut shown = started;
+            let dc =
+                dev_cluster::DevClusters::start_with_progress(clusters, brokers, &topics, |p| {
+                    // Many topics take a moment: say how far along, about once a second.
+                    if shown.elapsed() >= Duration::from_secs(1) || p.created == p.total {
+                        shown = std::time::Instant::now();
+                        if p.total >= 100 || started.elapsed() >= Duration::from_secs(1) {
+                            eprintln!(
+                                "creating topics: cluster{} {}/{}",
+                                p.cluster + 1,
+                                p.created,
+                                p.total
+                            );
+                        }
+                    }
+                })
                 .map_err(anyhow::Error::msg)?;
+            if !topics.is_empty() {
+                eprintln!(
+                    "created {} topics on each of {clusters} clusters in {:.1?}",
+                    topics.len(),
+                    started.elapsed()
+                );
+            }
             for (topic, count) in &seeds {
                 let partitions = topics
                     .iter()
@@ -444,7 +538,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
     }
 }
 
-fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
+fn check(path: &Path, offline: bool, create_topics: bool, json: bool) -> Result<i32> {
     let cfg = if offline {
         // Offline validation runs where the secrets are not (a CI job, a laptop): an unset
         // variable is a warning, and a placeholder stands in for it.
@@ -462,6 +556,37 @@ fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
     } else {
         load(path)?
     };
+    // Text prints the file summary before connecting (it shows even if a cluster fails);
+    // JSON is one document, printed once it is whole.
+    if !json {
+        print_routing_file(path, &cfg);
+    }
+    if offline {
+        if json {
+            println!("{:#}", report::check_json(&cfg, None));
+        }
+        return Ok(exit::OK);
+    }
+    let store = FileStore::new(cfg.checkpoint_file());
+    let cp = copy::load_checkpoint(&cfg, &store)?;
+    // `check` changes nothing unless asked: missing target topics are reported in the plan,
+    // and created by `run` (or `check --create-topics`).
+    let create = if create_topics {
+        CreateTopics::AsConfigured
+    } else {
+        CreateTopics::Never
+    };
+    let plan = plan::build(&cfg, cp.as_ref(), create)?;
+    if json {
+        println!("{:#}", report::check_json(&cfg, Some(&plan)));
+    } else {
+        print!("{}", plan.render());
+    }
+    Ok(exit::OK)
+}
+
+/// The routing file summary `check` prints before the plan.
+fn print_routing_file(path: &Path, cfg: &Config) {
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
@@ -481,24 +606,9 @@ fn check(path: &Path, offline: bool, create_topics: bool) -> Result<i32> {
             println!("  cluster {}: {} ({})", c.name, c.bootstrap, p.join(", "));
         }
     }
-    if offline {
-        return Ok(exit::OK);
-    }
-    let store = FileStore::new(cfg.checkpoint_file());
-    let cp = copy::load_checkpoint(&cfg, &store)?;
-    // `check` changes nothing unless asked: missing target topics are reported in the plan,
-    // and created by `run` (or `check --create-topics`).
-    let create = if create_topics {
-        CreateTopics::AsConfigured
-    } else {
-        CreateTopics::Never
-    };
-    let plan = plan::build(&cfg, cp.as_ref(), create)?;
-    print!("{}", plan.render());
-    Ok(exit::OK)
 }
 
-fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
+fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
     let cfg = load(path)?;
     // Held until this function returns: one process per job, for the whole run.
     let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
@@ -511,20 +621,13 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
     };
     let report = copy::run(&cfg, &store, &opts, stop)?;
-    print!("{}", report.table());
     let verdict = report.verdict();
-    println!(
-        "{} in {:.1}s; checkpoint {}",
-        verdict.summary,
-        report.elapsed.as_secs_f64(),
-        report.checkpoint
-    );
-    if report.gaps > 0 {
-        println!(
-            "GAP: {} records were deleted by retention before they could be copied",
-            report.gaps
-        );
+    if json {
+        println!("{:#}", report.json());
+    } else {
+        print_run_summary(&report);
     }
+    // On stderr in both formats: they say why the exit code is not 0.
     for (src, why) in &report.halted {
         eprintln!("halted {src}: {}", redact(why));
     }
@@ -534,6 +637,89 @@ fn run(path: &Path, once: bool, progress: u64) -> Result<i32> {
         }
     }
     Ok(verdict.code)
+}
+
+/// The summary table and the verdict line `run` prints.
+fn print_run_summary(report: &copy::RunReport) {
+    print!("{}", report.table());
+    println!(
+        "{} in {:.1}s; checkpoint {}",
+        report.verdict().summary,
+        report.elapsed.as_secs_f64(),
+        report.checkpoint
+    );
+    if report.gaps > 0 {
+        println!(
+            "GAP: {} records were deleted by retention before they could be copied",
+            report.gaps
+        );
+    }
+}
+
+/// `checkpoints show --output json`: the checkpoint with each partition's log-end offset and
+/// lag (as the source broker reports its high watermark; a failed lookup is given per
+/// partition, never fatal).
+fn show_checkpoints_json(path: &Path) -> Result<i32> {
+    let cfg = load(path)?;
+    let store = FileStore::new(cfg.checkpoint_file());
+    let cp = copy::load_checkpoint(&cfg, &store)?;
+    let timeout = cfg.run.connect_timeout;
+    let mut consumers = std::collections::BTreeMap::new();
+    let mut routes = Vec::new();
+    for (route, rc) in cp.iter().flat_map(|c| &c.routes) {
+        let mut parts = Vec::new();
+        for (key, p) in &rc.partitions {
+            let Some((topic, partition)) = kmirror::checkpoint::parse_partition_key(key) else {
+                continue;
+            };
+            let consumer = consumers
+                .entry(rc.source_cluster.clone())
+                .or_insert_with(|| match cfg.clusters.get(&rc.source_cluster) {
+                    Some(c) => kmirror::cluster::consumer(c, &[]).map_err(|e| e.to_string()),
+                    None => Err(format!(
+                        "cluster \"{}\" is not in the routing file",
+                        rc.source_cluster
+                    )),
+                });
+            let end = match consumer {
+                Ok(c) => {
+                    kmirror::cluster::watermarks(c, &rc.source_cluster, topic, partition, timeout)
+                        .map(|(_, high)| high)
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.clone()),
+            };
+            parts.push(serde_json::json!({
+                "source": format!("{}:{key}", rc.source_cluster),
+                "topic": topic,
+                "partition": partition,
+                "next_offset": p.next_offset,
+                "first_offset": p.first_offset,
+                "end": p.end,
+                "target": format!("{}:{}", p.target_cluster, p.target_topic),
+                "target_written": p.target.iter().map(|(tp, [a, b])| serde_json::json!({"partition": tp, "first": a, "last": b})).collect::<Vec<_>>(),
+                "updated_at": p.updated_at,
+                "log_end_offset": end.as_ref().ok(),
+                "lag": end.as_ref().ok().map(|e| (e - p.next_offset).max(0)),
+                "lookup_error": end.as_ref().err(),
+            }));
+        }
+        routes.push(serde_json::json!({
+            "route": route,
+            "source_cluster": rc.source_cluster,
+            "partitions": parts,
+        }));
+    }
+    let out = serde_json::json!({
+        "kind": "kmirror-checkpoints",
+        "version": 1,
+        "checkpoint": store.describe(),
+        "job": cp.as_ref().map(|c| c.job.clone()),
+        "written_at": cp.as_ref().map(|c| c.written_at.clone()),
+        "routes": routes,
+    });
+    println!("{out:#}");
+    Ok(exit::OK)
 }
 
 fn show_checkpoints(path: &Path) -> Result<i32> {
@@ -747,6 +933,7 @@ fn reset_checkpoints(
                         target_topic: t.target_topic.clone(),
                         target: Default::default(),
                         target_start: Default::default(),
+                        end: None,
                         updated_at: now.clone(),
                     },
                 );

@@ -10,7 +10,8 @@
 //! verification mismatch (exit 1), kill -9 and SIGTERM in the middle of a run followed by a
 //! rerun, 40+ malformed routing files (exit 3 with `file:line:column`, before connecting),
 //! unreachable clusters and non-Kafka listeners (exit 4, bounded), missing topics (exit 4),
-//! usage errors (exit 2), untrustworthy checkpoints (exit 5) and `kmirror demo`.
+//! usage errors (exit 2), untrustworthy checkpoints (exit 5), `kmirror demo`, and the JSON of
+//! `check`, `run`, `verify` and `checkpoints show` against their schemas (docs/*.schema.json).
 //!
 //! The binary is `target/debug/kmirror`: a build of another source tree into the same target
 //! directory replaces it, so run these from a quiet tree.
@@ -487,6 +488,429 @@ fn verify_exits_1_when_the_target_lacks_records() {
     }
 }
 
+/// `checkpoints reset --to latest` moves a copy past every record: verify then compares empty
+/// ranges. They match, but nothing was copied: a route with a fixed end must fail (exit 1)
+/// and say what was never copied; a following route reports the gap without failing.
+#[test]
+fn verify_after_a_reset_past_the_records_says_they_were_never_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let cfg = |name: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dc.bootstrap(2), &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    for (name, extra, code, word) in [
+        ("fixed", "end = \"snapshot\"", EXIT_MISMATCH, "INCOMPLETE"),
+        ("follow", "", EXIT_OK, "BEHIND"),
+    ] {
+        let c = cfg(name, extra);
+        km(
+            &[
+                "checkpoints",
+                "reset",
+                "-c",
+                s(&c),
+                "--to",
+                "latest",
+                "--execute",
+            ],
+            Duration::from_secs(60),
+        )
+        .expect_code(EXIT_OK, "reset to latest");
+        let v = km(&["verify", "-c", s(&c)], Duration::from_secs(60));
+        v.expect_code(code, name);
+        let rows = table(&v.stdout, "route");
+        assert_eq!(rows.len(), 3, "{}", v.stdout);
+        for r in &rows {
+            assert_eq!(num(r, "source records"), 0, "{r:?}");
+            assert_eq!(col(r, "result"), word, "{r:?}");
+            assert!(
+                col(r, "not copied").contains("before the copied range never copied"),
+                "{r:?}"
+            );
+        }
+        assert!(
+            !v.stdout.contains("every source record is on the target")
+                && v.stdout.contains("600 offsets"),
+            "{}",
+            v.stdout
+        );
+    }
+}
+
+/// The JSON report of `verify --output json` against its schema (docs/verify-report.schema.json).
+fn verify_json(stdout: &str) -> serde_json::Value {
+    json_with_schema(stdout, "verify-report.schema.json")
+}
+
+/// `stdout` parsed as JSON and checked against the schema `docs/<schema>`.
+fn json_with_schema(stdout: &str, schema: &str) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs")
+                .join(schema),
+        )
+        .unwrap(),
+    )
+    .expect("the schema is JSON");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{stdout}");
+    report
+}
+
+/// Element names of an XML document in order, checking every tag closes where it should
+/// (a small well-formedness check: no attributes with `>` in them, no CDATA).
+fn xml_elements(xml: &str) -> Vec<String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut seen = Vec::new();
+    let mut rest = xml.trim_start();
+    rest = rest
+        .strip_prefix("<?xml")
+        .map(|r| &r[r.find("?>").expect("declaration ends") + 2..])
+        .unwrap_or(rest);
+    while let Some(i) = rest.find('<') {
+        assert!(
+            !rest[..i].contains('>') && !rest[..i].contains('<'),
+            "stray markup: {:?}",
+            &rest[..i]
+        );
+        let j = rest[i..].find('>').expect("tag ends") + i;
+        let tag = &rest[i + 1..j];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(open.pop().as_deref(), Some(name), "closing tag in\n{xml}");
+        } else {
+            let name = tag.split_whitespace().next().unwrap().trim_end_matches('/');
+            assert_eq!(tag.matches('"').count() % 2, 0, "quotes in <{tag}>");
+            seen.push(name.to_string());
+            if !tag.ends_with('/') {
+                open.push(name.to_string());
+            }
+        }
+        rest = &rest[j + 1..];
+    }
+    assert!(
+        open.is_empty() && rest.trim().is_empty(),
+        "unclosed {open:?}"
+    );
+    seen
+}
+
+/// `verify --output json` follows its schema and lists where records are missing;
+/// `--junit` writes one testcase per route partition, failures naming their offsets. The
+/// exit code is the same as with the table.
+#[test]
+fn verify_writes_json_and_junit_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 3, 1, &["orders:3"], &["orders:600"]);
+    let job = |name: &str, dst: &str, extra: &str| {
+        write(
+            dir.path(),
+            &format!("{name}.toml"),
+            &mirror_config(dc.bootstrap(1), dst, &format!("{extra}\n")).replace(
+                "[checkpoints]\n",
+                &format!("[checkpoints]\njob = \"{name}\"\n"),
+            ),
+        )
+    };
+    let mirror = job("mirror", dc.bootstrap(2), "");
+    let stale = job("stale", dc.bootstrap(3), "end = 100");
+    for c in [&mirror, &stale] {
+        km(&["run", "-c", s(c), "--once"], Duration::from_secs(60)).expect_code(EXIT_OK, "run");
+    }
+    let restored = write(
+        dir.path(),
+        "restored.toml",
+        &fs::read_to_string(&mirror)
+            .unwrap()
+            .replace(dc.bootstrap(2), dc.bootstrap(3)),
+    );
+
+    let good = km(
+        &["verify", "-c", s(&mirror), "--output", "json"],
+        Duration::from_secs(60),
+    );
+    good.expect_code(EXIT_OK, "verify --output json of a good copy");
+    let j = verify_json(&good.stdout);
+    assert_eq!(j["ok"], true, "{j:#}");
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    let total: i64 = parts
+        .iter()
+        .map(|p| p["counts"]["target_records"].as_i64().unwrap())
+        .sum();
+    assert_eq!(total, 600, "{j:#}");
+
+    // checkpoints show --output json: next offsets with the source's end and the lag.
+    for (c, copied) in [(&mirror, None), (&stale, Some(100))] {
+        let shown = km(
+            &["checkpoints", "show", "-c", s(c), "--output", "json"],
+            Duration::from_secs(30),
+        );
+        shown.expect_code(EXIT_OK, "checkpoints show --output json");
+        let j = json_with_schema(&shown.stdout, "checkpoints-show.schema.json");
+        let parts = j["routes"][0]["partitions"].as_array().unwrap();
+        assert_eq!(parts.len(), 3, "{j:#}");
+        for p in parts {
+            let end = p["log_end_offset"].as_i64().expect("log end offset");
+            let next = p["next_offset"].as_i64().unwrap();
+            assert_eq!(next, copied.unwrap_or(end), "{p:#}");
+            assert_eq!(p["lag"].as_i64(), Some(end - next), "{p:#}");
+        }
+    }
+
+    let junit = dir.path().join("verify.xml");
+    let bad = km(
+        &[
+            "verify",
+            "-c",
+            s(&restored),
+            "--output",
+            "json",
+            "--junit",
+            s(&junit),
+        ],
+        Duration::from_secs(60),
+    );
+    bad.expect_code(
+        EXIT_MISMATCH,
+        "verify --output json against the stale target",
+    );
+    let j = verify_json(&bad.stdout);
+    assert_eq!(j["ok"], false);
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for p in parts {
+        let n = p["counts"]["source_records"].as_i64().unwrap();
+        assert_eq!(p["verdict"], "MISMATCH", "{p:#}");
+        assert_eq!(p["counts"]["missing"].as_i64(), Some(n - 100), "{p:#}");
+        let first: Vec<i64> = (100..110).collect();
+        assert_eq!(p["first_missing"], serde_json::json!(first), "{p:#}");
+    }
+    let xml = fs::read_to_string(&junit).unwrap();
+    let elements = xml_elements(&xml);
+    assert_eq!(
+        elements.iter().filter(|e| *e == "testcase").count(),
+        3,
+        "{xml}"
+    );
+    assert_eq!(
+        elements.iter().filter(|e| *e == "failure").count(),
+        3,
+        "{xml}"
+    );
+    assert!(
+        xml.contains("tests=\"3\" failures=\"3\"")
+            && xml.contains("first missing source offsets: 100, 101, 102"),
+        "{xml}"
+    );
+}
+
+/// Issue 9: `check --output json` and `run --output json` print one JSON document on stdout
+/// (logs stay on stderr) that matches its schema and carries the plan's and the run's
+/// numbers; a run whose partitions halt still prints its summary (exit 1), and an error
+/// before a run has a summary prints nothing on stdout (exit 4, the error on stderr).
+#[test]
+fn check_and_run_print_json_matching_their_schemas() {
+    const SEEDED: i64 = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let mirror = write(
+        dir.path(),
+        "mirror.toml",
+        &mirror_config(dc.bootstrap(1), dc.bootstrap(2), "end = \"snapshot\"\n"),
+    );
+
+    // Offline: the routing file alone, its secret masked.
+    let secret = "hunter2-json-secret";
+    let offline_cfg = write(
+        dir.path(),
+        "offline.toml",
+        &fs::read_to_string(&mirror).unwrap().replace(
+            "[clusters.dst]\n",
+            "[clusters.dst]\nproperties = { \"sasl.password\" = \"${KMIRROR_TEST_PW}\" }\n",
+        ),
+    );
+    let offline = km_env(
+        &[
+            "check",
+            "-c",
+            s(&offline_cfg),
+            "--offline",
+            "--output",
+            "json",
+        ],
+        &[("KMIRROR_TEST_PW", secret)],
+        Duration::from_secs(30),
+    );
+    offline.expect_code(EXIT_OK, "check --offline --output json");
+    let j = json_with_schema(&offline.stdout, "check-plan.schema.json");
+    assert!(j["plan"].is_null(), "{j:#}");
+    assert_eq!(j["routing_file"]["routes"][0]["end"]["kind"], "snapshot");
+    let dst = j["routing_file"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "dst")
+        .expect("cluster dst");
+    assert_eq!(dst["properties"]["sasl.password"], "******", "{j:#}");
+    assert!(
+        !offline.stdout.contains(secret) && !offline.stderr.contains(secret),
+        "the secret leaked:\n{}\n{}",
+        offline.stdout,
+        offline.stderr
+    );
+
+    // The plan: one task per source partition, ending at the snapshot.
+    let plan = |what: &str| {
+        let f = km(
+            &["check", "-c", s(&mirror), "--output", "json"],
+            Duration::from_secs(60),
+        );
+        f.expect_code(EXIT_OK, what);
+        json_with_schema(&f.stdout, "check-plan.schema.json")
+    };
+    let j = plan("check --output json");
+    let tasks = j["plan"]["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3, "{j:#}");
+    for (p, t) in tasks.iter().enumerate() {
+        let n = share(SEEDED, 3, p as i64);
+        assert_eq!(t["route"], "orders");
+        assert_eq!(
+            t["source"],
+            serde_json::json!({"cluster": "src", "topic": "orders", "partition": p})
+        );
+        assert_eq!(t["target"]["cluster"], "dst");
+        assert_eq!(t["target"]["topic"], "orders");
+        assert_eq!(t["target"]["partition"], p);
+        assert_eq!(t["start"], 0);
+        assert_eq!(t["resumes_from_checkpoint"], false);
+        assert_eq!(
+            t["end"],
+            serde_json::json!({"kind": "snapshot", "offset": n}),
+            "{t:#}"
+        );
+        assert_eq!(t["estimate"], n);
+    }
+    assert_eq!(j["plan"]["estimate_total"], SEEDED);
+
+    // The run: stdout is the summary and nothing else (json_with_schema parses all of it).
+    let r = km(
+        &["run", "-c", s(&mirror), "--once", "--output", "json"],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_OK, "run --once --output json");
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!(
+        (&j["verdict"], &j["ok"]),
+        (&"complete".into(), &true.into())
+    );
+    assert_eq!(j["exit_code"], EXIT_OK);
+    assert_eq!(j["totals"]["acked"], SEEDED, "{j:#}");
+    assert_eq!(j["totals"]["read"], SEEDED, "{j:#}");
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for (p, row) in parts.iter().enumerate() {
+        let n = share(SEEDED, 3, p as i64);
+        assert_eq!(row["state"], "done", "{row:#}");
+        assert_eq!(row["source_partition"]["partition"], p);
+        assert_eq!(row["range"], serde_json::json!({"start": 0, "end": n}));
+        assert_eq!(row["counts"]["acked"], n);
+        assert_eq!(
+            row["target_written"],
+            serde_json::json!([{"partition": p, "first": 0, "last": n - 1}]),
+            "{row:#}"
+        );
+    }
+
+    // After the run, the plan resumes each partition from the checkpoint, at its end.
+    let j = plan("check --output json after the run");
+    for (p, t) in j["plan"]["tasks"].as_array().unwrap().iter().enumerate() {
+        let n = share(SEEDED, 3, p as i64);
+        assert_eq!(
+            (&t["start"], &t["resumes_from_checkpoint"], &t["estimate"]),
+            (&n.into(), &true.into(), &0.into()),
+            "{t:#}"
+        );
+    }
+
+    // Halted partitions: exit 1, and still the summary, saying why.
+    let halting = write(
+        dir.path(),
+        "halting.toml",
+        &mirror_config(
+            dc.bootstrap(1),
+            dc.bootstrap(2),
+            "end = \"snapshot\"\nvalidate = { max_record_bytes = \"10B\" }\non_error = \"stop\"\n",
+        )
+        .replace("[checkpoints]\n", "[checkpoints]\njob = \"halting\"\n"),
+    );
+    let r = km(
+        &["run", "-c", s(&halting), "--once", "--output", "json"],
+        Duration::from_secs(60),
+    );
+    r.expect_code(EXIT_MISMATCH, "run --output json with halting partitions");
+    // The ERROR log lines went to stderr; stdout still parses as one document.
+    assert!(r.stderr.contains("partition halted"), "{}", r.stderr);
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!((&j["verdict"], &j["ok"]), (&"failed".into(), &false.into()));
+    assert_eq!(j["exit_code"], EXIT_MISMATCH);
+    assert!(
+        j["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILED: 3 partitions halted"),
+        "{j:#}"
+    );
+    let halted = j["halted"].as_array().unwrap();
+    assert_eq!(halted.len(), 3, "{j:#}");
+    for h in halted {
+        assert!(
+            h["reason"].as_str().unwrap().contains("max_record_bytes"),
+            "{h:#}"
+        );
+    }
+    assert!(j["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["state"] == "halted" && p["counts"]["acked"] == 0));
+    assert_eq!(j["totals"]["failed"], 3, "{j:#}");
+
+    // No summary to print: an unreachable cluster fails before the run. Nothing on stdout.
+    let unreachable = write(
+        dir.path(),
+        "unreachable.toml",
+        &mirror_config(&format!("127.0.0.1:{}", closed_port()), dc.bootstrap(2), "")
+            .replace("connect_timeout = \"10s\"", "connect_timeout = \"3s\"")
+            .replace("[checkpoints]\n", "[checkpoints]\njob = \"unreachable\"\n"),
+    );
+    for cmd in [&["check"][..], &["run", "--once"][..]] {
+        let mut args = cmd.to_vec();
+        args.extend(["-c", s(&unreachable), "--output", "json"]);
+        let r = km(&args, Duration::from_secs(60));
+        r.expect_code(EXIT_CLUSTER, &format!("{cmd:?} --output json, unreachable"));
+        assert_eq!(r.stdout, "", "{cmd:?}: nothing on stdout");
+        assert!(
+            r.stderr.contains("error: cluster \"src\""),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // 4 and 5. kill -9 and SIGTERM in the middle of a run
 // ---------------------------------------------------------------------------------------
@@ -512,11 +936,18 @@ fn big_setup(dir: &Path) -> (DevCluster, PathBuf) {
 /// Starts `run --once` and returns it once it has run at least 1.5 s AND written a
 /// checkpoint with progress, so the interruption really lands in the middle of the copy.
 fn start_and_wait_for_progress(cfg: &Path) -> Running {
+    start_and_wait_for_progress_with(cfg, &[])
+}
+
+/// [`start_and_wait_for_progress`] with more `run` arguments.
+fn start_and_wait_for_progress_with(cfg: &Path, extra: &[&str]) -> Running {
     let cp_file = cfg
         .parent()
         .unwrap()
         .join("checkpoints/big.checkpoint.json");
-    let mut run = Running::spawn(&["run", "-c", s(cfg), "--once", "--progress", "1"]);
+    let mut args = vec!["run", "-c", s(cfg), "--once", "--progress", "1"];
+    args.extend(extra);
+    let mut run = Running::spawn(&args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while run.started.elapsed() < Duration::from_millis(1500) || checkpoint_file_sum(&cp_file) == 0
     {
@@ -717,6 +1148,38 @@ fn an_unwritable_checkpoint_directory_exits_70_before_copying() {
             r.stderr
         );
     }
+}
+
+/// Issue 9: a run stopped by SIGTERM still prints its JSON summary: `stopped`, nothing
+/// pending, and the acknowledged total is what the final checkpoint holds.
+#[test]
+fn sigterm_mid_run_prints_a_stopped_json_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dc, cfg) = big_setup(dir.path());
+    let run = start_and_wait_for_progress_with(&cfg, &["--output", "json"]);
+    signal(run.pid(), "-TERM");
+    let stopped = run.wait(Duration::from_secs(30));
+    stopped.expect_code(EXIT_OK, "SIGTERM with --output json");
+    let j = json_with_schema(&stopped.stdout, "run-summary.schema.json");
+    assert_eq!(
+        (&j["verdict"], &j["stopped"], &j["complete"]),
+        (&"stopped".into(), &true.into(), &false.into()),
+        "{j:#}"
+    );
+    assert_eq!(j["totals"]["pending"], 0, "{j:#}");
+    let acked = j["totals"]["acked"].as_i64().unwrap();
+    assert!(acked > 0 && acked < BIG, "{j:#}");
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 6, "{j:#}");
+    assert!(
+        parts.iter().any(|p| p["state"] == "stopped")
+            && parts
+                .iter()
+                .all(|p| p["state"] == "stopped" || p["state"] == "done"),
+        "{j:#}"
+    );
+    let (cp, _) = shown_next_offsets(&cfg);
+    assert_eq!(cp, acked, "final checkpoint == acked");
 }
 
 #[test]
@@ -1308,7 +1771,7 @@ fn demo_runs_and_verifies() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 9. secrets never printed
+// 10. secrets never printed
 // ---------------------------------------------------------------------------------------
 
 /// A secret from `${ENV}` under a valid property, under a valid property with a value
@@ -1546,5 +2009,106 @@ fn checkpoints_reset_previews_scopes_and_refuses_bad_flags() {
         fs::read_to_string(&cp_file).unwrap(),
         after,
         "usage errors write nothing"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. dev-cluster with many topics
+// ---------------------------------------------------------------------------------------
+
+/// 300 topics on 2 clusters (the count form `--topic t:300:1`) are ready promptly, and a
+/// `topic_regex` route over all of them copies everything. Before the mock's thread was
+/// nudged, each topic creation could wait for its 1 s poll timeout: 300 topics on 2 clusters
+/// took from 16 s to minutes (50 topics once took 25 s). The bound below is generous (the
+/// fixed start takes under a second); it only catches that regression.
+#[test]
+fn dev_cluster_creates_300_topics_promptly_and_a_regex_route_copies_them() {
+    const TOPICS: usize = 300;
+    const PER_TOPIC: u64 = 10;
+    for (bad, says) in [
+        ("t:0:1", "is not a topic count"),
+        ("t:x:1", "is not a topic count"),
+        ("t:3:0", "at least 1 partition"),
+        ("a:b:c:1", "PREFIX:COUNT:PARTITIONS"),
+        ("a b:2:1", "is not a valid topic name"),
+    ] {
+        let r = km(&["dev-cluster", "--topic", bad], Duration::from_secs(10));
+        r.expect_code(2, bad);
+        assert!(r.stderr.contains(says), "{bad}: {}", r.stderr);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let dc = DevCluster::start(dir.path(), 2, 1, &[&format!("t:{TOPICS}:1")], &[]);
+    let ready_in = started.elapsed();
+    assert!(
+        ready_in < Duration::from_secs(20),
+        "300 topics on 2 clusters took {ready_in:?} to be ready"
+    );
+    let stderr = fs::read_to_string(dir.path().join("dev-cluster.stderr")).unwrap();
+    assert!(
+        stderr.contains(&format!("creating topics: cluster2 {TOPICS}/{TOPICS}"))
+            && stderr.contains(&format!("created {TOPICS} topics on each of 2 clusters")),
+        "progress lines on stderr:\n{stderr}"
+    );
+
+    let p = common::DataProducer::new(dc.bootstrap(1));
+    for t in 1..=TOPICS {
+        for i in 0..PER_TOPIC {
+            p.send(
+                &format!("t{t}"),
+                &common::numbered_record(0, i, 1_700_000_000_000),
+            );
+        }
+    }
+    p.flush();
+
+    let cfg = write(
+        dir.path(),
+        "many.toml",
+        &format!(
+            r#"[checkpoints]
+interval = "1s"
+
+[run]
+connect_timeout = "10s"
+
+[clusters.src]
+bootstrap = "{}"
+
+[clusters.dst]
+bootstrap = "{}"
+
+[[routes]]
+name = "many"
+source = "src"
+topic_regex = "t[0-9]+"
+target = "dst"
+"#,
+            dc.bootstrap(1),
+            dc.bootstrap(2)
+        ),
+    );
+    let copy_started = Instant::now();
+    let run = km(
+        &["run", "-c", s(&cfg), "--once", "--progress", "0"],
+        Duration::from_secs(300),
+    );
+    run.expect_code(EXIT_OK, "run --once over 300 topics");
+    let t = totals(&run.stdout);
+    let want = (TOPICS as u64 * PER_TOPIC) as i64;
+    assert_eq!(
+        (t["read"], t["acked"], t["pending"], t["failed"]),
+        (want, want, 0, 0),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        table(&run.stdout, "route").len(),
+        TOPICS + 1,
+        "a row per topic and TOTAL"
+    );
+    eprintln!(
+        "dev-cluster ready in {ready_in:?}; copy of {TOPICS} topics took {:?}",
+        copy_started.elapsed()
     );
 }

@@ -248,6 +248,11 @@ impl Rec {
             .find(|(k, _)| k == PROVENANCE)
             .and_then(|(_, v)| v.as_ref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
+            // `<route>@<cluster>/...`: the route is not compared here.
+            .map(|v| match v.split_once('@') {
+                Some((_, rest)) => rest.to_string(),
+                None => v,
+            })
     }
 
     /// Everything a copy must preserve: key, value, timestamp, headers but provenance.

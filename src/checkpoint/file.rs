@@ -149,6 +149,7 @@ mod tests {
                 target_topic: "orders".into(),
                 target: [(3, [0, 41])].into_iter().collect(),
                 target_start: [(3, 0)].into_iter().collect(),
+                end: None,
                 updated_at: "now".into(),
             },
         );

@@ -78,6 +78,11 @@ pub struct PartitionCheckpoint {
     /// first offset; `verify` reads from here so it counts them as duplicates.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub target_start: BTreeMap<i32, i64>,
+    /// The offset the run that wrote this checkpoint was to stop before (its route's `end`
+    /// resolved then: a snapshot is the partition's end when that run started). `verify`
+    /// measures completeness against it; absent when the run followed or ended by timestamp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<i64>,
     pub updated_at: String,
 }
 

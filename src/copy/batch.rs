@@ -43,9 +43,14 @@ pub enum SourceErrorKind {
 /// How long a source topic or partition may stay unknown before its partitions halt.
 pub const UNKNOWN_TOPIC_GRACE: Duration = Duration::from_secs(30);
 
-/// The explicit list of source errors. Codes on neither list are taken as retriable
-/// (librdkafka backs off and fetches again), surfaced and counted like the others: halting
-/// on an error nobody classified would stop a healthy copy.
+/// How long an error on neither list may last (without records flowing in between) before
+/// its partitions halt.
+pub const UNCLASSIFIED_GRACE: Duration = Duration::from_secs(60);
+
+/// The explicit list of source errors. Codes on neither list are retried for a bounded
+/// time (`UNCLASSIFIED_GRACE`), surfaced and counted like the others: halting at once on an
+/// error nobody classified could stop a healthy copy over a blip, and retrying it forever
+/// is the endless retry kmirror never does.
 pub fn classify_source_error(code: Option<RDKafkaErrorCode>) -> SourceErrorKind {
     use RDKafkaErrorCode as C;
     match code {
@@ -102,7 +107,7 @@ pub fn classify_source_error(code: Option<RDKafkaErrorCode>) -> SourceErrorKind 
             | C::InvalidFetchSessionEpoch
             | C::Partial,
         ) => SourceErrorKind::Retriable,
-        _ => SourceErrorKind::Retriable,
+        _ => SourceErrorKind::RetriableFor(UNCLASSIFIED_GRACE),
     }
 }
 
@@ -157,4 +162,38 @@ pub fn collect<'c, C: ConsumerContext>(
         timeout = Duration::ZERO;
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_source_error_is_retried_forever_unless_listed() {
+        use RDKafkaErrorCode as C;
+        assert_eq!(
+            classify_source_error(Some(C::TopicAuthorizationFailed)),
+            SourceErrorKind::Permanent
+        );
+        assert_eq!(
+            classify_source_error(Some(C::NotLeaderForPartition)),
+            SourceErrorKind::Retriable
+        );
+        // Codes on neither list: bounded, then the partitions halt.
+        for code in [
+            C::PolicyViolation,
+            C::InvalidTimestamp,
+            C::DuplicateSequenceNumber,
+        ] {
+            assert_eq!(
+                classify_source_error(Some(code)),
+                SourceErrorKind::RetriableFor(UNCLASSIFIED_GRACE),
+                "{code:?}"
+            );
+        }
+        assert_eq!(
+            classify_source_error(None),
+            SourceErrorKind::RetriableFor(UNCLASSIFIED_GRACE)
+        );
+    }
 }

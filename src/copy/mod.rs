@@ -112,7 +112,7 @@ impl RunReport {
 
     /// How the run ended, in a word or a sentence, and the exit code that means.
     pub fn verdict(&self) -> Verdict {
-        use crate::error::exit;
+        use crate::exit;
         let n = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         let mut problems = Vec::new();
         if !self.halted.is_empty() {
@@ -361,13 +361,15 @@ fn execute(
                             last_progress = Instant::now();
                             let mut total = Counts::default();
                             let (mut retrying, mut halted) = (0, 0);
+                            let mut reason: Option<String> = None;
                             for p in &shared.progress {
                                 let p = p.lock().expect("progress lock");
                                 total.add(&p.counts);
                                 match (&p.status, &p.retrying) {
                                     (TaskStatus::Halted(_), _) => halted += 1,
-                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(_)) => {
-                                        retrying += 1
+                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
+                                        retrying += 1;
+                                        reason.get_or_insert_with(|| why.clone());
                                     }
                                     _ => {}
                                 }
@@ -380,14 +382,17 @@ fn execute(
                                 .unwrap_or_default();
                             // A stalled copy says why in the same line (reasons: per
                             // partition in the warn lines and the summary).
-                            let trouble = match (retrying, halted) {
-                                (0, 0) => String::new(),
-                                (r, h) => format!("; {r} partitions retrying, {h} halted"),
+                            let trouble = match (retrying, halted, reason) {
+                                (0, 0, _) => String::new(),
+                                (r, h, Some(why)) => {
+                                    format!("; {r} partitions retrying ({why}), {h} halted")
+                                }
+                                (r, h, None) => format!("; {r} partitions retrying, {h} halted"),
                             };
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
-                                total.read, total.acked, total.filtered, total.failed, rate,
-                                shared.in_flight() / 1024
+                                "progress: read {} acked {} filtered {} failed {} re-read {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
+                                total.read, total.acked, total.filtered, total.failed,
+                                total.retried, rate, shared.in_flight() / 1024
                             );
                         }
                     }
@@ -449,6 +454,7 @@ fn execute(
                 &t.plan.target_topic,
                 &t.target_ranges,
             ),
+            target_written: t.target_ranges.clone(),
             status: summary_status(t),
             source_errors: t.source_errors,
         });
@@ -526,10 +532,11 @@ fn snapshot(
             rc.topic_ids.insert(t.topic.clone(), id.to_string());
         }
         let key = partition_key(&t.topic, t.partition);
-        let unchanged = rc
-            .partitions
-            .get(&key)
-            .is_some_and(|old| old.next_offset == p.position && old.target == p.target_ranges);
+        let unchanged = rc.partitions.get(&key).is_some_and(|old| {
+            old.next_offset == p.position
+                && old.target == p.target_ranges
+                && old.end == t.end.offset()
+        });
         if unchanged {
             continue;
         }
@@ -542,6 +549,7 @@ fn snapshot(
                 target_topic: t.target_topic.clone(),
                 target: p.target_ranges,
                 target_start: t.target_start.clone(),
+                end: t.end.offset(),
                 updated_at: now.clone(),
             },
         );

@@ -11,7 +11,9 @@ use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders};
 use rdkafka_sys as rdsys;
 
 /// The header name kmirror adds to every copied record (unless `provenance = false`):
-/// `<source cluster>/<topic>/<partition>/<offset>`.
+/// `<route>@<source cluster>/<topic>/<partition>/<offset>`. The route is named so that two
+/// routes writing one target topic can each find their own records; values without it
+/// (`<source cluster>/<topic>/<partition>/<offset>`, written before) are still understood.
 pub const PROVENANCE_HEADER: &str = "kmirror.source";
 
 /// One header as raw bytes.
@@ -131,25 +133,59 @@ pub fn provenance_value(cluster: &str, topic: &str, partition: i32, offset: i64)
     format!("{cluster}/{topic}/{partition}/{offset}")
 }
 
-/// Parses a provenance header value back into (cluster, topic, partition, offset).
-pub fn parse_provenance(value: &[u8]) -> Option<(&str, &str, i32, i64)> {
+/// The fixed part of a copy task's provenance values, `<route>@<cluster>/<topic>/<partition>/`:
+/// made once per task, so the copy path only appends each record's offset.
+pub fn provenance_prefix(route: &str, cluster: &str, topic: &str, partition: i32) -> String {
+    format!("{route}@{cluster}/{topic}/{partition}/")
+}
+
+/// A parsed provenance value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Provenance<'a> {
+    /// The route that wrote the copy; `None` in values written before routes were named.
+    pub route: Option<&'a str>,
+    pub cluster: &'a str,
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Parses a provenance value, with or without its `<route>@` (route and cluster names
+/// cannot hold `@` or `/`, topic names cannot hold `/`).
+pub fn parse_provenance_full(value: &[u8]) -> Option<Provenance<'_>> {
     let s = std::str::from_utf8(value).ok()?;
     let mut it = s.rsplitn(3, '/');
     let offset = it.next()?.parse().ok()?;
     let partition = it.next()?.parse().ok()?;
-    let (cluster, topic) = it.next()?.split_once('/')?;
-    Some((cluster, topic, partition, offset))
+    let (who, topic) = it.next()?.split_once('/')?;
+    let (route, cluster) = match who.split_once('@') {
+        Some((r, c)) => (Some(r), c),
+        None => (None, who),
+    };
+    Some(Provenance {
+        route,
+        cluster,
+        topic,
+        partition,
+        offset,
+    })
 }
 
-/// A 64-bit digest of what a copy must preserve: key, value, timestamp and headers other
-/// than provenance and those named in `ignore` (headers a route sets or drops). `verify`
-/// compares source and target digests, so an altered record is found, not just a missing
-/// one. (FNV-1a with length prefixes, so field boundaries count.)
+/// Parses a provenance value back into (cluster, topic, partition, offset).
+pub fn parse_provenance(value: &[u8]) -> Option<(&str, &str, i32, i64)> {
+    let p = parse_provenance_full(value)?;
+    Some((p.cluster, p.topic, p.partition, p.offset))
+}
+
+/// A 64-bit digest of what a copy must preserve besides its timestamp: key, value and
+/// headers other than provenance and those named in `ignore` (headers a route sets or
+/// drops). `verify` compares source and target digests, so an altered record is found, not
+/// just a missing one; it compares timestamps apart, because a target topic with
+/// `LogAppendTime` cannot keep them. (FNV-1a with length prefixes, so field boundaries count.)
 pub fn content_digest(msg: &BorrowedMessage<'_>, ignore: &[&str]) -> u64 {
     let mut h = Fnv::new();
     h.field(msg.key());
     h.field(msg.payload());
-    h.write(&msg.timestamp().to_millis().unwrap_or(-1).to_le_bytes());
     for hd in raw_headers(msg) {
         if hd.name == PROVENANCE_HEADER.as_bytes() || ignore.iter().any(|n| n.as_bytes() == hd.name)
         {
@@ -196,5 +232,25 @@ mod tests {
             Some(("src-a", "orders.v2", 11, 123456789))
         );
         assert_eq!(parse_provenance(b"garbage"), None);
+    }
+
+    #[test]
+    fn provenance_names_the_route_and_old_values_still_parse() {
+        let v = format!(
+            "{}42",
+            provenance_prefix("acme.eu", "src-a", "orders.v2", 3)
+        );
+        assert_eq!(v, "acme.eu@src-a/orders.v2/3/42");
+        let p = parse_provenance_full(v.as_bytes()).unwrap();
+        assert_eq!(
+            (p.route, p.cluster, p.topic, p.partition, p.offset),
+            (Some("acme.eu"), "src-a", "orders.v2", 3, 42)
+        );
+        assert_eq!(
+            parse_provenance(v.as_bytes()),
+            Some(("src-a", "orders.v2", 3, 42))
+        );
+        let old = parse_provenance_full(b"src-a/orders.v2/3/42").unwrap();
+        assert_eq!((old.route, old.cluster), (None, "src-a"));
     }
 }

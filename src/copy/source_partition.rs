@@ -28,11 +28,12 @@ use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
 use super::poll::{SourceQueue, SourceRecord};
 use super::produce::{
-    classify, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
+    classify, Backoff, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
+    MISSING_TOPIC_ATTEMPTS,
 };
 use super::record::{
-    provenance_value, raw_headers, record_bytes, remove_header, without_last_header,
-    DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+    provenance_prefix, provenance_value, raw_headers, record_bytes, remove_header,
+    without_last_header, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use super::Shared;
 use crate::cluster::{self, QuietContext};
@@ -225,6 +226,12 @@ pub struct CopyTask {
     skip_logged: bool,
     /// Where the task waits below its end (an open source transaction), warned once.
     wait_warned: Option<i64>,
+    /// One past the highest offset counted in `counts.read`: below it a record is a re-read
+    /// (after a rewind) and counted in `counts.retried`, so `read` never goes backwards.
+    read_below: i64,
+    /// Delivery failures in a row, without progress, because the target topic or partition
+    /// is unknown (see `FailureKind::Missing`).
+    missing_attempts: u32,
     /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
     provenance_prefix: String,
 }
@@ -253,9 +260,13 @@ impl CopyTask {
             limiter,
             round_robin: plan.partition as usize,
             skip_logged: false,
-            provenance_prefix: format!(
-                "{}/{}/{}/",
-                plan.source_cluster, plan.topic, plan.partition
+            read_below: plan.start,
+            missing_attempts: 0,
+            provenance_prefix: provenance_prefix(
+                &plan.route_name,
+                &plan.source_cluster,
+                &plan.topic,
+                plan.partition,
             ),
             stale_until_assign: false,
             eof_gap_since: None,
@@ -351,6 +362,14 @@ fn eof_below_end(next: i64, e: i64, read_to: i64, high: Option<i64>) -> EofBelow
 /// How often a partition waiting below its end looks again (one ListOffsets each time).
 const EOF_WAIT_RECHECK: Duration = Duration::from_secs(5);
 
+/// `send` gave up on a full producer queue because the run is stopping.
+fn is_stopping(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+    )
+}
+
 /// A record bound for a producer.
 struct Outgoing<'a> {
     topic: String,
@@ -425,7 +444,10 @@ struct State {
     producers: BTreeMap<String, (u64, Arc<TargetProducer>)>,
     shared: Arc<Shared>,
     needs_assign: bool,
+    /// Wait this long before reading again (set by a retry; zero: no wait).
     backoff: Duration,
+    /// How `backoff` grows across retries of target errors; reset by progress.
+    retry: Backoff,
     last_publish: Instant,
     prov_buf: String,
     /// By topic index; `None`: errors naming no topic this reader reads.
@@ -463,6 +485,7 @@ impl Reader {
             shared: self.shared,
             needs_assign: true,
             backoff: Duration::ZERO,
+            retry: Backoff::default(),
             last_publish: Instant::now(),
             prov_buf: String::with_capacity(128),
             source_episodes: BTreeMap::new(),
@@ -749,7 +772,12 @@ impl State {
                 }
             }
             let size = *size.get_or_insert_with(|| record_bytes(m));
-            t.counts.read += 1;
+            if offset < t.read_below {
+                t.counts.retried += 1;
+            } else {
+                t.counts.read += 1;
+                t.read_below = offset + 1;
+            }
             let route = t.route.clone();
             if !route.validate.is_empty() || route.filter.is_some() {
                 let v = view.get_or_insert_with(|| {
@@ -834,8 +862,8 @@ impl State {
         let sent = self.send(&cluster, out, inflight);
         if self.tasks[i].generation != generation {
             // Rewound while waiting for room in the producer queue: this record will be
-            // read again, and its delivery report is stale.
-            self.tasks[i].counts.read -= 1;
+            // read again (it stays counted as read, pending), and its delivery report is
+            // stale.
             if sent.is_ok() {
                 self.charge(i, size);
             }
@@ -849,6 +877,7 @@ impl State {
                 t.round_robin = t.round_robin.wrapping_add(1);
                 self.charge(i, size);
             }
+            Err(e) if is_stopping(&e) => self.abandon(i),
             Err(e) => {
                 let t = &self.tasks[i];
                 let why = format!(
@@ -862,11 +891,8 @@ impl State {
                     // The producer became unusable (an idempotence fence) between two sends:
                     // as for a fatal delivery report, recreate it and copy again from the
                     // acknowledged positions (this record is read again).
-                    FailureKind::Fatal => {
-                        self.tasks[i].counts.read -= 1;
-                        self.recreate_producer(&cluster);
-                    }
-                    FailureKind::Retriable => {
+                    FailureKind::Fatal => self.recreate_producer(&cluster),
+                    FailureKind::Retriable | FailureKind::Missing => {
                         let t = &mut self.tasks[i];
                         t.counts.failed += 1;
                         t.halt(format!("record at offset {offset} {why}"));
@@ -934,13 +960,28 @@ impl State {
         loop {
             match producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                // A full queue on a target that is down would keep this loop (and so the
+                // whole reader) here until `message.timeout.ms` (forever if 0): give up on
+                // stop. The caller sees QueueFull only then (`is_stopping`).
+                Err((e @ KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    if self.shared.stopping() {
+                        return Err(e);
+                    }
                     record = r;
                     self.settle_reports(Duration::from_millis(5));
                 }
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// A record was not handed to the producer because the run is stopping (`send` gave
+    /// up on a full queue). It stays read and pending; nothing after it may be produced
+    /// for this task, or the tracker would see a gap and the checkpoint would pass it.
+    fn abandon(&mut self, i: usize) {
+        let t = &mut self.tasks[i];
+        t.stale_until_assign = true;
+        self.needs_assign = true;
     }
 
     /// A record that fails validation, cannot be filtered, or that the target refuses for
@@ -1016,9 +1057,6 @@ impl State {
                 let sent = self.send(&dl.cluster, out, inflight);
                 if self.tasks[i].generation != generation {
                     // Rewound meanwhile (see `produce`): the record will be read again.
-                    if !pending {
-                        self.tasks[i].counts.read -= 1;
-                    }
                     if sent.is_ok() {
                         self.charge(i, size);
                     }
@@ -1033,13 +1071,17 @@ impl State {
                         }
                         self.charge(i, size);
                     }
+                    // Stopping: a refused copy stays pending in the tracker (the position
+                    // holds); a record found before producing is abandoned.
+                    Err(e) if is_stopping(&e) => {
+                        if !pending {
+                            self.abandon(i);
+                        }
+                    }
                     Err(e)
                         if classify(&e, self.pool.is_fatal(&dl.cluster)) == FailureKind::Fatal =>
                     {
                         // See `produce`: recreate, and read the record again.
-                        if !pending {
-                            self.tasks[i].counts.read -= 1;
-                        }
                         self.recreate_producer(&dl.cluster);
                     }
                     Err(e) => {
@@ -1459,6 +1501,8 @@ impl State {
         };
         match r.result {
             Ok((tp, toff)) => {
+                self.pool.health(&target).ok();
+                let before = t.tracker.position();
                 if inf.dead_letter {
                     if t.tracker
                         .settle(inf.offset, Settled::DeadLettered)
@@ -1472,48 +1516,95 @@ impl State {
                     range[0] = range[0].min(toff);
                     range[1] = range[1].max(toff);
                 }
+                if t.tracker.position() > before {
+                    // Progress: the next error starts a new episode of retries.
+                    t.retrying = None;
+                    t.missing_attempts = 0;
+                    self.retry.reset();
+                }
             }
-            Err(e) => match classify(&e, self.pool.is_fatal(&target)) {
-                FailureKind::Permanent => {
-                    let t = &mut self.tasks[i];
-                    if !matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
-                        // Refused after the task halted (e.g. the rest of a refused batch):
-                        // counted, so every record read is accounted for, but not settled:
-                        // the position must stay where the task halted.
-                        t.counts.failed += 1;
-                        return;
-                    }
-                    let why = format!("refused by {target}: {e}");
-                    match (&r.failed, inf.dead_letter) {
-                        (Some(msg), false) => {
-                            let poison = Poison::Owned(msg, inf.offset, inf.timestamp);
-                            self.poison(i, &poison, why, inf.bytes, true);
-                        }
-                        _ => {
-                            let t = &mut self.tasks[i];
-                            t.counts.failed += 1;
-                            let what = if inf.dead_letter {
-                                "its dead-letter copy was"
-                            } else {
-                                "it was"
-                            };
-                            t.halt(format!("record at offset {}: {what} {why}", inf.offset));
-                        }
-                    }
+            Err(e) => {
+                let mut kind = classify(&e, self.pool.is_fatal(&target));
+                if kind == FailureKind::Missing {
+                    // Transient right after the topic was created; permanent if it is gone.
+                    t.missing_attempts += 1;
+                    kind = if t.missing_attempts > MISSING_TOPIC_ATTEMPTS {
+                        FailureKind::Permanent
+                    } else {
+                        FailureKind::Retriable
+                    };
                 }
-                FailureKind::Retriable => {
-                    let t = &self.tasks[i];
-                    tracing::warn!(
-                        route = %t.plan.route_name, source = %t.plan.source_label(),
-                        "delivery of offset {} to {target} failed ({e}); retrying from offset {}",
-                        inf.offset, t.tracker.position()
-                    );
-                    self.rewind(i);
-                    self.backoff = (self.backoff * 2)
-                        .clamp(Duration::from_millis(200), Duration::from_secs(5));
+                match kind {
+                    FailureKind::Permanent => self.refused(i, &r.failed, &inf, &target, &e),
+                    FailureKind::Retriable | FailureKind::Missing => {
+                        self.retry_target(i, &inf, &target, &e)
+                    }
+                    FailureKind::Fatal => self.recreate_producer(&target),
                 }
-                FailureKind::Fatal => self.recreate_producer(&target),
-            },
+            }
+        }
+    }
+
+    /// The target refused a record for good: the route's `on_error` decides.
+    fn refused(
+        &mut self,
+        i: usize,
+        failed: &Option<OwnedMessage>,
+        inf: &InFlight,
+        target: &str,
+        e: &KafkaError,
+    ) {
+        let t = &mut self.tasks[i];
+        if !matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
+            // Refused after the task halted (e.g. the rest of a refused batch):
+            // counted, so every record read is accounted for, but not settled:
+            // the position must stay where the task halted.
+            t.counts.failed += 1;
+            return;
+        }
+        let why = format!("refused by {target}: {e}");
+        match (failed, inf.dead_letter) {
+            (Some(msg), false) => {
+                let poison = Poison::Owned(msg, inf.offset, inf.timestamp);
+                self.poison(i, &poison, why, inf.bytes, true);
+            }
+            _ => {
+                t.counts.failed += 1;
+                let what = if inf.dead_letter {
+                    "its dead-letter copy was"
+                } else {
+                    "it was"
+                };
+                t.halt(format!("record at offset {}: {what} {why}", inf.offset));
+            }
+        }
+    }
+
+    /// A retriable delivery failure: the target's episode is logged (once), the task shows
+    /// why it is retrying, and it copies again from its acknowledged position after a
+    /// backoff that grows until progress is made.
+    fn retry_target(&mut self, i: usize, inf: &InFlight, target: &str, e: &KafkaError) {
+        let t = &mut self.tasks[i];
+        let position = t.tracker.position();
+        let context = format!(
+            "route {}, {} -> {}:{}, offset {}",
+            t.plan.route_name,
+            t.plan.source_label(),
+            t.plan.target_cluster,
+            t.plan.target_topic,
+            inf.offset
+        );
+        t.retrying = Some(format!("delivery to {target} failed: {e}"));
+        let health = self.pool.health(target).clone();
+        health.trouble(&e.to_string(), &context);
+        tracing::debug!(
+            "{context}: delivery failed ({e}); retrying from offset {position} (attempt {})",
+            self.retry.attempts() + 1
+        );
+        health.resent(self.rewind(i));
+        if self.backoff.is_zero() {
+            // Once per wait: every task failing in the same outage must not grow it faster.
+            self.backoff = self.retry.next_delay();
         }
     }
 
@@ -1554,27 +1645,31 @@ impl State {
                     .as_ref()
                     .is_some_and(|d| d.cluster == target);
             if uses {
-                self.rewind(i);
+                let again = self.rewind(i);
+                self.pool.health(target).resent(again);
             }
         }
     }
 
     /// Forgets everything at or above the task's position so it is read and produced again.
-    fn rewind(&mut self, i: usize) {
+    /// Returns how many records will be read again.
+    fn rewind(&mut self, i: usize) -> u64 {
         let t = &mut self.tasks[i];
         if matches!(t.status, TaskStatus::Done | TaskStatus::Halted(_)) {
-            return;
+            return 0;
         }
         t.generation = t.generation.wrapping_add(1);
         let (dropped, _) = t.tracker.rewind();
-        for s in dropped {
-            t.counts.unread(s);
+        for (s, n) in dropped.iter() {
+            t.counts.unread_n(s, n);
         }
+        let again = dropped.total();
         t.status = TaskStatus::Copying;
         t.end_at = None;
         t.stale_until_assign = true;
         t.eof_gap_since = None;
         self.needs_assign = true;
+        again
     }
 
     /// After stop: wait (bounded) for what is in flight, so it can be checkpointed.

@@ -461,7 +461,9 @@ pub fn provenance(r: &ReadRecord) -> Option<(String, String, i32, i64)> {
     let mut it = s.rsplitn(3, '/');
     let offset = it.next()?.parse().ok()?;
     let partition = it.next()?.parse().ok()?;
-    let (cluster, topic) = it.next()?.split_once('/')?;
+    let (who, topic) = it.next()?.split_once('/')?;
+    // `<route>@<cluster>`, or just `<cluster>` in values written before routes were named.
+    let cluster = who.split_once('@').map_or(who, |(_, c)| c);
     Some((cluster.to_string(), topic.to_string(), partition, offset))
 }
 
