@@ -4,23 +4,27 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext};
+use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::BorrowedMessage;
+
+use super::poll::{Polled, SourceQueue, SourceRecord};
 
 /// One item taken from the consumer queue, in queue order.
 pub enum Event<'c> {
-    Record(BorrowedMessage<'c>),
-    /// The fetch position of this partition reached the end of what it may read: the last
-    /// stable offset under read_committed (an open transaction holds it back), else the
-    /// high watermark.
-    Eof(i32),
-    /// A consumer error. librdkafka attaches the partition to its per-partition fetch
-    /// errors, but rdkafka 0.39 hands them over as `KafkaError::MessageConsumption(code)`
-    /// without it (only end-of-partition keeps its partition), and broker-level errors
-    /// (transport, all brokers down) have none. A reader reads one topic, so the reader
-    /// takes an error for every partition of its topic still reading.
-    Error(KafkaError),
+    Record(SourceRecord<'c>),
+    /// The fetch position of this (topic, partition) reached the end of what it may read:
+    /// the last stable offset under read_committed (an open transaction holds it back),
+    /// else the high watermark.
+    Eof(String, i32),
+    /// A consumer error, with the topic and partition librdkafka attached (see
+    /// `poll`): per-partition fetch errors have both, topic-level errors a topic only,
+    /// broker-level errors (transport, all brokers down) neither. The reader takes it for
+    /// the partitions it names, else for every partition it reads.
+    Error {
+        error: KafkaError,
+        topic: Option<String>,
+        partition: Option<i32>,
+    },
 }
 
 /// What a consumer (fetch) error means for the partitions it concerns.
@@ -120,7 +124,7 @@ pub struct Batch<'c> {
 /// Takes up to `max_records` records or until their in-flight charge reaches `max_bytes`,
 /// waiting at most `wait` for the first event and not at all for the rest.
 pub fn collect<'c, C: ConsumerContext>(
-    consumer: &'c BaseConsumer<C>,
+    consumer: &SourceQueue<'c, C>,
     max_records: usize,
     max_bytes: u64,
     wait: Duration,
@@ -135,15 +139,23 @@ pub fn collect<'c, C: ConsumerContext>(
     while batch.records < max_records && batch.charge < max_bytes {
         match consumer.poll(timeout) {
             None => break,
-            Some(Ok(m)) => {
+            Some(Polled::Record(m)) => {
                 batch.records += 1;
                 batch.bytes += (m.key_len() + m.payload_len()) as u64;
                 batch.charge += super::record::record_bytes(&m) as u64;
                 batch.events.push(Event::Record(m));
             }
-            Some(Err(KafkaError::PartitionEOF(p))) => batch.events.push(Event::Eof(p)),
-            Some(Err(e)) => {
-                batch.events.push(Event::Error(e));
+            Some(Polled::Eof(t, p)) => batch.events.push(Event::Eof(t, p)),
+            Some(Polled::Error {
+                error,
+                topic,
+                partition,
+            }) => {
+                batch.events.push(Event::Error {
+                    error,
+                    topic,
+                    partition,
+                });
                 break;
             }
         }

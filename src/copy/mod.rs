@@ -1,6 +1,7 @@
 //! The copy engine. The copy path, in the order a record travels it:
 //!
-//! - `source_partition`: a reader per source topic, one copy task per (route, partition);
+//! - `source_partition`: a reader per source cluster, one copy task per (route, partition);
+//! - `poll`: the reader's consumer queue, every event with its topic;
 //! - `batch`: what one turn of the reader takes from the consumer;
 //! - (rate limits in `crate::rate_limit`, applied per batch);
 //! - `record`: byte-exact headers, provenance, content digests;
@@ -16,6 +17,7 @@
 pub mod ack_tracker;
 pub mod batch;
 pub mod filter;
+pub mod poll;
 pub mod produce;
 pub mod record;
 pub mod source_partition;
@@ -209,13 +211,12 @@ fn execute(
     stop: Arc<AtomicBool>,
     started: Instant,
 ) -> Result<RunReport, RunError> {
-    // Group tasks into readers: one per (source cluster, topic).
-    let mut groups: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    // Group tasks into readers: one per source cluster (one consumer, one thread, one
+    // prefetch queue), however many topics it reads, so threads and prefetch memory are
+    // bounded by configuration, not by what a `topic_regex` matches.
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, t) in plan.tasks.iter().enumerate() {
-        groups
-            .entry((t.source_cluster.clone(), t.topic.clone()))
-            .or_default()
-            .push(i);
+        groups.entry(t.source_cluster.clone()).or_default().push(i);
     }
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -291,11 +292,10 @@ fn execute(
     store.save(&snapshot(config, &plan, &base, ids, &shared))?;
 
     let mut handles = Vec::new();
-    for (rid, (((cluster, topic), idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
+    for (rid, ((cluster, idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
         let reader = Reader {
             id: rid as u32,
             cluster: config.clusters[&cluster].clone(),
-            topic: topic.clone(),
             tasks: idx
                 .iter()
                 .map(|&i| tasks[i].take().expect("each task in one reader"))
@@ -305,7 +305,7 @@ fn execute(
             shared: shared.clone(),
         };
         let h = std::thread::Builder::new()
-            .name(format!("kmirror-{cluster}-{topic}"))
+            .name(format!("kmirror-{cluster}"))
             .spawn(move || reader.run())
             .expect("spawn reader thread");
         handles.push(h);

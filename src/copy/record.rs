@@ -24,18 +24,15 @@ pub struct RawHeader<'a> {
 }
 
 /// The headers of a consumed message, name and value as bytes, in order.
-pub fn raw_headers<'a>(msg: &'a BorrowedMessage<'_>) -> Vec<RawHeader<'a>> {
+pub fn raw_headers<'a, M: Message<Headers = BorrowedHeaders>>(msg: &'a M) -> Vec<RawHeader<'a>> {
     let mut out = Vec::new();
-    // SAFETY: the message pointer is valid for the lifetime of `msg`; librdkafka owns the
-    // header list and keeps it alive with the message, and the slices borrow from `msg`.
+    let Some(headers) = msg.headers() else {
+        return out;
+    };
+    // SAFETY: `headers` is the native list behind the message (cast as rust-rdkafka does),
+    // kept alive by librdkafka with the message; the slices borrow from `msg`.
     unsafe {
-        let mut hdrs: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
-        if rdsys::rd_kafka_message_headers(msg.ptr(), &mut hdrs)
-            != rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-            || hdrs.is_null()
-        {
-            return out;
-        }
+        let hdrs = headers as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t;
         let mut idx = 0;
         loop {
             let mut name: *const std::os::raw::c_char = std::ptr::null();
@@ -102,8 +99,10 @@ pub fn without_last_header(headers: &OwnedHeaders) -> OwnedHeaders {
 }
 
 /// Size the in-flight bound charges for a record: key + value + headers.
-pub fn record_bytes(msg: &BorrowedMessage<'_>) -> u32 {
-    let n = msg.key_len() + msg.payload_len() + msg.headers().map_or(0, headers_bytes);
+pub fn record_bytes<M: Message<Headers = BorrowedHeaders>>(msg: &M) -> u32 {
+    let n = msg.key().map_or(0, <[u8]>::len)
+        + msg.payload().map_or(0, <[u8]>::len)
+        + msg.headers().map_or(0, headers_bytes);
     n.min(u32::MAX as usize) as u32
 }
 

@@ -1,8 +1,10 @@
 //! Source partitions and their copy tasks. A copy task is one (route, source partition):
 //! its position, ack tracker, counts, in-flight bytes and end. A `Reader` owns the tasks of
-//! one source topic and the consumer that reads it by manual assignment (no group, so no
-//! rebalance and no broker-side offset expiry can touch the data path). Several routes on
-//! the same topic share one read.
+//! one source cluster, every topic of it, and the one consumer (one thread, one prefetch
+//! queue) that reads them by manual assignment (no group, so no rebalance and no
+//! broker-side offset expiry can touch the data path). Several routes on the same topic
+//! share one read. Threads and prefetch memory are so bounded by the number of source
+//! clusters and the configured in-flight bound, never by the number of topics.
 //!
 //! The loop: settle delivery reports -> pause partitions over their in-flight bound ->
 //! take a batch -> rate-limit it -> offer each record to its tasks -> produce. A record's
@@ -17,13 +19,14 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
 use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
+use super::poll::{SourceQueue, SourceRecord};
 use super::produce::{
     classify, Backoff, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
     MISSING_TOPIC_ATTEMPTS,
@@ -70,13 +73,97 @@ const EOF_GAP_GRACE: Duration = Duration::from_secs(1);
 /// or when the partitions deliver records or end-of-partition again.
 const SOURCE_ERROR_QUIET: Duration = Duration::from_secs(5);
 
-/// Consumer errors on a reader's topic, from the first until the source delivers again.
-/// Logged once (at warn) when it starts or its error changes, counted per partition always.
+/// Consumer errors on one source topic (or, for errors naming no topic, on the reader's
+/// cluster), from the first until the source delivers again. Logged once (at warn) when it
+/// starts or its error changes, counted per partition always.
 struct SourceEpisode {
     code: Option<RDKafkaErrorCode>,
     since: Instant,
     last: Instant,
     errors: u64,
+    /// Partitions the errors named (of the episode's topic).
+    partitions: BTreeSet<i32>,
+}
+
+/// The (topic, partition)s a reader reads and the tasks on each, indexed densely: a topic
+/// name becomes a topic index once (the last one cached, as records of one partition come
+/// in runs), then the partition indexes a `Vec`. The per-record lookup neither allocates
+/// nor walks a tree, however many topics the reader has.
+struct Partitions {
+    topics: Vec<String>,
+    index: std::collections::HashMap<String, usize>,
+    /// `[topic][partition]` -> indices of the tasks on it (empty: not read here).
+    tasks: Vec<Vec<Vec<usize>>>,
+    /// Every (topic, partition) read, in (topic, partition) order.
+    all: Vec<(usize, i32)>,
+    last: std::cell::Cell<usize>,
+}
+
+impl Partitions {
+    fn new(tasks: &[CopyTask]) -> Self {
+        let topics: Vec<String> = tasks
+            .iter()
+            .map(|t| t.plan.topic.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let index: std::collections::HashMap<String, usize> = topics
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i))
+            .collect();
+        let mut by: Vec<Vec<Vec<usize>>> = vec![Vec::new(); topics.len()];
+        for (i, t) in tasks.iter().enumerate() {
+            let parts = &mut by[index[&t.plan.topic]];
+            let p = t.plan.partition.max(0) as usize;
+            if parts.len() <= p {
+                parts.resize(p + 1, Vec::new());
+            }
+            parts[p].push(i);
+        }
+        let all = by
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, parts)| {
+                parts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, idx)| !idx.is_empty())
+                    .map(move |(p, _)| (ti, p as i32))
+            })
+            .collect();
+        Partitions {
+            topics,
+            index,
+            tasks: by,
+            all,
+            last: std::cell::Cell::new(0),
+        }
+    }
+
+    fn topic_index(&self, name: &str) -> Option<usize> {
+        let last = self.last.get();
+        if self.topics.get(last).is_some_and(|t| t == name) {
+            return Some(last);
+        }
+        let ti = *self.index.get(name)?;
+        self.last.set(ti);
+        Some(ti)
+    }
+
+    /// The tasks on (topic index, partition); empty if none.
+    fn get(&self, ti: usize, p: i32) -> &[usize] {
+        usize::try_from(p)
+            .ok()
+            .and_then(|p| self.tasks.get(ti)?.get(p))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The topic index and tasks of a record's (topic, partition).
+    fn lookup(&self, topic: &str, p: i32) -> Option<(usize, &[usize])> {
+        let ti = self.topic_index(topic)?;
+        Some((ti, self.get(ti, p)))
+    }
 }
 
 /// What the checkpoint writer and progress display see of a task.
@@ -295,7 +382,7 @@ struct Outgoing<'a> {
 
 /// A poison record: still in the consumer's buffer, or handed back by the producer.
 enum Poison<'m, 'c> {
-    Borrowed(&'m BorrowedMessage<'c>),
+    Borrowed(&'m SourceRecord<'c>),
     /// The refused copy, its source offset and the source timestamp (a delivery report does
     /// not carry the timestamp the record was produced with).
     Owned(&'m OwnedMessage, i64, Option<i64>),
@@ -339,7 +426,6 @@ impl Poison<'_, '_> {
 pub struct Reader {
     pub id: u32,
     pub cluster: ClusterConfig,
-    pub topic: String,
     pub tasks: Vec<CopyTask>,
     pub deliveries: Receiver<DeliveryReport>,
     pub pool: Arc<ProducerPool>,
@@ -349,10 +435,10 @@ pub struct Reader {
 struct State {
     id: u32,
     cluster: ClusterConfig,
-    topic: String,
     tasks: Vec<CopyTask>,
-    by_partition: BTreeMap<i32, Vec<usize>>,
-    paused: BTreeSet<i32>,
+    parts: Partitions,
+    /// (topic index, partition) paused in the consumer.
+    paused: BTreeSet<(usize, i32)>,
     deliveries: Receiver<DeliveryReport>,
     pool: Arc<ProducerPool>,
     producers: BTreeMap<String, (u64, Arc<TargetProducer>)>,
@@ -364,7 +450,8 @@ struct State {
     retry: Backoff,
     last_publish: Instant,
     prov_buf: String,
-    source_episode: Option<SourceEpisode>,
+    /// By topic index; `None`: errors naming no topic this reader reads.
+    source_episodes: BTreeMap<Option<usize>, SourceEpisode>,
     /// A read_uncommitted client for high watermarks (see `high_watermark`).
     uncommitted: Option<BaseConsumer<QuietContext>>,
 }
@@ -372,10 +459,7 @@ struct State {
 impl Reader {
     /// Runs until every task is done or halted, or until stop; returns the tasks.
     pub fn run(self) -> Vec<CopyTask> {
-        let mut by_partition: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (i, t) in self.tasks.iter().enumerate() {
-            by_partition.entry(t.plan.partition).or_default().push(i);
-        }
+        let parts = Partitions::new(&self.tasks);
         // Targets and dead-letter destinations (`send` and `on_report` use both).
         let producers = self
             .tasks
@@ -392,9 +476,8 @@ impl Reader {
         let mut st = State {
             id: self.id,
             cluster: self.cluster,
-            topic: self.topic,
             tasks: self.tasks,
-            by_partition,
+            parts,
             paused: BTreeSet::new(),
             deliveries: self.deliveries,
             pool: self.pool,
@@ -405,11 +488,13 @@ impl Reader {
             retry: Backoff::default(),
             last_publish: Instant::now(),
             prov_buf: String::with_capacity(128),
-            source_episode: None,
+            source_episodes: BTreeMap::new(),
             uncommitted: None,
         };
-        // librdkafka's prefetch limits apply to the consumer's one queue, across all of its
-        // partitions: a quarter of the overall in-flight bound, 16 to 64 MiB.
+        // librdkafka's prefetch limit applies to the consumer's one queue, across all of its
+        // partitions (every topic of the cluster): a quarter of the overall in-flight bound,
+        // 16 to 64 MiB, per source cluster whatever the number of topics. (librdkafka may
+        // hold one fetch response per broker beyond it: `fetch.max.bytes`.)
         let fetch_kb = (st.shared.limits.max_in_flight_bytes / 1024 / 4)
             .clamp(16 * 1024, 64 * 1024)
             .to_string();
@@ -437,7 +522,16 @@ impl Reader {
                 return st.tasks;
             }
         };
-        st.main_loop(&consumer);
+        let Some(queue) = SourceQueue::new(&consumer) else {
+            for t in &mut st.tasks {
+                if !t.finished() {
+                    t.halt("librdkafka gave the consumer no queue".into());
+                }
+            }
+            return st.tasks;
+        };
+        st.main_loop(&consumer, &queue);
+        drop(queue);
         st.drain();
         st.publish();
         st.tasks
@@ -445,7 +539,11 @@ impl Reader {
 }
 
 impl State {
-    fn main_loop(&mut self, consumer: &BaseConsumer<QuietContext>) {
+    fn main_loop(
+        &mut self,
+        consumer: &BaseConsumer<QuietContext>,
+        queue: &SourceQueue<'_, QuietContext>,
+    ) {
         loop {
             self.settle_reports(Duration::ZERO);
             self.check_producers();
@@ -458,12 +556,14 @@ impl State {
                 }
                 self.tasks[i].maybe_finish();
             }
-            if self
-                .source_episode
-                .as_ref()
-                .is_some_and(|ep| ep.last.elapsed() >= SOURCE_ERROR_QUIET)
-            {
-                self.end_source_episode(None);
+            let quiet: Vec<Option<usize>> = self
+                .source_episodes
+                .iter()
+                .filter(|(_, ep)| ep.last.elapsed() >= SOURCE_ERROR_QUIET)
+                .map(|(k, _)| *k)
+                .collect();
+            for scope in quiet {
+                self.end_source_episode(scope, None);
             }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
                 self.publish();
@@ -482,7 +582,7 @@ impl State {
                 self.assign(consumer);
             }
             self.update_pauses(consumer);
-            let reading = self.by_partition.keys().any(|p| !self.paused.contains(p));
+            let reading = self.parts.all.iter().any(|tp| !self.paused.contains(tp));
             if !reading || self.shared.in_flight() >= self.shared.limits.max_in_flight_bytes {
                 // Over a bound or nothing to read: wait for acknowledgements instead.
                 self.settle_reports(Duration::from_millis(20));
@@ -500,9 +600,10 @@ impl State {
             // the bound is overshot by at most one batch per reader. Each route sharing a
             // partition produces (and charges) every record again: divide by that fan-out.
             let fan_out = self
-                .by_partition
-                .values()
-                .map(Vec::len)
+                .parts
+                .all
+                .iter()
+                .map(|&(ti, p)| self.parts.get(ti, p).len())
                 .max()
                 .unwrap_or(1)
                 .max(1) as u64;
@@ -513,21 +614,31 @@ impl State {
                 .saturating_sub(self.shared.in_flight())
                 / fan_out)
                 .clamp(1, 4 << 20);
-            let b = batch::collect(consumer, max_records, budget, Duration::from_millis(50));
+            let b = batch::collect(queue, max_records, budget, Duration::from_millis(50));
             if b.records > 0 && !self.rate_limit(&b) {
                 return; // stop raised while waiting: the batch is not read
             }
             for ev in b.events {
                 match ev {
                     Event::Record(m) => {
-                        self.source_delivers(m.partition());
-                        self.offer(&m)
+                        let Some(ti) = self.parts.topic_index(m.topic()) else {
+                            continue; // not assigned by this reader
+                        };
+                        self.source_delivers(ti, m.partition());
+                        self.offer(ti, &m)
                     }
-                    Event::Eof(p) => {
-                        self.source_delivers(p);
-                        self.on_eof(p)
+                    Event::Eof(topic, p) => {
+                        let Some(ti) = self.parts.topic_index(&topic) else {
+                            continue;
+                        };
+                        self.source_delivers(ti, p);
+                        self.on_eof(ti, p)
                     }
-                    Event::Error(e) => self.on_consume_error(consumer, e),
+                    Event::Error {
+                        error,
+                        topic,
+                        partition,
+                    } => self.on_consume_error(consumer, error, topic.as_deref(), partition),
                 }
             }
         }
@@ -544,16 +655,17 @@ impl State {
             return true;
         }
         for (route, (_, l)) in &per_route {
-            let (n, bytes) = b.events.iter().fold((0u64, 0u64), |(n, by), e| match e {
-                Event::Record(m)
-                    if self.by_partition.get(&m.partition()).is_some_and(|ts| {
-                        ts.iter().any(|&i| self.tasks[i].plan.route == *route)
-                    }) =>
-                {
-                    (n + 1, by + (m.key_len() + m.payload_len()) as u64)
-                }
-                _ => (n, by),
-            });
+            let (n, bytes) =
+                b.events.iter().fold((0u64, 0u64), |(n, by), e| match e {
+                    Event::Record(m)
+                        if self.parts.lookup(m.topic(), m.partition()).is_some_and(
+                            |(_, ts)| ts.iter().any(|&i| self.tasks[i].plan.route == *route),
+                        ) =>
+                    {
+                        (n + 1, by + (m.key_len() + m.payload_len()) as u64)
+                    }
+                    _ => (n, by),
+                });
             if n > 0 && !l.acquire(n, bytes, &self.shared.stop) {
                 return false;
             }
@@ -568,20 +680,22 @@ impl State {
     /// its tasks. Tasks further ahead skip what they already have.
     fn assign(&mut self, consumer: &BaseConsumer<QuietContext>) {
         let mut tpl = TopicPartitionList::new();
-        for (p, idx) in &self.by_partition {
-            let from = idx
+        for &(ti, p) in &self.parts.all {
+            let from = self
+                .parts
+                .get(ti, p)
                 .iter()
                 .map(|&i| &self.tasks[i])
                 .filter(|t| t.status == TaskStatus::Copying)
                 .map(|t| t.tracker.next_offset())
                 .min();
             if let Some(from) = from {
-                tpl.add_partition_offset(&self.topic, *p, Offset::Offset(from))
+                tpl.add_partition_offset(&self.parts.topics[ti], p, Offset::Offset(from))
                     .expect("valid partition offset");
             }
         }
         if let Err(e) = consumer.assign(&tpl) {
-            tracing::warn!(cluster = %self.cluster.name, topic = %self.topic, "assign failed, retrying: {e}");
+            tracing::warn!(cluster = %self.cluster.name, "assign failed, retrying: {e}");
             self.backoff = Duration::from_millis(500);
             return;
         }
@@ -601,18 +715,18 @@ impl State {
         let per_partition = self.shared.limits.max_in_flight_bytes_per_partition;
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
-        for (p, idx) in &self.by_partition {
-            let tasks = idx.iter().map(|&i| &self.tasks[i]);
+        for &(ti, p) in &self.parts.all {
+            let tasks = self.parts.get(ti, p).iter().map(|&i| &self.tasks[i]);
             let any_copying = tasks.clone().any(|t| t.status == TaskStatus::Copying);
             let in_flight: u64 = tasks.map(|t| t.in_flight_bytes).sum();
             let want = !any_copying || in_flight >= per_partition;
-            let is = self.paused.contains(p);
+            let is = self.paused.contains(&(ti, p));
             if want && !is {
-                pause.add_partition(&self.topic, *p);
-                self.paused.insert(*p);
+                pause.add_partition(&self.parts.topics[ti], p);
+                self.paused.insert((ti, p));
             } else if !want && is {
-                resume.add_partition(&self.topic, *p);
-                self.paused.remove(p);
+                resume.add_partition(&self.parts.topics[ti], p);
+                self.paused.remove(&(ti, p));
             }
         }
         if pause.count() > 0 {
@@ -623,15 +737,15 @@ impl State {
         }
     }
 
-    fn offer(&mut self, m: &BorrowedMessage<'_>) {
-        let Some(idx) = self.by_partition.get(&m.partition()) else {
-            return;
-        };
+    fn offer(&mut self, ti: usize, m: &SourceRecord<'_>) {
+        let p = m.partition();
         let offset = m.offset();
         let mut size = None;
         // Parsed (headers, JSON) at most once per record, however many routes look.
         let mut view: Option<RecordView<'_>> = None;
-        for i in idx.clone() {
+        // By position, not by a clone of the task list: no allocation per record.
+        for k in 0..self.parts.get(ti, p).len() {
+            let i = self.parts.get(ti, p)[k];
             let t = &mut self.tasks[i];
             if t.status != TaskStatus::Copying
                 || t.stale_until_assign
@@ -692,7 +806,7 @@ impl State {
         }
     }
 
-    fn produce(&mut self, i: usize, m: &BorrowedMessage<'_>, size: u32) {
+    fn produce(&mut self, i: usize, m: &SourceRecord<'_>, size: u32) {
         let t = &self.tasks[i];
         let offset = m.offset();
         let partition = match t.plan.partitioning {
@@ -983,9 +1097,9 @@ impl State {
         }
     }
 
-    fn on_eof(&mut self, p: i32) {
+    fn on_eof(&mut self, ti: usize, p: i32) {
         let now = crate::config::value::now_ms();
-        for &i in self.by_partition.get(&p).into_iter().flatten() {
+        for &i in self.parts.get(ti, p) {
             let t = &mut self.tasks[i];
             if t.stale_until_assign {
                 continue;
@@ -1010,24 +1124,44 @@ impl State {
         }
     }
 
-    fn on_consume_error(&mut self, consumer: &BaseConsumer<QuietContext>, e: KafkaError) {
+    fn on_consume_error(
+        &mut self,
+        consumer: &BaseConsumer<QuietContext>,
+        e: KafkaError,
+        topic: Option<&str>,
+        partition: Option<i32>,
+    ) {
         let code = e.rdkafka_error_code();
         if !matches!(
             code,
             Some(RDKafkaErrorCode::AutoOffsetReset) | Some(RDKafkaErrorCode::OffsetOutOfRange)
         ) {
-            self.on_source_error(code, &e);
+            self.on_source_error(code, &e, topic, partition);
             return;
         }
-        // librdkafka does not say which partition; find the ones outside the retained range.
+        // Look at the partition librdkafka named, or (none named) at every partition read:
+        // the ones outside the retained range are the ones concerned.
         let timeout = Duration::from_secs(10);
-        for (p, idx) in self.by_partition.clone() {
+        let named = topic.and_then(|t| self.parts.topic_index(t));
+        let candidates: Vec<(usize, i32)> = self
+            .parts
+            .all
+            .iter()
+            .copied()
+            .filter(|&(ti, p)| {
+                named.is_none_or(|n| n == ti)
+                    && (named.is_none() || partition.is_none_or(|x| x == p))
+            })
+            .collect();
+        for (ti, p) in candidates {
+            let topic = self.parts.topics[ti].clone();
             let Ok((low, high)) =
-                cluster::watermarks(consumer, &self.cluster.name, &self.topic, p, timeout)
+                cluster::watermarks(consumer, &self.cluster.name, &topic, p, timeout)
             else {
                 continue;
             };
-            for i in idx {
+            for k in 0..self.parts.get(ti, p).len() {
+                let i = self.parts.get(ti, p)[k];
                 let t = &mut self.tasks[i];
                 let next = t.tracker.next_offset();
                 if t.status != TaskStatus::Copying || (next >= low && next <= high) {
@@ -1065,7 +1199,10 @@ impl State {
     /// calling it a gap would move the checkpoint over records still to be committed. It is
     /// a gap only if the consumer read (control records included) up to the end.
     fn end_below_end(&mut self, consumer: &BaseConsumer<QuietContext>, i: usize, e: i64) {
-        let (topic, p) = (self.topic.clone(), self.tasks[i].plan.partition);
+        let (topic, p) = (
+            self.tasks[i].plan.topic.clone(),
+            self.tasks[i].plan.partition,
+        );
         // The consumer's position counts control records (transaction markers) too, and
         // every record it passed has been offered by now (this runs between batches).
         let read_to = consumer
@@ -1078,7 +1215,7 @@ impl State {
         let high = if read_to >= e {
             None
         } else {
-            self.high_watermark(p)
+            self.high_watermark(&topic, p)
         };
         let (why, warn) = match eof_below_end(next, e, read_to, high) {
             EofBelowEnd::Gap => {
@@ -1132,7 +1269,7 @@ impl State {
 
     /// The high watermark of partition `p` as a read_uncommitted client sees it (records
     /// in open transactions included), from a client made the first time it is needed.
-    fn high_watermark(&mut self, p: i32) -> Option<i64> {
+    fn high_watermark(&mut self, topic: &str, p: i32) -> Option<i64> {
         if self.uncommitted.is_none() {
             self.uncommitted =
                 cluster::consumer(&self.cluster, &[("isolation.level", "read_uncommitted")])
@@ -1140,56 +1277,81 @@ impl State {
                     .ok();
         }
         let c = self.uncommitted.as_ref()?;
-        cluster::watermarks(
-            c,
-            &self.cluster.name,
-            &self.topic,
-            p,
-            Duration::from_secs(5),
-        )
-        .map_err(|e| tracing::debug!("{e}"))
-        .ok()
-        .map(|(_, high)| high)
+        cluster::watermarks(c, &self.cluster.name, topic, p, Duration::from_secs(5))
+            .map_err(|e| tracing::debug!("{e}"))
+            .ok()
+            .map(|(_, high)| high)
     }
 
-    /// A consumer error other than an out-of-range position. It names no partition (see
-    /// `Event::Error`), so it is taken for every partition of this topic still reading:
-    /// counted on each, logged once per episode, and either shown as the partitions'
-    /// `retrying` reason (librdkafka fetches again) or halting them (see
+    /// A consumer error other than an out-of-range position, taken for the partitions it
+    /// names: one partition (per-partition fetch errors), one topic, or (an error naming
+    /// no topic this reader reads: transport, all brokers down) every partition this reader
+    /// reads. Counted on each, logged once per episode (per topic), and either shown as the
+    /// partitions' `retrying` reason (librdkafka fetches again) or halting them (see
     /// `batch::classify_source_error`).
-    fn on_source_error(&mut self, code: Option<RDKafkaErrorCode>, e: &KafkaError) {
-        let affected: Vec<usize> = (0..self.tasks.len())
-            .filter(|&i| self.tasks[i].status == TaskStatus::Copying)
-            .collect();
+    fn on_source_error(
+        &mut self,
+        code: Option<RDKafkaErrorCode>,
+        e: &KafkaError,
+        topic: Option<&str>,
+        partition: Option<i32>,
+    ) {
+        let scope = topic.and_then(|t| self.parts.topic_index(t));
+        let affected: Vec<usize> = match scope {
+            Some(ti) => self
+                .parts
+                .all
+                .iter()
+                .filter(|&&(t, p)| t == ti && partition.is_none_or(|x| x == p))
+                .flat_map(|&(t, p)| self.parts.get(t, p).iter().copied())
+                .filter(|&i| self.tasks[i].status == TaskStatus::Copying)
+                .collect(),
+            None => (0..self.tasks.len())
+                .filter(|&i| self.tasks[i].status == TaskStatus::Copying)
+                .collect(),
+        };
         for &i in &affected {
             self.tasks[i].source_errors += 1;
         }
         let now = Instant::now();
         let new_episode = self
-            .source_episode
-            .as_ref()
+            .source_episodes
+            .get(&scope)
             .is_none_or(|ep| ep.code != code);
         if new_episode {
-            self.source_episode = Some(SourceEpisode {
-                code,
-                since: now,
-                last: now,
-                errors: 0,
-            });
+            self.source_episodes.insert(
+                scope,
+                SourceEpisode {
+                    code,
+                    since: now,
+                    last: now,
+                    errors: 0,
+                    partitions: BTreeSet::new(),
+                },
+            );
         }
-        let ep = self.source_episode.as_mut().expect("episode just set");
+        let ep = self
+            .source_episodes
+            .get_mut(&scope)
+            .expect("episode just set");
         ep.last = now;
         ep.errors += 1;
         let lasted = now - ep.since;
-        let partitions = affected
+        let named: BTreeSet<i32> = affected
             .iter()
             .map(|&i| self.tasks[i].plan.partition)
-            .collect::<BTreeSet<_>>()
+            .collect();
+        ep.partitions.extend(&named);
+        let partitions = named
             .iter()
             .map(i32::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let (cluster, topic) = (&self.cluster.name, &self.topic);
+        let cluster = &self.cluster.name;
+        let topic = match scope {
+            Some(ti) => self.parts.topics[ti].clone(),
+            None => format!("{} topics", self.parts.topics.len()),
+        };
         let halt = match batch::classify_source_error(code) {
             SourceErrorKind::Permanent => Some(format!(
                 "source {cluster}:{topic}: {e} (not retriable{})",
@@ -1211,17 +1373,20 @@ impl State {
             for &i in &affected {
                 self.tasks[i].halt(why.clone());
             }
-            self.source_episode = None;
+            // Other partitions of the topic may still be in the episode (their own errors).
+            if !affected.is_empty() && partition.is_none() {
+                self.source_episodes.remove(&scope);
+            }
             return;
         }
         let why = format!("source fetch error: {e}");
         if new_episode && !affected.is_empty() {
             tracing::warn!(
                 cluster = %cluster, topic = %topic, partitions = %partitions,
-                "consumer error on {cluster}:{topic} partitions [{partitions}]: {e}; librdkafka fetches again (further errors in this episode are counted, not logged)"
+                "consumer error on {cluster}:{topic} partitions [{partitions}]: {e}; librdkafka fetches again (further errors on {cluster}:{topic} in this episode are counted, not logged)"
             );
         } else {
-            tracing::debug!(cluster = %cluster, topic = %topic, "consumer error (counted): {e}");
+            tracing::debug!(cluster = %cluster, topic = %topic, partitions = %partitions, "consumer error (counted): {e}");
         }
         for &i in &affected {
             let t = &mut self.tasks[i];
@@ -1232,10 +1397,11 @@ impl State {
         }
     }
 
-    /// Partition `p` delivered a record or end-of-partition: its source works again.
-    fn source_delivers(&mut self, p: i32) {
+    /// Partition `p` of topic `ti` delivered a record or end-of-partition: its source
+    /// works again.
+    fn source_delivers(&mut self, ti: usize, p: i32) {
         let mut cleared = false;
-        for &i in self.by_partition.get(&p).into_iter().flatten() {
+        for &i in self.parts.get(ti, p) {
             let t = &mut self.tasks[i];
             if t.source_retrying {
                 t.source_retrying = false;
@@ -1243,28 +1409,51 @@ impl State {
                 cleared = true;
             }
         }
-        if cleared && !self.tasks.iter().any(|t| t.source_retrying) {
-            self.end_source_episode(Some(p));
+        if !cleared {
+            return;
+        }
+        let topic = &self.parts.topics[ti];
+        if !self
+            .tasks
+            .iter()
+            .any(|t| t.source_retrying && &t.plan.topic == topic)
+        {
+            self.end_source_episode(Some(ti), Some(p));
+        }
+        if !self.tasks.iter().any(|t| t.source_retrying) {
+            self.end_source_episode(None, Some(p));
         }
     }
 
-    /// The source works again (records flow, or no error for `SOURCE_ERROR_QUIET`).
-    fn end_source_episode(&mut self, delivering: Option<i32>) {
+    /// The source works again for `scope` (a topic index, or `None`: errors naming no
+    /// topic): records flow, or no error came for `SOURCE_ERROR_QUIET`.
+    fn end_source_episode(&mut self, scope: Option<usize>, delivering: Option<i32>) {
         for t in &mut self.tasks {
-            if t.source_retrying {
+            let in_scope = scope.is_none_or(|ti| t.plan.topic == self.parts.topics[ti]);
+            if t.source_retrying && in_scope {
                 t.source_retrying = false;
                 t.retrying = None;
             }
         }
-        if let Some(ep) = self.source_episode.take() {
+        if let Some(ep) = self.source_episodes.remove(&scope) {
+            let topic = match scope {
+                Some(ti) => self.parts.topics[ti].clone(),
+                None => format!("{} topics", self.parts.topics.len()),
+            };
             let how = match delivering {
                 Some(p) => format!("partition {p} delivers again"),
                 None => format!("no error for {}s", SOURCE_ERROR_QUIET.as_secs()),
             };
+            let partitions = ep
+                .partitions
+                .iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             tracing::info!(
-                cluster = %self.cluster.name, topic = %self.topic,
-                "consumer errors on {}:{} over: {} errors in {:.1}s ({how})",
-                self.cluster.name, self.topic, ep.errors, ep.since.elapsed().as_secs_f64()
+                cluster = %self.cluster.name, topic = %topic,
+                "consumer errors on {}:{topic} partitions [{partitions}] over: {} errors in {:.1}s ({how})",
+                self.cluster.name, ep.errors, ep.since.elapsed().as_secs_f64()
             );
         }
     }
