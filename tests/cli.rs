@@ -372,6 +372,19 @@ fn run_once_copies_everything_then_verify_and_checkpoints_agree() {
 ///    checkpoint but `dst` now points at cluster 3. The checkpoint rightly claims offsets
 ///    [0, 834) were written to `dst`; the cluster now called `dst` holds only [0, 400).
 ///
+/// A routing file `<name>.toml` for job `name`: the mirror route from `src` to `dst`, plus
+/// `extra` route keys.
+fn job_config(dir: &Path, name: &str, src: &str, dst: &str, extra: &str) -> PathBuf {
+    write(
+        dir,
+        &format!("{name}.toml"),
+        &mirror_config(src, dst, &format!("{extra}\n")).replace(
+            "[checkpoints]\n",
+            &format!("[checkpoints]\njob = \"{name}\"\n"),
+        ),
+    )
+}
+
 /// verify must read both sides and report the records the target really lacks.
 #[test]
 fn verify_exits_1_when_the_target_lacks_records() {
@@ -379,14 +392,7 @@ fn verify_exits_1_when_the_target_lacks_records() {
     let dir = tempfile::tempdir().unwrap();
     let dc = DevCluster::start(dir.path(), 3, 1, &["orders:6"], &["orders:5000"]);
     let job = |name: &str, dst: &str, extra: &str| {
-        write(
-            dir.path(),
-            &format!("{name}.toml"),
-            &mirror_config(dc.bootstrap(1), dst, &format!("{extra}\n")).replace(
-                "[checkpoints]\n",
-                &format!("[checkpoints]\njob = \"{name}\"\n"),
-            ),
-        )
+        job_config(dir.path(), name, dc.bootstrap(1), dst, extra)
     };
     let mirror = job("mirror", dc.bootstrap(2), "");
     let stale = job("stale-backup", dc.bootstrap(3), "end = 400");
@@ -616,14 +622,7 @@ fn verify_writes_json_and_junit_reports() {
     let dir = tempfile::tempdir().unwrap();
     let dc = DevCluster::start(dir.path(), 3, 1, &["orders:3"], &["orders:600"]);
     let job = |name: &str, dst: &str, extra: &str| {
-        write(
-            dir.path(),
-            &format!("{name}.toml"),
-            &mirror_config(dc.bootstrap(1), dst, &format!("{extra}\n")).replace(
-                "[checkpoints]\n",
-                &format!("[checkpoints]\njob = \"{name}\"\n"),
-            ),
-        )
+        job_config(dir.path(), name, dc.bootstrap(1), dst, extra)
     };
     let mirror = job("mirror", dc.bootstrap(2), "");
     let stale = job("stale", dc.bootstrap(3), "end = 100");
