@@ -6,7 +6,8 @@
 //! - `cluster`: connections, bounded lookups; `plan`: tasks with resolved offsets;
 //! - `copy`: the copy path (source partition -> batch -> produce -> ack tracker);
 //! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
-//! - `verify`: record-by-record comparison of source and target;
+//! - `verify`: record-by-record comparison of source and target; `purge`: deleting what
+//!   verify proved copied from the source (DeleteRecords, DeleteTopics);
 //! - `report`: the JSON documents of `check` and `run` (`--output json`);
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
 //! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
@@ -21,6 +22,7 @@ pub mod dev_cluster;
 pub mod error;
 pub mod exit;
 pub mod plan;
+pub mod purge;
 pub mod rate_limit;
 pub mod redact;
 pub mod report;

@@ -17,7 +17,7 @@ use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
 use kmirror::plan::{self, CreateTopics};
 use kmirror::redact::redact;
-use kmirror::{counts, demo, dev_cluster, report, verify};
+use kmirror::{counts, demo, dev_cluster, purge, report, verify};
 
 #[derive(Parser)]
 #[command(
@@ -94,6 +94,34 @@ enum Command {
         /// Also write a JUnit XML report here (one testcase per route partition).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+    },
+    /// Delete from the source what verify proves is on the target (the last step of a migration).
+    ///
+    /// Re-verifies each partition now, then deletes (DeleteRecords) the records below the
+    /// verified end: `[source's first offset, verified end)`. A partition not fully copied
+    /// and matching is refused with the reason. Without --execute it only shows what would
+    /// be deleted.
+    Purge {
+        /// The routing file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route's source partitions (other routes reading them must pass too).
+        #[arg(long)]
+        route: Option<String>,
+        /// Delete; without it nothing is deleted and the plan is shown.
+        #[arg(long)]
+        execute: bool,
+        /// Also delete ranges holding records no route selected (filtered out, skipped):
+        /// those records are lost.
+        #[arg(long)]
+        include_unselected: bool,
+        /// Delete each source topic whose every partition is verified with nothing
+        /// unselected and nothing after the verified end (DeleteTopics).
+        #[arg(long)]
+        delete_topic: bool,
+        /// `text` (a table), or `json` (schema: docs/purge-plan.schema.json).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
     },
     /// Show or reset checkpoints.
     Checkpoints {
@@ -446,6 +474,35 @@ fn dispatch(cmd: Command) -> Result<i32> {
             } else {
                 exit::MISMATCH
             })
+        }
+        Command::Purge {
+            config,
+            route,
+            execute,
+            include_unselected,
+            delete_topic,
+            output,
+        } => {
+            let cfg = load(&config)?;
+            if let Some(r) = &route {
+                check_route(&cfg, r)?;
+            }
+            let store = FileStore::new(cfg.checkpoint_file());
+            let opts = purge::PurgeOptions {
+                route,
+                include_unselected,
+                delete_topic,
+            };
+            let mut plan = purge::plan(&cfg, &store, &opts)?;
+            if execute {
+                purge::execute(&cfg, &mut plan);
+            }
+            if output == "json" {
+                println!("{:#}", plan.json());
+            } else {
+                print!("{}", redact(&plan.table()));
+            }
+            Ok(plan.exit_code())
         }
         Command::Checkpoints {
             action: CheckpointAction::Show { config, output },

@@ -24,6 +24,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod cli;
+pub mod kafka_double;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
