@@ -11,7 +11,8 @@
 //! rerun, 40+ malformed routing files (exit 3 with `file:line:column`, before connecting),
 //! unreachable clusters and non-Kafka listeners (exit 4, bounded), missing topics (exit 4),
 //! usage errors (exit 2), untrustworthy checkpoints (exit 5), `kmirror demo`, and the JSON of
-//! `check`, `run`, `verify` and `checkpoints show` against their schemas (docs/*.schema.json).
+//! `check`, `run`, `verify`, `checkpoints show` and `purge` against their schemas
+//! (docs/*.schema.json).
 //!
 //! The binary is `target/debug/kmirror`: a build of another source tree into the same target
 //! directory replaces it, so run these from a quiet tree.
@@ -2110,4 +2111,99 @@ target = "dst"
         "dev-cluster ready in {ready_in:?}; copy of {TOPICS} topics took {:?}",
         copy_started.elapsed()
     );
+}
+
+/// `purge`: the dry run prints its plan (text, and JSON that matches
+/// docs/purge-plan.schema.json) and exits 0; `--execute` against the mock, which lacks
+/// DeleteRecords, exits 4 naming that per partition, with nothing deleted (verify still
+/// passes); a partition whose copy is short of its end is refused (exit 1); an unknown
+/// `--route` is a usage error.
+#[test]
+fn purge_plans_as_json_and_the_mock_refuses_delete_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let mirror = job_config(dir.path(), "mirror", dc.bootstrap(1), dc.bootstrap(2), "");
+    km(
+        &["run", "-c", s(&mirror), "--once"],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "run");
+
+    let dry = km(
+        &["purge", "-c", s(&mirror), "--output", "json"],
+        Duration::from_secs(60),
+    );
+    dry.expect_code(EXIT_OK, "purge dry run");
+    let j = json_with_schema(&dry.stdout, "purge-plan.schema.json");
+    assert_eq!(j["executed"], false, "{j:#}");
+    let parts = j["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for p in parts {
+        assert_eq!(p["action"], "WOULD DELETE", "{j:#}");
+        assert_eq!(p["low"], 0);
+        assert_eq!(p["delete_before"], p["verified_end"]);
+    }
+    let total: i64 = parts.iter().map(|p| p["records"].as_i64().unwrap()).sum();
+    assert_eq!(total, 600, "{j:#}");
+    let text = km(&["purge", "-c", s(&mirror)], Duration::from_secs(60));
+    text.expect_code(EXIT_OK, "purge dry run (text)");
+    assert!(
+        text.stdout
+            .contains("dry run, nothing deleted: 3 of 3 partitions would lose 600 records"),
+        "{}",
+        text.stdout
+    );
+
+    let exec = km(
+        &["purge", "-c", s(&mirror), "--execute", "--output", "json"],
+        Duration::from_secs(60),
+    );
+    exec.expect_code(EXIT_CLUSTER, "purge --execute on the mock");
+    let j = json_with_schema(&exec.stdout, "purge-plan.schema.json");
+    assert_eq!(j["executed"], true);
+    for p in j["partitions"].as_array().unwrap() {
+        assert_eq!(p["action"], "FAILED", "{j:#}");
+        let e = p["error"].as_str().unwrap();
+        assert!(
+            e.contains("the broker does not support DeleteRecords")
+                && e.contains("first offset still 0: nothing was deleted"),
+            "{e}"
+        );
+    }
+    km(&["verify", "-c", s(&mirror)], Duration::from_secs(60)).expect_code(
+        EXIT_OK,
+        "verify after the failed purge: nothing was deleted",
+    );
+
+    // A copy to offset 100 of a route that now ends at 150: refused, exit 1.
+    let partial = job_config(
+        dir.path(),
+        "partial",
+        dc.bootstrap(1),
+        dc.bootstrap(2),
+        "end = 100",
+    );
+    km(
+        &["run", "-c", s(&partial), "--once"],
+        Duration::from_secs(60),
+    )
+    .expect_code(EXIT_OK, "run");
+    let text = fs::read_to_string(&partial)
+        .unwrap()
+        .replace("end = 100", "end = 150");
+    fs::write(&partial, text).unwrap();
+    let refused = km(&["purge", "-c", s(&partial)], Duration::from_secs(60));
+    refused.expect_code(EXIT_MISMATCH, "purge of an incomplete copy");
+    assert!(
+        refused
+            .stdout
+            .contains("src:orders/0 refused: route \"orders\": INCOMPLETE: stopped at 100, 50 short of the end 150"),
+        "{}",
+        refused.stdout
+    );
+    km(
+        &["purge", "-c", s(&partial), "--route", "nope"],
+        Duration::from_secs(10),
+    )
+    .expect_code(2, "unknown route");
 }

@@ -19,7 +19,8 @@
 //! from sources where ListOffsets under-reports: to a snapshot end (`end = "snapshot"`,
 //! `--once`), which must be confirmed by reading, and following until stopped;
 //! `start_latest_*` and `start_offset_inside_last_batch_*` check that `latest` and explicit
-//! start offsets use the end found by reading too.
+//! start offsets use the end found by reading too. `purge_on_tansu_*` checks tansu's answer
+//! to DeleteRecords (it fails) and `purge --delete-topic` (DeleteTopics works).
 
 mod common;
 
@@ -1706,4 +1707,78 @@ fn open_source_transaction_inside_an_end_offset_window_is_waited_for_visibly() {
         .rows
         .iter()
         .all(|r| r.source_records == 18 && r.missing == 0 && r.duplicates == 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// purge
+// ---------------------------------------------------------------------------------------------
+
+/// `purge` on tansu: its DeleteRecords fails (tansu 0.6.0's storage panics on it and the
+/// connection drops), reported as "does not support DeleteRecords" per partition with the
+/// first offset read back unchanged, exit 4, every record still there; then
+/// `--delete-topic` deletes the verified topic with DeleteTopics, which tansu implements.
+#[test]
+fn purge_on_tansu_delete_records_is_refused_by_the_broker_and_delete_topic_works() {
+    use kmirror::purge::{self, PurgeOptions};
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic("gone", 2);
+    dst.create_topic("gone", 2);
+    produce(&src.bootstrap, "gone", 2, 100, Batching::OnePerBatch);
+    let job = Job::new(&src.bootstrap, &dst.bootstrap, "gone", "end = \"snapshot\"");
+    assert_eq!(job.run(true).totals.acked, 100);
+
+    let mut p = purge::plan(&job.config, &job.store(), &PurgeOptions::default()).unwrap();
+    assert_eq!(
+        p.partitions.iter().map(|x| x.records).sum::<u64>(),
+        100,
+        "{}",
+        p.table()
+    );
+    assert!(p.partitions.iter().all(|x| x.deletable()), "{}", p.table());
+    purge::execute(&job.config, &mut p);
+    let table = p.table();
+    eprintln!("{table}");
+    for x in &p.partitions {
+        match &x.outcome {
+            Some(Err(e)) => assert!(
+                e.contains("the broker does not support DeleteRecords"),
+                "{e}"
+            ),
+            other => panic!("{}: {other:?}\n{table}", x.source()),
+        }
+        assert_eq!(x.low_after, Some(0), "{table}");
+    }
+    assert!(
+        table.contains("first offset still 0: nothing was deleted"),
+        "{table}"
+    );
+    assert_eq!(p.exit_code(), kmirror::error::exit::CLUSTER);
+    assert_eq!(read_all(&src.bootstrap, "gone", 100).len(), 100);
+
+    let opts = PurgeOptions {
+        delete_topic: true,
+        ..Default::default()
+    };
+    let mut p = purge::plan(&job.config, &job.store(), &opts).unwrap();
+    assert_eq!(p.topics.len(), 1);
+    assert!(p.topics[0].refused.is_empty(), "{}", p.table());
+    assert!(p.table().contains("WOULD DELETE TOPIC"), "{}", p.table());
+    assert_eq!(
+        partition_count(&src.bootstrap, "gone"),
+        Some(2),
+        "a dry run"
+    );
+    purge::execute(&job.config, &mut p);
+    eprintln!("{}", p.table());
+    assert_eq!(p.topics[0].outcome, Some(Ok(())), "{}", p.table());
+    assert_eq!(p.exit_code(), kmirror::error::exit::OK);
+    assert!(p.table().contains("TOPIC DELETED"));
+    assert_eq!(
+        partition_count(&src.bootstrap, "gone"),
+        None,
+        "the topic is gone"
+    );
+    // The copy is untouched.
+    assert_eq!(read_all(&dst.bootstrap, "gone", 100).len(), 100);
 }
