@@ -36,6 +36,7 @@ use crate::config::Config;
 use crate::counts::render_table;
 use crate::exit;
 use crate::plan::{self, CreateTopics, Ends};
+use crate::redact::redact;
 use crate::verify::{self, VerifyError, VerifyRow};
 
 /// The `version` of the JSON plan (`docs/purge-plan.schema.json`).
@@ -758,7 +759,7 @@ impl PurgePlan {
                 "refused": p.refused,
                 "low_after": match &p.outcome { Some(Ok(o)) => Some(*o), _ => p.low_after },
                 "error": match &p.outcome {
-                    Some(Err(e)) => Some(format!("{e}; {}", p.after_failure())),
+                    Some(Err(e)) => Some(redact(&format!("{e}; {}", p.after_failure())).into_owned()),
                     _ => None,
                 },
             })).collect::<Vec<_>>(),
@@ -769,7 +770,7 @@ impl PurgePlan {
                 "records_after": t.records_after,
                 "refused": t.refused,
                 "deleted": matches!(t.outcome, Some(Ok(()))),
-                "error": match &t.outcome { Some(Err(e)) => Some(e.clone()), _ => None },
+                "error": match &t.outcome { Some(Err(e)) => Some(redact(e).into_owned()), _ => None },
             })).collect::<Vec<_>>(),
         })
     }

@@ -2116,12 +2116,13 @@ target = "dst"
 /// `purge`: the dry run prints its plan (text, and JSON that matches
 /// docs/purge-plan.schema.json) and exits 0; `--execute` against the mock, which lacks
 /// DeleteRecords, exits 4 naming that per partition, with nothing deleted (verify still
-/// passes); a partition whose copy is short of its end is refused (exit 1); an unknown
-/// `--route` is a usage error.
+/// passes); a partition whose copy is short of its end is refused (exit 1), as is one holding
+/// records the route filtered out, unless --include-unselected (the topic is still not
+/// deleted under --delete-topic); an unknown `--route` is a usage error.
 #[test]
 fn purge_plans_as_json_and_the_mock_refuses_delete_records() {
     let dir = tempfile::tempdir().unwrap();
-    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3"], &["orders:600"]);
+    let dc = DevCluster::start(dir.path(), 2, 1, &["orders:3", "acme:3"], &["orders:600"]);
     let mirror = job_config(dir.path(), "mirror", dc.bootstrap(1), dc.bootstrap(2), "");
     km(
         &["run", "-c", s(&mirror), "--once"],
@@ -2201,6 +2202,59 @@ fn purge_plans_as_json_and_the_mock_refuses_delete_records() {
         "{}",
         refused.stdout
     );
+
+    // One tenant of four: the other tenants' records would be lost, so refused (exit 1)
+    // unless --include-unselected; --delete-topic never deletes a topic holding them.
+    let acme = job_config(
+        dir.path(),
+        "acme",
+        dc.bootstrap(1),
+        dc.bootstrap(2),
+        "end = \"snapshot\"\ntarget_topic = \"acme\"\nfilter = { json = \"$.tenant_id\", equals = \"acme\" }",
+    );
+    km(&["run", "-c", s(&acme), "--once"], Duration::from_secs(60)).expect_code(EXIT_OK, "run");
+    let refused = km(&["purge", "-c", s(&acme)], Duration::from_secs(60));
+    refused.expect_code(EXIT_MISMATCH, "purge with unselected records");
+    assert!(
+        refused.stdout.contains("not selected by any route (filtered out or skipped) and would be lost; give --include-unselected"),
+        "{}",
+        refused.stdout
+    );
+    let included = km(
+        &[
+            "purge",
+            "-c",
+            s(&acme),
+            "--include-unselected",
+            "--delete-topic",
+            "--output",
+            "json",
+        ],
+        Duration::from_secs(60),
+    );
+    included.expect_code(
+        EXIT_MISMATCH,
+        "the topic is refused, the partitions are not",
+    );
+    let j = json_with_schema(&included.stdout, "purge-plan.schema.json");
+    let parts = j["partitions"].as_array().unwrap();
+    assert!(parts.iter().all(|p| p["action"] == "WOULD DELETE"), "{j:#}");
+    let unselected: i64 = parts
+        .iter()
+        .map(|p| p["unselected"].as_i64().unwrap())
+        .sum();
+    assert!(unselected > 0 && unselected < 600, "{j:#}");
+    assert_eq!(j["topics"][0]["deleted"], false, "{j:#}");
+    assert!(
+        j["topics"][0]["refused"][0]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "{unselected} records were not selected by any route"
+            )),
+        "{j:#}"
+    );
+
     km(
         &["purge", "-c", s(&partial), "--route", "nope"],
         Duration::from_secs(10),
