@@ -26,13 +26,16 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
 
 use crate::checkpoint::{parse_partition_key, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};
-use crate::config::Config;
+use crate::config::{Config, RouteConfig};
+use crate::copy::filter::{self, Decision, RecordView};
+use crate::copy::record::{raw_headers, record_bytes};
 use crate::counts::render_table;
 use crate::exit;
 use crate::plan::{self, CreateTopics, Ends};
@@ -88,8 +91,9 @@ pub struct PartitionPurge {
     /// Records in `[low, verified_end)`, counted by reading.
     pub records: u64,
     /// Records in the range no route selected (filtered out, skipped poison). Exact when
-    /// `unselected_exact`, else an upper bound (the fewest any one route left out of its
-    /// verified range, which contains this one).
+    /// `unselected_exact` (one route over exactly this range, or every record decided for
+    /// every route reading it), else an upper bound (the fewest any one route left out of its
+    /// verified range, which contains this one: when some route skipped poison records).
     pub unselected: u64,
     pub unselected_exact: bool,
     /// Records of the range on a dead-letter topic (kept there whole: not lost).
@@ -266,11 +270,23 @@ pub fn plan(
                 .unwrap_or(0);
             p.unselected_exact = exact || p.unselected == 0;
             p.dead_lettered = found.iter().map(|r| r.dead_lettered).sum();
-            p.records = if exact {
-                found[0].source_records
+            let skipped: u64 = found.iter().map(|r| r.skipped).sum();
+            if exact {
+                p.records = found[0].source_records;
+            } else if p.unselected > 0 && skipped == 0 {
+                // Several routes (e.g. one per tenant) may together select every record:
+                // decide each record of the range for every route, as the copy path does.
+                // With no poison skipped, a record is lost only if every route filters it out.
+                let routes: Vec<&RouteConfig> =
+                    routes.iter().filter_map(|r| config.route(r)).collect();
+                let (records, unselected) =
+                    count_unselected(src, &routes, topic, *partition, (low, end), timeout)?;
+                p.records = records;
+                p.unselected = unselected;
+                p.unselected_exact = true;
             } else {
-                count(src, topic, *partition, low, end, timeout)?
-            };
+                p.records = count(src, topic, *partition, low, end, timeout)?;
+            }
             if p.unselected > 0 && !options.include_unselected {
                 p.refused.push(format!(
                     "{}{} records in the range were not selected by any route (filtered out or skipped) and would be lost; give --include-unselected to delete them too",
@@ -397,6 +413,37 @@ fn count(
     let mut n = 0u64;
     verify::scan(cluster, topic, partition, from, to, timeout, |_| n += 1)?;
     Ok(n)
+}
+
+/// Records in `range`, and how many of them every one of `routes` filters out.
+fn count_unselected(
+    cluster: &crate::config::ClusterConfig,
+    routes: &[&RouteConfig],
+    topic: &str,
+    partition: i32,
+    range: (i64, i64),
+    timeout: Duration,
+) -> Result<(u64, u64), ClusterError> {
+    let (mut records, mut unselected) = (0u64, 0u64);
+    verify::scan(cluster, topic, partition, range.0, range.1, timeout, |m| {
+        records += 1;
+        let filtered = routes.iter().all(|r| {
+            if r.validate.is_empty() && r.filter.is_none() {
+                return false;
+            }
+            let view = RecordView::new(
+                m.key(),
+                m.payload(),
+                m.timestamp().to_millis(),
+                raw_headers(m),
+            );
+            filter::decide(r, &view, record_bytes(m) as u64) == Decision::Filtered
+        });
+        if filtered {
+            unselected += 1;
+        }
+    })?;
+    Ok((records, unselected))
 }
 
 /// Deletes what the plan allows: whole topics (under `delete_topic`) and, for the other

@@ -503,3 +503,52 @@ fn delete_records_asks_for_exactly_the_verified_ends() {
         p.summary()
     );
 }
+
+/// One route per tenant from one topic: neither route selects every record, but together
+/// they do, so nothing would be lost: purgeable (also with `--route a`, which brings route b
+/// in), the count exact from deciding every record for both routes. When both routes select
+/// the same tenant, the other tenant's records are counted exactly and refused.
+#[test]
+fn routes_that_together_select_every_record_lose_nothing() {
+    let m = Mirror::start(&[(TOPIC, 1)]);
+    m.create_target_topic("copy-a", 1);
+    m.create_target_topic("copy-b", 1);
+    produce_tenants(&m, 30);
+    let tenant = |name: &str, t: &str| {
+        route_named(
+            name,
+            &format!("copy-{name}"),
+            &format!("end = \"snapshot\"\nfilter = {{ json = \"$.tenant_id\", equals = \"{t}\" }}"),
+        )
+    };
+    let split = m.config("split", &(tenant("a", "acme") + &tenant("b", "globex")));
+    run_to_end(&split);
+    for route in [None, Some("a".to_string())] {
+        let p = plan_with(
+            &m,
+            &split,
+            &PurgeOptions {
+                route,
+                ..Default::default()
+            },
+        );
+        assert_would_delete(&p, 0, 60, 60);
+        let x = part(&p, 0);
+        assert_eq!(
+            (x.unselected, x.unselected_exact),
+            (0, true),
+            "{}",
+            p.table()
+        );
+    }
+
+    let same = m.config("same", &(tenant("a", "acme") + &tenant("b", "acme")));
+    run_to_end(&same);
+    let p = plan_of(&m, &same);
+    assert_refused(
+        &p,
+        0,
+        "30 records in the range were not selected by any route",
+    );
+    assert!(part(&p, 0).unselected_exact);
+}
