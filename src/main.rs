@@ -117,7 +117,8 @@ enum Command {
         #[arg(long)]
         include_unselected: bool,
         /// Delete each source topic whose every partition is verified with nothing
-        /// unselected and nothing after the verified end (DeleteTopics).
+        /// unselected and nothing after the verified end (DeleteTopics). With --execute it
+        /// takes the job lock: a run of the job must be stopped first (exit 6 otherwise).
         #[arg(long)]
         delete_topic: bool,
         /// `text` (a table), or `json` (schema: docs/purge-plan.schema.json).
@@ -488,6 +489,15 @@ fn dispatch(cmd: Command) -> Result<i32> {
             if let Some(r) = &route {
                 check_route(&cfg, r)?;
             }
+            // Deleting a topic under a live run of the job would leave that run failing on
+            // a topic that is gone: the run must be stopped first. DeleteRecords needs no
+            // lock: it deletes only below the position verified now, which a running copy
+            // has passed and never reads again.
+            let _lock = if execute && delete_topic {
+                Some(JobLock::acquire(&JobLock::path_for(&cfg))?)
+            } else {
+                None
+            };
             let store = FileStore::new(cfg.checkpoint_file());
             let opts = purge::PurgeOptions {
                 route,

@@ -2118,7 +2118,8 @@ target = "dst"
 /// DeleteRecords, exits 4 naming that per partition, with nothing deleted (verify still
 /// passes); a partition whose copy is short of its end is refused (exit 1), as is one holding
 /// records the route filtered out, unless --include-unselected (the topic is still not
-/// deleted under --delete-topic); an unknown `--route` is a usage error.
+/// deleted under --delete-topic); `--delete-topic --execute` needs the job lock (exit 6);
+/// an unknown `--route` is a usage error.
 #[test]
 fn purge_plans_as_json_and_the_mock_refuses_delete_records() {
     let dir = tempfile::tempdir().unwrap();
@@ -2175,6 +2176,25 @@ fn purge_plans_as_json_and_the_mock_refuses_delete_records() {
         EXIT_OK,
         "verify after the failed purge: nothing was deleted",
     );
+
+    // Deleting a topic under a live run of the job: refused (the job lock), nothing deleted.
+    let cfg = kmirror::config::Config::load(&mirror).unwrap();
+    let held = kmirror::checkpoint::JobLock::acquire(&kmirror::checkpoint::JobLock::path_for(&cfg))
+        .unwrap();
+    let locked = km(
+        &["purge", "-c", s(&mirror), "--delete-topic", "--execute"],
+        Duration::from_secs(60),
+    );
+    locked.expect_code(
+        EXIT_LOCKED,
+        "purge --delete-topic --execute while the job is locked",
+    );
+    assert!(
+        locked.stderr.contains("is held by pid"),
+        "{}",
+        locked.stderr
+    );
+    drop(held);
 
     // A copy to offset 100 of a route that now ends at 150: refused, exit 1.
     let partial = job_config(
