@@ -491,6 +491,15 @@ fn delete_records_asks_for_exactly_the_verified_ends() {
         "requests: {:?}",
         double.requests.lock().unwrap()
     );
+    let requests = double.requests.lock().unwrap().clone();
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|(api, _)| *api == 21)
+            .collect::<Vec<_>>(),
+        [&(21, 1)],
+        "one DeleteRecords request, at v1 (the highest both sides have): {requests:?}"
+    );
     assert_eq!(part(&p, 0).outcome, Some(Ok(30)));
     assert_eq!(part(&p, 2).outcome, Some(Ok(60)));
     assert_eq!(part(&p, 1).outcome, None, "a refused partition is not sent");
