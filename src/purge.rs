@@ -479,6 +479,7 @@ pub fn execute(config: &Config, plan: &mut PurgePlan) {
                 },
             }
         });
+        // Deletions are logged at warn so they stay in the log under --quiet too.
         match &outcome {
             Ok(()) => tracing::warn!(
                 "purge: deleted topic {}:{} (every partition verified)",
