@@ -495,6 +495,52 @@ pub fn build_with(
 }
 
 impl Plan {
+    /// The line under the plan table: how many records the tasks with a fixed end copy at
+    /// most, and how many tasks follow (or end at a timestamp) instead, with what is there
+    /// now. A plan of follow routes has no total to copy: it says so rather than "at most 0".
+    pub fn summary_line(&self) -> String {
+        let n = self.tasks.len();
+        let fixed: Vec<i64> = self.tasks.iter().filter_map(|t| t.estimate()).collect();
+        let total: i64 = fixed.iter().sum();
+        if fixed.len() == n {
+            return format!(
+                "{n} partition tasks; at most {total} records to copy to a fixed end (offsets, so gaps make it fewer)"
+            );
+        }
+        // Records there now in the tasks of one kind of open end.
+        let now = |open: fn(&TaskEnd) -> bool| -> (usize, i64) {
+            self.tasks
+                .iter()
+                .filter(|t| open(&t.end))
+                .fold((0, 0), |(k, r), t| (k + 1, r + (t.high - t.start).max(0)))
+        };
+        let (follow, follow_now) = now(|e| matches!(e, TaskEnd::None));
+        let (until, until_now) = now(|e| matches!(e, TaskEnd::Timestamp(_)));
+        if follow == n {
+            return format!(
+                "{n} partition tasks; all follow (no fixed end): {follow_now} records there now, then live"
+            );
+        }
+        let mut parts = Vec::new();
+        if follow > 0 {
+            parts.push(format!(
+                "{follow} follow (no fixed end; {follow_now} records there now, then live)"
+            ));
+        }
+        if until > 0 {
+            parts.push(format!(
+                "{until} end at a timestamp ({until_now} records there now)"
+            ));
+        }
+        if !fixed.is_empty() {
+            parts.push(format!(
+                "at most {total} records to copy for the {} with a fixed end (offsets, so gaps make it fewer)",
+                fixed.len()
+            ));
+        }
+        format!("{n} partition tasks; {}", parts.join("; "))
+    }
+
     /// The table `kmirror check` prints.
     pub fn render(&self) -> String {
         let headers = ["route", "source", "target", "start", "end", "estimate"];
@@ -531,13 +577,7 @@ impl Plan {
             })
             .collect();
         let mut out = crate::counts::render_table(&headers, &rows);
-        let total: i64 = self.tasks.iter().filter_map(|t| t.estimate()).sum();
-        let _ = writeln!(
-            out,
-            "{} partition tasks; at most {} records to copy to a fixed end (offsets, so gaps make it fewer)",
-            self.tasks.len(),
-            total
-        );
+        let _ = writeln!(out, "{}", self.summary_line());
         for (c, t) in &self.created_topics {
             let _ = writeln!(out, "created target topic {c}:{t}");
         }
