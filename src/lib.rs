@@ -8,7 +8,8 @@
 //! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
 //! - `verify`: record-by-record comparison of source and target; `purge`: deleting what
 //!   verify proved copied from the source (DeleteRecords, DeleteTopics);
-//! - `report`: the JSON documents of `check` and `run` (`--output json`);
+//! - `report`: the JSON documents of `check` and `run` (`--output json`); `progress`: the
+//!   live display and progress lines of a run;
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
 //! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
@@ -22,6 +23,7 @@ pub mod dev_cluster;
 pub mod error;
 pub mod exit;
 pub mod plan;
+pub mod progress;
 pub mod purge;
 pub mod rate_limit;
 pub mod redact;

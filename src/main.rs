@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use kmirror::checkpoint::{
     partition_key, CheckpointStore, FileStore, JobLock, PartitionCheckpoint,
 };
-use kmirror::config::{value, Config, StartPosition};
+use kmirror::config::{value, Config, EndPosition, StartPosition};
 use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
 use kmirror::plan::{self, CreateTopics};
@@ -31,12 +31,16 @@ a purge deletion failed; 5 unusable checkpoint \
 cannot be read or written) or other; 130 second signal while stopping."
 )]
 struct Cli {
-    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    /// More logging (-v debug, -vv trace). KMIRROR_LOG (or else RUST_LOG) overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Log lines on stderr as `text`, or `json` (one JSON object per line: timestamp,
+    /// level, message and the event's fields such as route, cluster, topic, partition).
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -69,9 +73,14 @@ enum Command {
         /// snapshot (the end of each partition when the run starts), whichever comes first.
         #[arg(long)]
         once: bool,
-        /// Seconds between progress lines (0 = none).
+        /// Seconds between progress lines (0 = no progress output at all). A run that ends
+        /// by itself (--once, or every route has an `end`) draws a live display instead
+        /// when stderr is a terminal and logs are text.
         #[arg(long, default_value_t = 5)]
         progress: u64,
+        /// No live display and no progress lines (the same as --progress 0).
+        #[arg(long)]
+        no_progress: bool,
         /// `text` (a table and a verdict line), or `json` (schema:
         /// docs/run-summary.schema.json). Either way only the summary goes to stdout; logs
         /// go to stderr.
@@ -321,16 +330,22 @@ fn main() {
             } else {
                 exit::OK
             };
-            let _ = e.print();
+            // Asked for JSON logs: a usage error is a JSON line too (help goes to stdout).
+            if e.use_stderr() && json_logs_asked(std::env::args()) {
+                JSON_LOGS.store(true, Ordering::Relaxed);
+                stderr_line("ERROR", e.to_string().trim_end());
+            } else {
+                let _ = e.print();
+            }
             std::process::exit(code);
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format == "json");
     install_redacting_panic_hook();
     let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", redact(&render_error(&e)));
+            stderr_line("ERROR", &format!("error: {}", render_error(&e)));
             if e.is::<Usage>() {
                 exit::USAGE
             } else {
@@ -341,23 +356,86 @@ fn main() {
     std::process::exit(code);
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
+/// `--log-format json`: the few lines main prints itself (see `stderr_line`) are JSON too.
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Whether the command line asks for JSON logs (read when clap refused the rest of it).
+fn json_logs_asked(args: impl Iterator<Item = String>) -> bool {
+    let args: Vec<String> = args.collect();
+    args.iter().any(|a| a == "--log-format=json")
+        || args
+            .windows(2)
+            .any(|w| w[0] == "--log-format" && w[1] == "json")
+}
+
+/// The log filter: `KMIRROR_LOG`, else `RUST_LOG`, else what -q / -v ask for. An explicit
+/// filter wins over the flags; one that does not parse is reported and the flags' used.
+fn log_filter(verbose: u8, quiet: bool) -> (tracing_subscriber::EnvFilter, Option<String>) {
     let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "kmirror=debug,info",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    for var in ["KMIRROR_LOG", "RUST_LOG"] {
+        let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) else {
+            continue;
+        };
+        return match tracing_subscriber::EnvFilter::try_new(&v) {
+            Ok(f) => (f, None),
+            Err(e) => (
+                tracing_subscriber::EnvFilter::new(default),
+                Some(format!(
+                    "{var}={v:?} is not a log filter ({e}); using \"{default}\""
+                )),
+            ),
+        };
+    }
+    (tracing_subscriber::EnvFilter::new(default), None)
+}
+
+fn init_logging(verbose: u8, quiet: bool, json: bool) {
+    let (filter, bad) = log_filter(verbose, quiet);
+    // Every log line (librdkafka's included, which may quote configuration values at -vv)
+    // is masked before it reaches stderr, in both formats, and goes above a live progress
+    // display rather than through it.
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Every log line (librdkafka's included, which may quote configuration values at
-        // -vv) is masked before it reaches stderr.
         .with_writer(kmirror::redact::RedactingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json {
+        JSON_LOGS.store(true, Ordering::Relaxed);
+        // Fields at the top level beside timestamp, level and message: what log shippers
+        // index without a nested path.
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+    if let Some(why) = bad {
+        tracing::warn!("{why}");
+    }
+}
+
+/// A line main prints on stderr outside the log macros (the final error, a panic, halted
+/// partitions, dev-cluster's progress): masked, and under `--log-format json` a JSON
+/// object like the log lines' (timestamp, level, message), so every stderr line parses.
+fn stderr_line(level: &str, text: &str) {
+    let text = redact(text);
+    if JSON_LOGS.load(Ordering::Relaxed) {
+        let line = serde_json::json!({
+            "timestamp": value::format_ms(value::now_ms()),
+            "level": level,
+            "message": text,
+        });
+        kmirror::progress::write_stderr(format!("{line}\n").as_bytes());
+    } else {
+        kmirror::progress::write_stderr(format!("{text}\n").as_bytes());
+    }
 }
 
 /// The error and its causes, joined by ": ", leaving out a cause whose text is already
@@ -383,12 +461,14 @@ fn install_redacting_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("<unnamed>");
-        eprintln!("thread '{name}' {}", redact(&info.to_string()));
+        let mut text = format!("thread '{name}' {info}");
         // Backtraces as std's own hook gives them (RUST_BACKTRACE), masked too.
         let bt = std::backtrace::Backtrace::capture();
         if bt.status() == std::backtrace::BacktraceStatus::Captured {
-            eprintln!("{}", redact(&bt.to_string()));
+            text.push('\n');
+            text.push_str(&bt.to_string());
         }
+        stderr_line("ERROR", &text);
     }));
 }
 
@@ -418,7 +498,7 @@ fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
                         _ = int.recv() => {}
                     }
                     if n > 0 {
-                        eprintln!("second signal: exiting without waiting");
+                        stderr_line("ERROR", "second signal: exiting without waiting");
                         std::process::exit(130);
                     }
                     tracing::warn!("stopping: {stopping}");
@@ -447,8 +527,14 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             once,
             progress,
+            no_progress,
             output,
-        } => run(&config, once, progress, output == "json"),
+        } => run(
+            &config,
+            once,
+            if no_progress { 0 } else { progress },
+            output == "json",
+        ),
         Command::Verify {
             config,
             route,
@@ -554,21 +640,27 @@ fn dispatch(cmd: Command) -> Result<i32> {
                     if shown.elapsed() >= Duration::from_secs(1) || p.created == p.total {
                         shown = std::time::Instant::now();
                         if p.total >= 100 || started.elapsed() >= Duration::from_secs(1) {
-                            eprintln!(
-                                "creating topics: cluster{} {}/{}",
-                                p.cluster + 1,
-                                p.created,
-                                p.total
+                            stderr_line(
+                                "INFO",
+                                &format!(
+                                    "creating topics: cluster{} {}/{}",
+                                    p.cluster + 1,
+                                    p.created,
+                                    p.total
+                                ),
                             );
                         }
                     }
                 })
                 .map_err(anyhow::Error::msg)?;
             if !topics.is_empty() {
-                eprintln!(
-                    "created {} topics on each of {clusters} clusters in {:.1?}",
-                    topics.len(),
-                    started.elapsed()
+                stderr_line(
+                    "INFO",
+                    &format!(
+                        "created {} topics on each of {clusters} clusters in {:.1?}",
+                        topics.len(),
+                        started.elapsed()
+                    ),
                 );
             }
             for (topic, count) in &seeds {
@@ -684,11 +776,25 @@ fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
         "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
     );
     let store = FileStore::new(cfg.checkpoint_file());
+    // A person at a terminal watching a run that ends by itself gets bars with an ETA;
+    // anything else (a pipe, a log shipper, JSON logs, a run that follows) gets lines.
+    let ends = once || cfg.routes.iter().all(|r| r.end != EndPosition::None);
+    let live = progress > 0
+        && ends
+        && !JSON_LOGS.load(Ordering::Relaxed)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let display = live.then(|| Arc::new(kmirror::progress::LiveDisplay::start()));
     let opts = RunOptions {
         once,
         progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
+        display: display.clone(),
     };
-    let report = copy::run(&cfg, &store, &opts, stop)?;
+    let report = copy::run(&cfg, &store, &opts, stop);
+    // Cleared before anything else prints (the summary, or the error).
+    if let Some(d) = &display {
+        d.finish();
+    }
+    let report = report?;
     let verdict = report.verdict();
     if json {
         println!("{:#}", report.json());
@@ -697,11 +803,11 @@ fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
     }
     // On stderr in both formats: they say why the exit code is not 0.
     for (src, why) in &report.halted {
-        eprintln!("halted {src}: {}", redact(why));
+        stderr_line("ERROR", &format!("halted {src}: {why}"));
     }
     if report.stopped {
         for (src, why) in &report.failing {
-            eprintln!("failing when stopped {src}: {why}");
+            stderr_line("ERROR", &format!("failing when stopped {src}: {why}"));
         }
     }
     Ok(verdict.code)

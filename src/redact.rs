@@ -35,12 +35,21 @@ pub fn register(value: &str) {
     if value.chars().count() < MIN_LEN {
         return;
     }
+    // A JSON log line (`--log-format json`) carries the value escaped: a quote or a
+    // backslash in it (a JAAS line has both) would hide it from a plain match.
+    let escaped = serde_json::to_string(value).ok();
+    let escaped = escaped
+        .as_deref()
+        .map(|q| &q[1..q.len() - 1])
+        .filter(|e| *e != value);
     let mut s = SECRETS.write().unwrap_or_else(|p| p.into_inner());
-    if !s.iter().any(|v| v == value) {
-        s.push(value.to_string());
-        // Longest first: a JAAS line is masked whole before the password inside it.
-        s.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    for v in std::iter::once(value).chain(escaped) {
+        if !s.iter().any(|known| known == v) {
+            s.push(v.to_string());
+        }
     }
+    // Longest first: a JAAS line is masked whole before the password inside it.
+    s.sort_by_key(|v| std::cmp::Reverse(v.len()));
 }
 
 /// Whether `text` contains a registered secret.
@@ -65,7 +74,8 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 }
 
 /// A `tracing_subscriber` writer factory: each event is buffered whole, redacted, then
-/// written to stderr, so a secret split across `write` calls is still caught.
+/// written to stderr (above a live progress display, `progress::write_stderr`), so a secret
+/// split across `write` calls is still caught.
 #[derive(Clone, Copy, Default)]
 pub struct RedactingStderr;
 
@@ -86,7 +96,7 @@ impl Write for EventBuffer {
 impl Drop for EventBuffer {
     fn drop(&mut self) {
         let text = String::from_utf8_lossy(&self.0);
-        let _ = std::io::stderr().write_all(redact(&text).as_bytes());
+        crate::progress::write_stderr(redact(&text).as_bytes());
     }
 }
 
@@ -113,5 +123,14 @@ mod tests {
         );
         assert!(matches!(redact("nothing here"), Cow::Borrowed(_)));
         assert!(contains_secret("x pw-1234567"));
+    }
+
+    #[test]
+    fn masks_values_escaped_in_json_log_lines() {
+        let jaas = r#"PlainLoginModule required password="q\uote-pw";"#;
+        register(jaas);
+        let line = serde_json::json!({ "message": format!("bad config: {jaas}") }).to_string();
+        assert!(!line.contains(jaas), "escaped in JSON: {line}");
+        assert_eq!(redact(&line), r#"{"message":"bad config: ***"}"#);
     }
 }

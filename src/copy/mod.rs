@@ -81,6 +81,8 @@ pub struct RunOptions {
     pub once: bool,
     /// Log a progress line this often.
     pub progress_every: Option<Duration>,
+    /// Draw this live display (`crate::progress`) instead of logging progress lines.
+    pub display: Option<Arc<crate::progress::LiveDisplay>>,
 }
 
 /// What a run did, per task and in total.
@@ -320,6 +322,7 @@ fn execute(
         let interval = config.checkpoints.interval;
         let max_unwritten = config.checkpoints.max_unwritten;
         let progress_every = opts.progress_every;
+        let display = opts.display.clone();
         let config = config.clone();
         let ids = ids.clone();
         std::thread::scope(|s| {
@@ -331,7 +334,7 @@ fn execute(
                 let mut stalled: Option<String> = None;
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
-                let mut last_acked = 0u64;
+                let mut rates = crate::progress::RateMeter::default();
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                     let due = if saver.failing() {
@@ -351,49 +354,26 @@ fn execute(
                             humantime::format_duration(max_unwritten),
                             saver.last_error().unwrap_or("?")
                         );
-                        tracing::error!("{why}: stopping reads so no more progress goes unrecorded");
+                        tracing::error!(
+                            "{why}: stopping reads so no more progress goes unrecorded"
+                        );
                         shared.stop.store(true, Ordering::Relaxed);
                         stalled = Some(why);
                     }
-                    if let Some(every) = progress_every {
-                        if last_progress.elapsed() >= every {
-                            let secs = last_progress.elapsed().as_secs_f64();
-                            last_progress = Instant::now();
-                            let mut total = Counts::default();
-                            let (mut retrying, mut halted) = (0, 0);
-                            let mut reason: Option<String> = None;
-                            for p in &shared.progress {
-                                let p = p.lock().expect("progress lock");
-                                total.add(&p.counts);
-                                match (&p.status, &p.retrying) {
-                                    (TaskStatus::Halted(_), _) => halted += 1,
-                                    (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
-                                        retrying += 1;
-                                        reason.get_or_insert_with(|| why.clone());
-                                    }
-                                    _ => {}
-                                }
-                            }
-                            let rate = (total.acked - last_acked.min(total.acked)) as f64 / secs;
-                            last_acked = total.acked;
-                            let unwritten = saver
-                                .failing_for()
-                                .map(|d| format!("; checkpoints failing for {:.0}s", d.as_secs_f64()))
-                                .unwrap_or_default();
-                            // A stalled copy says why in the same line (reasons: per
-                            // partition in the warn lines and the summary).
-                            let trouble = match (retrying, halted, reason) {
-                                (0, 0, _) => String::new(),
-                                (r, h, Some(why)) => {
-                                    format!("; {r} partitions retrying ({why}), {h} halted")
-                                }
-                                (r, h, None) => format!("; {r} partitions retrying, {h} halted"),
-                            };
-                            tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} re-read {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
-                                total.read, total.acked, total.filtered, total.failed,
-                                total.retried, rate, shared.in_flight() / 1024
-                            );
+                    // The live display is redrawn often; without one, a line now and then.
+                    let show = match (&display, progress_every) {
+                        (Some(_), _) => last_progress.elapsed() >= crate::progress::DRAW_EVERY,
+                        (None, Some(every)) => last_progress.elapsed() >= every,
+                        (None, None) => false,
+                    };
+                    if show {
+                        last_progress = Instant::now();
+                        let mut state = progress_state(&plan, &shared, started.elapsed());
+                        state.checkpoints_failing_for = saver.failing_for();
+                        rates.sample(state.elapsed, &mut state);
+                        match &display {
+                            Some(d) => d.draw(&state),
+                            None => tracing::info!("{}", crate::progress::plain_line(&state)),
                         }
                     }
                 }
@@ -555,4 +535,43 @@ fn snapshot(
         );
     }
     cp
+}
+
+/// What the progress display shows now, from each task's published progress.
+fn progress_state(
+    plan: &Plan,
+    shared: &Shared,
+    elapsed: Duration,
+) -> crate::progress::ProgressState {
+    let partitions = plan
+        .tasks
+        .iter()
+        .zip(&shared.progress)
+        .map(|(t, p)| {
+            let p = p.lock().expect("progress lock");
+            crate::progress::PartitionState {
+                route: t.route_name.clone(),
+                counts: p.counts,
+                bytes: p.acked_bytes,
+                start: t.start,
+                position: p.position,
+                end: t.end.offset(),
+                // The end seen when the plan was made: a follow task's lag is measured
+                // against it until it has passed it.
+                log_end: t.high.max(p.position),
+                done: p.status == TaskStatus::Done,
+                halted: match &p.status {
+                    TaskStatus::Halted(why) => Some(why.clone()),
+                    _ => None,
+                },
+                retrying: p.retrying.clone(),
+            }
+        })
+        .collect();
+    crate::progress::ProgressState {
+        elapsed,
+        partitions,
+        in_flight_bytes: shared.in_flight(),
+        ..Default::default()
+    }
 }

@@ -176,6 +176,8 @@ pub struct TaskProgress {
     /// Why the task is retrying right now (source or target errors), if it is.
     pub retrying: Option<String>,
     pub in_flight_bytes: u64,
+    /// Bytes acknowledged by the target (`CopyTask::acked_bytes`).
+    pub acked_bytes: u64,
 }
 
 impl TaskProgress {
@@ -207,6 +209,9 @@ pub struct CopyTask {
     /// `retrying` was set by a source error (cleared when the source delivers again).
     source_retrying: bool,
     pub in_flight_bytes: u64,
+    /// Bytes (key, value, headers) of the records the target acknowledged, re-sends after a
+    /// retry included: what the progress display shows as bytes copied.
+    pub acked_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
     /// Offset the position jumps to once everything read is settled (end through a gap).
@@ -254,6 +259,7 @@ impl CopyTask {
             source_errors: 0,
             source_retrying: false,
             in_flight_bytes: 0,
+            acked_bytes: 0,
             generation: 0,
             target_ranges,
             end_at: None,
@@ -289,6 +295,7 @@ impl CopyTask {
             status: self.status.clone(),
             retrying: self.retrying.clone(),
             in_flight_bytes: self.in_flight_bytes,
+            acked_bytes: self.acked_bytes,
         }
     }
 
@@ -321,6 +328,7 @@ impl CopyTask {
     fn halt(&mut self, why: String) {
         tracing::error!(
             route = %self.plan.route_name, source = %self.plan.source_label(),
+            cluster = %self.plan.source_cluster, topic = %self.plan.topic, partition = self.plan.partition,
             "partition halted: {why}; its checkpoint will not move past this record (now at offset {})",
             self.tracker.position()
         );
@@ -1002,6 +1010,7 @@ impl State {
                     t.skip_logged = true;
                     tracing::warn!(
                         route = %t.plan.route_name, source = %t.plan.source_label(),
+                        cluster = %t.plan.source_cluster, topic = %t.plan.topic, partition = t.plan.partition,
                         "skipping record at offset {offset}: {why} (on_error = \"skip\"; further skips on this partition are counted, not logged)"
                     );
                 } else {
@@ -1181,6 +1190,7 @@ impl State {
                     OutOfRangePolicy::Earliest => {
                         tracing::error!(
                             route = %t.plan.route_name, source = %t.plan.source_label(),
+                            cluster = %t.plan.source_cluster, topic = %t.plan.topic, partition = t.plan.partition,
                             "GAP: retention deleted {gap} records (offsets {next}..{low}) before they were copied; continuing from {low}"
                         );
                         t.plan.gap += gap;
@@ -1250,6 +1260,7 @@ impl State {
                     t.wait_warned = Some(warn);
                     tracing::warn!(
                         route = %t.plan.route_name, source = %t.plan.source_label(),
+                        cluster = %t.plan.source_cluster, topic = %t.plan.topic, partition = t.plan.partition,
                         "{why}; offsets {warn}..{e} are not readable yet, so the end is not reached (never skipped)"
                     );
                 }
@@ -1512,6 +1523,7 @@ impl State {
                     }
                 } else if t.tracker.settle(inf.offset, Settled::Acked).is_some() {
                     t.counts.acked += 1;
+                    t.acked_bytes += u64::from(inf.bytes);
                     let range = t.target_ranges.entry(tp).or_insert([toff, toff]);
                     range[0] = range[0].min(toff);
                     range[1] = range[1].max(toff);
