@@ -143,19 +143,26 @@ pub struct RateMeter {
 /// Samples kept at most (bounds memory whatever the redraw rate).
 const MAX_SAMPLES: usize = 256;
 
+/// The window rates are taken over.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
 impl Default for RateMeter {
     fn default() -> Self {
-        RateMeter::new(Duration::from_secs(5))
+        RateMeter::starting_at(Duration::ZERO)
     }
 }
 
 impl RateMeter {
-    /// A meter for a run that starts now: its first sample is zero at time zero, so the
-    /// first rate is the average since the start, not nothing.
-    pub fn new(window: Duration) -> RateMeter {
+    /// A meter for copying that starts `at` (time since the run started, after planning):
+    /// its first sample is zero then, so the first rate is the average since, not nothing.
+    pub fn starting_at(at: Duration) -> RateMeter {
+        RateMeter::new(RATE_WINDOW, at)
+    }
+
+    pub fn new(window: Duration, at: Duration) -> RateMeter {
         RateMeter {
             window,
-            samples: VecDeque::from([(Duration::ZERO, 0, 0, 0)]),
+            samples: VecDeque::from([(at, 0, 0, 0)]),
         }
     }
 
@@ -628,7 +635,7 @@ mod tests {
 
     #[test]
     fn rates_come_from_the_window_of_samples() {
-        let mut m = RateMeter::new(Duration::from_secs(10));
+        let mut m = RateMeter::new(Duration::from_secs(10), Duration::ZERO);
         let mut s = ProgressState {
             partitions: vec![part("r", 0, 0, Some(10_000), 0)],
             ..Default::default()

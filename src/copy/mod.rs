@@ -334,7 +334,7 @@ fn execute(
                 let mut stalled: Option<String> = None;
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
-                let mut rates = crate::progress::RateMeter::default();
+                let mut rates = crate::progress::RateMeter::starting_at(started.elapsed());
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                     let due = if saver.failing() {
