@@ -395,3 +395,65 @@ fn a_one_shot_run_at_a_terminal_draws_the_display_and_logs_above_it() {
     );
     assert!(shown.contains("complete in "), "{shown}");
 }
+
+/// A secret with a quote and a backslash in it is escaped in a JSON log line (`\"`, `\\`):
+/// it is masked there too, not only where it appears as typed. librdkafka's configuration
+/// dump (`debug = "conf"` at -vv) quotes `client.rack`, which holds the secret here.
+#[test]
+fn json_logs_mask_a_secret_with_quotes_and_backslashes() {
+    let m = Mirror::start(&[(TOPIC, 1)]);
+    produce_numbered(m.source(), TOPIC, 1, 0..10, TS);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let secret = format!("Zk\"q\\{nanos:x}");
+    let escaped = serde_json::to_string(&secret).unwrap();
+    let escaped = &escaped[1..escaped.len() - 1];
+    assert_ne!(escaped, secret);
+    let cfg = write(
+        m.dir.path(),
+        "secret.toml",
+        &format!(
+            r#"[checkpoints]
+dir = "{dir}"
+[run]
+connect_timeout = "10s"
+[clusters.{SOURCE}]
+bootstrap = "{src}"
+[clusters.{SOURCE}.properties]
+"debug" = "conf"
+"client.rack" = "${{KMIRROR_TEST_SECRET}}"
+[clusters.{TARGET}]
+bootstrap = "{dst}"
+
+{route}
+"#,
+            dir = s(m.dir.path()),
+            src = m.source(),
+            dst = m.target(),
+            route = route("r", "end = \"snapshot\""),
+        ),
+    );
+    for cmd in [&["check"][..], &["run", "--once"]] {
+        let mut args = vec!["-vv", "--log-format", "json"];
+        args.extend_from_slice(cmd);
+        args.extend(["-c", s(&cfg)]);
+        let f = km_env(&args, &[("KMIRROR_TEST_SECRET", secret.as_str())], LIMIT);
+        f.expect_code(0, &args.join(" "));
+        let lines = json_lines(&f.stderr, &args.join(" "));
+        for text in [&f.stdout, &f.stderr] {
+            assert!(
+                !text.contains(&secret) && !text.contains(escaped),
+                "{args:?} printed the secret"
+            );
+        }
+        // Not vacuous: the dump that would quote it was logged, masked.
+        assert!(
+            lines.iter().any(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("client.rack") && m.contains("***"))),
+            "no masked client.rack in the configuration dump of {args:?}"
+        );
+    }
+}
