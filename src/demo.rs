@@ -114,6 +114,7 @@ pub fn run(records: u64, out: &mut dyn std::io::Write) -> Result<bool, DemoError
         &RunOptions {
             once: false,
             progress_every: Some(Duration::from_secs(1)),
+            ..Default::default()
         },
         Arc::new(AtomicBool::new(false)),
     )?;

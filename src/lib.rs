@@ -20,6 +20,7 @@ pub mod demo;
 pub mod dev_cluster;
 pub mod error;
 pub mod exit;
+pub mod observe;
 pub mod plan;
 pub mod rate_limit;
 pub mod redact;

@@ -81,6 +81,9 @@ pub struct RunOptions {
     pub once: bool,
     /// Log a progress line this often.
     pub progress_every: Option<Duration>,
+    /// Shares the run's progress with the HTTP endpoint (`crate::observe`). Without one the
+    /// run keeps its own: stall detection runs either way.
+    pub observer: Option<Arc<crate::observe::Observer>>,
 }
 
 /// What a run did, per task and in total.
@@ -185,6 +188,10 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
+    let observer = opts
+        .observer
+        .clone()
+        .unwrap_or_else(|| crate::observe::Observer::for_config(config));
     let previous = load_checkpoint(config, store)?;
     // `--once` ends each task at its route's `end` or the snapshot, whichever comes first.
     let ends = if opts.once {
@@ -197,7 +204,11 @@ pub fn run(
     if let Some(cp) = &previous {
         identity::check(cp, store, config, &ids)?;
     }
-    execute(config, plan, previous, &ids, store, opts, stop, started)
+    let report = execute(
+        config, plan, previous, &ids, store, opts, stop, started, &observer,
+    );
+    observer.finish();
+    report
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -210,6 +221,7 @@ fn execute(
     opts: &RunOptions,
     stop: Arc<AtomicBool>,
     started: Instant,
+    observer: &Arc<crate::observe::Observer>,
 ) -> Result<RunReport, RunError> {
     // Group tasks into readers: one per source cluster (one consumer, one thread, one
     // prefetch queue), however many topics it reads, so threads and prefetch memory are
@@ -289,7 +301,19 @@ fn execute(
     // Written before any reader starts, so a crash at any instant leaves the target
     // positions `verify` needs (`target_start`) on disk, and a store that cannot be written
     // at all is refused (exit 70) before anything is copied.
-    store.save(&snapshot(config, &plan, &base, ids, &shared))?;
+    let first = snapshot(config, &plan, &base, ids, &shared);
+    store.save(&first)?;
+    observer.attach(
+        shared.clone(),
+        plan.tasks.clone(),
+        config
+            .routes
+            .iter()
+            .zip(&route_limiters)
+            .map(|(r, l)| (r.name.clone(), l.clone()))
+            .collect(),
+    );
+    observer.checkpointed(&first);
 
     let mut handles = Vec::new();
     for (rid, ((cluster, idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
@@ -322,6 +346,7 @@ fn execute(
         let progress_every = opts.progress_every;
         let config = config.clone();
         let ids = ids.clone();
+        let observer = observer.clone();
         std::thread::scope(|s| {
             // A failed write never ends this thread: copying goes on while the saver retries,
             // up to `max_unwritten`; past that, reads stop (the run ends with an error) rather
@@ -334,6 +359,7 @@ fn execute(
                 let mut last_acked = 0u64;
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
+                    observer.tick();
                     let due = if saver.failing() {
                         saver.retry_due()
                     } else {
@@ -342,7 +368,10 @@ fn execute(
                     if due {
                         last_cp = Instant::now();
                         // A failure is logged (once per episode) by the saver.
-                        let _ = saver.attempt(&snapshot(&config, &plan, &base, &ids, &shared));
+                        let cp = snapshot(&config, &plan, &base, &ids, &shared);
+                        if saver.attempt(&cp).is_ok() {
+                            observer.checkpointed(&cp);
+                        }
                     }
                     if stalled.is_none() && saver.overdue() {
                         let why = format!(
@@ -420,6 +449,7 @@ fn execute(
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
     saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared))?;
+    observer.checkpointed(&snapshot(config, &plan, &base, ids, &shared));
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
@@ -486,7 +516,11 @@ fn summary_status(t: &CopyTask) -> String {
     }
 }
 
-fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) -> String {
+pub(crate) fn target_written(
+    cluster: &str,
+    topic: &str,
+    ranges: &BTreeMap<i32, [i64; 2]>,
+) -> String {
     if ranges.is_empty() {
         return format!("{cluster}:{topic} (nothing yet)");
     }

@@ -39,6 +39,7 @@ use super::Shared;
 use crate::cluster::{self, QuietContext};
 use crate::config::{ClusterConfig, ErrorAction, OutOfRangePolicy, Partitioning, RouteConfig};
 use crate::counts::Counts;
+use crate::observe::TaskObserved;
 use crate::plan::TaskPlan;
 use crate::rate_limit::Limiter;
 
@@ -176,6 +177,10 @@ pub struct TaskProgress {
     /// Why the task is retrying right now (source or target errors), if it is.
     pub retrying: Option<String>,
     pub in_flight_bytes: u64,
+    /// The source partition's end as last seen (`CopyTask::log_end`).
+    pub log_end: i64,
+    pub source_errors: u64,
+    pub observed: TaskObserved,
 }
 
 impl TaskProgress {
@@ -209,6 +214,11 @@ pub struct CopyTask {
     pub in_flight_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
+    /// The source partition's end (high watermark, or last stable offset for a
+    /// read_committed reader) as the consumer's last fetch saw it; the plan's at first.
+    pub log_end: i64,
+    /// Bytes copied, delivery errors, latency: what `/metrics` shows beyond `counts`.
+    pub observed: TaskObserved,
     /// Offset the position jumps to once everything read is settled (end through a gap).
     pub end_at: Option<i64>,
     /// Set by a rewind: records and end-of-partition events already taken from the
@@ -256,6 +266,8 @@ impl CopyTask {
             in_flight_bytes: 0,
             generation: 0,
             target_ranges,
+            log_end: plan.high,
+            observed: TaskObserved::default(),
             end_at: None,
             limiter,
             round_robin: plan.partition as usize,
@@ -289,6 +301,9 @@ impl CopyTask {
             status: self.status.clone(),
             retrying: self.retrying.clone(),
             in_flight_bytes: self.in_flight_bytes,
+            log_end: self.log_end,
+            source_errors: self.source_errors,
+            observed: self.observed,
         }
     }
 
@@ -566,6 +581,7 @@ impl State {
                 self.end_source_episode(scope, None);
             }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
+                self.refresh_log_ends(consumer);
                 self.publish();
             }
             if self.tasks.iter().all(CopyTask::finished) || self.shared.stopping() {
@@ -1512,6 +1528,8 @@ impl State {
                     }
                 } else if t.tracker.settle(inf.offset, Settled::Acked).is_some() {
                     t.counts.acked += 1;
+                    t.observed
+                        .acked(inf.bytes, inf.timestamp, crate::config::value::now_ms());
                     let range = t.target_ranges.entry(tp).or_insert([toff, toff]);
                     range[0] = range[0].min(toff);
                     range[1] = range[1].max(toff);
@@ -1595,6 +1613,7 @@ impl State {
             inf.offset
         );
         t.retrying = Some(format!("delivery to {target} failed: {e}"));
+        t.observed.target_errors += 1;
         let health = self.pool.health(target).clone();
         health.trouble(&e.to_string(), &context);
         tracing::debug!(
@@ -1683,6 +1702,36 @@ impl State {
         }
         for t in &mut self.tasks {
             t.maybe_finish();
+        }
+    }
+
+    /// Takes each partition's end from what the consumer's fetches last reported (no
+    /// request to the broker), for the lag `/metrics` shows.
+    fn refresh_log_ends(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        for &(ti, p) in &self.parts.all {
+            let Ok(topic) = std::ffi::CString::new(self.parts.topics[ti].as_str()) else {
+                continue;
+            };
+            let (mut low, mut high) = (-1i64, -1i64);
+            // SAFETY: the client pointer lives as long as `consumer`; the topic is a valid C
+            // string and the out-pointers are valid for writes. librdkafka only reads its
+            // cached watermarks here.
+            let err = unsafe {
+                rdkafka_sys::rd_kafka_get_watermark_offsets(
+                    consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    p,
+                    &mut low,
+                    &mut high,
+                )
+            };
+            if err != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+                continue;
+            }
+            for &i in self.parts.get(ti, p) {
+                let t = &mut self.tasks[i];
+                t.log_end = t.log_end.max(high);
+            }
         }
     }
 

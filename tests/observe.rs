@@ -1,0 +1,339 @@
+//! Issue 10: the HTTP endpoint on a real copy between mock clusters. `/metrics` is scraped
+//! over HTTP while a rate-limited copy is behind (lag > 0) and after it ended (lag 0, every
+//! counter equal to the run summary), `/status` matches the summary's JSON, and `/readyz`
+//! turns 503 when the target's brokers go down for longer than `stall_timeout` and 200
+//! again once they are back. Timeouts here only catch hangs; nothing asserts a duration.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::{Mirror, SOURCE, TARGET, TARGET_IDX, WAIT};
+use kmirror::copy::RunOptions;
+use kmirror::observe::{http, Observer};
+
+const TS: i64 = 1_700_000_000_000;
+
+/// These tests copy thousands of records on two shared cores: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A plain HTTP/1.1 GET: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (code, body.to_string())
+}
+
+/// One sample of `/metrics`: name, labels, value.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("name and value");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let labels = body
+                        .split(',')
+                        .filter(|kv| !kv.is_empty())
+                        .map(|kv| {
+                            let (k, v) = kv.split_once('=').expect("label=value");
+                            (k.to_string(), v.trim_matches('"').to_string())
+                        })
+                        .collect();
+                    (n.to_string(), labels)
+                }
+                None => (series.to_string(), BTreeMap::new()),
+            };
+            Sample {
+                name,
+                labels,
+                value: value.parse().unwrap_or_else(|_| panic!("value of {l}")),
+            }
+        })
+        .collect()
+}
+
+fn scrape(addr: SocketAddr) -> Vec<Sample> {
+    let (code, body) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    parse_metrics(&body)
+}
+
+fn sum(samples: &[Sample], name: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| s.value)
+        .sum()
+}
+
+/// The value of `name` for one source partition.
+fn of(samples: &[Sample], name: &str, topic: &str, partition: i32) -> f64 {
+    let p = partition.to_string();
+    let v: Vec<f64> = samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && s.labels.get("topic") == Some(&topic.to_string())
+                && s.labels.get("partition") == Some(&p)
+        })
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(
+        v.len(),
+        1,
+        "one {name} series for {topic}/{partition}: {v:?}"
+    );
+    v[0]
+}
+
+#[test]
+fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
+    let _serial = serial();
+    const P: i32 = 2;
+    const N: u64 = 3_000;
+    let m = Mirror::start(&[("watched", P)]);
+    common::produce_numbered(m.source(), "watched", P, 0..N, TS);
+    // 2,000 records/s for 6,000 records: the copy stays behind for a few seconds.
+    let cfg = m.config(
+        "watched",
+        &format!(
+            "[[routes]]\nname = \"watched\"\nsource = \"{SOURCE}\"\ntopics = [\"watched\"]\ntarget = \"{TARGET}\"\nmax_messages_per_sec = 2000\n"
+        ),
+    );
+    let observer = Observer::for_config(&cfg);
+    let server = http::serve("127.0.0.1:0".parse().unwrap(), observer.clone()).unwrap();
+    let addr = server.addr();
+    let run = common::spawn_run_with(
+        &cfg,
+        RunOptions {
+            once: true,
+            observer: Some(observer.clone()),
+            ..Default::default()
+        },
+    );
+
+    // While it runs: some records copied, and records left (lag > 0) on the rate limit.
+    let mut behind = None;
+    common::wait_until(
+        "a scrape showing the copy under way and behind",
+        WAIT,
+        || {
+            let s = scrape(addr);
+            let (copied, lag) = (
+                sum(&s, "kmirror_records_copied_total"),
+                sum(&s, "kmirror_partition_lag_records"),
+            );
+            if copied > 0.0 && lag > 0.0 {
+                behind = Some(s);
+            }
+            behind.is_some() || run.is_finished()
+        },
+    );
+    let behind = behind.expect("the run ended before any scrape saw it behind");
+    assert!(
+        sum(&behind, "kmirror_rate_limit_waits_total") > 0.0,
+        "the route's rate limit made batches wait"
+    );
+    assert_eq!(
+        sum(&behind, "kmirror_partition_state") as i32,
+        P,
+        "one state per partition"
+    );
+    let (code, body) = get(addr, "/readyz");
+    assert_eq!(code, 200, "ready while copying: {body}");
+
+    let report = run.join(WAIT);
+    assert!(report.complete, "{}", report.table());
+    common::assert_report_invariant(&report);
+
+    // After the run: nothing left, and every counter is the summary's.
+    let s = scrape(addr);
+    assert_eq!(sum(&s, "kmirror_partition_lag_records"), 0.0);
+    assert_eq!(sum(&s, "kmirror_partition_lag_seconds"), 0.0);
+    for row in &report.rows {
+        let p: i32 = row.source.rsplit_once('/').unwrap().1.parse().unwrap();
+        let c = &row.counts;
+        for (name, want) in [
+            ("kmirror_records_read_total", c.read),
+            ("kmirror_records_copied_total", c.acked),
+            ("kmirror_records_filtered_total", c.filtered),
+            ("kmirror_records_dead_lettered_total", c.dead_lettered),
+            ("kmirror_records_skipped_total", c.skipped),
+            ("kmirror_records_failed_total", c.failed),
+            ("kmirror_records_produced_total", c.produced),
+            ("kmirror_records_reread_total", c.retried),
+            ("kmirror_records_pending", c.pending()),
+        ] {
+            assert_eq!(
+                of(&s, name, "watched", p) as u64,
+                want,
+                "{name} for partition {p} vs the summary:\n{}",
+                report.table()
+            );
+        }
+        assert_eq!(
+            of(&s, "kmirror_partition_position", "watched", p) as i64,
+            row.range.1
+        );
+        assert_eq!(
+            of(&s, "kmirror_checkpoint_position", "watched", p) as i64,
+            row.range.1,
+            "the last checkpoint holds the final position"
+        );
+        assert_eq!(
+            of(&s, "kmirror_records_copied_total", "watched", p) as u64,
+            N
+        );
+    }
+    assert!(sum(&s, "kmirror_bytes_copied_total") > 0.0);
+    let latency_count = s
+        .iter()
+        .find(|x| x.name == "kmirror_replication_latency_seconds_count")
+        .expect("a latency histogram")
+        .value;
+    assert_eq!(
+        latency_count as u64, report.totals.acked,
+        "one observation per record copied"
+    );
+    assert_eq!(sum(&s, "kmirror_build_info"), 1.0);
+
+    // /status: the summary's partitions, plus the live fields.
+    let (code, body) = get(addr, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let summary = report.json();
+    assert_eq!(status["kind"], "kmirror-status");
+    assert_eq!(status["phase"], "finished");
+    assert_eq!(status["totals"], summary["totals"]);
+    let parts = status["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), report.rows.len());
+    for (live, done) in parts.iter().zip(summary["partitions"].as_array().unwrap()) {
+        for key in [
+            "route",
+            "source",
+            "source_partition",
+            "range",
+            "counts",
+            "target_written",
+            "state",
+        ] {
+            assert_eq!(live[key], done[key], "/status {key} vs the run summary");
+        }
+        assert_eq!(live["live"]["lag"], 0);
+        assert_eq!(live["live"]["stalled"], false);
+    }
+    assert_eq!(get(addr, "/healthz").0, 200);
+    assert_eq!(get(addr, "/readyz").0, 200);
+    assert_eq!(get(addr, "/nope").0, 404);
+}
+
+#[test]
+fn readyz_fails_while_the_target_is_down_past_stall_timeout_and_recovers() {
+    let _serial = serial();
+    const P: i32 = 2;
+    let m = Mirror::start(&[("stall", P)]);
+    common::produce_numbered(m.source(), "stall", P, 0..200, TS);
+    let cfg = m.config(
+        "stall",
+        &format!(
+            "[run]\nstall_timeout = \"2s\"\n\n[clusters.{TARGET}.properties]\n\"message.timeout.ms\" = \"2000\"\n\n[[routes]]\nname = \"stall\"\nsource = \"{SOURCE}\"\ntopics = [\"stall\"]\ntarget = \"{TARGET}\"\n"
+        ),
+    );
+    let observer = Observer::for_config(&cfg);
+    let server = http::serve("127.0.0.1:0".parse().unwrap(), observer.clone()).unwrap();
+    let addr = server.addr();
+    let run = common::spawn_run_with(
+        &cfg,
+        RunOptions {
+            observer: Some(observer.clone()),
+            ..Default::default()
+        },
+    );
+    let caught_up = |want: f64| {
+        move || {
+            let s = scrape(addr);
+            sum(&s, "kmirror_records_copied_total") >= want
+                && sum(&s, "kmirror_partition_lag_records") == 0.0
+        }
+    };
+    common::wait_until("the first records copied", WAIT, caught_up(400.0));
+    assert_eq!(get(addr, "/readyz").0, 200);
+
+    // Target down, more records at the source: the copy cannot move.
+    m.all_brokers(TARGET_IDX, false);
+    common::produce_numbered(m.source(), "stall", P, 200..400, TS);
+    common::wait_until("/readyz to answer 503", WAIT, || {
+        get(addr, "/readyz").0 == 503
+    });
+    let (_, why) = get(addr, "/readyz");
+    assert!(why.contains("stalled"), "{why}");
+    let s = scrape(addr);
+    assert!(sum(&s, "kmirror_partition_stalled") >= 1.0);
+    assert!(sum(&s, "kmirror_stalls_total") >= 1.0);
+    assert!(sum(&s, "kmirror_partition_lag_records") > 0.0);
+    assert_eq!(sum(&s, "kmirror_ready"), 0.0);
+    let status: serde_json::Value = serde_json::from_str(&get(addr, "/status").1).unwrap();
+    assert_eq!(status["ready"], false);
+    let stalled: Vec<&serde_json::Value> = status["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["live"]["stalled"] == true)
+        .collect();
+    assert!(!stalled.is_empty(), "{status:#}");
+    assert!(
+        stalled.iter().all(|p| p["live"]["stall_reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())),
+        "each stalled partition says why: {status:#}"
+    );
+    assert_eq!(get(addr, "/healthz").0, 200, "stalled is not dead");
+
+    // Target back: it copies again and is ready again.
+    m.all_brokers(TARGET_IDX, true);
+    common::wait_until("/readyz to answer 200 again", WAIT, || {
+        get(addr, "/readyz").0 == 200
+    });
+    common::wait_until("everything copied", WAIT, caught_up(800.0));
+    let s = scrape(addr);
+    assert_eq!(sum(&s, "kmirror_partition_stalled"), 0.0);
+    run.request_stop();
+    let report = run.join(WAIT);
+    common::assert_report_invariant(&report);
+    let copied: f64 = sum(&scrape(addr), "kmirror_records_copied_total");
+    assert_eq!(
+        copied as u64, report.totals.acked,
+        "/metrics equals the summary"
+    );
+    drop(Arc::clone(&observer));
+}
