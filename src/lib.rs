@@ -8,6 +8,7 @@
 //! - `checkpoint`: where progress is stored; `counts`: verification counts and tables;
 //! - `verify`: record-by-record comparison of source and target;
 //! - `report`: the JSON documents of `check` and `run` (`--output json`);
+//! - `observe`: the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`) and stall detection;
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
 //! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
