@@ -337,3 +337,128 @@ fn readyz_fails_while_the_target_is_down_past_stall_timeout_and_recovers() {
     );
     drop(Arc::clone(&observer));
 }
+
+/// A free loopback port (bound, then released for the process under test).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A routing file on disk for the mirror's clusters (for the binary), plus `extra`.
+fn routing_file(m: &Mirror, job: &str, extra: &str) -> std::path::PathBuf {
+    common::cli::write(
+        m.dir.path(),
+        &format!("{job}.toml"),
+        &format!(
+            "{extra}\n[checkpoints]\ndir = \"{}\"\ninterval = \"200ms\"\njob = \"{job}\"\n\n[clusters.{SOURCE}]\nbootstrap = \"{}\"\n\n[clusters.{TARGET}]\nbootstrap = \"{}\"\n\n[[routes]]\nname = \"{job}\"\nsource = \"{SOURCE}\"\ntopics = [\"{job}\"]\ntarget = \"{TARGET}\"\n",
+            m.dir.path().display(),
+            m.source(),
+            m.target()
+        ),
+    )
+}
+
+/// The binary: `run --http` serves while following; after SIGTERM its printed summary
+/// equals the last scrape.
+#[test]
+fn run_with_http_flag_serves_metrics_equal_to_its_printed_summary() {
+    let _serial = serial();
+    const P: i32 = 3;
+    const N: u64 = 500;
+    let m = Mirror::start(&[("cliwatch", P)]);
+    common::produce_numbered(m.source(), "cliwatch", P, 0..N, TS);
+    let file = routing_file(&m, "cliwatch", "");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let run = common::cli::Running::spawn(&[
+        "run",
+        "-c",
+        common::cli::s(&file),
+        "--http",
+        &addr.to_string(),
+    ]);
+    let mut last = Vec::new();
+    common::wait_until("the binary to serve everything copied", WAIT, || {
+        let Ok(_) = TcpStream::connect(addr) else {
+            return false; // not listening yet
+        };
+        last = scrape(addr);
+        sum(&last, "kmirror_records_copied_total") == (N * P as u64) as f64
+            && sum(&last, "kmirror_partition_lag_records") == 0.0
+    });
+    assert_eq!(get(addr, "/readyz").0, 200);
+    assert_eq!(get(addr, "/healthz").0, 200);
+    common::cli::signal(run.pid(), "-TERM");
+    let f = run.wait(WAIT);
+    f.expect_code(0, "run --http stopped by SIGTERM");
+    let totals = common::cli::totals(&f.stdout);
+    for (column, metric) in [
+        ("read", "kmirror_records_read_total"),
+        ("acked", "kmirror_records_copied_total"),
+        ("filtered", "kmirror_records_filtered_total"),
+        ("dlq", "kmirror_records_dead_lettered_total"),
+        ("skipped", "kmirror_records_skipped_total"),
+        ("failed", "kmirror_records_failed_total"),
+        ("pending", "kmirror_records_pending"),
+    ] {
+        assert_eq!(
+            totals[column] as f64,
+            sum(&last, metric),
+            "{metric} vs the printed {column}:\n{}",
+            f.stdout
+        );
+    }
+    assert!(
+        f.stderr
+            .contains(&format!("HTTP endpoint on http://{addr}")),
+        "{}",
+        f.stderr
+    );
+}
+
+/// `[http] listen` on a port another process holds: refused before anything is copied.
+#[test]
+fn http_listen_on_a_taken_port_is_an_error_before_the_run() {
+    let _serial = serial();
+    let m = Mirror::start(&[("taken", 1)]);
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let file = routing_file(&m, "taken", &format!("[http]\nlisten = \"{addr}\"\n"));
+    let f = common::cli::km(&["run", "-c", common::cli::s(&file)], WAIT);
+    f.expect_code(70, "run with a taken HTTP port");
+    assert!(
+        f.stderr.contains(&format!("cannot listen on {addr}")),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        !m.dir.path().join("taken.checkpoint.json").exists(),
+        "nothing ran, so no checkpoint was written"
+    );
+}
+
+/// A malformed `[http] listen` or `[run] stall_timeout` is a routing-file error (exit 3),
+/// named by key, before anything connects.
+#[test]
+fn bad_http_listen_and_stall_timeout_are_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = common::cli::write(
+        dir.path(),
+        "bad.toml",
+        "[run]\nstall_timeout = \"0s\"\n\n[http]\nlisten = \"localhost\"\nstalled_not_ready = \"yes\"\n\n[clusters.a]\nbootstrap = \"127.0.0.1:1\"\n\n[clusters.b]\nbootstrap = \"127.0.0.1:1\"\n\n[[routes]]\nname = \"r\"\nsource = \"a\"\ntopics = [\"t\"]\ntarget = \"b\"\n",
+    );
+    let f = common::cli::km(&["check", "-c", common::cli::s(&file), "--offline"], WAIT);
+    f.expect_code(3, "check of a bad [http] table");
+    assert!(f.stderr.contains("http.stalled_not_ready"), "{}", f.stderr);
+    // Shape errors come first; fix the type and the rules are checked.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("stalled_not_ready = \"yes\"", "stalled_not_ready = false");
+    std::fs::write(&file, text).unwrap();
+    let f = common::cli::km(&["check", "-c", common::cli::s(&file), "--offline"], WAIT);
+    f.expect_code(3, "check of a bad listen address and stall_timeout");
+    assert!(f.stderr.contains("http.listen"), "{}", f.stderr);
+    assert!(f.stderr.contains("run.stall_timeout"), "{}", f.stderr);
+}
