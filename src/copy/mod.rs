@@ -306,6 +306,10 @@ fn execute(
     observer.attach(
         shared.clone(),
         plan.tasks.clone(),
+        plan.tasks
+            .iter()
+            .map(|t| pool.health(&t.target_cluster).clone())
+            .collect(),
         config
             .routes
             .iter()

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{partition_key, Checkpoint};
 use crate::config::{value, Config};
+use crate::copy::produce::TargetHealth;
 use crate::copy::source_partition::{TaskProgress, TaskStatus};
 use crate::copy::Shared;
 use crate::plan::TaskPlan;
@@ -78,6 +79,8 @@ struct Inner {
 pub(crate) struct RunView {
     pub shared: Arc<Shared>,
     pub tasks: Vec<TaskPlan>,
+    /// Per task: its target cluster's health (outage episodes, with their error).
+    pub targets: Vec<Arc<TargetHealth>>,
     /// Per route (by route index): its name and limiter, if it has one.
     pub route_limiters: Vec<(String, Option<Arc<Limiter>>)>,
     pub stalls: stall::Detector,
@@ -157,6 +160,7 @@ impl Observer {
         &self,
         shared: Arc<Shared>,
         tasks: Vec<TaskPlan>,
+        targets: Vec<Arc<TargetHealth>>,
         route_limiters: Vec<(String, Option<Arc<Limiter>>)>,
     ) {
         let now = Instant::now();
@@ -173,6 +177,7 @@ impl Observer {
         g.run = Some(RunView {
             shared,
             tasks,
+            targets,
             route_limiters,
             stalls: stall::Detector::new(self.stall_timeout, &progress, now),
             last_stall_tick: now,
@@ -221,11 +226,13 @@ impl Observer {
             .tasks
             .iter()
             .zip(&progress)
-            .map(|(plan, p)| stall::Seen {
+            .zip(&run.targets)
+            .map(|((plan, p), target)| stall::Seen {
                 plan,
                 progress: p,
                 lag: lag(plan, p),
                 rate_limited: limited.get(plan.route).copied().unwrap_or(false),
+                target_trouble: target.trouble_reason(),
             })
             .collect();
         run.stalls.tick(now, &seen);

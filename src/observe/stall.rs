@@ -37,6 +37,8 @@ pub struct Seen<'a> {
     pub lag: i64,
     /// Its route's rate limit made a batch wait since the last tick.
     pub rate_limited: bool,
+    /// Its target cluster's open outage episode, if any (`TargetHealth::trouble_reason`).
+    pub target_trouble: Option<String>,
 }
 
 /// Per-partition stall state for one run.
@@ -83,7 +85,7 @@ impl Detector {
                     acked.saturating_sub(w.rate_from.1) as f64 / rate_dt.as_secs_f64();
                 w.rate_from = (now, acked);
             }
-            if let Some(why) = reason_now(p) {
+            if let Some(why) = reason_now(p).or_else(|| s.target_trouble.clone()) {
                 w.last_error = Some(why);
             }
             let done = p.status == TaskStatus::Done;
@@ -100,7 +102,7 @@ impl Detector {
                 continue;
             }
             if w.stalled.is_none() && now.duration_since(w.since) >= self.timeout {
-                let why = stall_reason(p, s.rate_limited);
+                let why = stall_reason(p, s);
                 tracing::error!(
                     route = %s.plan.route_name, source = %s.plan.source_label(),
                     "partition stalled: position {} has not moved for {} with {} records left to copy: {why}",
@@ -125,9 +127,12 @@ fn reason_now(p: &TaskProgress) -> Option<String> {
 }
 
 /// The best explanation known for a partition that does not move.
-fn stall_reason(p: &TaskProgress, rate_limited: bool) -> String {
+fn stall_reason(p: &TaskProgress, s: &Seen<'_>) -> String {
     if let Some(why) = reason_now(p) {
         return why;
+    }
+    if let Some(why) = &s.target_trouble {
+        return why.clone();
     }
     if p.in_flight_bytes > 0 {
         return format!(
@@ -135,7 +140,7 @@ fn stall_reason(p: &TaskProgress, rate_limited: bool) -> String {
             p.in_flight_bytes
         );
     }
-    if rate_limited {
+    if s.rate_limited {
         return "held back by the rate limit".into();
     }
     "no records delivered by the source (source unreachable, or the reader is not fetching)".into()
