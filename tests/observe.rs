@@ -45,6 +45,27 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     (code, body.to_string())
 }
 
+/// `/status` parsed and checked against `docs/status.schema.json`.
+fn status(addr: SocketAddr) -> serde_json::Value {
+    let (code, body) = get(addr, "/status");
+    assert_eq!(code, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status.schema.json"),
+        )
+        .unwrap(),
+    )
+    .expect("the schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&doc)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{doc:#}");
+    doc
+}
+
 /// One sample of `/metrics`: name, labels, value.
 #[derive(Debug, Clone)]
 struct Sample {
@@ -171,6 +192,8 @@ fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
     );
     let (code, body) = get(addr, "/readyz");
     assert_eq!(code, 200, "ready while copying: {body}");
+    let live = status(addr);
+    assert_eq!(live["phase"], "running");
 
     let report = run.join(WAIT);
     assert!(report.complete, "{}", report.table());
@@ -228,9 +251,7 @@ fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
     assert_eq!(sum(&s, "kmirror_build_info"), 1.0);
 
     // /status: the summary's partitions, plus the live fields.
-    let (code, body) = get(addr, "/status");
-    assert_eq!(code, 200);
-    let status: serde_json::Value = serde_json::from_str(&body).expect("/status is JSON");
+    let status = status(addr);
     let summary = report.json();
     assert_eq!(status["kind"], "kmirror-status");
     assert_eq!(status["phase"], "finished");
@@ -302,7 +323,7 @@ fn readyz_fails_while_the_target_is_down_past_stall_timeout_and_recovers() {
     assert!(sum(&s, "kmirror_stalls_total") >= 1.0);
     assert!(sum(&s, "kmirror_partition_lag_records") > 0.0);
     assert_eq!(sum(&s, "kmirror_ready"), 0.0);
-    let status: serde_json::Value = serde_json::from_str(&get(addr, "/status").1).unwrap();
+    let status = status(addr);
     assert_eq!(status["ready"], false);
     let stalled: Vec<&serde_json::Value> = status["partitions"]
         .as_array()
