@@ -399,6 +399,8 @@ fn run_with_http_flag_serves_metrics_equal_to_its_printed_summary() {
         common::cli::s(&file),
         "--http",
         &addr.to_string(),
+        "--progress",
+        "1",
     ]);
     let mut last = Vec::new();
     common::wait_until("the binary to serve everything copied", WAIT, || {
@@ -411,6 +413,8 @@ fn run_with_http_flag_serves_metrics_equal_to_its_printed_summary() {
     });
     assert_eq!(get(addr, "/readyz").0, 200);
     assert_eq!(get(addr, "/healthz").0, 200);
+    // Long enough for a progress line (every second) after everything was copied.
+    std::thread::sleep(Duration::from_millis(1500));
     common::cli::signal(run.pid(), "-TERM");
     let f = run.wait(WAIT);
     f.expect_code(0, "run --http stopped by SIGTERM");
@@ -436,6 +440,18 @@ fn run_with_http_flag_serves_metrics_equal_to_its_printed_summary() {
             .contains(&format!("HTTP endpoint on http://{addr}")),
         "{}",
         f.stderr
+    );
+    // The plain progress lines carry dead-lettered, skipped and lag too.
+    let last = f
+        .stderr
+        .lines()
+        .rfind(|l| l.contains("progress: read "))
+        .unwrap_or_else(|| panic!("no progress line:\n{}", f.stderr));
+    assert!(
+        last.contains(&format!("acked {} ", N * P as u64))
+            && last.contains(" dlq 0 skipped 0 failed 0 ")
+            && last.contains(" lag 0 "),
+        "{last}"
     );
 }
 

@@ -395,9 +395,11 @@ fn execute(
                             let mut total = Counts::default();
                             let (mut retrying, mut halted) = (0, 0);
                             let mut reason: Option<String> = None;
-                            for p in &shared.progress {
+                            let mut lag = 0;
+                            for (p, t) in shared.progress.iter().zip(&plan.tasks) {
                                 let p = p.lock().expect("progress lock");
                                 total.add(&p.counts);
+                                lag += crate::observe::lag(t, &p);
                                 match (&p.status, &p.retrying) {
                                     (TaskStatus::Halted(_), _) => halted += 1,
                                     (TaskStatus::Copying | TaskStatus::ReadDone, Some(why)) => {
@@ -423,9 +425,10 @@ fn execute(
                                 (r, h, None) => format!("; {r} partitions retrying, {h} halted"),
                             };
                             tracing::info!(
-                                "progress: read {} acked {} filtered {} failed {} re-read {} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
-                                total.read, total.acked, total.filtered, total.failed,
-                                total.retried, rate, shared.in_flight() / 1024
+                                "progress: read {} acked {} filtered {} dlq {} skipped {} failed {} re-read {} lag {lag} ({:.0} records/s, {} KiB in flight{unwritten}){trouble}",
+                                total.read, total.acked, total.filtered, total.dead_lettered,
+                                total.skipped, total.failed, total.retried, rate,
+                                shared.in_flight() / 1024
                             );
                         }
                     }
