@@ -121,7 +121,7 @@ impl Collector for RunCollector {
                 ("kmirror_records_filtered", "Records a route's filter left out", &|p| p.progress.counts.filtered),
                 ("kmirror_records_dead_lettered", "Records written to the dead-letter topic", &|p| p.progress.counts.dead_lettered),
                 ("kmirror_records_skipped", "Records skipped by on_error = \"skip\"", &|p| p.progress.counts.skipped),
-                ("kmirror_records_failed", "Records that could not be copied (on_error = \"fail\")", &|p| p.progress.counts.failed),
+                ("kmirror_records_failed", "Records that could not be copied (their partition halted on them)", &|p| p.progress.counts.failed),
                 ("kmirror_records_produced", "Records handed to a producer, re-sends included", &|p| p.progress.counts.produced),
                 ("kmirror_records_reread", "Records read again after a rewind (a retry)", &|p| p.progress.counts.retried),
                 ("kmirror_bytes_copied", "Bytes (key, value, headers) of records the target acknowledged", &|p| p.progress.observed.bytes_acked),

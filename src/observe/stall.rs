@@ -49,7 +49,7 @@ pub struct Detector {
 }
 
 /// How often per-partition rates are recomputed.
-const RATE_WINDOW: Duration = Duration::from_secs(5);
+const RATE_WINDOW: Duration = Duration::from_secs(2);
 
 impl Detector {
     pub fn new(timeout: Duration, progress: &[TaskProgress], now: Instant) -> Detector {
