@@ -499,3 +499,41 @@ fn bad_http_listen_and_stall_timeout_are_refused_by_check() {
     assert!(f.stderr.contains("http.listen"), "{}", f.stderr);
     assert!(f.stderr.contains("run.stall_timeout"), "{}", f.stderr);
 }
+
+/// While the clusters do not answer (the plan cannot be built), the process is alive but
+/// not ready; the run then fails as it always did (exit 4).
+#[test]
+fn readyz_is_503_until_the_plan_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let file = common::cli::write(
+        dir.path(),
+        "unreachable.toml",
+        &format!(
+            "[run]\nconnect_timeout = \"5s\"\n\n[checkpoints]\ndir = \"{}\"\n\n[clusters.a]\nbootstrap = \"{dead}\"\n\n[clusters.b]\nbootstrap = \"{dead}\"\n\n[[routes]]\nname = \"r\"\nsource = \"a\"\ntopics = [\"t\"]\ntarget = \"b\"\n",
+            dir.path().display()
+        ),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let run = common::cli::Running::spawn(&[
+        "run",
+        "-c",
+        common::cli::s(&file),
+        "--http",
+        &addr.to_string(),
+    ]);
+    let mut seen = None;
+    common::wait_until("the endpoint to answer while connecting", WAIT, || {
+        if TcpStream::connect(addr).is_err() {
+            return false;
+        }
+        seen = Some((get(addr, "/readyz"), get(addr, "/healthz").0));
+        true
+    });
+    let ((ready, why), healthy) = seen.unwrap();
+    assert_eq!(ready, 503, "{why}");
+    assert!(why.contains("building the plan"), "{why}");
+    assert_eq!(healthy, 200, "alive while connecting");
+    let f = run.wait(WAIT);
+    f.expect_code(4, "run against unreachable clusters");
+}
