@@ -116,14 +116,14 @@ impl Collector for RunCollector {
                     .collect()
             };
             let counters: [PerPartition<'_, u64>; 9] = [
-                ("kmirror_records_read", "Records read from the source, each offset once", &|p| p.progress.counts.read),
-                ("kmirror_records_copied", "Records the target acknowledged", &|p| p.progress.counts.acked),
-                ("kmirror_records_filtered", "Records a route's filter left out", &|p| p.progress.counts.filtered),
-                ("kmirror_records_dead_lettered", "Records written to the dead-letter topic", &|p| p.progress.counts.dead_lettered),
-                ("kmirror_records_skipped", "Records skipped by on_error = \"skip\"", &|p| p.progress.counts.skipped),
-                ("kmirror_records_failed", "Records that could not be copied (their partition halted on them)", &|p| p.progress.counts.failed),
-                ("kmirror_records_produced", "Records handed to a producer, re-sends included", &|p| p.progress.counts.produced),
-                ("kmirror_records_reread", "Records read again after a rewind (a retry)", &|p| p.progress.counts.retried),
+                ("kmirror_records_read", "Records read from the source, each offset once", &|p| p.counter_counts.read),
+                ("kmirror_records_copied", "Records the target acknowledged", &|p| p.counter_counts.acked),
+                ("kmirror_records_filtered", "Records a route's filter left out", &|p| p.counter_counts.filtered),
+                ("kmirror_records_dead_lettered", "Records written to the dead-letter topic", &|p| p.counter_counts.dead_lettered),
+                ("kmirror_records_skipped", "Records skipped by on_error = \"skip\"", &|p| p.counter_counts.skipped),
+                ("kmirror_records_failed", "Records that could not be copied (their partition halted on them)", &|p| p.counter_counts.failed),
+                ("kmirror_records_produced", "Records handed to a producer, re-sends included", &|p| p.counter_counts.produced),
+                ("kmirror_records_reread", "Records read again after a rewind (a retry)", &|p| p.counter_counts.retried),
                 ("kmirror_bytes_copied", "Bytes (key, value, headers) of records the target acknowledged", &|p| p.progress.observed.bytes_acked),
             ];
             for (name, help, f) in counters {

@@ -20,6 +20,7 @@ use crate::config::{value, Config};
 use crate::copy::produce::TargetHealth;
 use crate::copy::source_partition::{TaskProgress, TaskStatus};
 use crate::copy::Shared;
+use crate::counts::Counts;
 use crate::plan::TaskPlan;
 use crate::rate_limit::Limiter;
 
@@ -89,6 +90,8 @@ pub(crate) struct RunView {
     waits_seen: Vec<u64>,
     /// The last checkpoint written: when, and each task's position in it.
     pub checkpoint: Option<(Instant, Vec<i64>)>,
+    /// Per task, the highest counts `/metrics` has shown (see `PartitionNow::counter_counts`).
+    shown: Mutex<Vec<Counts>>,
 }
 
 /// One partition at one instant: its plan, published progress and derived figures.
@@ -101,6 +104,26 @@ pub(crate) struct PartitionNow<'a> {
     pub lag_seconds: Option<f64>,
     pub watch: &'a stall::PartitionWatch,
     pub checkpointed: Option<i64>,
+    /// `progress.counts` as Prometheus counters must show them: never lower than shown
+    /// before. A rewind takes settlements back (`Counts::unread`) until the records are
+    /// copied again; a counter that went down would read as a reset and make `rate()`
+    /// spike. Equal to `progress.counts` whenever nothing was taken back (at the end of a
+    /// clean run, always).
+    pub counter_counts: Counts,
+}
+
+/// Field by field, the higher of two counts.
+fn at_least(shown: &Counts, now: &Counts) -> Counts {
+    Counts {
+        read: shown.read.max(now.read),
+        filtered: shown.filtered.max(now.filtered),
+        produced: shown.produced.max(now.produced),
+        acked: shown.acked.max(now.acked),
+        dead_lettered: shown.dead_lettered.max(now.dead_lettered),
+        skipped: shown.skipped.max(now.skipped),
+        failed: shown.failed.max(now.failed),
+        retried: shown.retried.max(now.retried),
+    }
 }
 
 /// Records left to copy: the partition's end (the route's fixed end, or the source's log
@@ -173,6 +196,7 @@ impl Observer {
             .iter()
             .map(|(_, l)| l.as_ref().map_or(0, |l| l.waited().0))
             .collect();
+        let shown = Mutex::new(vec![Counts::default(); tasks.len()]);
         let mut g = self.lock();
         g.run = Some(RunView {
             shared,
@@ -183,6 +207,7 @@ impl Observer {
             last_stall_tick: now,
             waits_seen,
             checkpoint: None,
+            shown,
         });
         g.phase = Phase::Running;
         self.beat();
@@ -334,6 +359,7 @@ impl Observer {
             return f(g.phase, None);
         };
         let now_ms = value::now_ms();
+        let mut shown = run.shown.lock().unwrap_or_else(|e| e.into_inner());
         let parts = run
             .tasks
             .iter()
@@ -344,7 +370,9 @@ impl Observer {
                     .expect("progress lock")
                     .clone();
                 let lag = lag(plan, &progress);
+                shown[i] = at_least(&shown[i], &progress.counts);
                 PartitionNow {
+                    counter_counts: shown[i],
                     plan,
                     lag_seconds: lag_seconds(lag, &progress, now_ms),
                     lag,
@@ -354,6 +382,7 @@ impl Observer {
                 }
             })
             .collect();
+        drop(shown);
         f(g.phase, Some((run, parts)))
     }
 
@@ -435,5 +464,123 @@ impl Observer {
             doc["checkpoint_age_seconds"] = json!(Observer::checkpoint_age(run));
             doc
         })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::{Limits, OutOfRangePolicy, Partitioning, RateLimits};
+    use crate::plan::{StartFrom, TaskEnd};
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+
+    /// A task on `src:t/0` -> `dst:t` of route `r`, planned at watermarks [0, high).
+    pub(crate) fn plan(high: i64, end: TaskEnd) -> TaskPlan {
+        TaskPlan {
+            route: 0,
+            route_name: "r".into(),
+            source_cluster: "src".into(),
+            topic: "t".into(),
+            partition: 0,
+            target_cluster: "dst".into(),
+            target_topic: "t".into(),
+            target_partitions: 1,
+            target_start: Default::default(),
+            partitioning: Partitioning::Preserve,
+            low: 0,
+            high,
+            start: 0,
+            start_from: StartFrom::Config,
+            first_offset: 0,
+            end,
+            gap: 0,
+            on_offset_out_of_range: OutOfRangePolicy::Fail,
+            provenance: true,
+        }
+    }
+
+    fn progress(position: i64, log_end: i64, status: TaskStatus) -> TaskProgress {
+        TaskProgress {
+            position,
+            counts: Counts::default(),
+            target_ranges: Default::default(),
+            status,
+            retrying: None,
+            in_flight_bytes: 0,
+            log_end,
+            source_errors: 0,
+            observed: TaskObserved::default(),
+        }
+    }
+
+    #[test]
+    fn lag_is_the_end_minus_the_position_and_none_once_done() {
+        let follow = plan(100, TaskEnd::None);
+        assert_eq!(lag(&follow, &progress(40, 150, TaskStatus::Copying)), 110);
+        // A fixed end below the log end bounds what is left.
+        let fixed = plan(100, TaskEnd::Offset(100));
+        assert_eq!(lag(&fixed, &progress(40, 150, TaskStatus::Copying)), 60);
+        assert_eq!(lag(&fixed, &progress(100, 150, TaskStatus::Done)), 0);
+        // Done through a trailing gap: nothing left even if the position is below the end.
+        assert_eq!(lag(&fixed, &progress(97, 150, TaskStatus::Done)), 0);
+        let mut p = progress(40, 150, TaskStatus::Copying);
+        assert_eq!(lag_seconds(110, &p, 10_000), None, "nothing copied yet");
+        p.observed.newest_acked_ms = Some(7_500);
+        assert_eq!(lag_seconds(110, &p, 10_000), Some(2.5));
+        assert_eq!(lag_seconds(0, &p, 10_000), Some(0.0));
+    }
+
+    /// A rewind takes settlements back (`Counts::unread`); `/metrics` counters must not go
+    /// down (Prometheus would read a reset), while `/status` shows the summary's numbers.
+    #[test]
+    fn metrics_counters_never_go_down_across_a_rewind() {
+        let shared = Arc::new(Shared {
+            stop: Arc::new(AtomicBool::new(false)),
+            in_flight_bytes: AtomicU64::new(0),
+            peak_in_flight_bytes: AtomicU64::new(0),
+            limits: Limits {
+                rate: RateLimits {
+                    messages_per_sec: None,
+                    bytes_per_sec: None,
+                },
+                max_in_flight_bytes: 1 << 20,
+                max_in_flight_bytes_per_partition: 1 << 20,
+            },
+            limiter: None,
+            shutdown_timeout: Duration::from_secs(1),
+            progress: vec![Mutex::new(progress(0, 100, TaskStatus::Copying))],
+        });
+        let observer = Observer::new(Duration::from_secs(60), true);
+        observer.attach(
+            shared.clone(),
+            vec![plan(100, TaskEnd::None)],
+            vec![Arc::new(TargetHealth::new("dst"))],
+            vec![("r".into(), None)],
+        );
+        let set_acked = |n: u64| {
+            let mut p = shared.progress[0].lock().unwrap();
+            p.counts.read = 12;
+            p.counts.acked = n;
+        };
+        let copied = || {
+            let text = metrics::render(&observer);
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("kmirror_records_copied_total{"))
+                .expect("a copied series")
+                .to_string();
+            line.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()
+        };
+        set_acked(10);
+        assert_eq!(copied(), 10);
+        set_acked(7); // three settlements taken back by a rewind
+        assert_eq!(copied(), 10, "held, not decreased");
+        assert_eq!(
+            observer.status_json()["totals"]["acked"],
+            7,
+            "/status is the truth now"
+        );
+        set_acked(12);
+        assert_eq!(copied(), 12);
     }
 }

@@ -145,3 +145,82 @@ fn stall_reason(p: &TaskProgress, s: &Seen<'_>) -> String {
     }
     "no records delivered by the source (source unreachable, or the reader is not fetching)".into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counts::Counts;
+    use crate::observe::tests::plan;
+    use crate::observe::TaskObserved;
+    use crate::plan::TaskEnd;
+
+    fn progress(position: i64, retrying: Option<&str>) -> TaskProgress {
+        TaskProgress {
+            position,
+            counts: Counts::default(),
+            target_ranges: Default::default(),
+            status: TaskStatus::Copying,
+            retrying: retrying.map(str::to_string),
+            in_flight_bytes: 0,
+            log_end: 100,
+            source_errors: 0,
+            observed: TaskObserved::default(),
+        }
+    }
+
+    /// One episode per stall, however many ticks it lasts; it ends when the position moves
+    /// or nothing is left; the reason is the one known when it began.
+    #[test]
+    fn a_stall_is_one_episode_with_its_reason_until_the_position_moves() {
+        let timeout = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let plan = plan(100, TaskEnd::None);
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut d = Detector::new(timeout, &[progress(10, None)], t0);
+        let tick = |d: &mut Detector, now: Instant, p: &TaskProgress, lag: i64| {
+            d.tick(
+                now,
+                &[Seen {
+                    plan: &plan,
+                    progress: p,
+                    lag,
+                    rate_limited: false,
+                    target_trouble: Some("target dst failing for 3s: down".into()),
+                }],
+            )
+        };
+        let stuck = progress(10, None);
+        tick(&mut d, at(59), &stuck, 90);
+        assert!(!d.any_stalled(), "not before stall_timeout");
+        tick(&mut d, at(60), &stuck, 90);
+        tick(&mut d, at(120), &stuck, 90);
+        assert_eq!(d.partitions[0].episodes, 1, "one episode, however long");
+        assert_eq!(
+            d.partitions[0].stalled.as_deref(),
+            Some("target dst failing for 3s: down")
+        );
+        // It moves: over. Stuck again with a known retry reason: a second episode.
+        tick(&mut d, at(121), &progress(11, None), 89);
+        assert!(!d.any_stalled());
+        let retrying = progress(11, Some("delivery to dst failed: timed out"));
+        tick(&mut d, at(181), &retrying, 89);
+        assert_eq!(d.partitions[0].episodes, 2);
+        assert_eq!(
+            d.partitions[0].stalled.as_deref(),
+            Some("delivery to dst failed: timed out"),
+            "the partition's own reason comes first"
+        );
+        assert_eq!(
+            d.partitions[0].last_error.as_deref(),
+            Some("delivery to dst failed: timed out")
+        );
+        // Nothing left to copy: not stalled, whatever the position did.
+        tick(&mut d, at(182), &retrying, 0);
+        assert!(!d.any_stalled());
+        tick(&mut d, at(400), &retrying, 0);
+        assert!(
+            !d.any_stalled(),
+            "an idle, caught-up partition never stalls"
+        );
+    }
+}
