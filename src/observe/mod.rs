@@ -583,4 +583,47 @@ pub(crate) mod tests {
         set_acked(12);
         assert_eq!(copied(), 12);
     }
+
+    /// `[http] stalled_not_ready`: a stalled partition fails readiness unless it is false.
+    #[test]
+    fn stalled_partitions_fail_readiness_unless_configured_not_to() {
+        for stalled_not_ready in [true, false] {
+            let shared = Arc::new(Shared {
+                stop: Arc::new(AtomicBool::new(false)),
+                in_flight_bytes: AtomicU64::new(0),
+                peak_in_flight_bytes: AtomicU64::new(0),
+                limits: Limits {
+                    rate: RateLimits {
+                        messages_per_sec: None,
+                        bytes_per_sec: None,
+                    },
+                    max_in_flight_bytes: 1 << 20,
+                    max_in_flight_bytes_per_partition: 1 << 20,
+                },
+                limiter: None,
+                shutdown_timeout: Duration::from_secs(1),
+                // 60 records left, and the position never moves.
+                progress: vec![Mutex::new(progress(40, 100, TaskStatus::Copying))],
+            });
+            let timeout = Duration::from_millis(20);
+            let observer = Observer::new(timeout, stalled_not_ready);
+            assert!(!observer.readiness().0, "not ready before the plan");
+            observer.attach(
+                shared,
+                vec![plan(100, TaskEnd::None)],
+                vec![Arc::new(TargetHealth::new("dst"))],
+                vec![("r".into(), None)],
+            );
+            assert!(observer.readiness().0, "ready once the plan is built");
+            for _ in 0..3 {
+                std::thread::sleep(timeout * 2);
+                observer.tick();
+            }
+            let (ready, why) = observer.readiness();
+            assert_eq!(ready, !stalled_not_ready, "{why}");
+            assert_eq!(observer.status_json()["stalled"], 1);
+            observer.finish();
+            assert!(observer.readiness().0, "a finished run is not stalled");
+        }
+    }
 }
