@@ -179,6 +179,8 @@ pub struct TaskProgress {
     pub in_flight_bytes: u64,
     /// The source partition's end as last seen (`CopyTask::log_end`).
     pub log_end: i64,
+    /// `CopyTask::passed_to`.
+    pub passed_to: i64,
     pub source_errors: u64,
     pub observed: TaskObserved,
 }
@@ -217,6 +219,10 @@ pub struct CopyTask {
     /// The source partition's end (high watermark, or last stable offset for a
     /// read_committed reader) as the consumer's last fetch saw it; the plan's at first.
     pub log_end: i64,
+    /// The consumer passed every offset below this with nothing left pending for this task:
+    /// offsets past `position` up to here held no record for it (transaction markers,
+    /// aborted records), so they are not lag. Equal to the position otherwise.
+    pub passed_to: i64,
     /// Bytes copied, delivery errors, latency: what `/metrics` shows beyond `counts`.
     pub observed: TaskObserved,
     /// Offset the position jumps to once everything read is settled (end through a gap).
@@ -267,6 +273,7 @@ impl CopyTask {
             generation: 0,
             target_ranges,
             log_end: plan.high,
+            passed_to: plan.start,
             observed: TaskObserved::default(),
             end_at: None,
             limiter,
@@ -302,6 +309,7 @@ impl CopyTask {
             retrying: self.retrying.clone(),
             in_flight_bytes: self.in_flight_bytes,
             log_end: self.log_end,
+            passed_to: self.passed_to,
             source_errors: self.source_errors,
             observed: self.observed,
         }
@@ -1711,9 +1719,30 @@ impl State {
     }
 
     /// Takes each partition's end from what the consumer's fetches last reported (no
-    /// request to the broker), for the lag `/metrics` shows.
+    /// request to the broker), and how far the consumer passed, for the lag `/metrics`
+    /// shows. Runs between batches, so every record the consumer passed was offered.
     fn refresh_log_ends(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        // The consumer's position counts control records (transaction markers) too: on a
+        // transactional topic at rest it is past the last record, where a task's is not.
+        let positions = consumer.position().ok();
         for &(ti, p) in &self.parts.all {
+            let read_to = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(&self.parts.topics[ti], p))
+                .and_then(|el| el.offset().to_raw())
+                .unwrap_or(-1);
+            for &i in self.parts.get(ti, p) {
+                let t = &mut self.tasks[i];
+                let position = t.tracker.position();
+                let clear = t.status == TaskStatus::Copying
+                    && !t.stale_until_assign
+                    && t.tracker.pending() == 0;
+                t.passed_to = if clear {
+                    read_to.max(position)
+                } else {
+                    position
+                };
+            }
             let Ok(topic) = std::ffi::CString::new(self.parts.topics[ti].as_str()) else {
                 continue;
             };

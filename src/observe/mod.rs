@@ -127,14 +127,15 @@ fn at_least(shown: &Counts, now: &Counts) -> Counts {
 }
 
 /// Records left to copy: the partition's end (the route's fixed end, or the source's log
-/// end as the reader's last fetch saw it, whichever is lower) minus the next offset to copy.
-/// A finished partition has none.
+/// end as the reader's last fetch saw it, whichever is lower) minus the next offset to copy
+/// (or, with nothing pending, the offset the consumer passed: transaction markers at the
+/// end of a transactional topic are not records left). A finished partition has none.
 pub fn lag(plan: &TaskPlan, p: &TaskProgress) -> i64 {
     if p.status == TaskStatus::Done {
         return 0;
     }
     let end = plan.end.offset().map_or(p.log_end, |e| e.min(p.log_end));
-    (end - p.position).max(0)
+    (end - p.position.max(p.passed_to)).max(0)
 }
 
 /// Lag in seconds: with records left, now minus the source timestamp of the newest record
@@ -508,6 +509,7 @@ pub(crate) mod tests {
             retrying: None,
             in_flight_bytes: 0,
             log_end,
+            passed_to: position,
             source_errors: 0,
             observed: TaskObserved::default(),
         }

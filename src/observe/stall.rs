@@ -163,6 +163,7 @@ mod tests {
             retrying: retrying.map(str::to_string),
             in_flight_bytes: 0,
             log_end: 100,
+            passed_to: position,
             source_errors: 0,
             observed: TaskObserved::default(),
         }
