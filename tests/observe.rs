@@ -537,3 +537,80 @@ fn readyz_is_503_until_the_plan_is_built() {
     let f = run.wait(WAIT);
     f.expect_code(4, "run against unreachable clusters");
 }
+
+/// Failed checkpoint writes are counted and the checkpoint's age grows while they fail
+/// (what `KmirrorCheckpointStale` alerts on); both recover once writes land again. The
+/// directory is swapped for a plain file, which stops root too (as tests/checkpoint_state.rs).
+#[test]
+fn failing_checkpoint_writes_are_counted_and_age_the_checkpoint() {
+    let _serial = serial();
+    let m = Mirror::start(&[("cpwatch", 1)]);
+    common::produce_numbered(m.source(), "cpwatch", 1, 0..200, TS);
+    let mut cfg = m.config(
+        "cpwatch",
+        &format!(
+            "[[routes]]\nname = \"cpwatch\"\nsource = \"{SOURCE}\"\ntopics = [\"cpwatch\"]\ntarget = \"{TARGET}\"\n"
+        ),
+    );
+    let dir = m.dir.path().join("cp");
+    cfg.checkpoints.dir = dir.clone();
+    let observer = Observer::for_config(&cfg);
+    let server = http::serve("127.0.0.1:0".parse().unwrap(), observer.clone()).unwrap();
+    let addr = server.addr();
+    let run = common::spawn_run_with(
+        &cfg,
+        RunOptions {
+            observer: Some(observer.clone()),
+            ..Default::default()
+        },
+    );
+    let age = |s: &[Sample]| sum(s, "kmirror_checkpoint_age_seconds");
+    common::wait_until("records copied and checkpointed", WAIT, || {
+        let s = scrape(addr);
+        sum(&s, "kmirror_checkpoint_position") >= 200.0
+    });
+    assert_eq!(
+        sum(&scrape(addr), "kmirror_checkpoint_write_errors_total"),
+        0.0
+    );
+
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    // Checkpoints are due every 200ms: an age past a second means they are not landing.
+    common::wait_until(
+        "failed writes counted and the checkpoint aging",
+        WAIT,
+        || {
+            let s = scrape(addr);
+            sum(&s, "kmirror_checkpoint_write_errors_total") > 0.0 && age(&s) > 1.0
+        },
+    );
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&away, &dir).unwrap();
+    common::wait_until("a fresh checkpoint again", WAIT, || {
+        age(&scrape(addr)) < 1.0
+    });
+    run.request_stop();
+    let report = run.join(WAIT);
+    common::assert_report_invariant(&report);
+}
+
+/// A client that connects and never sends a request is disconnected (the endpoint serves a
+/// bounded number of connections, so an idle one must not hold a slot forever), and the
+/// endpoint keeps answering others meanwhile.
+#[test]
+fn an_idle_http_client_is_disconnected() {
+    let observer = Observer::new(Duration::from_secs(300), true);
+    let server = http::serve("127.0.0.1:0".parse().unwrap(), observer).unwrap();
+    let addr = server.addr();
+    let mut idle = TcpStream::connect(addr).unwrap();
+    assert_eq!(get(addr, "/healthz").0, 200, "others are served meanwhile");
+    idle.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = Vec::new();
+    match idle.read_to_end(&mut buf) {
+        Ok(_) => {} // closed by the server (possibly after a 408)
+        Err(e) => panic!("the idle connection was still open after {WAIT:?}: {e}"),
+    }
+    assert_eq!(get(addr, "/readyz").0, 503, "no plan: not ready");
+}

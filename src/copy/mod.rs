@@ -373,8 +373,9 @@ fn execute(
                         last_cp = Instant::now();
                         // A failure is logged (once per episode) by the saver.
                         let cp = snapshot(&config, &plan, &base, &ids, &shared);
-                        if saver.attempt(&cp).is_ok() {
-                            observer.checkpointed(&cp);
+                        match saver.attempt(&cp) {
+                            Ok(()) => observer.checkpointed(&cp),
+                            Err(_) => observer.checkpoint_failed(),
                         }
                     }
                     if stalled.is_none() && saver.overdue() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use super::Observer;
 
@@ -22,6 +22,14 @@ pub enum HttpError {
         source: std::io::Error,
     },
 }
+
+/// Connections served at once; more wait to be accepted. Scrapers and probes need a few.
+const MAX_CONNECTIONS: usize = 32;
+
+/// A client must send its request head within this, and a connection ends after
+/// `CONNECTION_LIMIT` whatever it does: a slow or idle client cannot hold a slot forever.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const CONNECTION_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A running endpoint; dropping it stops the server.
 pub struct Server {
@@ -74,7 +82,12 @@ pub fn serve(addr: SocketAddr, observer: Arc<Observer>) -> Result<Server, HttpEr
                         return;
                     }
                 };
+                let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
                 loop {
+                    let slot = tokio::select! {
+                        _ = &mut stopped => return,
+                        s = slots.clone().acquire_owned() => s.expect("semaphore never closed"),
+                    };
                     let conn = tokio::select! {
                         _ = &mut stopped => return,
                         c = listener.accept() => c,
@@ -94,9 +107,12 @@ pub fn serve(addr: SocketAddr, observer: Arc<Observer>) -> Result<Server, HttpEr
                             let observer = observer.clone();
                             async move { Ok::<_, Infallible>(handle(&observer, &req)) }
                         });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), svc)
-                            .await;
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .header_read_timeout(HEADER_TIMEOUT)
+                            .serve_connection(TokioIo::new(stream), svc);
+                        let _ = tokio::time::timeout(CONNECTION_LIMIT, conn).await;
+                        drop(slot);
                     });
                 }
             });

@@ -204,6 +204,13 @@ impl Collector for RunCollector {
                 MetricType::Gauge,
                 [(Labels::new(), gauge_i(run.shared.in_flight() as i64))],
             )?;
+            family(
+                &mut enc,
+                "kmirror_checkpoint_write_errors",
+                "Checkpoint writes that failed (each retried; past [checkpoints] max_unwritten the run stops reading)",
+                MetricType::Counter,
+                [(Labels::new(), counter(run.checkpoint_errors))],
+            )?;
             if let Some(age) = Observer::checkpoint_age(run) {
                 family(
                     &mut enc,

@@ -90,6 +90,8 @@ pub(crate) struct RunView {
     waits_seen: Vec<u64>,
     /// The last checkpoint written: when, and each task's position in it.
     pub checkpoint: Option<(Instant, Vec<i64>)>,
+    /// Checkpoint writes that failed (each retried; `RetryingSaver` logs the episode).
+    pub checkpoint_errors: u64,
     /// Per task, the highest counts `/metrics` has shown (see `PartitionNow::counter_counts`).
     shown: Mutex<Vec<Counts>>,
 }
@@ -208,6 +210,7 @@ impl Observer {
             last_stall_tick: now,
             waits_seen,
             checkpoint: None,
+            checkpoint_errors: 0,
             shown,
         });
         g.phase = Phase::Running;
@@ -279,6 +282,13 @@ impl Observer {
             })
             .collect();
         run.checkpoint = Some((Instant::now(), positions));
+    }
+
+    /// A checkpoint write failed (it is retried; the saver logs the episode once).
+    pub(crate) fn checkpoint_failed(&self) {
+        if let Some(run) = self.lock().run.as_mut() {
+            run.checkpoint_errors += 1;
+        }
     }
 
     /// Every reader ended; the shared progress holds the final numbers.
