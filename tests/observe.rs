@@ -137,6 +137,53 @@ fn of(samples: &[Sample], name: &str, topic: &str, partition: i32) -> f64 {
     v[0]
 }
 
+/// The `expr`s of `helm/kmirror/files/alerts.yaml` (single-line, or `|` blocks).
+fn alert_exprs() -> Vec<String> {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/kmirror/files/alerts.yaml"),
+    )
+    .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut exprs = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        let Some(rest) = l.trim_start().strip_prefix("expr:") else {
+            continue;
+        };
+        let rest = rest.trim();
+        if rest != "|" {
+            exprs.push(rest.to_string());
+            continue;
+        }
+        let indent = |l: &str| l.len() - l.trim_start().len();
+        let base = indent(l);
+        let block: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|b| b.trim().is_empty() || indent(b) > base)
+            .map(|b| b.trim())
+            .collect();
+        exprs.push(block.join(" "));
+    }
+    exprs
+}
+
+/// Every shipped alert expression parses as PromQL and names only metrics `/metrics`
+/// serves (`scraped`): a typo in either would be an alert that never fires.
+fn check_alert_rules(scraped: &[Sample]) {
+    let exprs = alert_exprs();
+    assert!(exprs.len() >= 5, "{exprs:?}");
+    let served: std::collections::BTreeSet<&str> =
+        scraped.iter().map(|s| s.name.as_str()).collect();
+    for e in &exprs {
+        promql_parser::parser::parse(e).unwrap_or_else(|err| panic!("{e}: {err}"));
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("kmirror_"))
+        {
+            assert!(served.contains(name), "alert uses {name}, not served: {e}");
+        }
+    }
+}
+
 #[test]
 fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
     let _serial = serial();
@@ -249,6 +296,7 @@ fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
         "one observation per record copied"
     );
     assert_eq!(sum(&s, "kmirror_build_info"), 1.0);
+    check_alert_rules(&s);
 
     // /status: the summary's partitions, plus the live fields.
     let status = status(addr);
