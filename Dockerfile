@@ -25,6 +25,9 @@ USER kmirror
 WORKDIR /var/lib/kmirror
 ENV KMIRROR_CHECKPOINT_DIR=/var/lib/kmirror
 VOLUME /var/lib/kmirror
+# The HTTP endpoint when run with --http 0.0.0.0:9644 (or [http] listen): /metrics, /healthz,
+# /readyz, /status.
+EXPOSE 9644
 # tini forwards SIGTERM, so kmirror drains in-flight records and writes its final checkpoint.
 ENTRYPOINT ["/usr/bin/tini", "--", "kmirror"]
 CMD ["--help"]

@@ -16,6 +16,7 @@ use kmirror::copy::ack_tracker::{AckTracker, Settled};
 use kmirror::copy::filter::{Filter, JsonPath, RecordView};
 use kmirror::copy::record::{parse_provenance, provenance_value, RawHeader};
 use kmirror::counts::Counts;
+use kmirror::observe::TaskObserved;
 
 /// A 200-byte JSON order like the e2e workload's (same shape, padded to size).
 fn payload(size: usize) -> Vec<u8> {
@@ -293,6 +294,35 @@ fn counts(c: &mut Criterion) {
     g.finish();
 }
 
+/// What `/metrics` costs each acknowledged record: bytes, newest timestamp, one latency
+/// histogram observation; with the clock read per record, and once per batch of reports.
+fn observe(c: &mut Criterion) {
+    let mut g = c.benchmark_group("observe");
+    const N: u64 = 1000;
+    g.throughput(Throughput::Elements(N));
+    g.bench_function("acked_clock_per_record/1000", |b| {
+        let mut o = TaskObserved::default();
+        b.iter(|| {
+            for i in 0..N as i64 {
+                let now = kmirror::config::value::now_ms();
+                o.acked(200, Some(now - 40 - (i % 7)), now);
+            }
+            black_box(o.latency.count)
+        })
+    });
+    g.bench_function("acked_clock_per_batch/1000", |b| {
+        let mut o = TaskObserved::default();
+        b.iter(|| {
+            let now = kmirror::config::value::now_ms();
+            for i in 0..N as i64 {
+                o.acked(200, Some(now - 40 - (i % 7)), now);
+            }
+            black_box(o.latency.count)
+        })
+    });
+    g.finish();
+}
+
 fn quick() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(300))
@@ -303,6 +333,6 @@ fn quick() -> Criterion {
 criterion_group! {
     name = benches;
     config = quick();
-    targets = ack_tracker, filter, provenance, counts
+    targets = ack_tracker, filter, provenance, counts, observe
 }
 criterion_main!(benches);

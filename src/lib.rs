@@ -10,6 +10,7 @@
 //!   verify proved copied from the source (DeleteRecords, DeleteTopics);
 //! - `report`: the JSON documents of `check` and `run` (`--output json`); `progress`: the
 //!   live display and progress lines of a run;
+//! - `observe`: the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`) and stall detection;
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
 //! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod dev_cluster;
 pub mod error;
 pub mod exit;
+pub mod observe;
 pub mod plan;
 pub mod progress;
 pub mod purge;

@@ -86,6 +86,10 @@ enum Command {
         /// go to stderr.
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         output: String,
+        /// Serve /metrics, /healthz, /readyz and /status on this address (e.g.
+        /// 0.0.0.0:9644); overrides the routing file's `[http] listen`.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<std::net::SocketAddr>,
     },
     /// Read the copied ranges on both sides and compare them record by record.
     Verify {
@@ -529,11 +533,13 @@ fn dispatch(cmd: Command) -> Result<i32> {
             progress,
             no_progress,
             output,
+            http,
         } => run(
             &config,
             once,
             if no_progress { 0 } else { progress },
             output == "json",
+            http,
         ),
         Command::Verify {
             config,
@@ -768,10 +774,23 @@ fn print_routing_file(path: &Path, cfg: &Config) {
     }
 }
 
-fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
+fn run(
+    path: &Path,
+    once: bool,
+    progress: u64,
+    json: bool,
+    http: Option<std::net::SocketAddr>,
+) -> Result<i32> {
     let cfg = load(path)?;
     // Held until this function returns: one process per job, for the whole run.
     let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
+    let observer = kmirror::observe::Observer::for_config(&cfg);
+    // Serves until this function returns (through the summary), so a last scrape sees the
+    // final numbers while the process lives.
+    let _http = match http.or(cfg.http.listen) {
+        Some(addr) => Some(kmirror::observe::http::serve(addr, observer.clone())?),
+        None => None,
+    };
     let stop = stop_on_signal(
         "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
     );
@@ -788,6 +807,7 @@ fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
         once,
         progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
         display: display.clone(),
+        observer: Some(observer),
     };
     let report = copy::run(&cfg, &store, &opts, stop);
     // Cleared before anything else prints (the summary, or the error).

@@ -2,7 +2,7 @@
 //! route slows its reading by waiting here before a batch is produced; nothing is dropped.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -15,6 +15,10 @@ pub struct Limiter {
     messages: Option<(DefaultDirectRateLimiter, u32)>,
     bytes: Option<(DefaultDirectRateLimiter, u32)>,
     clock: DefaultClock,
+    /// Batches that had to wait here, and the time they waited (microseconds): the
+    /// `kmirror_rate_limit_waits_total` and `_wait_seconds_total` metrics.
+    waits: AtomicU64,
+    waited_us: AtomicU64,
 }
 
 fn limiter(rate: u64) -> (DefaultDirectRateLimiter, u32) {
@@ -35,6 +39,8 @@ impl Limiter {
             messages: r.messages_per_sec.map(|m| limiter(m.get() as u64)),
             bytes: r.bytes_per_sec.map(|b| limiter(b.get())),
             clock: DefaultClock::default(),
+            waits: AtomicU64::new(0),
+            waited_us: AtomicU64::new(0),
         })
     }
 
@@ -43,6 +49,14 @@ impl Limiter {
         self.messages
             .as_ref()
             .map_or(usize::MAX, |(_, b)| *b as usize)
+    }
+
+    /// How many acquisitions had to wait, and for how long in total.
+    pub fn waited(&self) -> (u64, Duration) {
+        (
+            self.waits.load(Ordering::Relaxed),
+            Duration::from_micros(self.waited_us.load(Ordering::Relaxed)),
+        )
     }
 
     /// Waits until `messages` and `bytes` may pass. Returns false if `stop` was raised
@@ -68,6 +82,7 @@ impl Limiter {
         mut n: u64,
         stop: &AtomicBool,
     ) -> bool {
+        let mut waited = Duration::ZERO;
         while n > 0 {
             let chunk = n.min(burst as u64) as u32;
             let chunk_nz = NonZeroU32::new(chunk).expect("chunk is non-zero");
@@ -78,13 +93,21 @@ impl Limiter {
                         if stop.load(Ordering::Relaxed) {
                             return false;
                         }
-                        let wait = not_until.wait_time_from(self.clock.now());
-                        std::thread::sleep(wait.min(Duration::from_millis(100)));
+                        let wait = not_until
+                            .wait_time_from(self.clock.now())
+                            .min(Duration::from_millis(100));
+                        std::thread::sleep(wait);
+                        waited += wait;
                     }
                     Err(_) => unreachable!("chunks never exceed the burst"),
                 }
             }
             n -= chunk as u64;
+        }
+        if !waited.is_zero() {
+            self.waits.fetch_add(1, Ordering::Relaxed);
+            self.waited_us
+                .fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
         }
         true
     }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::config::{value, Config, EndPosition, StartPosition};
 use crate::copy::RunReport;
+use crate::counts::SummaryRow;
 use crate::plan::{Plan, StartFrom, TaskEnd};
 use crate::redact::redact;
 
@@ -150,6 +151,52 @@ fn source_parts(label: &str) -> Value {
     }
 }
 
+/// Verification counts as the JSON documents give them.
+pub(crate) fn counts_json(c: &crate::counts::Counts) -> Value {
+    json!({
+        "read": c.read,
+        "filtered": c.filtered,
+        "produced": c.produced,
+        "acked": c.acked,
+        "dead_lettered": c.dead_lettered,
+        "skipped": c.skipped,
+        "failed": c.failed,
+        "pending": c.pending(),
+        "retried": c.retried,
+    })
+}
+
+/// A partition's state word from its status text (`copy::summary_status`, or
+/// `TaskProgress::state` while running): `halted` and `failing` name only the source
+/// partition, which two routes can share.
+fn state_word(status: &str) -> &'static str {
+    match status {
+        "done" => "done",
+        s if s.starts_with("halted") || s.starts_with("HALTED") => "halted",
+        s if s.starts_with("stopped while retrying") || s.starts_with("retrying") => "failing",
+        s if s.starts_with("stopped") => "stopped",
+        _ => "copying",
+    }
+}
+
+/// One element of the run summary's `partitions` (also `/status`'s, which adds live fields).
+pub(crate) fn partition_json(r: &SummaryRow) -> Value {
+    json!({
+        "route": r.route,
+        "source": r.source,
+        "source_partition": source_parts(&r.source),
+        "range": { "start": r.range.0, "end": r.range.1 },
+        "counts": counts_json(&r.counts),
+        "source_errors": r.source_errors,
+        "target": r.target,
+        "target_written": r.target_written.iter().map(|(p, [a, b])| json!({
+            "partition": p, "first": a, "last": b,
+        })).collect::<Vec<_>>(),
+        "state": state_word(&r.status),
+        "status": redact(&r.status),
+    })
+}
+
 impl RunReport {
     /// `run --output json`: what the summary table and the closing line say. Schema:
     /// `docs/run-summary.schema.json`.
@@ -159,28 +206,6 @@ impl RunReport {
             v.iter()
                 .map(|(src, why)| json!({ "source": src, "reason": redact(why) }))
                 .collect::<Vec<_>>()
-        };
-        let counts = |c: &crate::counts::Counts| {
-            json!({
-                "read": c.read,
-                "filtered": c.filtered,
-                "produced": c.produced,
-                "acked": c.acked,
-                "dead_lettered": c.dead_lettered,
-                "skipped": c.skipped,
-                "failed": c.failed,
-                "pending": c.pending(),
-                "retried": c.retried,
-            })
-        };
-        // From the status text (`copy::summary_status`): `halted` and `failing` name only
-        // the source partition, which two routes can share.
-        let state = |status: &str| match status {
-            "done" => "done",
-            s if s.starts_with("halted") || s.starts_with("HALTED") => "halted",
-            s if s.starts_with("stopped while retrying") || s.starts_with("retrying") => "failing",
-            s if s.starts_with("stopped") => "stopped",
-            _ => "copying",
         };
         json!({
             "kind": "kmirror-run-summary",
@@ -195,21 +220,8 @@ impl RunReport {
             "exit_code": verdict.code,
             "complete": self.complete,
             "stopped": self.stopped,
-            "partitions": self.rows.iter().map(|r| json!({
-                "route": r.route,
-                "source": r.source,
-                "source_partition": source_parts(&r.source),
-                "range": { "start": r.range.0, "end": r.range.1 },
-                "counts": counts(&r.counts),
-                "source_errors": r.source_errors,
-                "target": r.target,
-                "target_written": r.target_written.iter().map(|(p, [a, b])| json!({
-                    "partition": p, "first": a, "last": b,
-                })).collect::<Vec<_>>(),
-                "state": state(&r.status),
-                "status": redact(&r.status),
-            })).collect::<Vec<_>>(),
-            "totals": counts(&self.totals),
+            "partitions": self.rows.iter().map(partition_json).collect::<Vec<_>>(),
+            "totals": counts_json(&self.totals),
             "source_errors": self.source_errors,
             "gaps": self.gaps,
             "halted": reasons(&self.halted),

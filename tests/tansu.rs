@@ -1782,3 +1782,65 @@ fn purge_on_tansu_delete_records_is_refused_by_the_broker_and_delete_topic_works
     // The copy is untouched.
     assert_eq!(read_all(&dst.bootstrap, "gone", 100).len(), 100);
 }
+
+/// Issue 10: a transactional source topic at rest ends with a commit marker, which no
+/// reader ever receives as a record. Its lag must be 0 there, not 1: otherwise a caught-up
+/// mirror would show lag forever and be reported stalled (and not ready) after
+/// `stall_timeout`.
+#[test]
+fn lag_is_zero_at_rest_after_a_committed_source_transaction() {
+    use kmirror::observe::Observer;
+    let src = Tansu::start("lagtxn-src");
+    let dst = Tansu::start("lagtxn-dst");
+    src.create_topic("lagtxn", 1);
+    dst.create_topic("lagtxn", 1);
+    let txp: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &src.bootstrap)
+        .set("transactional.id", "kmirror-test-lag-txn")
+        .create()
+        .expect("transactional producer");
+    txp.init_transactions(Duration::from_secs(10))
+        .expect("init");
+    txp.begin_transaction().expect("begin");
+    for i in 0..5 {
+        let v = format!("{{\"in-txn\":{i}}}");
+        txp.send(BaseRecord::<(), _>::to("lagtxn").partition(0).payload(&v))
+            .map_err(|(e, _)| e)
+            .expect("send in transaction");
+    }
+    txp.commit_transaction(Duration::from_secs(10))
+        .expect("commit"); // records 0..5, the commit marker at 5
+    let job = Job::new(&src.bootstrap, &dst.bootstrap, "lagtxn", "");
+    let stall_timeout = Duration::from_secs(2);
+    let observer = Observer::new(stall_timeout, true);
+    let stop = Arc::new(AtomicBool::new(false));
+    let store = job.store();
+    let opts = RunOptions {
+        observer: Some(observer.clone()),
+        ..Default::default()
+    };
+    let status = std::thread::scope(|s| {
+        let run = s.spawn(|| copy::run(&job.config, &store, &opts, stop.clone()));
+        let started = Instant::now();
+        while observer.status_json()["totals"]["acked"] != 5 {
+            assert!(
+                started.elapsed() < RUN_LIMIT,
+                "{:#}",
+                observer.status_json()
+            );
+            assert!(!run.is_finished(), "the run ended early");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Caught up, at rest for longer than stall_timeout.
+        std::thread::sleep(stall_timeout * 3);
+        let status = observer.status_json();
+        stop.store(true, Ordering::Relaxed);
+        let report = run.join().expect("copy::run panicked").expect("copy::run");
+        assert_eq!(report.totals.acked, 5, "{}", report.table());
+        status
+    });
+    let live = &status["partitions"][0]["live"];
+    assert_eq!(live["lag"], 0, "{status:#}");
+    assert_eq!(live["stalled"], false, "{status:#}");
+    assert_eq!(status["ready"], true, "{status:#}");
+}

@@ -105,6 +105,7 @@ pub struct Config {
     pub limits: Limits,
     pub checkpoints: CheckpointSettings,
     pub run: RunSettings,
+    pub http: HttpSettings,
 }
 
 #[derive(Clone)]
@@ -320,6 +321,31 @@ pub struct RunSettings {
     pub connect_timeout: Duration,
     /// Bound on waiting for in-flight deliveries at shutdown.
     pub shutdown_timeout: Duration,
+    /// A partition with records left to copy whose position has not moved for this long is
+    /// stalled (logged at error, counted, shown in `/status`; see `crate::observe`).
+    pub stall_timeout: Duration,
+}
+
+/// Default `[run] stall_timeout`: long enough that a broker restart or a leader election
+/// does not page anyone, short enough that a stuck mirror is noticed within minutes.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// `[http]`: the observability endpoint (`/metrics`, `/healthz`, `/readyz`, `/status`).
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Address to listen on; `None` (the default): no endpoint.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `/readyz` answers 503 while any partition is stalled (default true).
+    pub stalled_not_ready: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: None,
+            stalled_not_ready: true,
+        }
+    }
 }
 
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 256 << 20;
@@ -699,6 +725,7 @@ fn check(
     let mut run = RunSettings {
         connect_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(30),
+        stall_timeout: DEFAULT_STALL_TIMEOUT,
     };
     if let Some(r) = &raw.run {
         if let Some(v) = &r.connect_timeout {
@@ -710,6 +737,32 @@ fn check(
             if let Some(x) = duration(v, "run.shutdown_timeout", d) {
                 run.shutdown_timeout = x;
             }
+        }
+        if let Some(v) = &r.stall_timeout {
+            if let Some(x) = duration(v, "run.stall_timeout", d) {
+                run.stall_timeout = x;
+            }
+        }
+    }
+
+    // [http]
+    let mut http = HttpSettings::default();
+    if let Some(h) = &raw.http {
+        if let Some(v) = &h.listen {
+            match v.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(a) => http.listen = Some(a),
+                Err(_) => d.push(
+                    &v.span(),
+                    "http.listen",
+                    format!(
+                        "\"{}\" is refused: give an address and port, e.g. \"0.0.0.0:9644\" or \"127.0.0.1:9644\"",
+                        v.get_ref()
+                    ),
+                ),
+            }
+        }
+        if let Some(v) = &h.stalled_not_ready {
+            http.stalled_not_ready = *v.get_ref();
         }
     }
 
@@ -861,6 +914,7 @@ fn check(
         limits,
         checkpoints: cp,
         run,
+        http,
     })
 }
 

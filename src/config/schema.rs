@@ -85,6 +85,14 @@ const TOP: &[Field] = &[
         Kind::Table(&[
             opt("connect_timeout", Kind::Str),
             opt("shutdown_timeout", Kind::Str),
+            opt("stall_timeout", Kind::Str),
+        ]),
+    ),
+    opt(
+        "http",
+        Kind::Table(&[
+            opt("listen", Kind::Str),
+            opt("stalled_not_ready", Kind::Bool),
         ]),
     ),
     opt("create_target_topics", Kind::Bool),

@@ -83,6 +83,9 @@ pub struct RunOptions {
     pub progress_every: Option<Duration>,
     /// Draw this live display (`crate::progress`) instead of logging progress lines.
     pub display: Option<Arc<crate::progress::LiveDisplay>>,
+    /// Shares the run's progress with the HTTP endpoint (`crate::observe`). Without one the
+    /// run keeps its own: stall detection runs either way.
+    pub observer: Option<Arc<crate::observe::Observer>>,
 }
 
 /// What a run did, per task and in total.
@@ -187,6 +190,10 @@ pub fn run(
     stop: Arc<AtomicBool>,
 ) -> Result<RunReport, RunError> {
     let started = Instant::now();
+    let observer = opts
+        .observer
+        .clone()
+        .unwrap_or_else(|| crate::observe::Observer::for_config(config));
     let previous = load_checkpoint(config, store)?;
     // `--once` ends each task at its route's `end` or the snapshot, whichever comes first.
     let ends = if opts.once {
@@ -199,7 +206,11 @@ pub fn run(
     if let Some(cp) = &previous {
         identity::check(cp, store, config, &ids)?;
     }
-    execute(config, plan, previous, &ids, store, opts, stop, started)
+    let report = execute(
+        config, plan, previous, &ids, store, opts, stop, started, &observer,
+    );
+    observer.finish();
+    report
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -212,6 +223,7 @@ fn execute(
     opts: &RunOptions,
     stop: Arc<AtomicBool>,
     started: Instant,
+    observer: &Arc<crate::observe::Observer>,
 ) -> Result<RunReport, RunError> {
     // Group tasks into readers: one per source cluster (one consumer, one thread, one
     // prefetch queue), however many topics it reads, so threads and prefetch memory are
@@ -291,7 +303,23 @@ fn execute(
     // Written before any reader starts, so a crash at any instant leaves the target
     // positions `verify` needs (`target_start`) on disk, and a store that cannot be written
     // at all is refused (exit 70) before anything is copied.
-    store.save(&snapshot(config, &plan, &base, ids, &shared))?;
+    let first = snapshot(config, &plan, &base, ids, &shared);
+    store.save(&first)?;
+    observer.attach(
+        shared.clone(),
+        plan.tasks.clone(),
+        plan.tasks
+            .iter()
+            .map(|t| pool.health(&t.target_cluster).clone())
+            .collect(),
+        config
+            .routes
+            .iter()
+            .zip(&route_limiters)
+            .map(|(r, l)| (r.name.clone(), l.clone()))
+            .collect(),
+    );
+    observer.checkpointed(&first);
 
     let mut handles = Vec::new();
     for (rid, ((cluster, idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
@@ -325,6 +353,7 @@ fn execute(
         let display = opts.display.clone();
         let config = config.clone();
         let ids = ids.clone();
+        let observer = observer.clone();
         std::thread::scope(|s| {
             // A failed write never ends this thread: copying goes on while the saver retries,
             // up to `max_unwritten`; past that, reads stop (the run ends with an error) rather
@@ -337,6 +366,7 @@ fn execute(
                 let mut rates = crate::progress::RateMeter::starting_at(started.elapsed());
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
+                    observer.tick();
                     let due = if saver.failing() {
                         saver.retry_due()
                     } else {
@@ -345,7 +375,11 @@ fn execute(
                     if due {
                         last_cp = Instant::now();
                         // A failure is logged (once per episode) by the saver.
-                        let _ = saver.attempt(&snapshot(&config, &plan, &base, &ids, &shared));
+                        let cp = snapshot(&config, &plan, &base, &ids, &shared);
+                        match saver.attempt(&cp) {
+                            Ok(()) => observer.checkpointed(&cp),
+                            Err(_) => observer.checkpoint_failed(),
+                        }
                     }
                     if stalled.is_none() && saver.overdue() {
                         let why = format!(
@@ -400,6 +434,7 @@ fn execute(
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
     saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared))?;
+    observer.checkpointed(&snapshot(config, &plan, &base, ids, &shared));
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
@@ -466,7 +501,11 @@ fn summary_status(t: &CopyTask) -> String {
     }
 }
 
-fn target_written(cluster: &str, topic: &str, ranges: &BTreeMap<i32, [i64; 2]>) -> String {
+pub(crate) fn target_written(
+    cluster: &str,
+    topic: &str,
+    ranges: &BTreeMap<i32, [i64; 2]>,
+) -> String {
     if ranges.is_empty() {
         return format!("{cluster}:{topic} (nothing yet)");
     }
@@ -552,13 +591,14 @@ fn progress_state(
             crate::progress::PartitionState {
                 route: t.route_name.clone(),
                 counts: p.counts,
-                bytes: p.acked_bytes,
+                bytes: p.observed.bytes_acked,
                 start: t.start,
-                position: p.position,
+                // Offsets passed with nothing for this task (transaction markers) are done
+                // too: the same position `/metrics` measures lag from.
+                position: p.position.max(p.passed_to),
                 end: t.end.offset(),
-                // The end seen when the plan was made: a follow task's lag is measured
-                // against it until it has passed it.
-                log_end: t.high.max(p.position),
+                // The end as the reader last saw it (refreshed from the consumer).
+                log_end: p.log_end.max(p.position),
                 done: p.status == TaskStatus::Done,
                 halted: match &p.status {
                     TaskStatus::Halted(why) => Some(why.clone()),

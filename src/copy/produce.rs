@@ -229,6 +229,8 @@ pub struct TargetHealth {
 struct Episode {
     since: Instant,
     resent: u64,
+    /// The error that started it (for stall reasons and `/status`).
+    reason: String,
 }
 
 impl TargetHealth {
@@ -247,6 +249,7 @@ impl TargetHealth {
             *ep = Some(Episode {
                 since: Instant::now(),
                 resent: 0,
+                reason: reason.to_string(),
             });
             self.troubled.store(true, Ordering::Relaxed);
             let at = if context.is_empty() {
@@ -289,6 +292,22 @@ impl TargetHealth {
 
     pub fn troubled(&self) -> bool {
         self.troubled.load(Ordering::Relaxed)
+    }
+
+    /// While an episode is open: what failed and for how long, in a sentence.
+    pub fn trouble_reason(&self) -> Option<String> {
+        if !self.troubled() {
+            return None;
+        }
+        let ep = self.episode.lock().expect("target health lock");
+        ep.as_ref().map(|ep| {
+            format!(
+                "target {} failing for {:.0}s: {}",
+                self.cluster,
+                ep.since.elapsed().as_secs_f64(),
+                ep.reason
+            )
+        })
     }
 }
 

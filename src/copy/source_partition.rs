@@ -39,6 +39,7 @@ use super::Shared;
 use crate::cluster::{self, QuietContext};
 use crate::config::{ClusterConfig, ErrorAction, OutOfRangePolicy, Partitioning, RouteConfig};
 use crate::counts::Counts;
+use crate::observe::TaskObserved;
 use crate::plan::TaskPlan;
 use crate::rate_limit::Limiter;
 
@@ -176,8 +177,12 @@ pub struct TaskProgress {
     /// Why the task is retrying right now (source or target errors), if it is.
     pub retrying: Option<String>,
     pub in_flight_bytes: u64,
-    /// Bytes acknowledged by the target (`CopyTask::acked_bytes`).
-    pub acked_bytes: u64,
+    /// The source partition's end as last seen (`CopyTask::log_end`).
+    pub log_end: i64,
+    /// `CopyTask::passed_to`.
+    pub passed_to: i64,
+    pub source_errors: u64,
+    pub observed: TaskObserved,
 }
 
 impl TaskProgress {
@@ -209,11 +214,17 @@ pub struct CopyTask {
     /// `retrying` was set by a source error (cleared when the source delivers again).
     source_retrying: bool,
     pub in_flight_bytes: u64,
-    /// Bytes (key, value, headers) of the records the target acknowledged, re-sends after a
-    /// retry included: what the progress display shows as bytes copied.
-    pub acked_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
+    /// The source partition's end (high watermark, or last stable offset for a
+    /// read_committed reader) as the consumer's last fetch saw it; the plan's at first.
+    pub log_end: i64,
+    /// The consumer passed every offset below this with nothing left pending for this task:
+    /// offsets past `position` up to here held no record for it (transaction markers,
+    /// aborted records), so they are not lag. Equal to the position otherwise.
+    pub passed_to: i64,
+    /// Bytes copied, delivery errors, latency: what `/metrics` shows beyond `counts`.
+    pub observed: TaskObserved,
     /// Offset the position jumps to once everything read is settled (end through a gap).
     pub end_at: Option<i64>,
     /// Set by a rewind: records and end-of-partition events already taken from the
@@ -259,9 +270,11 @@ impl CopyTask {
             source_errors: 0,
             source_retrying: false,
             in_flight_bytes: 0,
-            acked_bytes: 0,
             generation: 0,
             target_ranges,
+            log_end: plan.high,
+            passed_to: plan.start,
+            observed: TaskObserved::default(),
             end_at: None,
             limiter,
             round_robin: plan.partition as usize,
@@ -295,7 +308,10 @@ impl CopyTask {
             status: self.status.clone(),
             retrying: self.retrying.clone(),
             in_flight_bytes: self.in_flight_bytes,
-            acked_bytes: self.acked_bytes,
+            log_end: self.log_end,
+            passed_to: self.passed_to,
+            source_errors: self.source_errors,
+            observed: self.observed,
         }
     }
 
@@ -462,6 +478,9 @@ struct State {
     source_episodes: BTreeMap<Option<usize>, SourceEpisode>,
     /// A read_uncommitted client for high watermarks (see `high_watermark`).
     uncommitted: Option<BaseConsumer<QuietContext>>,
+    /// The clock (ms) when the current batch of delivery reports was taken: one read per
+    /// batch, not per record, for replication latency (44 ns vs 6 ns a record, measured).
+    reports_at_ms: i64,
 }
 
 impl Reader {
@@ -498,6 +517,7 @@ impl Reader {
             prov_buf: String::with_capacity(128),
             source_episodes: BTreeMap::new(),
             uncommitted: None,
+            reports_at_ms: 0,
         };
         // librdkafka's prefetch limit applies to the consumer's one queue, across all of its
         // partitions (every topic of the cluster): a quarter of the overall in-flight bound,
@@ -574,6 +594,7 @@ impl State {
                 self.end_source_episode(scope, None);
             }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
+                self.refresh_log_ends(consumer);
                 self.publish();
             }
             if self.tasks.iter().all(CopyTask::finished) || self.shared.stopping() {
@@ -1477,6 +1498,7 @@ impl State {
             self.deliveries.recv_timeout(wait).ok()
         };
         let Some(first) = first else { return };
+        self.reports_at_ms = crate::config::value::now_ms();
         self.on_report(first);
         while let Ok(r) = self.deliveries.try_recv() {
             self.on_report(r);
@@ -1523,7 +1545,8 @@ impl State {
                     }
                 } else if t.tracker.settle(inf.offset, Settled::Acked).is_some() {
                     t.counts.acked += 1;
-                    t.acked_bytes += u64::from(inf.bytes);
+                    t.observed
+                        .acked(inf.bytes, inf.timestamp, self.reports_at_ms);
                     let range = t.target_ranges.entry(tp).or_insert([toff, toff]);
                     range[0] = range[0].min(toff);
                     range[1] = range[1].max(toff);
@@ -1607,6 +1630,7 @@ impl State {
             inf.offset
         );
         t.retrying = Some(format!("delivery to {target} failed: {e}"));
+        t.observed.target_errors += 1;
         let health = self.pool.health(target).clone();
         health.trouble(&e.to_string(), &context);
         tracing::debug!(
@@ -1695,6 +1719,57 @@ impl State {
         }
         for t in &mut self.tasks {
             t.maybe_finish();
+        }
+    }
+
+    /// Takes each partition's end from what the consumer's fetches last reported (no
+    /// request to the broker), and how far the consumer passed, for the lag `/metrics`
+    /// shows. Runs between batches, so every record the consumer passed was offered.
+    fn refresh_log_ends(&mut self, consumer: &BaseConsumer<QuietContext>) {
+        // The consumer's position counts control records (transaction markers) too: on a
+        // transactional topic at rest it is past the last record, where a task's is not.
+        let positions = consumer.position().ok();
+        for &(ti, p) in &self.parts.all {
+            let read_to = positions
+                .as_ref()
+                .and_then(|tpl| tpl.find_partition(&self.parts.topics[ti], p))
+                .and_then(|el| el.offset().to_raw())
+                .unwrap_or(-1);
+            for &i in self.parts.get(ti, p) {
+                let t = &mut self.tasks[i];
+                let position = t.tracker.position();
+                let clear = t.status == TaskStatus::Copying
+                    && !t.stale_until_assign
+                    && t.tracker.pending() == 0;
+                t.passed_to = if clear {
+                    read_to.max(position)
+                } else {
+                    position
+                };
+            }
+            let Ok(topic) = std::ffi::CString::new(self.parts.topics[ti].as_str()) else {
+                continue;
+            };
+            let (mut low, mut high) = (-1i64, -1i64);
+            // SAFETY: the client pointer lives as long as `consumer`; the topic is a valid C
+            // string and the out-pointers are valid for writes. librdkafka only reads its
+            // cached watermarks here.
+            let err = unsafe {
+                rdkafka_sys::rd_kafka_get_watermark_offsets(
+                    consumer.client().native_ptr(),
+                    topic.as_ptr(),
+                    p,
+                    &mut low,
+                    &mut high,
+                )
+            };
+            if err != rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+                continue;
+            }
+            for &i in self.parts.get(ti, p) {
+                let t = &mut self.tasks[i];
+                t.log_end = t.log_end.max(high);
+            }
         }
     }
 

@@ -604,13 +604,18 @@ pub struct RunningCopy {
 
 /// Starts `config` on a thread.
 pub fn spawn_run(config: &Config) -> RunningCopy {
+    spawn_run_with(config, RunOptions::default())
+}
+
+/// Starts `config` on a thread with `opts` (e.g. `once`, an observer for the HTTP endpoint).
+pub fn spawn_run_with(config: &Config, opts: RunOptions) -> RunningCopy {
     let stop = Arc::new(AtomicBool::new(false));
     let (config, flag) = (config.clone(), stop.clone());
     let handle = std::thread::Builder::new()
         .name("test-run".into())
         .spawn(move || {
             let store = FileStore::new(config.checkpoint_file());
-            copy::run(&config, &store, &RunOptions::default(), flag)
+            copy::run(&config, &store, &opts, flag)
         })
         .expect("spawn run");
     RunningCopy {
