@@ -4,13 +4,15 @@
 //! matches; and every record of every topic is still copied exactly once.
 //!
 //! Its own test binary, so no other test's readers run in this process while the threads
-//! are counted.
+//! are counted. The memory test runs the `kmirror` binary as a child process and reads the
+//! kernel's peak resident set (`VmHWM`) of that child alone.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::cli::{s, write, Running};
 use common::*;
 
 const TOPICS: usize = 40;
@@ -79,4 +81,119 @@ end = "snapshot"
         assert_exactly_once(&seen, &expected);
     }
     assert_eq!(report.totals.acked, TOPICS as u64 * RECORDS);
+}
+
+/// The kernel's peak resident set of process `pid` in KiB (`VmHWM`), 0 once it is gone.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `kmirror run --once` over `config`; returns its peak RSS in MiB (sampled every 5 ms:
+/// `VmHWM` only grows, so the last sample before the exit is the peak up to 5 ms of growth)
+/// and its stdout. Panics unless it exits 0.
+fn run_child_peak_rss(config: &std::path::Path) -> (f64, String) {
+    let mut run = Running::spawn(&["run", "-c", s(config), "--once", "--progress", "0"]);
+    let pid = run.pid();
+    let mut peak = 0;
+    while run.still_running() {
+        peak = peak.max(peak_rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let f = run.wait(WAIT);
+    f.expect_code(0, "kmirror run --once");
+    (peak as f64 / 1024.0, f.stdout)
+}
+
+/// Issue 8 item 12: kmirror's peak memory is bounded by its configuration, not by the backlog
+/// it finds or the number of topics it reads. A heap profile (BENCHMARKS.md) showed what grew:
+/// librdkafka's prefetched records (one ~270-byte op per record, plus the fetch buffers they
+/// pin), which its byte bound (`queued.max.messages.kbytes`, counting values only) let reach
+/// the whole backlog of small records. Here 300,000 records of ~100 bytes over 20 topics are
+/// copied with an 8 MiB in-flight bound, so a 16 MiB prefetch budget (`copy::prefetch`). The
+/// child's peak RSS must stay under its RSS for a 20-record copy (code, libraries, threads,
+/// clients) + the in-flight bound + 2.5 budgets: one for the queue, half for one fetch
+/// response per broker (3 x budget/16, whose small records cost ~2.5 times their bytes as
+/// ops), one for allocator slack (records are allocated on librdkafka's broker threads and
+/// freed on the reader's, across malloc arenas). Seen: 64-65 MiB against 73 MiB; before the
+/// fix 135 MiB (the whole backlog prefetched).
+#[test]
+fn peak_memory_over_a_many_topic_backlog_is_bounded_by_the_configuration() {
+    const MEM_TOPICS: usize = 20;
+    const MEM_RECORDS: u64 = 15_000;
+    const IN_FLIGHT_MIB: f64 = 8.0;
+    // What `max_in_flight_bytes = 8MiB` gives the reader's prefetch (the 16 MiB minimum;
+    // `copy::prefetch::budget`, checked at the end).
+    const PREFETCH_MIB: f64 = 16.0;
+    let names: Vec<String> = (0..MEM_TOPICS).map(|i| format!("mem.{i:02}")).collect();
+    let mut topics: Vec<(&str, i32)> = names.iter().map(|n| (n.as_str(), 1)).collect();
+    topics.push(("small", 1));
+    let m = Mirror::start(&topics);
+    for t in &names {
+        produce_numbered(m.source(), t, 1, 0..MEM_RECORDS, TS);
+    }
+    produce_numbered(m.source(), "small", 1, 0..20, TS);
+    let config = |job: &str, regex: &str| {
+        let cp = m.dir.path().join(job);
+        std::fs::create_dir_all(&cp).expect("checkpoint directory");
+        let text = format!(
+            r#"
+[checkpoints]
+dir = "{cp}"
+job = "{job}"
+
+[limits]
+max_in_flight_bytes = "{IN_FLIGHT_MIB}MiB"
+max_in_flight_bytes_per_partition = "1MiB"
+
+[clusters.{SOURCE}]
+bootstrap = "{src}"
+
+[clusters.{TARGET}]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "{job}"
+source = "{SOURCE}"
+target = "{TARGET}"
+topic_regex = "{regex}"
+end = "snapshot"
+"#,
+            cp = cp.display(),
+            src = m.source(),
+            dst = m.target(),
+        );
+        write(m.dir.path(), &format!("{job}.toml"), &text)
+    };
+    // The fixed overhead (code, libraries, threads, clients) of this build, measured.
+    let (base, _) = run_child_peak_rss(&config("small", "small"));
+    let (peak, out) = run_child_peak_rss(&config("mem", "mem\\\\..*"));
+    let limit = base + IN_FLIGHT_MIB + 2.5 * PREFETCH_MIB;
+    println!(
+        "peak RSS {peak:.1} MiB over {} records in {MEM_TOPICS} topics; 20-record copy {base:.1} MiB; limit {limit:.1} MiB\n{out}",
+        MEM_TOPICS as u64 * MEM_RECORDS
+    );
+    for t in &names {
+        assert_eq!(
+            highs(m.target(), t, 1),
+            vec![MEM_RECORDS as i64],
+            "{t} copied in full"
+        );
+    }
+    assert!(
+        peak <= limit,
+        "peak RSS {peak:.1} MiB exceeds {limit:.1} MiB (a 20-record copy's {base:.1} MiB + \
+         {IN_FLIGHT_MIB} MiB in flight + 2.5 x {PREFETCH_MIB} MiB prefetch budget)"
+    );
+    assert_eq!(
+        kmirror::copy::prefetch::budget(8 << 20),
+        16 << 20,
+        "the limit above assumes this prefetch budget"
+    );
 }

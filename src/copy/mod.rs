@@ -18,6 +18,7 @@ pub mod ack_tracker;
 pub mod batch;
 pub mod filter;
 pub mod poll;
+pub mod prefetch;
 pub mod produce;
 pub mod record;
 pub mod source_partition;

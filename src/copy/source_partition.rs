@@ -27,6 +27,7 @@ use super::ack_tracker::{AckTracker, Settled};
 use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
 use super::poll::{SourceQueue, SourceRecord};
+use super::prefetch;
 use super::produce::{
     classify, Backoff, DeliveryReport, FailureKind, InFlight, ProducerPool, TargetProducer,
     MISSING_TOPIC_ATTEMPTS,
@@ -519,17 +520,11 @@ impl Reader {
             uncommitted: None,
             reports_at_ms: 0,
         };
-        // librdkafka's prefetch limit applies to the consumer's one queue, across all of its
-        // partitions (every topic of the cluster): a quarter of the overall in-flight bound,
-        // 16 to 64 MiB, per source cluster whatever the number of topics. (librdkafka may
-        // hold one fetch response per broker beyond it: `fetch.max.bytes`.)
-        let fetch_kb = (st.shared.limits.max_in_flight_bytes / 1024 / 4)
-            .clamp(16 * 1024, 64 * 1024)
-            .to_string();
-        let mut extra = vec![
-            ("queued.max.messages.kbytes", fetch_kb.as_str()),
-            ("queued.min.messages", "1000000"),
-        ];
+        // The consumer's one queue (every topic of the cluster) holds at most the prefetch
+        // budget, whatever the number of topics, partitions or records (see `prefetch`).
+        let prefetch =
+            prefetch::properties(st.shared.limits.max_in_flight_bytes, &st.cluster.properties);
+        let mut extra: Vec<(&str, &str)> = prefetch.iter().map(|(k, v)| (*k, v.as_str())).collect();
         if !st.cluster.properties.contains_key("fetch.wait.max.ms") {
             extra.push(("fetch.wait.max.ms", "100"));
         }
