@@ -118,11 +118,12 @@ fn run_child_peak_rss(config: &std::path::Path) -> (f64, String) {
 /// the whole backlog of small records. Here 300,000 records of ~100 bytes over 20 topics are
 /// copied with an 8 MiB in-flight bound, so a 16 MiB prefetch budget (`copy::prefetch`). The
 /// child's peak RSS must stay under its RSS for a 20-record copy (code, libraries, threads,
-/// clients) + the in-flight bound + 2.5 budgets: one for the queue, half for one fetch
+/// clients) + the in-flight bound + 3.5 budgets: one for the queue, half for one fetch
 /// response per broker (3 x budget/16, whose small records cost ~2.5 times their bytes as
-/// ops), one for allocator slack (records are allocated on librdkafka's broker threads and
-/// freed on the reader's, across malloc arenas). Seen: 64-65 MiB against 73 MiB; before the
-/// fix 135 MiB (the whole backlog prefetched).
+/// ops), two for allocator slack (records are allocated on librdkafka's broker threads and
+/// freed on the reader's, across malloc arenas, which vary with load: 64-68 MiB seen, so one
+/// budget of slack was too tight to run in CI). Limit ~89 MiB; before the fix 135-145 MiB
+/// (the whole backlog prefetched).
 #[test]
 fn peak_memory_over_a_many_topic_backlog_is_bounded_by_the_configuration() {
     const MEM_TOPICS: usize = 20;
@@ -174,7 +175,7 @@ end = "snapshot"
     // The fixed overhead (code, libraries, threads, clients) of this build, measured.
     let (base, _) = run_child_peak_rss(&config("small", "small"));
     let (peak, out) = run_child_peak_rss(&config("mem", "mem\\\\..*"));
-    let limit = base + IN_FLIGHT_MIB + 2.5 * PREFETCH_MIB;
+    let limit = base + IN_FLIGHT_MIB + 3.5 * PREFETCH_MIB;
     println!(
         "peak RSS {peak:.1} MiB over {} records in {MEM_TOPICS} topics; 20-record copy {base:.1} MiB; limit {limit:.1} MiB\n{out}",
         MEM_TOPICS as u64 * MEM_RECORDS
@@ -189,7 +190,7 @@ end = "snapshot"
     assert!(
         peak <= limit,
         "peak RSS {peak:.1} MiB exceeds {limit:.1} MiB (a 20-record copy's {base:.1} MiB + \
-         {IN_FLIGHT_MIB} MiB in flight + 2.5 x {PREFETCH_MIB} MiB prefetch budget)"
+         {IN_FLIGHT_MIB} MiB in flight + 3.5 x {PREFETCH_MIB} MiB prefetch budget)"
     );
     assert_eq!(
         kmirror::copy::prefetch::budget(8 << 20),
