@@ -12,24 +12,30 @@
 //! otherwise (any task may write any target partition). `report.rs` renders the JSON and
 //! JUnit reports; this file reads and decides.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::Consumer;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, Timestamp};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 mod compare;
 mod coverage;
+mod digest;
 mod report;
+
+use digest::Digest;
 
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
 pub use report::JSON_SCHEMA_VERSION;
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
-use crate::cluster::{self, ClusterError};
+use crate::cluster::{self, ClusterError, QuietContext};
 use crate::config::{ClusterConfig, Config, ErrorAction, Partitioning, RouteConfig};
 use crate::copy::filter::{self, Decision, RecordView};
 use crate::copy::record::{
@@ -92,12 +98,18 @@ pub struct VerifyRow {
     /// Count mode across partitions: this partition's copies are counted in the route's
     /// whole-route row, not here.
     pub in_group: bool,
+    /// Digest blocks of the copied range compared, and how many of them differed and were
+    /// re-read record by record (`verify` keeps a digest per block, not a record).
+    pub blocks: u64,
+    pub blocks_rechecked: u64,
 }
 
 /// Count mode across partitions: a route's selection and the target range it wrote.
 #[derive(Debug, Default)]
 struct CountGroup {
     expected: u64,
+    /// Records on the target without provenance, in `ranges`.
+    target: u64,
     tasks: usize,
     topics: BTreeSet<String>,
     /// Target partition -> `[from, to)` written by any of the route's tasks.
@@ -309,12 +321,96 @@ pub fn scan(
     from: i64,
     to: i64,
     timeout: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
+    f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<(), ClusterError> {
     if from >= to {
         return Ok(());
     }
-    let consumer = cluster::consumer(cluster, &[("fetch.message.max.bytes", "4194304")])?;
+    let consumer = verify_consumer(cluster)?;
+    scan_with(&consumer, cluster, topic, partition, from, to, timeout, f)
+}
+
+/// Verify's reads: a partition at a time, so prefetch is bounded per consumer.
+fn verify_consumer(cluster: &ClusterConfig) -> Result<BaseConsumer<QuietContext>, ClusterError> {
+    cluster::consumer(
+        cluster,
+        &[
+            ("fetch.message.max.bytes", "4194304"),
+            // librdkafka's default lets one partition queue 64 MiB ahead; verify reads one
+            // partition per consumer at a time, so this bounds its prefetch per worker.
+            ("queued.max.messages.kbytes", "16384"),
+        ],
+    )
+}
+
+/// One worker's consumers, one per cluster, reused scan after scan (a consumer per scan
+/// costs a connection and a metadata round trip each time).
+struct Reader {
+    consumers: HashMap<String, BaseConsumer<QuietContext>>,
+    timeout: Duration,
+}
+
+impl Reader {
+    fn new(timeout: Duration) -> Reader {
+        Reader {
+            consumers: HashMap::new(),
+            timeout,
+        }
+    }
+
+    fn consumer(
+        &mut self,
+        cluster: &ClusterConfig,
+    ) -> Result<&BaseConsumer<QuietContext>, ClusterError> {
+        Ok(match self.consumers.entry(cluster.name.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(verify_consumer(cluster)?),
+        })
+    }
+
+    fn watermarks(
+        &mut self,
+        cluster: &ClusterConfig,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, i64), ClusterError> {
+        let timeout = self.timeout;
+        let consumer = self.consumer(cluster)?;
+        cluster::watermarks(consumer, &cluster.name, topic, partition, timeout)
+    }
+
+    fn scan(
+        &mut self,
+        cluster: &ClusterConfig,
+        topic: &str,
+        partition: i32,
+        from: i64,
+        to: i64,
+        f: impl FnMut(&BorrowedMessage<'_>),
+    ) -> Result<(), ClusterError> {
+        if from >= to {
+            return Ok(());
+        }
+        let timeout = self.timeout;
+        let consumer = self.consumer(cluster)?;
+        let r = scan_with(consumer, cluster, topic, partition, from, to, timeout, f);
+        // Stop fetching ahead: an idle consumer must not fill its queue for nobody.
+        let _ = consumer.unassign();
+        r
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scan_with(
+    consumer: &BaseConsumer<QuietContext>,
+    cluster: &ClusterConfig,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    timeout: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(), ClusterError> {
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))
         .map_err(|e| lookup(cluster, topic, partition, e))?;
@@ -329,6 +425,10 @@ pub fn scan(
     loop {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                // A reused consumer: anything left from an earlier assignment is not ours.
+                if m.topic() != topic || m.partition() != partition || m.offset() < next {
+                    continue;
+                }
                 last_progress = Instant::now();
                 eof_since = None;
                 if m.offset() >= to {
@@ -340,12 +440,13 @@ pub fn scan(
                     return Ok(());
                 }
             }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
+            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
                 if to == i64::MAX || next >= to {
                     return Ok(());
                 }
                 eof_since.get_or_insert_with(Instant::now);
             }
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
             Some(Err(e)) => {
                 if matches!(
                     e.rdkafka_error_code(),
@@ -378,6 +479,52 @@ pub fn scan(
             });
         }
     }
+}
+
+/// Runs `jobs` on `parallel` threads, each with its own [`Reader`]; results in job order.
+/// The first error stops the rest.
+fn run_jobs<J: Sync, R: Send>(
+    parallel: usize,
+    timeout: Duration,
+    jobs: &[J],
+    f: impl Fn(&mut Reader, &J) -> Result<R, ClusterError> + Sync,
+) -> Result<Vec<R>, ClusterError> {
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<ClusterError>> = Mutex::new(None);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..parallel.clamp(1, jobs.len().max(1)) {
+            s.spawn(|| {
+                let mut reader = Reader::new(timeout);
+                loop {
+                    if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = jobs.get(i) else { return };
+                    match f(&mut reader, job) {
+                        Ok(r) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r),
+                        Err(e) => {
+                            failed
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    Ok(results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect())
 }
 
 fn lookup(cluster: &ClusterConfig, topic: &str, partition: i32, e: KafkaError) -> ClusterError {
@@ -413,37 +560,516 @@ fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<Provenance<'m>> {
     parse_provenance_full(prov.value?)
 }
 
-/// Source offsets (by source topic and partition) that `route` wrote to its dead-letter
-/// topic, read from the whole topic (dead-letter topics are small by nature).
-fn dead_lettered(
-    config: &Config,
-    route: &str,
-    dl: &crate::config::DeadLetter,
-    timeout: Duration,
-) -> Result<BTreeMap<(String, i32), BTreeSet<i64>>, ClusterError> {
-    let cluster = &config.clusters[&dl.cluster];
-    let consumer = cluster::consumer(cluster, &[])?;
-    let md = cluster::metadata(&consumer, cluster, Some(&dl.topic), timeout)?;
-    let partitions = cluster::partition_count(&md, &dl.topic).unwrap_or(0);
-    let mut out: BTreeMap<(String, i32), BTreeSet<i64>> = BTreeMap::new();
-    for p in 0..partitions as i32 {
-        let (low, _) = cluster::watermarks(&consumer, &dl.cluster, &dl.topic, p, timeout)?;
-        scan(cluster, &dl.topic, p, low, i64::MAX, timeout, |m| {
-            let hdrs = raw_headers(m);
-            let get = |name: &str| {
-                hdrs.iter()
-                    .find(|h| h.name == name.as_bytes())
-                    .and_then(|h| h.value)
-            };
-            if get(DLQ_ROUTE_HEADER) != Some(route.as_bytes()) {
-                return;
+/// How verify runs. Its memory depends on these, the number of partitions and the number of
+/// blocks, never on the number of records.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Partitions read at once: one thread each, each with its own consumers.
+    pub parallel: usize,
+    /// Source offsets per digest block. Matching blocks cost a few dozen bytes each; a block
+    /// that differs is re-read record by record, holding at most this many records.
+    pub block: i64,
+}
+
+/// Default block size: ~100 bytes of digest per 65,536 records.
+pub const DEFAULT_BLOCK: i64 = 65_536;
+/// Default number of partitions read at once.
+pub const DEFAULT_PARALLEL: usize = 4;
+
+impl Default for VerifyOptions {
+    /// `KMIRROR_VERIFY_BLOCK` overrides the block size (tests use small blocks to reach the
+    /// record-by-record drill-down with little data).
+    fn default() -> Self {
+        VerifyOptions {
+            parallel: DEFAULT_PARALLEL,
+            block: std::env::var("KMIRROR_VERIFY_BLOCK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|b: &i64| *b > 0)
+                .unwrap_or(DEFAULT_BLOCK),
+        }
+    }
+}
+
+/// How a task's copy is compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// By provenance and content, block digests then record by record where they differ.
+    Content,
+    /// By count, per partition (`partitioning = "preserve"` without provenance).
+    Count,
+    /// By count, the route's whole selection against everything it wrote (`in_group`).
+    Grouped,
+}
+
+/// One (route, source partition) with a copied range to verify.
+struct Task<'a> {
+    row: usize,
+    route: &'a RouteConfig,
+    ignore: Vec<&'a str>,
+    src: &'a ClusterConfig,
+    dst: &'a ClusterConfig,
+    topic: String,
+    partition: i32,
+    /// The copied source range `[first, next)`.
+    first: i64,
+    next: i64,
+    target_topic: String,
+    /// Target partition -> `[from, to)` this task wrote.
+    ranges: BTreeMap<i32, (i64, i64)>,
+    mode: Mode,
+    /// The route's dead-letter topic.
+    dlq: Option<(&'a ClusterConfig, &'a str)>,
+}
+
+impl Task<'_> {
+    /// Block numbers (offset / block size) the copied range spans.
+    fn blocks(&self, b: i64) -> std::ops::Range<i64> {
+        if self.first >= self.next {
+            return 0..0;
+        }
+        self.first.div_euclid(b)..(self.next - 1).div_euclid(b) + 1
+    }
+
+    /// The source offsets of block `k` within the copied range.
+    fn block_range(&self, k: i64, b: i64) -> (i64, i64) {
+        ((k * b).max(self.first), ((k + 1) * b).min(self.next))
+    }
+
+    /// This task wrote the target record at `(partition, offset)` carrying `pv`: exactly the
+    /// records today's per-task read of its own target ranges attributes to it.
+    fn owns(&self, pv: &Provenance<'_>, partition: i32, offset: i64) -> bool {
+        // Another route's copy of the same source record (two routes with disjoint filters
+        // into one topic) is that route's. Values written before routes were named are
+        // attributed by range alone.
+        pv.route.is_none_or(|n| n == self.route.name)
+            && pv.cluster == self.route.source
+            && pv.topic == self.topic
+            && pv.partition == self.partition
+            && (self.first..self.next).contains(&pv.offset)
+            && self
+                .ranges
+                .get(&partition)
+                .is_some_and(|(a, z)| (*a..*z).contains(&offset))
+    }
+}
+
+/// What pass 1 keeps of a source block.
+#[derive(Debug, Default, Clone)]
+struct SrcBlock {
+    records: u64,
+    filtered: u64,
+    /// Records the route copies: (offset, content, timestamp). Count only in count modes.
+    copy: Digest,
+    /// The same records by (offset, content).
+    copy_content: Digest,
+    /// Poison records, by offset.
+    poison: Digest,
+}
+
+/// What pass 1 keeps of the target records attributed to one source block.
+#[derive(Debug, Default, Clone)]
+struct TgtBlock {
+    /// Every attributed record by (offset, content).
+    content: Digest,
+    /// Records whose timestamp the target kept, by (offset, content, timestamp).
+    kept: Digest,
+    /// Records the target stamped itself (LogAppendTime).
+    lat: u64,
+    /// A header the route sets is wrong on some record.
+    bad_set: bool,
+    /// Per target partition, the lowest and highest target offset seen: where to re-read.
+    ranges: Vec<(i32, i64, i64)>,
+}
+
+/// The dead-letter entries naming one source block.
+#[derive(Debug, Default, Clone)]
+struct DlqBlock {
+    offsets: Digest,
+    /// Per dead-letter partition, the lowest and highest offset seen.
+    ranges: Vec<(i32, i64, i64)>,
+}
+
+fn widen(ranges: &mut Vec<(i32, i64, i64)>, partition: i32, offset: i64) {
+    match ranges.iter_mut().find(|r| r.0 == partition) {
+        Some(r) => {
+            r.1 = r.1.min(offset);
+            r.2 = r.2.max(offset);
+        }
+        None => ranges.push((partition, offset, offset)),
+    }
+}
+
+/// A target partition read once for every task that wrote it.
+struct TargetPart<'a> {
+    cluster: &'a ClusterConfig,
+    topic: String,
+    partition: i32,
+    /// Disjoint `[from, to)` ranges: the union of the tasks' ranges.
+    spans: Vec<(i64, i64)>,
+    tasks: Vec<usize>,
+}
+
+/// A dead-letter partition read once for every task whose route writes it.
+struct DlqPart<'a> {
+    cluster: &'a ClusterConfig,
+    topic: String,
+    partition: i32,
+    tasks: Vec<usize>,
+}
+
+/// Count mode across partitions: a route's target partition, counted once.
+struct GroupPart<'a> {
+    group: usize,
+    cluster: &'a ClusterConfig,
+    topic: String,
+    partition: i32,
+    from: i64,
+    to: i64,
+}
+
+enum Job<'a> {
+    Source(usize),
+    Target(TargetPart<'a>),
+    Dlq(DlqPart<'a>),
+    /// Count mode: every record in the task's target ranges.
+    Count(usize),
+    Group(GroupPart<'a>),
+}
+
+enum Found {
+    Source(Vec<SrcBlock>),
+    Target(HashMap<(usize, i64), TgtBlock>),
+    Dlq(HashMap<(usize, i64), DlqBlock>),
+    Count(u64),
+}
+
+/// A block's exact differences, from the record-by-record drill-down.
+#[derive(Debug, Default)]
+struct Exact {
+    dead_lettered: u64,
+    skipped: u64,
+    missing: u64,
+    unexpected: u64,
+    duplicates: u64,
+    altered: u64,
+    timestamps_not_kept: u64,
+    first_missing: BTreeSet<i64>,
+    first_altered: BTreeSet<i64>,
+    first_unexpected: BTreeSet<i64>,
+}
+
+/// Keeps the [`FIRST_OFFSETS`] lowest offsets.
+fn keep_first(set: &mut BTreeSet<i64>, offset: i64) {
+    set.insert(offset);
+    if set.len() > FIRST_OFFSETS {
+        set.pop_last();
+    }
+}
+
+fn extend_first(row: &mut Vec<i64>, block: &BTreeSet<i64>) {
+    row.extend(block.iter().take(FIRST_OFFSETS.saturating_sub(row.len())));
+}
+
+/// A lookup key for (cluster or route, topic, partition) without allocating per record;
+/// candidates are checked in full afterwards.
+fn key(a: &str, topic: &str, partition: i32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (a, topic, partition).hash(&mut h);
+    h.finish()
+}
+
+/// Headers the route sets carry exactly the set value.
+fn set_ok(r: &RouteConfig, m: &BorrowedMessage<'_>) -> bool {
+    r.headers.set.iter().all(|(k, v)| {
+        raw_headers(m)
+            .iter()
+            .filter(|h| h.name == k.as_bytes())
+            .map(|h| h.value)
+            .eq([Some(v.as_bytes())])
+    })
+}
+
+/// A dead-letter record's (route, source topic, source partition, source offset).
+fn dead_letter_entry<'m>(m: &'m BorrowedMessage<'_>) -> Option<(&'m [u8], &'m str, i32, i64)> {
+    let hdrs = raw_headers(m);
+    let get = |name: &str| {
+        hdrs.iter()
+            .find(|h| h.name == name.as_bytes())
+            .and_then(|h| h.value)
+    };
+    let route = get(DLQ_ROUTE_HEADER)?;
+    let (_, t, sp, o) = get(DLQ_SOURCE_HEADER).and_then(parse_provenance)?;
+    Some((route, t, sp, o))
+}
+
+/// Pass 1, source side: per block, what the route does with each record, as digests.
+fn read_source(
+    reader: &mut Reader,
+    task: &Task<'_>,
+    b: i64,
+) -> Result<Vec<SrcBlock>, ClusterError> {
+    let ks = task.blocks(b);
+    let mut blocks = vec![SrcBlock::default(); (ks.end - ks.start) as usize];
+    let (src, topic, p) = (task.src, task.topic.as_str(), task.partition);
+    reader.scan(src, topic, p, task.first, task.next, |m| {
+        let o = m.offset();
+        let blk = &mut blocks[(o.div_euclid(b) - ks.start) as usize];
+        blk.records += 1;
+        match decide(task.route, m) {
+            Decision::Copy if task.mode == Mode::Content => {
+                let fp = Fingerprint::of(m, &task.ignore);
+                blk.copy
+                    .add(digest::record(o, fp.content, fp.timestamp.to_millis()));
+                blk.copy_content.add(digest::content(o, fp.content));
             }
-            if let Some((_, t, sp, o)) = get(DLQ_SOURCE_HEADER).and_then(parse_provenance) {
-                out.entry((t.to_string(), sp)).or_default().insert(o);
+            Decision::Copy => blk.copy.count += 1,
+            Decision::Filtered => blk.filtered += 1,
+            Decision::Poison(_) => blk.poison.add(digest::offset(o)),
+        }
+    })?;
+    Ok(blocks)
+}
+
+/// Pass 1, target side: one target partition, each record attributed by its provenance to
+/// the task (and block) that wrote it.
+fn read_target(
+    reader: &mut Reader,
+    tasks: &[Task<'_>],
+    part: &TargetPart<'_>,
+    b: i64,
+) -> Result<HashMap<(usize, i64), TgtBlock>, ClusterError> {
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    for &ti in &part.tasks {
+        let t = &tasks[ti];
+        index
+            .entry(key(&t.route.source, &t.topic, t.partition))
+            .or_default()
+            .push(ti);
+    }
+    let mut out: HashMap<(usize, i64), TgtBlock> = HashMap::new();
+    for &(from, to) in &part.spans {
+        reader.scan(part.cluster, &part.topic, part.partition, from, to, |m| {
+            let Some(pv) = provenance(m) else { return };
+            let Some(cands) = index.get(&key(pv.cluster, pv.topic, pv.partition)) else {
+                return;
+            };
+            for &ti in cands {
+                let t = &tasks[ti];
+                if !t.owns(&pv, part.partition, m.offset()) {
+                    continue;
+                }
+                let o = pv.offset;
+                let blk = out.entry((ti, o.div_euclid(b))).or_default();
+                let fp = Fingerprint::of(m, &t.ignore);
+                blk.content.add(digest::content(o, fp.content));
+                if matches!(fp.timestamp, Timestamp::LogAppendTime(_)) {
+                    blk.lat += 1;
+                } else {
+                    blk.kept
+                        .add(digest::record(o, fp.content, fp.timestamp.to_millis()));
+                }
+                if !set_ok(t.route, m) {
+                    blk.bad_set = true;
+                }
+                widen(&mut blk.ranges, part.partition, m.offset());
             }
         })?;
     }
     Ok(out)
+}
+
+/// Pass 1, dead letters: one dead-letter partition, entries attributed to (task, block).
+fn read_dlq(
+    reader: &mut Reader,
+    tasks: &[Task<'_>],
+    part: &DlqPart<'_>,
+    b: i64,
+) -> Result<HashMap<(usize, i64), DlqBlock>, ClusterError> {
+    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+    for &ti in &part.tasks {
+        let t = &tasks[ti];
+        index
+            .entry(key(&t.route.name, &t.topic, t.partition))
+            .or_default()
+            .push(ti);
+    }
+    let (low, _) = reader.watermarks(part.cluster, &part.topic, part.partition)?;
+    let mut out: HashMap<(usize, i64), DlqBlock> = HashMap::new();
+    reader.scan(
+        part.cluster,
+        &part.topic,
+        part.partition,
+        low,
+        i64::MAX,
+        |m| {
+            let Some((route, t, sp, o)) = dead_letter_entry(m) else {
+                return;
+            };
+            let Ok(route) = std::str::from_utf8(route) else {
+                return;
+            };
+            let Some(cands) = index.get(&key(route, t, sp)) else {
+                return;
+            };
+            for &ti in cands {
+                let task = &tasks[ti];
+                if task.route.name != route
+                    || task.topic != t
+                    || task.partition != sp
+                    || !(task.first..task.next).contains(&o)
+                {
+                    continue;
+                }
+                let blk = out.entry((ti, o.div_euclid(b))).or_default();
+                blk.offsets.add(digest::offset(o));
+                widen(&mut blk.ranges, part.partition, m.offset());
+            }
+        },
+    )?;
+    Ok(out)
+}
+
+/// Every record in `ranges` of `topic` (count mode), or only those `keep` accepts.
+fn count_records(
+    reader: &mut Reader,
+    cluster: &ClusterConfig,
+    topic: &str,
+    ranges: impl IntoIterator<Item = (i32, i64, i64)>,
+    keep: impl Fn(&BorrowedMessage<'_>) -> bool,
+) -> Result<u64, ClusterError> {
+    let mut n = 0u64;
+    for (p, from, to) in ranges {
+        reader.scan(cluster, topic, p, from, to, |m| {
+            if keep(m) {
+                n += 1;
+            }
+        })?;
+    }
+    Ok(n)
+}
+
+/// Pass 2: one block whose digests differ, record by record, with maps bounded by the block
+/// size. Gives exactly what comparing the whole range record by record gives for its offsets.
+fn drill(
+    reader: &mut Reader,
+    task: &Task<'_>,
+    k: i64,
+    b: i64,
+    tgt: Option<&TgtBlock>,
+    dlq: Option<&DlqBlock>,
+) -> Result<Exact, ClusterError> {
+    let (lo, hi) = task.block_range(k, b);
+    let content = task.mode == Mode::Content;
+    let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
+    let mut poison: Vec<i64> = Vec::new();
+    reader.scan(
+        task.src,
+        &task.topic,
+        task.partition,
+        lo,
+        hi,
+        |m| match decide(task.route, m) {
+            Decision::Copy if content => {
+                expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
+            }
+            Decision::Copy | Decision::Filtered => {}
+            Decision::Poison(_) => poison.push(m.offset()),
+        },
+    )?;
+    let mut dead: BTreeSet<i64> = BTreeSet::new();
+    if let (Some((cluster, topic)), Some(d)) = (task.dlq, dlq) {
+        for &(p, a, z) in &d.ranges {
+            reader.scan(cluster, topic, p, a, z + 1, |m| {
+                if let Some((route, t, sp, o)) = dead_letter_entry(m) {
+                    if route == task.route.name.as_bytes()
+                        && t == task.topic
+                        && sp == task.partition
+                        && (lo..hi).contains(&o)
+                    {
+                        dead.insert(o);
+                    }
+                }
+            })?;
+        }
+    }
+    let mut ex = Exact::default();
+    for o in &poison {
+        if dead.contains(o) {
+            ex.dead_lettered += 1;
+        } else if task.route.on_error == ErrorAction::Skip {
+            ex.skipped += 1;
+        } else {
+            ex.missing += 1;
+            keep_first(&mut ex.first_missing, *o);
+        }
+    }
+    if !content {
+        return Ok(ex);
+    }
+    let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
+    for &(tp, a, z) in tgt.map_or(&[][..], |t| &t.ranges) {
+        reader.scan(task.dst, &task.target_topic, tp, a, z + 1, |m| {
+            let Some(pv) = provenance(m) else { return };
+            if !task.owns(&pv, tp, m.offset()) || !(lo..hi).contains(&pv.offset) {
+                return;
+            }
+            let o = pv.offset;
+            *seen.entry(o).or_default() += 1;
+            let verdict = match expected.get(&o) {
+                Some(Some(want)) => compare(want, &Fingerprint::of(m, &task.ignore)),
+                _ => Comparison::Same,
+            };
+            if verdict == Comparison::SameTimestampNotKept {
+                ex.timestamps_not_kept += 1;
+            }
+            if !set_ok(task.route, m) || verdict == Comparison::Altered {
+                ex.altered += 1;
+                keep_first(&mut ex.first_altered, o);
+            }
+        })?;
+    }
+    for o in expected.keys() {
+        if seen.contains_key(o) {
+            continue;
+        }
+        // Refused by the target and dead-lettered from there.
+        if dead.contains(o) {
+            ex.dead_lettered += 1;
+        } else {
+            ex.missing += 1;
+            keep_first(&mut ex.first_missing, *o);
+        }
+    }
+    for (o, n) in &seen {
+        if !expected.contains_key(o) {
+            ex.unexpected += 1;
+            keep_first(&mut ex.first_unexpected, *o);
+        }
+        ex.duplicates += (*n as u64).saturating_sub(1);
+    }
+    Ok(ex)
+}
+
+/// Poison records of a block whose digests settle their fate: (dead-lettered, skipped), or
+/// `None` when only reading them one by one can tell.
+fn poison_settled(
+    s: &SrcBlock,
+    d: Option<&DlqBlock>,
+    on_error: &ErrorAction,
+) -> Option<(u64, u64)> {
+    let n = s.poison.count;
+    let dead = d.map(|d| d.offsets).unwrap_or_default();
+    if n == 0 {
+        Some((0, 0))
+    } else if dead == s.poison {
+        Some((n, 0))
+    } else if dead.count == 0 && *on_error == ErrorAction::Skip {
+        Some((0, n))
+    } else {
+        None
+    }
 }
 
 /// Compares source and target for every task of the selected routes: the copied range
@@ -453,6 +1079,29 @@ pub fn verify(
     store: &dyn CheckpointStore,
     route: Option<&str>,
     fail_on_duplicates: bool,
+) -> Result<VerifyReport, VerifyError> {
+    verify_with(
+        config,
+        store,
+        route,
+        fail_on_duplicates,
+        &VerifyOptions::default(),
+    )
+}
+
+/// [`verify`] with explicit [`VerifyOptions`].
+///
+/// Pass 1 reads every source partition's copied range once, every target partition once
+/// for all the tasks that wrote it, and every dead-letter partition once, `parallel`
+/// partitions at a time, keeping only per-block digests. Pass 2 re-reads, record by record,
+/// only the blocks whose digests differ, so the report's counts and first offsets are those
+/// of a full record-by-record comparison.
+pub fn verify_with(
+    config: &Config,
+    store: &dyn CheckpointStore,
+    route: Option<&str>,
+    fail_on_duplicates: bool,
+    opts: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     let cp = crate::copy::load_checkpoint(config, store)?.ok_or_else(|| {
         VerifyError::Nothing(format!("no checkpoint at {} (run first)", store.describe()))
@@ -472,20 +1121,21 @@ pub fn verify(
         ));
     }
     let timeout = config.run.connect_timeout.max(Duration::from_secs(10));
+    let b = opts.block.max(1);
     // The plan gives every partition of the routes' topics, the source's end now and each
     // route's end, so partitions the copy never reached are reported too.
     let plan = plan::build_with(config, Some(&cp), CreateTopics::Never, Ends::AsConfigured)?;
+    let mut reader = Reader::new(timeout);
     let mut rows = Vec::new();
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    // Count mode across partitions: (row of the whole-route line, the group).
+    let mut groups: Vec<(usize, String, String, CountGroup)> = Vec::new();
+    let mut group_tasks: BTreeMap<usize, usize> = BTreeMap::new();
     for (ri, r) in config.routes.iter().enumerate() {
         if route.is_some_and(|n| n != r.name) {
             continue;
         }
         let rc = cp.routes.get(&r.name);
-        let src = &config.clusters[&r.source];
-        let dlq = match &r.dead_letter {
-            Some(dl) if rc.is_some() => dead_lettered(config, &r.name, dl, timeout)?,
-            _ => BTreeMap::new(),
-        };
         // Headers the route sets or drops are compared separately (set) or not at all (drop).
         let ignore: Vec<&str> = r
             .headers
@@ -495,7 +1145,7 @@ pub fn verify(
             .chain(r.headers.drop.iter().map(String::as_str))
             .collect();
         let grouped = !r.provenance && r.partitioning != Partitioning::Preserve;
-        let mut groups: BTreeMap<(String, String), CountGroup> = BTreeMap::new();
+        let mut route_groups: BTreeMap<(String, String), CountGroup> = BTreeMap::new();
         // Count mode cannot tell this route's records from another's without provenance.
         let shared_without_provenance = (!r.provenance)
             .then(|| {
@@ -519,13 +1169,14 @@ pub fn verify(
         for task in plan.tasks.iter().filter(|t| t.route == ri) {
             let (topic, partition) = (task.topic.as_str(), task.partition);
             let pc = rc.and_then(|rc| rc.partitions.get(&partition_key(topic, partition)));
+            let src = &config.clusters[&r.source];
             // A timestamp end is where the copy path stops: the first record at or after it
             // (read, not looked up: not every broker answers lookups by time).
             let end_offset = match task.end {
                 TaskEnd::Timestamp(ts) => {
                     let from = pc.map_or(task.start, |pc| pc.next_offset);
                     let mut at = None;
-                    scan(src, topic, partition, from, task.high, timeout, |m| {
+                    reader.scan(src, topic, partition, from, task.high, |m| {
                         if at.is_none() && m.timestamp().to_millis().is_some_and(|t| t >= ts) {
                             at = Some(m.offset());
                         }
@@ -560,181 +1211,315 @@ pub fn verify(
             };
             row.source_range = (pc.first_offset, pc.next_offset);
             row.target = format!("{}:{}", pc.target_cluster, pc.target_topic);
-            // Source side: what the route should have done with every record in the copied
-            // range, decided exactly as the copy path decides it.
-            let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
-            let mut poison: Vec<i64> = Vec::new();
-            let mut source_records = 0u64;
-            scan(
-                src,
-                topic,
-                partition,
-                pc.first_offset,
-                pc.next_offset,
-                timeout,
-                |m| {
-                    source_records += 1;
-                    match decide(r, m) {
-                        Decision::Copy => {
-                            expected.insert(
-                                m.offset(),
-                                r.provenance.then(|| Fingerprint::of(m, &ignore)),
-                            );
-                        }
-                        Decision::Filtered => row.filtered += 1,
-                        Decision::Poison(_) => poison.push(m.offset()),
-                    }
-                },
-            )?;
-            row.source_records = source_records;
-            let dlq_offsets = dlq.get(&(topic.to_string(), partition));
-            for o in &poison {
-                if dlq_offsets.is_some_and(|s| s.contains(o)) {
-                    row.dead_lettered += 1;
-                } else if r.on_error == ErrorAction::Skip {
-                    row.skipped += 1;
-                } else {
-                    row.missing += 1;
-                    if row.first_missing.len() < FIRST_OFFSETS {
-                        row.first_missing.push(*o);
-                    }
-                }
-            }
             if let Some(why) = &shared_without_provenance {
                 row.unverifiable = Some(why.clone());
             }
+            // From before the first write: copies by a run that died before it could
+            // checkpoint are duplicates to count, and lie below the first recorded offset.
+            let ranges: BTreeMap<i32, (i64, i64)> = pc
+                .target
+                .iter()
+                .map(|(tp, [a, z])| {
+                    let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
+                    (*tp, (from, z + 1))
+                })
+                .collect();
+            let mode = if r.provenance {
+                Mode::Content
+            } else if grouped {
+                Mode::Grouped
+            } else {
+                Mode::Count
+            };
             if grouped {
                 // Without provenance, a record cannot be traced to the task that wrote it
                 // and every task may write every target partition: only the route's whole
                 // selection against the whole range it wrote can be counted soundly.
-                let g = groups
+                let g = route_groups
                     .entry((pc.target_cluster.clone(), pc.target_topic.clone()))
                     .or_default();
-                g.expected += expected.len() as u64;
                 g.topics.insert(topic.to_string());
                 g.tasks += 1;
-                for (tp, [a, b]) in &pc.target {
-                    let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
-                    let e = g.ranges.entry(*tp).or_insert((from, b + 1));
-                    e.0 = e.0.min(from);
-                    e.1 = e.1.max(b + 1);
+                for (tp, (from, to)) in &ranges {
+                    let e = g.ranges.entry(*tp).or_insert((*from, *to));
+                    e.0 = e.0.min(*from);
+                    e.1 = e.1.max(*to);
                 }
                 row.in_group = true;
-                rows.push(row);
-                continue;
             }
-            // Target side: every record written for this task, found by provenance.
-            let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
-            let mut target_count = 0u64;
-            for (tp, [a, b]) in &pc.target {
-                // From before the first write: copies by a run that died before it could
-                // checkpoint are duplicates to count, and lie below the first recorded offset.
-                let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
-                scan(dst, &pc.target_topic, *tp, from, b + 1, timeout, |m| {
-                    if !r.provenance {
-                        target_count += 1;
-                        return;
-                    }
-                    let Some(pv) = provenance(m) else {
-                        return;
-                    };
-                    let (c, t, p, o) = (pv.cluster, pv.topic, pv.partition, pv.offset);
-                    // Another route's copy of the same source record (two routes with
-                    // disjoint filters into one topic) is that route's, not unexpected here.
-                    // Values written before routes were named are attributed by range alone.
-                    if pv.route.is_some_and(|n| n != r.name)
-                        || c != r.source
-                        || t != topic
-                        || p != partition
-                        || o < pc.first_offset
-                        || o >= pc.next_offset
-                    {
-                        return; // another task's or another writer's record
-                    }
-                    target_count += 1;
-                    *seen.entry(o).or_default() += 1;
-                    let set_ok = r.headers.set.iter().all(|(k, v)| {
-                        raw_headers(m)
-                            .iter()
-                            .filter(|h| h.name == k.as_bytes())
-                            .map(|h| h.value)
-                            .eq([Some(v.as_bytes())])
-                    });
-                    let verdict = match expected.get(&o) {
-                        Some(Some(want)) => compare(want, &Fingerprint::of(m, &ignore)),
-                        _ => Comparison::Same,
-                    };
-                    if verdict == Comparison::SameTimestampNotKept {
-                        row.timestamps_not_kept += 1;
-                    }
-                    if !set_ok || verdict == Comparison::Altered {
-                        row.altered += 1;
-                        if row.first_altered.len() < FIRST_OFFSETS {
-                            row.first_altered.push(o);
-                        }
-                    }
-                })?;
-            }
-            row.target_records = target_count;
-            if r.provenance {
-                for o in expected.keys() {
-                    if seen.contains_key(o) {
-                        continue;
-                    }
-                    // Refused by the target and dead-lettered from there.
-                    if dlq_offsets.is_some_and(|s| s.contains(o)) {
-                        row.dead_lettered += 1;
-                    } else {
-                        row.missing += 1;
-                        if row.first_missing.len() < 2 * FIRST_OFFSETS {
-                            row.first_missing.push(*o);
-                        }
-                    }
-                }
-                let unexpected: Vec<i64> = seen
-                    .keys()
-                    .filter(|o| !expected.contains_key(o))
-                    .copied()
-                    .collect();
-                row.unexpected = unexpected.len() as u64;
-                row.first_unexpected = unexpected.into_iter().take(FIRST_OFFSETS).collect();
-                row.duplicates = seen.values().map(|n| (*n as u64).saturating_sub(1)).sum();
-            } else {
-                let want = expected.len() as u64;
-                row.missing += want.saturating_sub(row.target_records);
-                row.duplicates = row.target_records.saturating_sub(want);
-            }
-            row.first_missing.sort_unstable();
-            row.first_missing.truncate(FIRST_OFFSETS);
+            tasks.push(Task {
+                row: rows.len(),
+                route: r,
+                ignore: ignore.clone(),
+                src,
+                dst,
+                topic: topic.to_string(),
+                partition,
+                first: pc.first_offset,
+                next: pc.next_offset,
+                target_topic: pc.target_topic.clone(),
+                ranges,
+                mode,
+                dlq: r
+                    .dead_letter
+                    .as_ref()
+                    .map(|dl| (&config.clusters[&dl.cluster], dl.topic.as_str())),
+            });
             rows.push(row);
         }
-        for ((tc, tt), g) in groups {
-            let Some(dst) = config.clusters.get(&tc) else {
+        for ((tc, tt), g) in route_groups {
+            if !config.clusters.contains_key(&tc) {
                 continue;
-            };
-            let mut target_records = 0u64;
-            for (tp, (from, to)) in &g.ranges {
-                scan(dst, &tt, *tp, *from, *to, timeout, |m| {
-                    // Another route's copy names its route; this route's records carry none.
-                    if provenance(m).is_none() {
-                        target_records += 1;
-                    }
-                })?;
             }
             let topics: Vec<&str> = g.topics.iter().map(String::as_str).collect();
+            for ti in tasks.iter().enumerate().filter_map(|(ti, t)| {
+                (t.mode == Mode::Grouped
+                    && std::ptr::eq(t.route, r)
+                    && t.dst.name == tc
+                    && t.target_topic == tt)
+                    .then_some(ti)
+            }) {
+                group_tasks.insert(ti, groups.len());
+            }
             rows.push(VerifyRow {
                 route: r.name.clone(),
                 source: format!("{}:{}/*", r.source, topics.join(",")),
-                source_records: g.expected,
                 target: format!("{tc}:{tt}"),
-                target_records,
-                missing: g.expected.saturating_sub(target_records),
-                duplicates: target_records.saturating_sub(g.expected),
                 whole_route: Some(g.tasks),
                 unverifiable: shared_without_provenance.clone(),
                 ..Default::default()
             });
+            groups.push((rows.len() - 1, tc, tt, g));
         }
+    }
+
+    // Pass 1: every partition once, sources and targets side by side.
+    let mut sources = Vec::new();
+    let mut others = Vec::new();
+    let mut targets: BTreeMap<(String, String, i32), TargetPart<'_>> = BTreeMap::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        sources.push(Job::Source(ti));
+        match t.mode {
+            Mode::Content => {
+                for (tp, span) in &t.ranges {
+                    let part = targets
+                        .entry((t.dst.name.clone(), t.target_topic.clone(), *tp))
+                        .or_insert_with(|| TargetPart {
+                            cluster: t.dst,
+                            topic: t.target_topic.clone(),
+                            partition: *tp,
+                            spans: Vec::new(),
+                            tasks: Vec::new(),
+                        });
+                    part.spans.push(*span);
+                    part.tasks.push(ti);
+                }
+            }
+            Mode::Count => others.push(Job::Count(ti)),
+            Mode::Grouped => {}
+        }
+    }
+    for mut part in targets.into_values() {
+        // Tasks sharing a target partition (key or round-robin partitioning) wrote
+        // overlapping ranges: read their union once.
+        part.spans.sort_unstable();
+        let mut spans: Vec<(i64, i64)> = Vec::new();
+        for (a, z) in part.spans.drain(..) {
+            match spans.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(z),
+                _ => spans.push((a, z)),
+            }
+        }
+        part.spans = spans;
+        others.push(Job::Target(part));
+    }
+    for (gi, (_, tc, tt, g)) in groups.iter().enumerate() {
+        let Some(cluster) = config.clusters.get(tc) else {
+            continue;
+        };
+        for (tp, (from, to)) in &g.ranges {
+            others.push(Job::Group(GroupPart {
+                group: gi,
+                cluster,
+                topic: tt.to_string(),
+                partition: *tp,
+                from: *from,
+                to: *to,
+            }));
+        }
+    }
+    // Each dead-letter topic once, for every route writing it.
+    let mut dlqs: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        if let Some((c, topic)) = t.dlq {
+            dlqs.entry((c.name.clone(), topic.to_string()))
+                .or_default()
+                .push(ti);
+        }
+    }
+    for ((c, topic), ts) in dlqs {
+        let cluster = &config.clusters[&c];
+        let consumer = cluster::consumer(cluster, &[])?;
+        let md = cluster::metadata(&consumer, cluster, Some(&topic), timeout)?;
+        for p in 0..cluster::partition_count(&md, &topic).unwrap_or(0) as i32 {
+            others.push(Job::Dlq(DlqPart {
+                cluster,
+                topic: topic.clone(),
+                partition: p,
+                tasks: ts.clone(),
+            }));
+        }
+    }
+    // Interleaved, so sources and targets are read at the same time.
+    let mut jobs = Vec::with_capacity(sources.len() + others.len());
+    let (mut s, mut o) = (sources.into_iter(), others.into_iter());
+    loop {
+        match (s.next(), o.next()) {
+            (None, None) => break,
+            (a, c) => jobs.extend(a.into_iter().chain(c)),
+        }
+    }
+    let found = run_jobs(opts.parallel, timeout, &jobs, |reader, job| {
+        Ok(match job {
+            Job::Source(ti) => Found::Source(read_source(reader, &tasks[*ti], b)?),
+            Job::Target(part) => Found::Target(read_target(reader, &tasks, part, b)?),
+            Job::Dlq(part) => Found::Dlq(read_dlq(reader, &tasks, part, b)?),
+            Job::Count(ti) => {
+                let t = &tasks[*ti];
+                let ranges = t.ranges.iter().map(|(p, (a, z))| (*p, *a, *z));
+                Found::Count(count_records(
+                    reader,
+                    t.dst,
+                    &t.target_topic,
+                    ranges,
+                    |_| true,
+                )?)
+            }
+            Job::Group(g) => {
+                let ranges = [(g.partition, g.from, g.to)];
+                // Another route's copy names its route; this route's records carry none.
+                Found::Count(count_records(reader, g.cluster, &g.topic, ranges, |m| {
+                    provenance(m).is_none()
+                })?)
+            }
+        })
+    })?;
+    let mut src: Vec<Vec<SrcBlock>> = vec![Vec::new(); tasks.len()];
+    let mut tgt: HashMap<(usize, i64), TgtBlock> = HashMap::new();
+    let mut dlq: HashMap<(usize, i64), DlqBlock> = HashMap::new();
+    let mut counted: BTreeMap<usize, u64> = BTreeMap::new();
+    for (job, f) in jobs.iter().zip(found) {
+        match (job, f) {
+            (Job::Source(ti), Found::Source(v)) => src[*ti] = v,
+            (Job::Target(_), Found::Target(m)) => {
+                for (k, t) in m {
+                    let e = tgt.entry(k).or_default();
+                    e.content.merge(&t.content);
+                    e.kept.merge(&t.kept);
+                    e.lat += t.lat;
+                    e.bad_set |= t.bad_set;
+                    e.ranges.extend(t.ranges);
+                }
+            }
+            (Job::Dlq(_), Found::Dlq(m)) => {
+                for (k, d) in m {
+                    let e = dlq.entry(k).or_default();
+                    e.offsets.merge(&d.offsets);
+                    e.ranges.extend(d.ranges);
+                }
+            }
+            (Job::Count(ti), Found::Count(n)) => {
+                counted.insert(*ti, n);
+            }
+            (Job::Group(g), Found::Count(n)) => groups[g.group].3.target += n,
+            _ => unreachable!("a job's result is of its kind"),
+        }
+    }
+    // Settle every block whose digests agree; the rest go to pass 2.
+    let mut drills: Vec<(usize, i64)> = Vec::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        let row = &mut rows[t.row];
+        let mut copies = 0u64;
+        for (i, k) in t.blocks(b).enumerate() {
+            let s = &src[ti][i];
+            row.blocks += 1;
+            row.source_records += s.records;
+            row.filtered += s.filtered;
+            copies += s.copy.count;
+            let d = dlq.get(&(ti, k));
+            let poison = poison_settled(s, d, &t.route.on_error);
+            let clean = match t.mode {
+                Mode::Content => {
+                    let tb = tgt.get(&(ti, k)).cloned().unwrap_or_default();
+                    row.target_records += tb.content.count;
+                    let target_ok = tb.content == s.copy_content
+                        && !tb.bad_set
+                        && if tb.lat == 0 {
+                            tb.kept == s.copy
+                        } else {
+                            tb.lat == tb.content.count
+                        };
+                    if target_ok && poison.is_some() {
+                        row.timestamps_not_kept += tb.lat;
+                    }
+                    target_ok
+                }
+                Mode::Count | Mode::Grouped => true,
+            };
+            match poison {
+                Some((dead, skipped)) if clean => {
+                    row.dead_lettered += dead;
+                    row.skipped += skipped;
+                }
+                _ => drills.push((ti, k)),
+            }
+        }
+        match t.mode {
+            Mode::Content => {}
+            Mode::Count => {
+                row.target_records = counted.get(&ti).copied().unwrap_or(0);
+                row.missing += copies.saturating_sub(row.target_records);
+                row.duplicates = row.target_records.saturating_sub(copies);
+            }
+            Mode::Grouped => {
+                if let Some(gi) = group_tasks.get(&ti) {
+                    groups[*gi].3.expected += copies;
+                }
+            }
+        }
+    }
+
+    // Pass 2: the blocks that differ, record by record.
+    let exact = run_jobs(opts.parallel, timeout, &drills, |reader, (ti, k)| {
+        drill(
+            reader,
+            &tasks[*ti],
+            *k,
+            b,
+            tgt.get(&(*ti, *k)),
+            dlq.get(&(*ti, *k)),
+        )
+    })?;
+    for ((ti, _), ex) in drills.iter().zip(exact) {
+        let row = &mut rows[tasks[*ti].row];
+        row.blocks_rechecked += 1;
+        row.dead_lettered += ex.dead_lettered;
+        row.skipped += ex.skipped;
+        row.missing += ex.missing;
+        row.unexpected += ex.unexpected;
+        row.duplicates += ex.duplicates;
+        row.altered += ex.altered;
+        row.timestamps_not_kept += ex.timestamps_not_kept;
+        extend_first(&mut row.first_missing, &ex.first_missing);
+        extend_first(&mut row.first_altered, &ex.first_altered);
+        extend_first(&mut row.first_unexpected, &ex.first_unexpected);
+    }
+    for (row, _, _, g) in &groups {
+        let row = &mut rows[*row];
+        row.source_records = g.expected;
+        row.target_records = g.target;
+        row.missing = g.expected.saturating_sub(g.target);
+        row.duplicates = g.target.saturating_sub(g.expected);
     }
     Ok(VerifyReport {
         rows,
