@@ -46,6 +46,10 @@ pub(super) fn verify_consumer(
             // librdkafka's default lets one partition queue 64 MiB ahead; verify reads one
             // partition per consumer at a time, so this bounds its prefetch per worker.
             ("queued.max.messages.kbytes", "16384"),
+            // Verify reads ranges that are already written: a fetch the broker holds open
+            // waiting for new data (500 ms by default) only delays the next partition's
+            // first fetch on the same connection.
+            ("fetch.wait.max.ms", "10"),
         ],
     )
 }
