@@ -17,6 +17,11 @@ source and its copy; the kcat pair reads the same two topics).
 
   python3 benches/verify_rss.py --bin before=/tmp/kmirror-main --bin after=target/release/kmirror
   python3 benches/verify_rss.py --sizes 1536000 6144000 --runs 3 --out results.json
+  python3 benches/verify_rss.py --per-partition 8000   # partitions grow with the size instead
+
+With --per-partition N, each size gets size/N partitions (the same data per partition), which
+tells memory that follows the size of the partitions being read from memory that follows the
+record count.
 
 Needs a release kmirror (for dev-cluster and the copy: KMIRROR_BIN or target/release),
 confluent-kafka, kcat and /usr/bin/time, as benches/e2e.sh installs them.
@@ -81,31 +86,35 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--bin", action="append", default=[], metavar="NAME=PATH",
                     help="a kmirror binary to verify with (repeatable); default: this tree's release build")
+    ap.add_argument("--per-partition", type=int, default=0, metavar="N",
+                    help=f"records per partition (partitions = size / N); default: {PARTITIONS} partitions")
     ap.add_argument("--out", help="write the raw figures as JSON here")
     a = ap.parse_args()
     bins = [b.split("=", 1) for b in a.bin] or [["this tree", str(e2e.KMIRROR)]]
-    for n in a.sizes:
-        if n % PARTITIONS or not 0 < n <= PARTITIONS * 32000:
-            raise SystemExit(f"size {n}: a multiple of {PARTITIONS}, at most {PARTITIONS * 32000}")
+    parts = {n: n // a.per_partition if a.per_partition else PARTITIONS for n in a.sizes}
+    for n, p in parts.items():
+        if n % p or not 0 < n // p <= 32000:
+            raise SystemExit(f"size {n}: a multiple of {p}, at most {p * 32000}")
     m = e2e.machine()
     res = {"machine": m, "bins": bins, "partitions": PARTITIONS, "value_bytes": SIZE, "sizes": []}
     e2e.log(f"binaries {bins}; {m['uptime_before']}")
     with tempfile.TemporaryDirectory(prefix="kmirror-verify-rss-") as tmp:
         for n in a.sizes:
-            src, dst = e2e.DevCluster([(f"v{n}", PARTITIONS)]), e2e.DevCluster([(f"v{n}", PARTITIONS)])
+            P = parts[n]
+            src, dst = e2e.DevCluster([(f"v{n}", P)]), e2e.DevCluster([(f"v{n}", P)])
             try:
                 topic = f"v{n}"
-                e2e.seed(src.bootstrap, topic, PARTITIONS, n // PARTITIONS, SIZE)
+                e2e.seed(src.bootstrap, topic, P, n // P, SIZE)
                 rf = routing(tmp, n, src.bootstrap, dst.bootstrap)
                 t = time.perf_counter()
                 subprocess.run([str(e2e.KMIRROR), "-q", "run", "-c", str(rf), "--once", "--progress", "0"],
                                check=True, stdout=subprocess.DEVNULL)
                 e2e.log(f"  copied {n:,} records in {time.perf_counter() - t:.1f}s")
                 for side, c in [("source", src), ("target", dst)]:
-                    present, deleted = e2e.target_counts(c.bootstrap, topic, PARTITIONS)
+                    present, deleted = e2e.target_counts(c.bootstrap, topic, P)
                     if present != n or deleted:
                         raise SystemExit(f"{side} holds {present} records ({deleted} deleted); expected {n}")
-                size = {"records": n, "verify": {name: [] for name, _ in bins}, "kcat": []}
+                size = {"records": n, "partitions": P, "verify": {name: [] for name, _ in bins}, "kcat": []}
                 for rep in range(a.runs):
                     for name, path in bins:
                         wall, [r] = timed_wait([[path, "-q", "verify", "-c", str(rf)]], tmp, f"v-{n}-{rep}")
@@ -127,17 +136,17 @@ def main():
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=1))
     med = statistics.median
-    print(f"\n{SIZE} B values over {PARTITIONS} partitions (preserve, provenance on); median of {a.runs} runs "
+    print(f"\n{SIZE} B values (preserve, provenance on); median of {a.runs} runs "
           f"(min-max); throughput = source records / wall\n")
-    print("| records | reader | peak RSS MB | wall s | records/s | CPU s | vs kcat x2 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| records | partitions | reader | peak RSS MB | wall s | records/s | CPU s | vs kcat x2 |")
+    print("|---|---|---|---|---|---|---|---|")
     for s in res["sizes"]:
         n = s["records"]
         kw = med(r["wall"] for r in s["kcat"])
         for name, runs in list(s["verify"].items()) + [("kcat -C both sides", s["kcat"])]:
             rss = [r["rss_mb"] for r in runs]
             w = med(r["wall"] for r in runs)
-            print(f"| {n:,} | {name} | {med(rss):.0f} ({min(rss):.0f}-{max(rss):.0f}) | {w:.2f} | "
+            print(f"| {n:,} | {s['partitions']} | {name} | {med(rss):.0f} ({min(rss):.0f}-{max(rss):.0f}) | {w:.2f} | "
                   f"{n / w:,.0f} | {med(r['cpu'] for r in runs):.2f} | {kw / w:.0%} |")
     e2e.log(f"done; {res['uptime_after']}")
 

@@ -133,13 +133,17 @@ pub(super) fn scan_with(
     // End-of-partition below `to` is either a trailing gap or a broker whose watermark runs
     // behind its data: keep reading for a moment before calling it a gap.
     let mut eof_since: Option<Instant> = None;
+    let mut stale = 0u64;
     loop {
         match consumer.poll(Duration::from_millis(100)) {
+            // A reused consumer: anything left from an earlier assignment is not ours, and is
+            // no progress (it must not hold off the timeout below either).
+            Some(Ok(m))
+                if m.topic() != topic || m.partition() != partition || m.offset() < next =>
+            {
+                stale += 1;
+            }
             Some(Ok(m)) => {
-                // A reused consumer: anything left from an earlier assignment is not ours.
-                if m.topic() != topic || m.partition() != partition || m.offset() < next {
-                    continue;
-                }
                 last_progress = Instant::now();
                 eof_since = None;
                 if m.offset() >= to {
@@ -186,7 +190,9 @@ pub(super) fn scan_with(
                 topic: topic.into(),
                 partition,
                 what: format!("read of offsets [{from}, {to})"),
-                detail: format!("no record for {timeout:?}"),
+                detail: format!(
+                    "no record for {timeout:?} (at offset {next}; {stale} records of an earlier read skipped)"
+                ),
             });
         }
     }
