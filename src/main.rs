@@ -108,6 +108,10 @@ enum Command {
         /// Also write a JUnit XML report here (one testcase per route partition).
         #[arg(long, value_name = "FILE")]
         junit: Option<PathBuf>,
+        /// Partitions read at once (threads, each with its own consumers). Memory is bounded
+        /// by this and the number of partitions, not by the number of records.
+        #[arg(long, value_name = "N", default_value_t = verify::DEFAULT_PARALLEL as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
+        parallel: u64,
     },
     /// Delete from the source what verify proves is on the target (the last step of a migration).
     ///
@@ -547,13 +551,19 @@ fn dispatch(cmd: Command) -> Result<i32> {
             fail_on_duplicates,
             output,
             junit,
+            parallel,
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;
             }
             let store = FileStore::new(cfg.checkpoint_file());
-            let report = verify::verify(&cfg, &store, route.as_deref(), fail_on_duplicates)?;
+            let opts = verify::VerifyOptions {
+                parallel: parallel as usize,
+                ..Default::default()
+            };
+            let report =
+                verify::verify_with(&cfg, &store, route.as_deref(), fail_on_duplicates, &opts)?;
             if let Some(path) = &junit {
                 std::fs::write(path, report.junit())
                     .with_context(|| format!("writing the JUnit report {}", path.display()))?;

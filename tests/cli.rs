@@ -326,6 +326,19 @@ fn run_once_copies_everything_then_verify_and_checkpoints_agree() {
     assert!(v
         .stdout
         .contains("verified 6 partitions: every source record is on the target"));
+    // In blocks of 100 offsets on one thread: the same table. `--parallel 0` is refused.
+    let small = km_env(
+        &["verify", "-c", s(&cfg), "--parallel", "1"],
+        &[("KMIRROR_VERIFY_BLOCK", "100")],
+        Duration::from_secs(60),
+    );
+    small.expect_code(EXIT_OK, "verify in blocks of 100");
+    assert_eq!(small.stdout, v.stdout);
+    km(
+        &["verify", "-c", s(&cfg), "--parallel", "0"],
+        Duration::from_secs(30),
+    )
+    .expect_code(2, "verify --parallel 0");
 
     let (sum, cp_rows) = shown_next_offsets(&cfg);
     assert_eq!(sum, SEEDED, "checkpoint next offsets");

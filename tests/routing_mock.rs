@@ -98,6 +98,12 @@ impl Lab {
     /// A checked routing file for job `job`: every cluster of the lab, checkpoints in the
     /// lab's directory, then `rest` verbatim (routes, cluster properties).
     fn config(&self, job: &str, rest: &str) -> Config {
+        self.config_as(job, rest, &[])
+    }
+
+    /// [`Lab::config`], with some cluster names pointing at another cluster of the lab
+    /// (`(name, stands_in)`): the same job seen through a different broker.
+    fn config_as(&self, job: &str, rest: &str, stand_ins: &[(&str, &str)]) -> Config {
         let mut text =
             format!("[checkpoints]\ndir = \"${{DIR}}\"\ninterval = \"100ms\"\njob = \"{job}\"\n\n");
         for n in &self.names {
@@ -109,7 +115,13 @@ impl Lab {
         let mut vars: BTreeMap<String, String> = self
             .names
             .iter()
-            .map(|n| (format!("BOOT_{n}"), self.bootstrap(n).to_string()))
+            .map(|n| {
+                let at = stand_ins
+                    .iter()
+                    .find(|(name, _)| name == n)
+                    .map_or(*n, |(_, other)| *other);
+                (format!("BOOT_{n}"), self.bootstrap(at).to_string())
+            })
             .collect();
         vars.insert("DIR".into(), self.dir.path().display().to_string());
         let path = self.dir.path().join(format!("{job}.toml"));
@@ -208,9 +220,33 @@ fn assert_counts(report: &RunReport, route: &str, source: &str, want: Counts) {
     );
 }
 
+/// Verifies with the default block size and again with blocks of 3 offsets (so poison,
+/// dead-letter, skipped and filtered records fall in many blocks, some matching, some
+/// re-read record by record): both must give the same report.
 fn run_verify(cfg: &Config) -> VerifyReport {
     let store = FileStore::new(cfg.checkpoint_file());
-    verify::verify(cfg, &store, None, true).unwrap_or_else(|e| panic!("verify: {e}"))
+    let v = verify::verify(cfg, &store, None, true).unwrap_or_else(|e| panic!("verify: {e}"));
+    let tiny = verify::VerifyOptions {
+        parallel: 2,
+        block: 3,
+    };
+    let t = verify::verify_with(cfg, &store, None, true, &tiny)
+        .unwrap_or_else(|e| panic!("verify in blocks of 3: {e}"));
+    assert_eq!(
+        v.rows.iter().map(verdicts).collect::<Vec<_>>(),
+        t.rows.iter().map(verdicts).collect::<Vec<_>>(),
+        "one block per partition:\n{}\nblocks of 3:\n{}",
+        v.table(),
+        t.table()
+    );
+    v
+}
+
+/// Everything a verify row concludes (not how many blocks it took).
+fn verdicts(r: &VerifyRow) -> String {
+    let mut r = r.clone();
+    (r.blocks, r.blocks_rechecked) = (0, 0);
+    format!("{r:?}")
 }
 
 fn verify_row<'a>(v: &'a VerifyReport, route: &str, source: &str) -> &'a VerifyRow {
@@ -2193,4 +2229,189 @@ filter = { json = "$.tenant_id", equals = "globex" }
             );
         }
     }
+}
+
+/// Verify keeps a digest per block of offsets, not a record, and re-reads record by record
+/// only the blocks whose digests differ. A target forged from a real copy, with a record
+/// dropped, one altered, one delivered twice and one the route never selected, each deep
+/// inside a range of many blocks: verify must name exactly those (counts and offsets, the
+/// same as with one block for the whole range), and re-read only the blocks holding them.
+#[test]
+fn verify_finds_each_difference_deep_inside_a_range_of_many_blocks() {
+    const BLOCK: i64 = 64;
+    let lab = Lab::start(&["src", "dst", "forged"]);
+    lab.topic("src", "orders", 2);
+    lab.topic("dst", "orders", 3);
+    lab.topic("forged", "orders", 3);
+    let source = seed(lab.bootstrap("src"), "orders", &tenant_orders(2, 1500));
+    // Keyed into 3 target partitions: every target partition holds both source partitions'
+    // copies, so attribution by provenance is exercised too.
+    let route = r#"
+[[routes]]
+name = "acme"
+source = "src"
+topics = ["orders"]
+target = "dst"
+partitioning = "key"
+filter = { json = "$.tenant_id", equals = "acme" }
+"#;
+    let cfg = lab.config("forge", route);
+    run_once(&cfg);
+    let copy = read_topic(lab.bootstrap("dst"), "orders");
+    let acme = tenant_positions(&source, "acme");
+    assert_eq!(copy.len(), acme.len(), "the real copy is complete");
+
+    // Forge target partition 1 from the copy. Source offsets named, per source partition.
+    let on_1: Vec<&Got> = copy.iter().filter(|g| g.partition == 1).collect();
+    let n = on_1.len();
+    let src_of = |g: &Got| g.provenance().map(|(_, _, p, o)| (p, o)).unwrap();
+    let (dropped_a, dropped_b, altered, doubled) = (n / 5, n / 2 + 3, 2 * n / 3, 4 * n / 5);
+    // The unexpected copy names a record of the same source partition that the filter left
+    // out, in the middle of the copied range.
+    let near = src_of(on_1[n / 3]);
+    let stranger = source
+        .iter()
+        .find(|g| g.partition == near.0 && g.offset > near.1 && !acme.contains(&g.pos()))
+        .unwrap()
+        .pos();
+    let as_rec = |g: &Got| Rec {
+        partition: g.partition,
+        key: g.key.clone(),
+        value: g.value.clone(),
+        headers: g
+            .headers
+            .iter()
+            .map(|(k, v)| (String::from_utf8(k.clone()).unwrap(), v.clone()))
+            .collect(),
+        ts: g.ts,
+    };
+    let mut forged = Vec::new();
+    for g in &copy {
+        if g.partition != 1 {
+            forged.push(as_rec(g));
+            continue;
+        }
+        let i = on_1.iter().position(|h| h.offset == g.offset).unwrap();
+        if i == dropped_a || i == dropped_b {
+            continue;
+        }
+        let mut r = as_rec(g);
+        if i == altered {
+            r.value.as_mut().unwrap().push(b' ');
+        }
+        if i == doubled {
+            forged.push(r.clone());
+        }
+        forged.push(r);
+        if i == n / 3 {
+            let mut u = as_rec(g);
+            let prov = g.header_text(PROVENANCE);
+            let base = prov.rsplit_once('/').unwrap().0;
+            let at = base.rsplit_once('/').unwrap().0;
+            for h in &mut u.headers {
+                if h.0 == PROVENANCE {
+                    h.1 = Some(format!("{at}/{}/{}", stranger.0, stranger.1).into_bytes());
+                }
+            }
+            forged.push(u);
+        }
+    }
+    // As many records as the real copy: the checkpoint's target ranges cover them all.
+    assert_eq!(forged.len(), copy.len());
+    produce(lab.bootstrap("forged"), "orders", &forged);
+
+    // The same job, its target cluster answered by the forged broker.
+    let view = lab.config_as("forge", route, &[("dst", "forged")]);
+    let store = FileStore::new(view.checkpoint_file());
+    let small = verify::VerifyOptions {
+        parallel: 3,
+        block: BLOCK,
+    };
+    let v = verify::verify_with(&view, &store, None, true, &small).unwrap();
+    let text = v.table();
+    assert!(!v.ok(), "{text}");
+    // Per source partition: (missing, altered, unexpected offsets, duplicates).
+    type Want = (Vec<i64>, Vec<i64>, Vec<i64>, u64);
+    let mut want: BTreeMap<i32, Want> = BTreeMap::new();
+    for i in [dropped_a, dropped_b] {
+        let (p, o) = src_of(on_1[i]);
+        want.entry(p).or_default().0.push(o);
+    }
+    let (p, o) = src_of(on_1[altered]);
+    want.entry(p).or_default().1.push(o);
+    want.entry(stranger.0).or_default().2.push(stranger.1);
+    want.entry(src_of(on_1[doubled]).0).or_default().3 += 1;
+    let mut rechecked = 0;
+    for p in 0..2 {
+        let r = verify_row(&v, "acme", &format!("src:orders/{p}"));
+        let (mut missing, altered, unexpected, dups) = want.get(&p).cloned().unwrap_or_default();
+        missing.sort_unstable();
+        assert_eq!(
+            (
+                &r.first_missing,
+                &r.first_altered,
+                &r.first_unexpected,
+                r.duplicates
+            ),
+            (&missing, &altered, &unexpected, dups),
+            "partition {p}:\n{text}"
+        );
+        assert_eq!(
+            (r.missing, r.altered, r.unexpected),
+            (
+                missing.len() as u64,
+                altered.len() as u64,
+                unexpected.len() as u64
+            ),
+            "partition {p}:\n{text}"
+        );
+        assert_eq!(r.source_records, 1500, "{text}");
+        assert_eq!(r.blocks, 1500_u64.div_ceil(BLOCK as u64), "{text}");
+        rechecked += r.blocks_rechecked;
+    }
+    // Only the blocks holding a difference were read again.
+    let touched: BTreeSet<(i32, i64)> = [
+        src_of(on_1[dropped_a]),
+        src_of(on_1[dropped_b]),
+        src_of(on_1[altered]),
+        src_of(on_1[doubled]),
+        stranger,
+    ]
+    .iter()
+    .map(|(p, o)| (*p, o / BLOCK))
+    .collect();
+    assert_eq!(rechecked, touched.len() as u64, "{text}");
+
+    // One block for the whole range gives the same verdicts, offsets and counts.
+    let whole = verify::VerifyOptions {
+        parallel: 1,
+        block: i64::MAX / 4,
+    };
+    let w = verify::verify_with(&view, &store, None, true, &whole).unwrap();
+    for (a, b) in v.rows.iter().zip(&w.rows) {
+        let key = |r: &VerifyRow| {
+            (
+                r.source.clone(),
+                r.source_records,
+                r.target_records,
+                r.filtered,
+                r.missing,
+                r.unexpected,
+                r.duplicates,
+                r.altered,
+                r.first_missing.clone(),
+                r.first_altered.clone(),
+                r.first_unexpected.clone(),
+            )
+        };
+        assert_eq!(key(a), key(b), "{text}\n{}", w.table());
+    }
+    // The real copy matches, in every block.
+    let real = verify::verify_with(&cfg, &store, None, true, &small).unwrap();
+    assert!(real.ok(), "{}", real.table());
+    assert!(
+        real.rows.iter().all(|r| r.blocks_rechecked == 0),
+        "{}",
+        real.table()
+    );
 }

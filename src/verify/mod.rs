@@ -11,30 +11,41 @@
 //! Without them, counts are compared: per partition under `preserve`, per route as a whole
 //! otherwise (any task may write any target partition). `report.rs` renders the JSON and
 //! JUnit reports; this file reads and decides.
+//!
+//! Memory does not grow with the record count: pass 1 reads every partition once (each
+//! source range, each target partition for all the tasks that wrote it, each dead-letter
+//! partition), `VerifyOptions::parallel` at a time, keeping per block of source offsets only
+//! digests (`digest.rs`); pass 2 re-reads record by record only blocks whose digests differ,
+//! so the counts and first offsets are those of a full record-by-record comparison.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
+mod blocks;
 mod compare;
 mod coverage;
+mod digest;
+mod read;
 mod report;
 
+use blocks::{
+    count_records, drill, extend_first, poison_settled, read_dlq, read_source, read_target,
+    DlqBlock, DlqPart, Found, GroupPart, Job, Mode, SrcBlock, TargetPart, Task, TgtBlock,
+};
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
+pub use read::scan;
+use read::{run_jobs, Reader};
 pub use report::JSON_SCHEMA_VERSION;
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
-use crate::config::{ClusterConfig, Config, ErrorAction, Partitioning, RouteConfig};
+use crate::config::{Config, Partitioning, RouteConfig};
 use crate::copy::filter::{self, Decision, RecordView};
 use crate::copy::record::{
-    parse_provenance, parse_provenance_full, raw_headers, record_bytes, Provenance,
-    DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
+    parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
 };
 use crate::counts::render_table;
 use crate::plan::{self, CreateTopics, Ends, TaskEnd};
@@ -92,12 +103,18 @@ pub struct VerifyRow {
     /// Count mode across partitions: this partition's copies are counted in the route's
     /// whole-route row, not here.
     pub in_group: bool,
+    /// Digest blocks of the copied range compared, and how many of them differed and were
+    /// re-read record by record (`verify` keeps a digest per block, not a record).
+    pub blocks: u64,
+    pub blocks_rechecked: u64,
 }
 
 /// Count mode across partitions: a route's selection and the target range it wrote.
 #[derive(Debug, Default)]
 struct CountGroup {
     expected: u64,
+    /// Records on the target without provenance, in `ranges`.
+    target: u64,
     tasks: usize,
     topics: BTreeSet<String>,
     /// Target partition -> `[from, to)` written by any of the route's tasks.
@@ -299,97 +316,6 @@ impl VerifyReport {
     }
 }
 
-/// Reads `[from, to)` of a partition, calling `f` for every record. Bounded: fails if no
-/// record or end-of-partition arrives for `timeout`. Ends at the first record at or past
-/// `to`, or at end-of-partition (a trailing gap), whichever comes first.
-pub fn scan(
-    cluster: &ClusterConfig,
-    topic: &str,
-    partition: i32,
-    from: i64,
-    to: i64,
-    timeout: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> Result<(), ClusterError> {
-    if from >= to {
-        return Ok(());
-    }
-    let consumer = cluster::consumer(cluster, &[("fetch.message.max.bytes", "4194304")])?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
-        .map_err(|e| lookup(cluster, topic, partition, e))?;
-    consumer
-        .assign(&tpl)
-        .map_err(|e| lookup(cluster, topic, partition, e))?;
-    let mut last_progress = Instant::now();
-    let mut next = from;
-    // End-of-partition below `to` is either a trailing gap or a broker whose watermark runs
-    // behind its data: keep reading for a moment before calling it a gap.
-    let mut eof_since: Option<Instant> = None;
-    loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                eof_since = None;
-                if m.offset() >= to {
-                    return Ok(());
-                }
-                f(&m);
-                next = m.offset() + 1;
-                if next >= to {
-                    return Ok(());
-                }
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {
-                if to == i64::MAX || next >= to {
-                    return Ok(());
-                }
-                eof_since.get_or_insert_with(Instant::now);
-            }
-            Some(Err(e)) => {
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
-                        | Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
-                ) {
-                    return Err(ClusterError::Lookup {
-                        cluster: cluster.name.clone(),
-                        topic: topic.into(),
-                        partition,
-                        what: format!("read from offset {from}"),
-                        detail: "offset out of range (deleted by retention?)".into(),
-                    });
-                }
-                tracing::debug!("verify read: {e}");
-            }
-            None => {}
-        }
-        if eof_since.is_some_and(|t| t.elapsed() >= Duration::from_secs(1)) {
-            tracing::debug!("{topic}/{partition}: no records in [{next}, {to}): a gap");
-            return Ok(());
-        }
-        if last_progress.elapsed() > timeout {
-            return Err(ClusterError::Lookup {
-                cluster: cluster.name.clone(),
-                topic: topic.into(),
-                partition,
-                what: format!("read of offsets [{from}, {to})"),
-                detail: format!("no record for {timeout:?}"),
-            });
-        }
-    }
-}
-
-fn lookup(cluster: &ClusterConfig, topic: &str, partition: i32, e: KafkaError) -> ClusterError {
-    ClusterError::Lookup {
-        cluster: cluster.name.clone(),
-        topic: topic.into(),
-        partition,
-        what: "assign".into(),
-        detail: e.to_string(),
-    }
-}
-
 /// What the route does with a source record: the same decision as the copy path.
 fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
     if r.validate.is_empty() && r.filter.is_none() {
@@ -413,37 +339,35 @@ fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<Provenance<'m>> {
     parse_provenance_full(prov.value?)
 }
 
-/// Source offsets (by source topic and partition) that `route` wrote to its dead-letter
-/// topic, read from the whole topic (dead-letter topics are small by nature).
-fn dead_lettered(
-    config: &Config,
-    route: &str,
-    dl: &crate::config::DeadLetter,
-    timeout: Duration,
-) -> Result<BTreeMap<(String, i32), BTreeSet<i64>>, ClusterError> {
-    let cluster = &config.clusters[&dl.cluster];
-    let consumer = cluster::consumer(cluster, &[])?;
-    let md = cluster::metadata(&consumer, cluster, Some(&dl.topic), timeout)?;
-    let partitions = cluster::partition_count(&md, &dl.topic).unwrap_or(0);
-    let mut out: BTreeMap<(String, i32), BTreeSet<i64>> = BTreeMap::new();
-    for p in 0..partitions as i32 {
-        let (low, _) = cluster::watermarks(&consumer, &dl.cluster, &dl.topic, p, timeout)?;
-        scan(cluster, &dl.topic, p, low, i64::MAX, timeout, |m| {
-            let hdrs = raw_headers(m);
-            let get = |name: &str| {
-                hdrs.iter()
-                    .find(|h| h.name == name.as_bytes())
-                    .and_then(|h| h.value)
-            };
-            if get(DLQ_ROUTE_HEADER) != Some(route.as_bytes()) {
-                return;
-            }
-            if let Some((_, t, sp, o)) = get(DLQ_SOURCE_HEADER).and_then(parse_provenance) {
-                out.entry((t.to_string(), sp)).or_default().insert(o);
-            }
-        })?;
+/// How verify runs. Its memory depends on these, the number of partitions and the number of
+/// blocks, never on the number of records.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Partitions read at once: one thread each, each with its own consumers.
+    pub parallel: usize,
+    /// Source offsets per digest block. Matching blocks cost a few dozen bytes each; a block
+    /// that differs is re-read record by record, holding at most this many records.
+    pub block: i64,
+}
+
+/// Default block size: ~100 bytes of digest per 65,536 records.
+pub const DEFAULT_BLOCK: i64 = 65_536;
+/// Default number of partitions read at once.
+pub const DEFAULT_PARALLEL: usize = 4;
+
+impl Default for VerifyOptions {
+    /// `KMIRROR_VERIFY_BLOCK` overrides the block size (tests use small blocks to reach the
+    /// record-by-record drill-down with little data).
+    fn default() -> Self {
+        VerifyOptions {
+            parallel: DEFAULT_PARALLEL,
+            block: std::env::var("KMIRROR_VERIFY_BLOCK")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|b: &i64| *b > 0)
+                .unwrap_or(DEFAULT_BLOCK),
+        }
     }
-    Ok(out)
 }
 
 /// Compares source and target for every task of the selected routes: the copied range
@@ -453,6 +377,29 @@ pub fn verify(
     store: &dyn CheckpointStore,
     route: Option<&str>,
     fail_on_duplicates: bool,
+) -> Result<VerifyReport, VerifyError> {
+    verify_with(
+        config,
+        store,
+        route,
+        fail_on_duplicates,
+        &VerifyOptions::default(),
+    )
+}
+
+/// [`verify`] with explicit [`VerifyOptions`].
+///
+/// Pass 1 reads every source partition's copied range once, every target partition once
+/// for all the tasks that wrote it, and every dead-letter partition once, `parallel`
+/// partitions at a time, keeping only per-block digests. Pass 2 re-reads, record by record,
+/// only the blocks whose digests differ, so the report's counts and first offsets are those
+/// of a full record-by-record comparison.
+pub fn verify_with(
+    config: &Config,
+    store: &dyn CheckpointStore,
+    route: Option<&str>,
+    fail_on_duplicates: bool,
+    opts: &VerifyOptions,
 ) -> Result<VerifyReport, VerifyError> {
     let cp = crate::copy::load_checkpoint(config, store)?.ok_or_else(|| {
         VerifyError::Nothing(format!("no checkpoint at {} (run first)", store.describe()))
@@ -472,20 +419,21 @@ pub fn verify(
         ));
     }
     let timeout = config.run.connect_timeout.max(Duration::from_secs(10));
+    let b = opts.block.max(1);
     // The plan gives every partition of the routes' topics, the source's end now and each
     // route's end, so partitions the copy never reached are reported too.
     let plan = plan::build_with(config, Some(&cp), CreateTopics::Never, Ends::AsConfigured)?;
+    let mut reader = Reader::new(timeout);
     let mut rows = Vec::new();
+    let mut tasks: Vec<Task<'_>> = Vec::new();
+    // Count mode across partitions: (row of the whole-route line, the group).
+    let mut groups: Vec<(usize, String, String, CountGroup)> = Vec::new();
+    let mut group_tasks: BTreeMap<usize, usize> = BTreeMap::new();
     for (ri, r) in config.routes.iter().enumerate() {
         if route.is_some_and(|n| n != r.name) {
             continue;
         }
         let rc = cp.routes.get(&r.name);
-        let src = &config.clusters[&r.source];
-        let dlq = match &r.dead_letter {
-            Some(dl) if rc.is_some() => dead_lettered(config, &r.name, dl, timeout)?,
-            _ => BTreeMap::new(),
-        };
         // Headers the route sets or drops are compared separately (set) or not at all (drop).
         let ignore: Vec<&str> = r
             .headers
@@ -495,7 +443,7 @@ pub fn verify(
             .chain(r.headers.drop.iter().map(String::as_str))
             .collect();
         let grouped = !r.provenance && r.partitioning != Partitioning::Preserve;
-        let mut groups: BTreeMap<(String, String), CountGroup> = BTreeMap::new();
+        let mut route_groups: BTreeMap<(String, String), CountGroup> = BTreeMap::new();
         // Count mode cannot tell this route's records from another's without provenance.
         let shared_without_provenance = (!r.provenance)
             .then(|| {
@@ -519,13 +467,14 @@ pub fn verify(
         for task in plan.tasks.iter().filter(|t| t.route == ri) {
             let (topic, partition) = (task.topic.as_str(), task.partition);
             let pc = rc.and_then(|rc| rc.partitions.get(&partition_key(topic, partition)));
+            let src = &config.clusters[&r.source];
             // A timestamp end is where the copy path stops: the first record at or after it
             // (read, not looked up: not every broker answers lookups by time).
             let end_offset = match task.end {
                 TaskEnd::Timestamp(ts) => {
                     let from = pc.map_or(task.start, |pc| pc.next_offset);
                     let mut at = None;
-                    scan(src, topic, partition, from, task.high, timeout, |m| {
+                    reader.scan(src, topic, partition, from, task.high, |m| {
                         if at.is_none() && m.timestamp().to_millis().is_some_and(|t| t >= ts) {
                             at = Some(m.offset());
                         }
@@ -560,181 +509,316 @@ pub fn verify(
             };
             row.source_range = (pc.first_offset, pc.next_offset);
             row.target = format!("{}:{}", pc.target_cluster, pc.target_topic);
-            // Source side: what the route should have done with every record in the copied
-            // range, decided exactly as the copy path decides it.
-            let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
-            let mut poison: Vec<i64> = Vec::new();
-            let mut source_records = 0u64;
-            scan(
-                src,
-                topic,
-                partition,
-                pc.first_offset,
-                pc.next_offset,
-                timeout,
-                |m| {
-                    source_records += 1;
-                    match decide(r, m) {
-                        Decision::Copy => {
-                            expected.insert(
-                                m.offset(),
-                                r.provenance.then(|| Fingerprint::of(m, &ignore)),
-                            );
-                        }
-                        Decision::Filtered => row.filtered += 1,
-                        Decision::Poison(_) => poison.push(m.offset()),
-                    }
-                },
-            )?;
-            row.source_records = source_records;
-            let dlq_offsets = dlq.get(&(topic.to_string(), partition));
-            for o in &poison {
-                if dlq_offsets.is_some_and(|s| s.contains(o)) {
-                    row.dead_lettered += 1;
-                } else if r.on_error == ErrorAction::Skip {
-                    row.skipped += 1;
-                } else {
-                    row.missing += 1;
-                    if row.first_missing.len() < FIRST_OFFSETS {
-                        row.first_missing.push(*o);
-                    }
-                }
-            }
             if let Some(why) = &shared_without_provenance {
                 row.unverifiable = Some(why.clone());
             }
+            // From before the first write: copies by a run that died before it could
+            // checkpoint are duplicates to count, and lie below the first recorded offset.
+            let ranges: BTreeMap<i32, (i64, i64)> = pc
+                .target
+                .iter()
+                .map(|(tp, [a, z])| {
+                    let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
+                    (*tp, (from, z + 1))
+                })
+                .collect();
+            let mode = if r.provenance {
+                Mode::Content
+            } else if grouped {
+                Mode::Grouped
+            } else {
+                Mode::Count
+            };
             if grouped {
                 // Without provenance, a record cannot be traced to the task that wrote it
                 // and every task may write every target partition: only the route's whole
                 // selection against the whole range it wrote can be counted soundly.
-                let g = groups
+                let g = route_groups
                     .entry((pc.target_cluster.clone(), pc.target_topic.clone()))
                     .or_default();
-                g.expected += expected.len() as u64;
                 g.topics.insert(topic.to_string());
                 g.tasks += 1;
-                for (tp, [a, b]) in &pc.target {
-                    let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
-                    let e = g.ranges.entry(*tp).or_insert((from, b + 1));
-                    e.0 = e.0.min(from);
-                    e.1 = e.1.max(b + 1);
+                for (tp, (from, to)) in &ranges {
+                    let e = g.ranges.entry(*tp).or_insert((*from, *to));
+                    e.0 = e.0.min(*from);
+                    e.1 = e.1.max(*to);
                 }
                 row.in_group = true;
-                rows.push(row);
-                continue;
             }
-            // Target side: every record written for this task, found by provenance.
-            let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
-            let mut target_count = 0u64;
-            for (tp, [a, b]) in &pc.target {
-                // From before the first write: copies by a run that died before it could
-                // checkpoint are duplicates to count, and lie below the first recorded offset.
-                let from = pc.target_start.get(tp).map_or(*a, |s| (*s).min(*a));
-                scan(dst, &pc.target_topic, *tp, from, b + 1, timeout, |m| {
-                    if !r.provenance {
-                        target_count += 1;
-                        return;
-                    }
-                    let Some(pv) = provenance(m) else {
-                        return;
-                    };
-                    let (c, t, p, o) = (pv.cluster, pv.topic, pv.partition, pv.offset);
-                    // Another route's copy of the same source record (two routes with
-                    // disjoint filters into one topic) is that route's, not unexpected here.
-                    // Values written before routes were named are attributed by range alone.
-                    if pv.route.is_some_and(|n| n != r.name)
-                        || c != r.source
-                        || t != topic
-                        || p != partition
-                        || o < pc.first_offset
-                        || o >= pc.next_offset
-                    {
-                        return; // another task's or another writer's record
-                    }
-                    target_count += 1;
-                    *seen.entry(o).or_default() += 1;
-                    let set_ok = r.headers.set.iter().all(|(k, v)| {
-                        raw_headers(m)
-                            .iter()
-                            .filter(|h| h.name == k.as_bytes())
-                            .map(|h| h.value)
-                            .eq([Some(v.as_bytes())])
-                    });
-                    let verdict = match expected.get(&o) {
-                        Some(Some(want)) => compare(want, &Fingerprint::of(m, &ignore)),
-                        _ => Comparison::Same,
-                    };
-                    if verdict == Comparison::SameTimestampNotKept {
-                        row.timestamps_not_kept += 1;
-                    }
-                    if !set_ok || verdict == Comparison::Altered {
-                        row.altered += 1;
-                        if row.first_altered.len() < FIRST_OFFSETS {
-                            row.first_altered.push(o);
-                        }
-                    }
-                })?;
-            }
-            row.target_records = target_count;
-            if r.provenance {
-                for o in expected.keys() {
-                    if seen.contains_key(o) {
-                        continue;
-                    }
-                    // Refused by the target and dead-lettered from there.
-                    if dlq_offsets.is_some_and(|s| s.contains(o)) {
-                        row.dead_lettered += 1;
-                    } else {
-                        row.missing += 1;
-                        if row.first_missing.len() < 2 * FIRST_OFFSETS {
-                            row.first_missing.push(*o);
-                        }
-                    }
-                }
-                let unexpected: Vec<i64> = seen
-                    .keys()
-                    .filter(|o| !expected.contains_key(o))
-                    .copied()
-                    .collect();
-                row.unexpected = unexpected.len() as u64;
-                row.first_unexpected = unexpected.into_iter().take(FIRST_OFFSETS).collect();
-                row.duplicates = seen.values().map(|n| (*n as u64).saturating_sub(1)).sum();
-            } else {
-                let want = expected.len() as u64;
-                row.missing += want.saturating_sub(row.target_records);
-                row.duplicates = row.target_records.saturating_sub(want);
-            }
-            row.first_missing.sort_unstable();
-            row.first_missing.truncate(FIRST_OFFSETS);
+            tasks.push(Task {
+                row: rows.len(),
+                route: r,
+                ignore: ignore.clone(),
+                src,
+                dst,
+                topic: topic.to_string(),
+                partition,
+                first: pc.first_offset,
+                next: pc.next_offset,
+                target_topic: pc.target_topic.clone(),
+                ranges,
+                mode,
+                dlq: r
+                    .dead_letter
+                    .as_ref()
+                    .map(|dl| (&config.clusters[&dl.cluster], dl.topic.as_str())),
+            });
             rows.push(row);
         }
-        for ((tc, tt), g) in groups {
-            let Some(dst) = config.clusters.get(&tc) else {
+        for ((tc, tt), g) in route_groups {
+            if !config.clusters.contains_key(&tc) {
                 continue;
-            };
-            let mut target_records = 0u64;
-            for (tp, (from, to)) in &g.ranges {
-                scan(dst, &tt, *tp, *from, *to, timeout, |m| {
-                    // Another route's copy names its route; this route's records carry none.
-                    if provenance(m).is_none() {
-                        target_records += 1;
-                    }
-                })?;
             }
             let topics: Vec<&str> = g.topics.iter().map(String::as_str).collect();
+            for ti in tasks.iter().enumerate().filter_map(|(ti, t)| {
+                (t.mode == Mode::Grouped
+                    && std::ptr::eq(t.route, r)
+                    && t.dst.name == tc
+                    && t.target_topic == tt)
+                    .then_some(ti)
+            }) {
+                group_tasks.insert(ti, groups.len());
+            }
             rows.push(VerifyRow {
                 route: r.name.clone(),
                 source: format!("{}:{}/*", r.source, topics.join(",")),
-                source_records: g.expected,
                 target: format!("{tc}:{tt}"),
-                target_records,
-                missing: g.expected.saturating_sub(target_records),
-                duplicates: target_records.saturating_sub(g.expected),
                 whole_route: Some(g.tasks),
                 unverifiable: shared_without_provenance.clone(),
                 ..Default::default()
             });
+            groups.push((rows.len() - 1, tc, tt, g));
         }
+    }
+
+    drop(reader);
+    // Pass 1: every partition once, sources and targets side by side.
+    let mut sources = Vec::new();
+    let mut others = Vec::new();
+    let mut targets: BTreeMap<(String, String, i32), TargetPart<'_>> = BTreeMap::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        sources.push(Job::Source(ti));
+        match t.mode {
+            Mode::Content => {
+                for (tp, span) in &t.ranges {
+                    let part = targets
+                        .entry((t.dst.name.clone(), t.target_topic.clone(), *tp))
+                        .or_insert_with(|| TargetPart {
+                            cluster: t.dst,
+                            topic: t.target_topic.clone(),
+                            partition: *tp,
+                            spans: Vec::new(),
+                            tasks: Vec::new(),
+                        });
+                    part.spans.push(*span);
+                    part.tasks.push(ti);
+                }
+            }
+            Mode::Count => others.push(Job::Count(ti)),
+            Mode::Grouped => {}
+        }
+    }
+    for mut part in targets.into_values() {
+        // Tasks sharing a target partition (key or round-robin partitioning) wrote
+        // overlapping ranges: read their union once.
+        part.spans.sort_unstable();
+        let mut spans: Vec<(i64, i64)> = Vec::new();
+        for (a, z) in part.spans.drain(..) {
+            match spans.last_mut() {
+                Some(last) if a <= last.1 => last.1 = last.1.max(z),
+                _ => spans.push((a, z)),
+            }
+        }
+        part.spans = spans;
+        others.push(Job::Target(part));
+    }
+    for (gi, (_, tc, tt, g)) in groups.iter().enumerate() {
+        let Some(cluster) = config.clusters.get(tc) else {
+            continue;
+        };
+        for (tp, (from, to)) in &g.ranges {
+            others.push(Job::Group(GroupPart {
+                group: gi,
+                cluster,
+                topic: tt.to_string(),
+                partition: *tp,
+                from: *from,
+                to: *to,
+            }));
+        }
+    }
+    // Each dead-letter topic once, for every route writing it.
+    let mut dlqs: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        if let Some((c, topic)) = t.dlq {
+            dlqs.entry((c.name.clone(), topic.to_string()))
+                .or_default()
+                .push(ti);
+        }
+    }
+    for ((c, topic), ts) in dlqs {
+        let cluster = &config.clusters[&c];
+        let consumer = cluster::consumer(cluster, &[])?;
+        let md = cluster::metadata(&consumer, cluster, Some(&topic), timeout)?;
+        for p in 0..cluster::partition_count(&md, &topic).unwrap_or(0) as i32 {
+            others.push(Job::Dlq(DlqPart {
+                cluster,
+                topic: topic.clone(),
+                partition: p,
+                tasks: ts.clone(),
+            }));
+        }
+    }
+    // Interleaved, so sources and targets are read at the same time.
+    let mut jobs = Vec::with_capacity(sources.len() + others.len());
+    let (mut s, mut o) = (sources.into_iter(), others.into_iter());
+    loop {
+        match (s.next(), o.next()) {
+            (None, None) => break,
+            (a, c) => jobs.extend(a.into_iter().chain(c)),
+        }
+    }
+    let found = run_jobs(opts.parallel, timeout, &jobs, |reader, job| {
+        Ok(match job {
+            Job::Source(ti) => Found::Source(read_source(reader, &tasks[*ti], b)?),
+            Job::Target(part) => Found::Target(read_target(reader, &tasks, part, b)?),
+            Job::Dlq(part) => Found::Dlq(read_dlq(reader, &tasks, part, b)?),
+            Job::Count(ti) => {
+                let t = &tasks[*ti];
+                let ranges = t.ranges.iter().map(|(p, (a, z))| (*p, *a, *z));
+                Found::Count(count_records(
+                    reader,
+                    t.dst,
+                    &t.target_topic,
+                    ranges,
+                    |_| true,
+                )?)
+            }
+            Job::Group(g) => {
+                let ranges = [(g.partition, g.from, g.to)];
+                // Another route's copy names its route; this route's records carry none.
+                Found::Count(count_records(reader, g.cluster, &g.topic, ranges, |m| {
+                    provenance(m).is_none()
+                })?)
+            }
+        })
+    })?;
+    let mut src: Vec<Vec<SrcBlock>> = vec![Vec::new(); tasks.len()];
+    let mut tgt: HashMap<(usize, i64), TgtBlock> = HashMap::new();
+    let mut dlq: HashMap<(usize, i64), DlqBlock> = HashMap::new();
+    let mut counted: BTreeMap<usize, u64> = BTreeMap::new();
+    for (job, f) in jobs.iter().zip(found) {
+        match (job, f) {
+            (Job::Source(ti), Found::Source(v)) => src[*ti] = v,
+            (Job::Target(_), Found::Target(m)) => {
+                for (k, t) in m {
+                    let e = tgt.entry(k).or_default();
+                    e.content.merge(&t.content);
+                    e.kept.merge(&t.kept);
+                    e.lat += t.lat;
+                    e.bad_set |= t.bad_set;
+                    e.ranges.extend(t.ranges);
+                }
+            }
+            (Job::Dlq(_), Found::Dlq(m)) => {
+                for (k, d) in m {
+                    let e = dlq.entry(k).or_default();
+                    e.offsets.merge(&d.offsets);
+                    e.ranges.extend(d.ranges);
+                }
+            }
+            (Job::Count(ti), Found::Count(n)) => {
+                counted.insert(*ti, n);
+            }
+            (Job::Group(g), Found::Count(n)) => groups[g.group].3.target += n,
+            _ => unreachable!("a job's result is of its kind"),
+        }
+    }
+    // Settle every block whose digests agree; the rest go to pass 2.
+    let mut drills: Vec<(usize, i64)> = Vec::new();
+    for (ti, t) in tasks.iter().enumerate() {
+        let row = &mut rows[t.row];
+        let mut copies = 0u64;
+        for (i, k) in t.blocks(b).enumerate() {
+            let s = &src[ti][i];
+            row.blocks += 1;
+            row.source_records += s.records;
+            row.filtered += s.filtered;
+            copies += s.copy.count;
+            let d = dlq.get(&(ti, k));
+            let poison = poison_settled(s, d, &t.route.on_error);
+            let clean = match t.mode {
+                Mode::Content => {
+                    let tb = tgt.get(&(ti, k)).cloned().unwrap_or_default();
+                    row.target_records += tb.content.count;
+                    let target_ok = tb.content == s.copy_content
+                        && !tb.bad_set
+                        && if tb.lat == 0 {
+                            tb.kept == s.copy
+                        } else {
+                            tb.lat == tb.content.count
+                        };
+                    if target_ok && poison.is_some() {
+                        row.timestamps_not_kept += tb.lat;
+                    }
+                    target_ok
+                }
+                Mode::Count | Mode::Grouped => true,
+            };
+            match poison {
+                Some((dead, skipped)) if clean => {
+                    row.dead_lettered += dead;
+                    row.skipped += skipped;
+                }
+                _ => drills.push((ti, k)),
+            }
+        }
+        match t.mode {
+            Mode::Content => {}
+            Mode::Count => {
+                row.target_records = counted.get(&ti).copied().unwrap_or(0);
+                row.missing += copies.saturating_sub(row.target_records);
+                row.duplicates = row.target_records.saturating_sub(copies);
+            }
+            Mode::Grouped => {
+                if let Some(gi) = group_tasks.get(&ti) {
+                    groups[*gi].3.expected += copies;
+                }
+            }
+        }
+    }
+
+    // Pass 2: the blocks that differ, record by record.
+    let exact = run_jobs(opts.parallel, timeout, &drills, |reader, (ti, k)| {
+        drill(
+            reader,
+            &tasks[*ti],
+            *k,
+            b,
+            tgt.get(&(*ti, *k)),
+            dlq.get(&(*ti, *k)),
+        )
+    })?;
+    for ((ti, _), ex) in drills.iter().zip(exact) {
+        let row = &mut rows[tasks[*ti].row];
+        row.blocks_rechecked += 1;
+        row.dead_lettered += ex.dead_lettered;
+        row.skipped += ex.skipped;
+        row.missing += ex.missing;
+        row.unexpected += ex.unexpected;
+        row.duplicates += ex.duplicates;
+        row.altered += ex.altered;
+        row.timestamps_not_kept += ex.timestamps_not_kept;
+        extend_first(&mut row.first_missing, &ex.first_missing);
+        extend_first(&mut row.first_altered, &ex.first_altered);
+        extend_first(&mut row.first_unexpected, &ex.first_unexpected);
+    }
+    for (row, _, _, g) in &groups {
+        let row = &mut rows[*row];
+        row.source_records = g.expected;
+        row.target_records = g.target;
+        row.missing = g.expected.saturating_sub(g.target);
+        row.duplicates = g.target.saturating_sub(g.expected);
     }
     Ok(VerifyReport {
         rows,
