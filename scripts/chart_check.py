@@ -9,8 +9,9 @@ scripts/crd-validate.mjs.
 
 For each values variant below: `helm lint --strict`, the values against
 values.schema.json, a render, every core object against the Kubernetes schemas of the
-oldest supported and the newest release (strict: unknown fields are errors), and the
-chart's own promises (see check_invariants). Bad values must be refused by the schema.
+oldest supported and the newest release (strict: unknown fields are errors), the chart's
+own promises (see check_invariants) and, with KMIRROR_BIN naming a kmirror binary, the
+init container's `check --offline` on the routing file as the pod mounts it. Bad values must be refused by the schema.
 Exits non-zero on the first variant that fails, naming what.
 """
 
@@ -18,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import tomllib
 
 import helm_python as helm
@@ -59,11 +61,22 @@ SCHEDULING = {
     },
 }
 
+def example(name):
+    with open(os.path.join(ROOT, "config", name)) as f:
+        return f.read()
+
+
 VARIANTS = {
     "defaults (StatefulSet mirror)": {},
-    "StatefulSet + ServiceMonitor, PrometheusRule, dashboard, scheduling": {**MONITORING, **SCHEDULING},
-    "Job (one-shot migration) + monitoring": {
+    "StatefulSet of config/dr-mirror.toml + ServiceMonitor, PrometheusRule, dashboard, scheduling": {
+        "routes": example("dr-mirror.toml"),
+        **MONITORING,
+        **SCHEDULING,
+    },
+    "Job of config/migrate-tenant.toml and its schema file + monitoring": {
         "workload": "job",
+        "routes": example("migrate-tenant.toml"),
+        "routeFiles": [{"path": "schemas/order.schema.json", "content": example("schemas/order.schema.json")}],
         "job": {"backoffLimit": 2, "ttlSecondsAfterFinished": 0, "activeDeadlineSeconds": 86400},
         "envFromSecret": "kmirror-sasl",
         **MONITORING,
@@ -83,6 +96,7 @@ BAD_VALUES = {
     "misspelt key": {"serviceMonitor": {"enabeld": True}},
     "port not a number": {"http": {"enabled": True, "port": "http"}},
     "unknown top-level key": {"replicaCount": 2},
+    "routeFiles path leaving the directory": {"routeFiles": [{"path": "../x", "content": ""}]},
 }
 
 
@@ -203,8 +217,16 @@ def check_invariants(values, docs, notes):
     routes_cm = [c for c in by_kind(docs, "ConfigMap") if "routes.toml" in c.get("data", {})]
     expect(len(routes_cm) == 1, "one routes ConfigMap")
     routes_dir = tomllib.loads(routes_cm[0]["data"]["routes.toml"]).get("checkpoints", {}).get("dir")
-    expect(any(v.get("configMap", {}).get("name") == routes_cm[0]["metadata"]["name"] for v in pod["volumes"]),
-           "the pod does not mount the routes ConfigMap")
+    routes_vol = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == routes_cm[0]["metadata"]["name"]]
+    expect(len(routes_vol) == 1, "the pod does not mount the routes ConfigMap")
+    items = routes_vol[0]["configMap"].get("items")
+    if merged["routeFiles"]:
+        placed = {i["path"]: routes_cm[0]["data"][i["key"]] for i in items}
+        expect(placed.get("routes.toml") == routes_cm[0]["data"]["routes.toml"], "routes.toml not mounted")
+        for f in merged["routeFiles"]:
+            expect(placed.get(f["path"]) == f["content"].rstrip("\n"), f"{f['path']} not mounted beside routes.toml")
+    else:
+        expect(items is None, "items without routeFiles")
 
     for c in pod.get("initContainers", []) + pod["containers"]:
         sc = c.get("securityContext", {})
@@ -272,8 +294,38 @@ def check_invariants(values, docs, notes):
         expect(c["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard label for the sidecar")
 
 
+def check_routing_file(docs, kmirror):
+    """Runs the init container's `kmirror check --offline` on the files as the pod mounts
+    them (the routes ConfigMap's items under /etc/kmirror): a routing file naming a file the
+    chart does not mount fails here, not in the cluster."""
+    routes_cm = [c for c in by_kind(docs, "ConfigMap") if "routes.toml" in c.get("data", {})][0]
+    workload = [d for d in docs if d["kind"] in ("Job", "StatefulSet")][0]
+    pod = workload["spec"]["template"]["spec"]
+    vol = [v for v in pod["volumes"] if v["name"] == "routes"][0]["configMap"]
+    items = vol.get("items") or [{"key": k, "path": k} for k in routes_cm["data"]]
+    init = [c for c in pod["initContainers"] if c["name"] == "check"][0]
+    with tempfile.TemporaryDirectory() as etc:
+        for i in items:
+            path = os.path.join(etc, i["path"])
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(routes_cm["data"][i["key"]])
+        env = {**os.environ, **{e["name"]: e["value"] for e in init["env"] if "value" in e}}
+        # Variables a Secret would bring (envFromSecret): any value will do offline.
+        for name in ("EU_BOOTSTRAP", "US_BOOTSTRAP", "WRONG_BOOTSTRAP", "RIGHT_BOOTSTRAP"):
+            env.setdefault(name, "kafka:9092")
+        env["KMIRROR_CHECKPOINT_DIR"] = etc
+        args = [a.replace("/etc/kmirror", etc) for a in init["args"]]
+        out = subprocess.run([kmirror, *args], env=env, capture_output=True, text=True)
+        expect(out.returncode == 0, f"kmirror {' '.join(init['args'])} exits {out.returncode}: "
+                                    f"{(out.stdout + out.stderr).strip()[-500:]}")
+
+
 def main():
     node_validator = os.environ.get("KMIRROR_CRD_VALIDATOR", "")
+    kmirror = os.environ.get("KMIRROR_BIN", "")
+    if not kmirror:
+        print("  (KMIRROR_BIN not set: the init container's `check --offline` is not run; scripts/test.sh sets it)")
     print(f"helm SDK {helm.helm_sdk_version()} (helm-python-sdk, libhelm_c {helm.helm_c_version()}); "
           f"kubernetes-validate schemas {', '.join(KUBE_VERSIONS)}")
     failed = 0
@@ -284,6 +336,8 @@ def main():
             validate_core(docs)
             validate_crds(docs, node_validator)
             check_invariants(values, docs, notes)
+            if kmirror:
+                check_routing_file(docs, kmirror)
             kinds = ", ".join(sorted(d["kind"] for d in docs))
             print(f"  ok   {name}: {kinds}")
         except Exception as e:  # noqa: BLE001 - any failure is reported per variant

@@ -37,7 +37,9 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
 step "Dockerfile and Helm chart: scripts/chart-check.sh"
-scripts/chart-check.sh
+# The binary checks the routing files as the chart mounts them (built for the tests anyway).
+cargo build --bin kmirror
+KMIRROR_BIN=target/debug/kmirror scripts/chart-check.sh
 
 # Test output is also kept in a log, to close with one line of totals over every test binary.
 log="$(mktemp)"

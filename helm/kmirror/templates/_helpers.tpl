@@ -182,6 +182,16 @@ volumes:
   - name: routes
     configMap:
       name: {{ include "kmirror.fullname" . }}-routes
+      {{- with .Values.routeFiles }}
+      # Files the routing file names by relative path, placed beside it.
+      items:
+        - key: routes.toml
+          path: routes.toml
+        {{- range $i, $f := . }}
+        - key: file-{{ $i }}
+          path: {{ $f.path }}
+        {{- end }}
+      {{- end }}
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
