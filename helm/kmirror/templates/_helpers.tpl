@@ -84,7 +84,7 @@ The pod spec shared by the StatefulSet (a mirror that follows) and the Job (a on
 migration): only the restart policy and the state volume's source differ.
 */}}
 {{- define "kmirror.podSpec" -}}
-{{- $job := eq .Values.workload "job" }}
+{{- $job := eq .Values.workload "job" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -123,7 +123,9 @@ initContainers:
       {{- toYaml .Values.securityContext | nindent 6 }}
     env:
       {{- include "kmirror.env" . | nindent 6 }}
-    {{- include "kmirror.envFrom" . | nindent 4 }}
+    {{- with include "kmirror.envFrom" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
     resources:
       {{- toYaml .Values.resources | nindent 6 }}
     volumeMounts:
@@ -166,7 +168,9 @@ containers:
     {{- end }}
     env:
       {{- include "kmirror.env" . | nindent 6 }}
-    {{- include "kmirror.envFrom" . | nindent 4 }}
+    {{- with include "kmirror.envFrom" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
     resources:
       {{- toYaml .Values.resources | nindent 6 }}
     volumeMounts:
