@@ -3,7 +3,10 @@
 #   1. installs the tansu broker the integration tests run against (scripts/tansu.sh, from
 #      PyPI into .tools/) and exports KMIRROR_TANSU; an already set KMIRROR_TANSU is kept;
 #   2. cargo fmt --check, clippy with warnings as errors;
-#   3. the doc tests, then every test target; a closing line totals them.
+#   3. the deployment: hadolint on the Dockerfile, the Helm chart linted, rendered in its
+#      variants and validated against the Kubernetes schemas (scripts/chart-check.sh, its
+#      tools from PyPI and npm into .tools/);
+#   4. the doc tests, then every test target; a closing line totals them.
 # Stops at the first failing step and exits non-zero.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +35,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+
+step "Dockerfile and Helm chart: scripts/chart-check.sh"
+# The binary checks the routing files as the chart mounts them (built for the tests anyway).
+cargo build --bin kmirror
+KMIRROR_BIN=target/debug/kmirror scripts/chart-check.sh
 
 # Test output is also kept in a log, to close with one line of totals over every test binary.
 log="$(mktemp)"

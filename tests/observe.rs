@@ -184,6 +184,91 @@ fn check_alert_rules(scraped: &[Sample]) {
     }
 }
 
+/// Every query of the shipped Grafana dashboard (`helm/kmirror/files/dashboard.json`) parses
+/// as PromQL and names only metrics `/metrics` serves (`scraped`); its legends and template
+/// variables name only labels they carry (plus `namespace` and `pod`, which Prometheus adds
+/// from the Kubernetes target): a typo would be a panel that stays empty.
+fn check_dashboard(scraped: &[Sample]) {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/kmirror/files/dashboard.json"),
+    )
+    .unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let served: std::collections::BTreeSet<&str> =
+        scraped.iter().map(|s| s.name.as_str()).collect();
+    let mut labels: std::collections::BTreeSet<&str> = scraped
+        .iter()
+        .flat_map(|s| s.labels.keys().map(String::as_str))
+        .collect();
+    labels.extend(["namespace", "pod"]);
+    let metric_names = |q: &str| -> Vec<String> {
+        q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("kmirror_"))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut exprs = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        if panel["type"] == "row" {
+            continue;
+        }
+        let title = panel["title"].as_str().unwrap_or_default();
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "panel {title} has no query");
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            // Grafana fills in $__rate_interval; the $variables sit inside label matchers.
+            let promql = expr.replace("$__rate_interval", "1m");
+            promql_parser::parser::parse(&promql)
+                .unwrap_or_else(|err| panic!("panel {title}: {expr}: {err}"));
+            let names = metric_names(expr);
+            assert!(
+                !names.is_empty(),
+                "panel {title}: {expr} names no kmirror metric"
+            );
+            for name in names {
+                assert!(
+                    served.contains(name.as_str()),
+                    "panel {title} uses {name}, not served: {expr}"
+                );
+            }
+            let legend = t["legendFormat"].as_str().unwrap_or_default();
+            for part in legend.split("{{").skip(1) {
+                let label = part.split("}}").next().unwrap().trim();
+                assert!(
+                    labels.contains(label),
+                    "panel {title}: legend label {label} not served"
+                );
+            }
+            exprs += 1;
+        }
+    }
+    assert!(exprs >= 20, "{exprs} dashboard queries");
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating")
+    {
+        let Some(def) = var["definition"].as_str() else {
+            continue;
+        };
+        let args = def
+            .strip_prefix("label_values(")
+            .and_then(|d| d.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable query {def}"));
+        let (series, label) = args.rsplit_once(',').expect("label_values(series, label)");
+        for name in metric_names(series) {
+            assert!(
+                served.contains(name.as_str()),
+                "variable {def}: {name} not served"
+            );
+        }
+        assert!(
+            labels.contains(label.trim()),
+            "variable {def}: label not served"
+        );
+    }
+}
+
 #[test]
 fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
     let _serial = serial();
@@ -297,6 +382,7 @@ fn metrics_show_lag_while_behind_and_equal_the_summary_at_the_end() {
     );
     assert_eq!(sum(&s, "kmirror_build_info"), 1.0);
     check_alert_rules(&s);
+    check_dashboard(&s);
 
     // /status: the summary's partitions, plus the live fields.
     let status = status(addr);
