@@ -98,6 +98,18 @@ enum Command {
         /// by this and the number of partitions, not by the number of records.
         #[arg(long, value_name = "N", default_value_t = verify::DEFAULT_PARALLEL as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
         parallel: u64,
+        /// Compare only source offsets from here on: an offset, or a timestamp (RFC 3339 in
+        /// UTC, or milliseconds since the epoch: bare numbers from 1000000000000 on), meaning
+        /// the first record at or after it, per partition.
+        #[arg(long, value_name = "OFFSET|TIME")]
+        from: Option<verify::Bound>,
+        /// Compare only source offsets before this (an offset or a timestamp, as --from).
+        #[arg(long, value_name = "OFFSET|TIME")]
+        to: Option<verify::Bound>,
+        /// Start each partition where the last verification that found it matching ended
+        /// (remembered beside the checkpoint, in `<checkpoint>.verified`).
+        #[arg(long)]
+        since_last: bool,
     },
     /// Show or reset checkpoints.
     Checkpoints {
@@ -430,6 +442,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
             output,
             junit,
             parallel,
+            from,
+            to,
+            since_last,
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
@@ -438,6 +453,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
             let store = FileStore::new(cfg.checkpoint_file());
             let opts = verify::VerifyOptions {
                 parallel: parallel as usize,
+                from,
+                to,
+                since_last,
+                remember: true,
                 ..Default::default()
             };
             let report =
