@@ -46,6 +46,12 @@ topics = ["{topic}"]
     )
 }
 
+/// [`routing`] with `extra` route keys.
+fn routing_with(m: &Mirror, topic: &str, extra: &str) -> PathBuf {
+    let text = std::fs::read_to_string(routing(m, topic)).unwrap();
+    write(m.dir.path(), "job.toml", &format!("{text}{extra}\n"))
+}
+
 fn run_once(cfg: &Path) {
     km(&["run", "-c", s(cfg), "--once"], T).expect_code(0, "run --once");
 }
@@ -235,4 +241,89 @@ fn verify_since_last_resumes_and_re_verifies_a_mismatch() {
     // Not remembered: the same range again.
     let (code, row, _) = verify(&cfg, &["--since-last"]);
     assert_eq!((code, range(&row)), (1, (80, 110)), "{row:#}");
+}
+
+/// A route with a fixed end that finished its copy, then source retention passed its
+/// checkpoint: nothing is left to copy, so planning (check, run, verify) must not call it a
+/// gap. verify proves nothing there and says so, without failing. Before: check, run and
+/// verify all exited 4 with "offset out of range".
+#[test]
+fn retention_past_a_finished_routes_checkpoint_is_not_an_error() {
+    let m = Mirror::start(&[("t", 1)]);
+    let cfg = routing_with(&m, "t", "end = 20");
+    produce_numbered(m.source(), "t", 1, 0..20, FIRST_TS);
+    km(&["run", "-c", s(&cfg)], T).expect_code(0, "run to the end");
+    produce_big(m.source(), "t", 60);
+    let (low, _) = watermarks(m.source(), "t", 0);
+    assert!(low > 20, "retention did not pass the checkpoint: low {low}");
+    km(&["check", "-c", s(&cfg)], T).expect_code(0, "check");
+    km(&["run", "-c", s(&cfg)], T).expect_code(0, "run with nothing left to copy");
+    let (code, row, summary) = verify(&cfg, &[]);
+    assert_eq!(code, 0, "{row:#}\n{summary}");
+    assert_eq!(count(&row, "no_longer_on_source"), 20, "{row:#}");
+    assert_eq!(range(&row), (20, 20), "{row:#}");
+    assert!(
+        summary.contains("NOT proven: 20 copied offsets no longer on the source"),
+        "{summary}"
+    );
+}
+
+/// A following copy that stopped, then source retention passed its checkpoint: `run` refuses
+/// (on_offset_out_of_range = "fail"), but verify still answers: nothing copied is left on
+/// the source (reported as no longer on the source) and the copy is behind. Before: exit 4.
+#[test]
+fn verify_reports_a_stalled_copy_that_retention_overtook() {
+    let m = Mirror::start(&[("t", 1)]);
+    let cfg = routing(&m, "t");
+    produce_numbered(m.source(), "t", 1, 0..20, FIRST_TS);
+    run_once(&cfg);
+    produce_big(m.source(), "t", 30);
+    run_once(&cfg);
+    produce_big(m.source(), "t", 60);
+    let (low, high) = watermarks(m.source(), "t", 0);
+    assert!(low > 50, "retention did not pass the checkpoint: low {low}");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(4, "run refuses the gap");
+    let (code, row, summary) = verify(&cfg, &[]);
+    assert_eq!(
+        code, 0,
+        "a following route behind is lag: {row:#}\n{summary}"
+    );
+    assert_eq!(row["verdict"], "BEHIND", "{row:#}");
+    assert_eq!(range(&row), (50, 50), "{row:#}");
+    assert_eq!(count(&row, "no_longer_on_source"), 50, "{row:#}");
+    assert_eq!(row["not_copied"]["behind"], high - 50, "{row:#}");
+}
+
+/// The target's retention removed copies of records the source still holds: they are
+/// reported apart (aged out of the target: not proven, not a copy failure), not as missing,
+/// and what the target still holds is compared. Before: exit 4 (the target read started below
+/// its low watermark).
+#[test]
+fn verify_tells_copies_aged_out_of_the_target_from_missing_ones() {
+    let m = Mirror::start(&[("t", 1)]);
+    let cfg = routing(&m, "t");
+    produce_numbered(m.source(), "t", 1, 0..50, FIRST_TS);
+    run_once(&cfg);
+    // Other writers fill the target partition past its retention.
+    produce_big(m.target(), "t", 60);
+    let (tlow, _) = watermarks(m.target(), "t", 0);
+    assert!(
+        tlow > 50,
+        "the target's retention kept the copies: low {tlow}"
+    );
+    produce_numbered(m.source(), "t", 1, 50..60, FIRST_TS);
+    run_once(&cfg);
+    assert_eq!(watermarks(m.source(), "t", 0), (0, 60));
+
+    let (code, row, summary) = verify(&cfg, &[]);
+    assert_eq!(code, 0, "{row:#}\n{summary}");
+    assert_eq!(range(&row), (50, 60), "{row:#}");
+    assert_eq!(count(&row, "aged_out_of_target"), 50, "{row:#}");
+    assert_eq!(count(&row, "no_longer_on_source"), 0, "{row:#}");
+    assert_eq!(count(&row, "missing"), 0, "{row:#}");
+    assert_eq!(count(&row, "target_records"), 10, "{row:#}");
+    assert!(
+        summary.contains("NOT proven: 50 offsets still on the source whose copies the target's retention removed"),
+        "{summary}"
+    );
 }

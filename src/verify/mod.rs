@@ -50,7 +50,7 @@ use crate::copy::record::{
     parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
 };
 use crate::counts::render_table;
-use crate::plan::{self, CreateTopics, Ends, TaskEnd};
+use crate::plan::{self, TaskEnd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -512,7 +512,7 @@ pub fn verify_with(
     let b = opts.block.max(1);
     // The plan gives every partition of the routes' topics, the source's end now and each
     // route's end, so partitions the copy never reached are reported too.
-    let plan = plan::build_with(config, Some(&cp), CreateTopics::Never, Ends::AsConfigured)?;
+    let plan = plan::build_to_inspect(config, Some(&cp))?;
     let mut reader = Reader::new(timeout);
     let state_path = state::path_for(&config.checkpoint_file());
     let mut verified = if opts.since_last || opts.remember {
