@@ -12,6 +12,12 @@
 //! otherwise (any task may write any target partition). `report.rs` renders the JSON and
 //! JUnit reports; this file reads and decides.
 //!
+//! The compared source range is the copied range less what retention removed: offsets below
+//! the source's low watermark are reported as no longer on the source, and source offsets
+//! whose copies the target's retention removed as aged out of the target (neither is a copy
+//! failure; neither is proven). `--from/--to` and `--since-last` narrow it further; the
+//! positions verified so far are remembered beside the checkpoint (`state.rs`).
+//!
 //! Memory does not grow with the record count: pass 1 reads every partition once (each
 //! source range, each target partition for all the tasks that wrote it, each dead-letter
 //! partition), `VerifyOptions::parallel` at a time, keeping per block of source offsets only
