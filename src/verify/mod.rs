@@ -527,6 +527,9 @@ pub fn verify_with(
         VerifiedState::default()
     };
     let mut positions: Vec<Position> = Vec::new();
+    // Target partitions' low watermarks, looked up once (key partitioning: every task writes
+    // every target partition).
+    let mut target_lows: HashMap<(String, String, i32), i64> = HashMap::new();
     let mut rows = Vec::new();
     let mut tasks: Vec<Task<'_>> = Vec::new();
     // Count mode across partitions: (row of the whole-route line, the group).
@@ -659,7 +662,9 @@ pub fn verify_with(
             let key = partition_key(topic, partition);
             let source_id = rc.and_then(|rc| rc.source_cluster_id.as_deref());
             let remembered = verified.position(&r.name, &r.source, source_id, &key);
-            if opts.since_last {
+            // Without provenance only whole ranges can be counted: such a route is counted
+            // whole every time (its rows say so by their range).
+            if opts.since_last && r.provenance {
                 if let Some(p) = remembered {
                     start = start.max(p);
                 }
@@ -672,7 +677,14 @@ pub fn verify_with(
             let mut trimmed = false;
             let mut floor = start;
             for (tp, span) in ranges.iter_mut() {
-                let (tlow, _) = reader.watermarks(dst, &pc.target_topic, *tp)?;
+                let tkey = (dst.name.clone(), pc.target_topic.clone(), *tp);
+                let tlow = match target_lows.get(&tkey) {
+                    Some(l) => *l,
+                    None => {
+                        let (l, _) = reader.watermarks(dst, &pc.target_topic, *tp)?;
+                        *target_lows.entry(tkey).or_insert(l)
+                    }
+                };
                 if tlow <= span.0 {
                     continue;
                 }
