@@ -649,7 +649,28 @@ fn run(path: &Path, once: bool, progress: u64, json: bool) -> Result<i32> {
         once,
         progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
     };
-    let report = copy::run(&cfg, &store, &opts, stop)?;
+    // `[verify] interval`: verification beside a following run, on its own thread.
+    let verifier = cfg.verify.interval.filter(|_| !once).map(|every| {
+        let (cfg, done) = (cfg.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = done.clone();
+        let handle = std::thread::Builder::new()
+            .name("verify-interval".into())
+            .spawn(move || verify::interval::run_every(&cfg, every, &flag))
+            .expect("spawn the verify thread");
+        (done, handle)
+    });
+    let result = copy::run(&cfg, &store, &opts, stop);
+    let rounds = verifier.map(|(done, handle)| {
+        done.store(true, Ordering::Relaxed);
+        handle.join().unwrap_or_default()
+    });
+    let report = result?;
+    if let Some(r) = rounds {
+        eprintln!(
+            "verified during the run: {} times, {} found differences, {} could not complete",
+            r.done, r.mismatched, r.failed
+        );
+    }
     let verdict = report.verdict();
     if json {
         println!("{:#}", report.json());

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::cli::{km, s, write};
 use common::{produce, produce_numbered, read_partition, watermarks, Mirror, TestRecord};
 
-const T: Duration = Duration::from_secs(90);
+const T: Duration = Duration::from_secs(30);
 const FIRST_TS: i64 = 1_700_000_000_000;
 
 /// A routing file on disk for the CLI: one following route `t` -> `t`, provenance on.
@@ -326,4 +326,64 @@ fn verify_tells_copies_aged_out_of_the_target_from_missing_ones() {
         summary.contains("NOT proven: 50 offsets still on the source whose copies the target's retention removed"),
         "{summary}"
     );
+}
+
+/// The remembered position of `t/0` (the `.verified` file beside the checkpoint), if any.
+fn verified_position(m: &Mirror) -> Option<i64> {
+    let path = m.dir.path().join("job.checkpoint.json.verified");
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["routes"]["r"]["partitions"]["t/0"].as_i64()
+}
+
+fn wait_for_position(m: &Mirror, want: i64, run: common::cli::Running) -> common::cli::Running {
+    let deadline = std::time::Instant::now() + T;
+    while verified_position(m) != Some(want) {
+        if std::time::Instant::now() > deadline {
+            common::cli::signal(run.pid(), "-TERM");
+            let f = run.wait(T);
+            panic!(
+                "the in-run verification did not reach {want} (at {:?})\n{}\n{}",
+                verified_position(m),
+                f.stdout,
+                f.stderr
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run
+}
+
+/// `[verify] interval` verifies inside a following run, each time from where the last
+/// verification ended, and the run's closing lines say how the verifications went. Before:
+/// the routing file was refused (unknown key `verify`).
+#[test]
+fn run_verifies_on_an_interval_while_it_follows() {
+    let m = Mirror::start(&[("t", 1)]);
+    let base = std::fs::read_to_string(routing(&m, "t")).unwrap();
+    let cfg = write(
+        m.dir.path(),
+        "job.toml",
+        &base.replace(
+            "[clusters.src]",
+            "[verify]\ninterval = \"1s\"\n\n[clusters.src]",
+        ),
+    );
+    let run = common::cli::Running::spawn(&["run", "-c", s(&cfg)]);
+    produce_numbered(m.source(), "t", 1, 0..30, FIRST_TS);
+    let run = wait_for_position(&m, 30, run);
+    produce_numbered(m.source(), "t", 1, 30..50, FIRST_TS);
+    let run = wait_for_position(&m, 50, run);
+    common::cli::signal(run.pid(), "-TERM");
+    let f = run.wait(T);
+    assert_eq!(f.code, 0, "{}\n{}", f.stdout, f.stderr);
+    assert!(
+        f.stderr
+            .contains("0 found differences, 0 could not complete"),
+        "{}",
+        f.stderr
+    );
+    // A verify by hand from there has nothing new to compare.
+    let (code, row, _) = verify(&cfg, &["--since-last"]);
+    assert_eq!((code, range(&row)), (0, (50, 50)), "{row:#}");
 }

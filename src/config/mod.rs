@@ -105,6 +105,15 @@ pub struct Config {
     pub limits: Limits,
     pub checkpoints: CheckpointSettings,
     pub run: RunSettings,
+    pub verify: VerifySettings,
+}
+
+/// `[verify]`: verification inside a following `run`.
+#[derive(Debug, Clone, Default)]
+pub struct VerifySettings {
+    /// Verify what was copied since the last verification (`verify --since-last`) this often
+    /// while `run` follows; `None`: never.
+    pub interval: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -713,6 +722,12 @@ fn check(
         }
     }
 
+    // [verify]
+    let mut verify = VerifySettings::default();
+    if let Some(v) = raw.verify.as_ref().and_then(|v| v.interval.as_ref()) {
+        verify.interval = duration(v, "verify.interval", d);
+    }
+
     // [clusters.NAME]
     let mut clusters = BTreeMap::new();
     for (name, c) in &raw.clusters {
@@ -861,6 +876,7 @@ fn check(
         limits,
         checkpoints: cp,
         run,
+        verify,
     })
 }
 

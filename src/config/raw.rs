@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub checkpoints: Option<RawCheckpoints>,
     pub limits: Option<RawLimits>,
     pub run: Option<RawRun>,
+    pub verify: Option<RawVerify>,
     /// Default for every route's `create_target_topics`.
     pub create_target_topics: Option<Spanned<bool>>,
     /// Default dead-letter destination for every route.
@@ -47,6 +48,12 @@ pub struct RawLimits {
 pub struct RawRun {
     pub connect_timeout: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

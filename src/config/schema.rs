@@ -87,6 +87,7 @@ const TOP: &[Field] = &[
             opt("shutdown_timeout", Kind::Str),
         ]),
     ),
+    opt("verify", Kind::Table(&[opt("interval", Kind::Str)])),
     opt("create_target_topics", Kind::Bool),
     opt("dead_letter", Kind::Table(DEAD_LETTER)),
     opt(

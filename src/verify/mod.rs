@@ -33,6 +33,7 @@ mod blocks;
 mod compare;
 mod coverage;
 mod digest;
+pub mod interval;
 mod read;
 mod report;
 mod state;
