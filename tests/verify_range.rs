@@ -387,3 +387,34 @@ fn run_verifies_on_an_interval_while_it_follows() {
     let (code, row, _) = verify(&cfg, &["--since-last"]);
     assert_eq!((code, range(&row)), (0, (50, 50)), "{row:#}");
 }
+
+/// A round of the in-run verification that finds a difference counts it, keeps the
+/// partition's position (so the next round compares the same range again), and a later
+/// round still finds it.
+#[test]
+fn an_in_run_verification_counts_a_difference_and_keeps_checking_it() {
+    let m = Mirror::start(&[("t", 1)]);
+    let cfg = routing(&m, "t");
+    produce_numbered(m.source(), "t", 1, 0..20, FIRST_TS);
+    run_once(&cfg);
+    let config = kmirror::config::Config::load(&cfg).expect("routing file");
+    let (mut rounds, mut failing) = (kmirror::verify::interval::Rounds::default(), false);
+    kmirror::verify::interval::round(&config, &mut rounds, &mut failing);
+    assert_eq!((rounds.done, rounds.mismatched, failing), (1, 0, false));
+    assert_eq!(verified_position(&m), Some(20));
+
+    produce_numbered(m.source(), "t", 1, 20..30, FIRST_TS);
+    run_once(&cfg);
+    plant_altered(&m, "t", 35);
+    produce_numbered(m.source(), "t", 1, 30..40, FIRST_TS);
+    run_once(&cfg);
+    for n in 1..=2 {
+        kmirror::verify::interval::round(&config, &mut rounds, &mut failing);
+        assert_eq!((rounds.done, rounds.mismatched, failing), (1 + n, n, true));
+        assert_eq!(
+            verified_position(&m),
+            Some(20),
+            "a mismatch keeps the position"
+        );
+    }
+}

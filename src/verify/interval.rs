@@ -25,12 +25,6 @@ pub struct Rounds {
 
 /// Verifies every `every` until `stop` is raised; returns what the rounds found.
 pub fn run_every(config: &Config, every: Duration, stop: &AtomicBool) -> Rounds {
-    let store = FileStore::new(config.checkpoint_file());
-    let opts = VerifyOptions {
-        since_last: true,
-        remember: true,
-        ..Default::default()
-    };
     let mut rounds = Rounds::default();
     let mut failing = false;
     loop {
@@ -41,32 +35,44 @@ pub fn run_every(config: &Config, every: Duration, stop: &AtomicBool) -> Rounds 
             }
             std::thread::sleep(Duration::from_millis(100).min(every));
         }
-        match verify_with(config, &store, None, false, &opts) {
-            Ok(report) if report.ok() => {
-                rounds.done += 1;
-                if std::mem::take(&mut failing) {
-                    tracing::info!("verify (in run): matches again: {}", report.summary());
-                } else {
-                    tracing::info!("verify (in run): {}", report.summary());
-                }
+        round(config, &mut rounds, &mut failing);
+    }
+}
+
+/// One verification of what was copied since the last matching one. `failing` carries the
+/// episode across rounds: warn on entering it, info on leaving it.
+pub fn round(config: &Config, rounds: &mut Rounds, failing: &mut bool) {
+    let store = FileStore::new(config.checkpoint_file());
+    let opts = VerifyOptions {
+        since_last: true,
+        remember: true,
+        ..Default::default()
+    };
+    match verify_with(config, &store, None, false, &opts) {
+        Ok(report) if report.ok() => {
+            rounds.done += 1;
+            if std::mem::take(failing) {
+                tracing::info!("verify (in run): matches again: {}", report.summary());
+            } else {
+                tracing::info!("verify (in run): {}", report.summary());
             }
-            Ok(report) => {
-                rounds.done += 1;
-                rounds.mismatched += 1;
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!(
-                        "verify (in run) found differences; `kmirror verify --since-last` shows them: {}",
-                        report.summary()
-                    );
-                }
+        }
+        Ok(report) => {
+            rounds.done += 1;
+            rounds.mismatched += 1;
+            if !std::mem::replace(failing, true) {
+                tracing::warn!(
+                    "verify (in run) found differences; `kmirror verify --since-last` shows them: {}",
+                    report.summary()
+                );
             }
-            // Nothing copied yet: nothing to prove.
-            Err(VerifyError::Nothing(_)) => {}
-            Err(e) => {
-                rounds.failed += 1;
-                if !std::mem::replace(&mut failing, true) {
-                    tracing::warn!("verify (in run) failed: {e}");
-                }
+        }
+        // Nothing copied yet: nothing to prove.
+        Err(VerifyError::Nothing(_)) => {}
+        Err(e) => {
+            rounds.failed += 1;
+            if !std::mem::replace(failing, true) {
+                tracing::warn!("verify (in run) failed: {e}");
             }
         }
     }
