@@ -1053,12 +1053,19 @@ pub fn verify_with(
                 continue;
             }
             let e = verified.routes.entry(p.route.clone()).or_default();
-            if e.source_cluster != p.source_cluster || e.source_cluster_id != p.source_cluster_id {
+            let other_id = matches!(
+                (&e.source_cluster_id, &p.source_cluster_id),
+                (Some(a), Some(b)) if a != b
+            );
+            if e.source_cluster != p.source_cluster || other_id {
                 *e = VerifiedRoute {
                     source_cluster: p.source_cluster.clone(),
                     source_cluster_id: p.source_cluster_id.clone(),
                     partitions: BTreeMap::new(),
                 };
+            }
+            if e.source_cluster_id.is_none() {
+                e.source_cluster_id = p.source_cluster_id.clone();
             }
             e.partitions.insert(p.key.clone(), z);
             changed = true;

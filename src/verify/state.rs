@@ -114,3 +114,36 @@ impl VerifiedState {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_positions_of_another_cluster_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_for(&dir.path().join("job.checkpoint.json"));
+        assert!(VerifiedState::load(&path).unwrap().routes.is_empty());
+        let mut st = VerifiedState::default();
+        st.routes.insert(
+            "r".into(),
+            VerifiedRoute {
+                source_cluster: "src".into(),
+                source_cluster_id: Some("id-1".into()),
+                partitions: [("t/0".to_string(), 42)].into(),
+            },
+        );
+        st.save(&path).unwrap();
+        let back = VerifiedState::load(&path).unwrap();
+        assert_eq!(back.position("r", "src", Some("id-1"), "t/0"), Some(42));
+        assert_eq!(back.position("r", "src", None, "t/0"), Some(42));
+        assert_eq!(back.position("r", "src", Some("id-2"), "t/0"), None);
+        assert_eq!(back.position("r", "other", Some("id-1"), "t/0"), None);
+        assert_eq!(back.position("r", "src", Some("id-1"), "t/1"), None);
+        std::fs::write(&path, "{\"format\":\"nope\"}").unwrap();
+        assert!(
+            VerifiedState::load(&path).is_err(),
+            "a foreign file is refused"
+        );
+    }
+}
