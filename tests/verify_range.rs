@@ -144,6 +144,12 @@ fn verify_after_retention_passed_the_copied_start_checks_what_remains() {
         .map(|p| p.3)
         .expect("a copy on the target");
     let start = low.max(first_copy);
+    // Copies gone from the target whose source records are gone too: counted only as no
+    // longer on the source, never as missing.
+    assert!(
+        watermarks(m.target(), "t", 0).0 > 0,
+        "the target kept every copy"
+    );
 
     let (code, row, summary) = verify(&cfg, &[]);
     assert_eq!(code, 0, "{row:#}\n{summary}");
