@@ -112,6 +112,18 @@ enum Command {
         /// by this and the number of partitions, not by the number of records.
         #[arg(long, value_name = "N", default_value_t = verify::DEFAULT_PARALLEL as u64, value_parser = clap::value_parser!(u64).range(1..=256))]
         parallel: u64,
+        /// Compare only source offsets from here on: an offset, or a timestamp (RFC 3339 in
+        /// UTC, or milliseconds since the epoch: bare numbers from 1000000000000 on), meaning
+        /// the first record at or after it, per partition.
+        #[arg(long, value_name = "OFFSET|TIME")]
+        from: Option<verify::Bound>,
+        /// Compare only source offsets before this (an offset or a timestamp, as --from).
+        #[arg(long, value_name = "OFFSET|TIME")]
+        to: Option<verify::Bound>,
+        /// Start each partition where the last verification that found it matching ended
+        /// (remembered beside the checkpoint, in `<checkpoint>.verified`).
+        #[arg(long)]
+        since_last: bool,
     },
     /// Delete from the source what verify proves is on the target (the last step of a migration).
     ///
@@ -552,6 +564,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
             output,
             junit,
             parallel,
+            from,
+            to,
+            since_last,
         } => {
             let cfg = load(&config)?;
             if let Some(r) = &route {
@@ -560,6 +575,10 @@ fn dispatch(cmd: Command) -> Result<i32> {
             let store = FileStore::new(cfg.checkpoint_file());
             let opts = verify::VerifyOptions {
                 parallel: parallel as usize,
+                from,
+                to,
+                since_last,
+                remember: true,
                 ..Default::default()
             };
             let report =
@@ -819,12 +838,32 @@ fn run(
         display: display.clone(),
         observer: Some(observer),
     };
-    let report = copy::run(&cfg, &store, &opts, stop);
+    // `[verify] interval`: verification beside a following run, on its own thread.
+    let verifier = cfg.verify.interval.filter(|_| !once).map(|every| {
+        let (cfg, done) = (cfg.clone(), Arc::new(AtomicBool::new(false)));
+        let flag = done.clone();
+        let handle = std::thread::Builder::new()
+            .name("verify-interval".into())
+            .spawn(move || verify::interval::run_every(&cfg, every, &flag))
+            .expect("spawn the verify thread");
+        (done, handle)
+    });
+    let result = copy::run(&cfg, &store, &opts, stop);
     // Cleared before anything else prints (the summary, or the error).
     if let Some(d) = &display {
         d.finish();
     }
-    let report = report?;
+    let rounds = verifier.map(|(done, handle)| {
+        done.store(true, Ordering::Relaxed);
+        handle.join().unwrap_or_default()
+    });
+    let report = result?;
+    if let Some(r) = rounds {
+        eprintln!(
+            "verified during the run: {} times, {} found differences, {} could not complete",
+            r.done, r.mismatched, r.failed
+        );
+    }
     let verdict = report.verdict();
     if json {
         println!("{:#}", report.json());

@@ -160,6 +160,32 @@ pub fn build_with(
     create: CreateTopics,
     ends: Ends,
 ) -> Result<Plan, ClusterError> {
+    build_inner(config, checkpoint, create, ends, false)
+}
+
+/// The plan as configured, for looking at a copy rather than continuing it (`verify`): a
+/// checkpoint that retention has passed is left as it is (the copy's coverage shows what it
+/// can no longer reach), instead of refused or moved to the low watermark with a GAP error.
+pub fn build_to_inspect(
+    config: &Config,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Plan, ClusterError> {
+    build_inner(
+        config,
+        checkpoint,
+        CreateTopics::Never,
+        Ends::AsConfigured,
+        true,
+    )
+}
+
+fn build_inner(
+    config: &Config,
+    checkpoint: Option<&Checkpoint>,
+    create: CreateTopics,
+    ends: Ends,
+    inspect: bool,
+) -> Result<Plan, ClusterError> {
     let timeout = config.run.connect_timeout;
     let mut consumers: BTreeMap<String, BaseConsumer<QuietContext>> = BTreeMap::new();
     let mut metadata = BTreeMap::new();
@@ -398,7 +424,11 @@ pub fn build_with(
                     }
                 };
                 let mut gap = 0;
-                if start < low {
+                // A route whose fixed end the copy already reached has nothing left to read:
+                // retention passing its checkpoint afterwards is no gap.
+                let finished =
+                    cp.is_some() && matches!(route.end, EndPosition::Offset(o) if start >= o);
+                if start < low && !finished && !inspect {
                     match route.on_offset_out_of_range {
                         OutOfRangePolicy::Fail => {
                             return Err(ClusterError::OffsetOutOfRange {

@@ -392,6 +392,13 @@ fn gate(row: &VerifyRow, low: i64) -> Result<i64, String> {
             c.not_copied_before
         ));
     }
+    if row.aged_out_of_target > 0 {
+        // Their copies may be gone from the target: deleting the source would lose them.
+        return Err(format!(
+            "{} offsets of the range are no longer proven on the target (its retention may have removed their copies)",
+            row.aged_out_of_target
+        ));
+    }
     let (first, end) = row.source_range;
     if first > low {
         return Err(format!(

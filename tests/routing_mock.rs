@@ -229,6 +229,7 @@ fn run_verify(cfg: &Config) -> VerifyReport {
     let tiny = verify::VerifyOptions {
         parallel: 2,
         block: 3,
+        ..Default::default()
     };
     let t = verify::verify_with(cfg, &store, None, true, &tiny)
         .unwrap_or_else(|e| panic!("verify in blocks of 3: {e}"));
@@ -2326,6 +2327,7 @@ filter = { json = "$.tenant_id", equals = "acme" }
     let small = verify::VerifyOptions {
         parallel: 3,
         block: BLOCK,
+        ..Default::default()
     };
     let v = verify::verify_with(&view, &store, None, true, &small).unwrap();
     let text = v.table();
@@ -2386,6 +2388,7 @@ filter = { json = "$.tenant_id", equals = "acme" }
     let whole = verify::VerifyOptions {
         parallel: 1,
         block: i64::MAX / 4,
+        ..Default::default()
     };
     let w = verify::verify_with(&view, &store, None, true, &whole).unwrap();
     for (a, b) in v.rows.iter().zip(&w.rows) {

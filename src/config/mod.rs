@@ -106,6 +106,15 @@ pub struct Config {
     pub checkpoints: CheckpointSettings,
     pub run: RunSettings,
     pub http: HttpSettings,
+    pub verify: VerifySettings,
+}
+
+/// `[verify]`: verification inside a following `run`.
+#[derive(Debug, Clone, Default)]
+pub struct VerifySettings {
+    /// Verify what was copied since the last verification (`verify --since-last`) this often
+    /// while `run` follows; `None`: never.
+    pub interval: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -766,6 +775,12 @@ fn check(
         }
     }
 
+    // [verify]
+    let mut verify = VerifySettings::default();
+    if let Some(v) = raw.verify.as_ref().and_then(|v| v.interval.as_ref()) {
+        verify.interval = duration(v, "verify.interval", d);
+    }
+
     // [clusters.NAME]
     let mut clusters = BTreeMap::new();
     for (name, c) in &raw.clusters {
@@ -915,6 +930,7 @@ fn check(
         checkpoints: cp,
         run,
         http,
+        verify,
     })
 }
 

@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub limits: Option<RawLimits>,
     pub run: Option<RawRun>,
     pub http: Option<RawHttp>,
+    pub verify: Option<RawVerify>,
     /// Default for every route's `create_target_topics`.
     pub create_target_topics: Option<Spanned<bool>>,
     /// Default dead-letter destination for every route.
@@ -56,6 +57,12 @@ pub struct RawRun {
 pub struct RawHttp {
     pub listen: Option<Spanned<String>>,
     pub stalled_not_ready: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVerify {
+    pub interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

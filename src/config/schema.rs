@@ -95,6 +95,7 @@ const TOP: &[Field] = &[
             opt("stalled_not_ready", Kind::Bool),
         ]),
     ),
+    opt("verify", Kind::Table(&[opt("interval", Kind::Str)])),
     opt("create_target_topics", Kind::Bool),
     opt("dead_letter", Kind::Table(DEAD_LETTER)),
     opt(

@@ -12,6 +12,12 @@
 //! otherwise (any task may write any target partition). `report.rs` renders the JSON and
 //! JUnit reports; this file reads and decides.
 //!
+//! The compared source range is the copied range less what retention removed: offsets below
+//! the source's low watermark are reported as no longer on the source, and source offsets
+//! whose copies the target's retention removed as aged out of the target (neither is a copy
+//! failure; neither is proven). `--from/--to` and `--since-last` narrow it further; the
+//! positions verified so far are remembered beside the checkpoint (`state.rs`).
+//!
 //! Memory does not grow with the record count: pass 1 reads every partition once (each
 //! source range, each target partition for all the tasks that wrote it, each dead-letter
 //! partition), `VerifyOptions::parallel` at a time, keeping per block of source offsets only
@@ -27,8 +33,10 @@ mod blocks;
 mod compare;
 mod coverage;
 mod digest;
+pub mod interval;
 mod read;
 mod report;
+mod state;
 
 use blocks::{
     count_records, drill, extend_first, poison_settled, read_dlq, read_source, read_target,
@@ -39,6 +47,7 @@ pub use coverage::Coverage;
 pub use read::scan;
 use read::{run_jobs, Reader};
 pub use report::JSON_SCHEMA_VERSION;
+pub use state::{path_for as verified_state_path, VerifiedRoute, VerifiedState};
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
@@ -48,7 +57,7 @@ use crate::copy::record::{
     parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
 };
 use crate::counts::render_table;
-use crate::plan::{self, CreateTopics, Ends, TaskEnd};
+use crate::plan::{self, TaskEnd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
@@ -67,7 +76,18 @@ pub const FIRST_OFFSETS: usize = 10;
 pub struct VerifyRow {
     pub route: String,
     pub source: String,
+    /// The source range compared, `[start, end)`: the copied range, less what retention has
+    /// removed from the source (and copies the target's retention removed), narrowed by
+    /// `--from/--to` and `--since-last`.
     pub source_range: (i64, i64),
+    /// The range the copy wrote (the checkpoint's first and next offsets).
+    pub copied_range: (i64, i64),
+    /// Offsets of the copied range below the source's low watermark now: deleted by the
+    /// source's retention, so not verified (and their copies on the target not counted).
+    pub no_longer_on_source: u64,
+    /// Offsets still on the source whose copies the target's retention has (or may have)
+    /// removed: not verified; not a copy failure, but not proven either.
+    pub aged_out_of_target: u64,
     pub source_records: u64,
     pub target: String,
     pub target_records: u64,
@@ -173,6 +193,7 @@ impl VerifyReport {
             "filtered",
             "dead-lettered",
             "skipped",
+            "no longer on source",
             "target",
             "target records",
             "missing",
@@ -201,6 +222,11 @@ impl VerifyReport {
                     r.filtered.to_string(),
                     r.dead_lettered.to_string(),
                     r.skipped.to_string(),
+                    if r.whole_route.is_some() {
+                        "-".into()
+                    } else {
+                        r.no_longer_on_source.to_string()
+                    },
                     r.target.clone(),
                     if r.in_group {
                         "in /* row".into()
@@ -263,6 +289,20 @@ impl VerifyReport {
                 .map(|r| r.coverage.not_copied_before + r.coverage.behind)
                 .sum()
         };
+        let gone: u64 = self.rows.iter().map(|r| r.no_longer_on_source).sum();
+        let aged: u64 = self.rows.iter().map(|r| r.aged_out_of_target).sum();
+        let narrowed = self
+            .rows
+            .iter()
+            .filter(|r| {
+                r.whole_route.is_none()
+                    && r.coverage.started
+                    && r.source_range.1 - r.source_range.0
+                        < r.copied_range.1
+                            - r.copied_range.0
+                            - (r.no_longer_on_source + r.aged_out_of_target) as i64
+            })
+            .count();
         let mut out = if bad > 0 {
             let unverifiable = self
                 .rows
@@ -280,6 +320,8 @@ impl VerifyReport {
                 m.push_str(&format!(" ({unverifiable} cannot be verified, see above)"));
             }
             m
+        } else if narrowed > 0 || gone + aged > 0 {
+            format!("verified {n} partitions: the compared ranges match ({copies} selected records on the target), but not every copied record was compared")
         } else if incomplete.is_empty() && behind.is_empty() {
             format!("verified {n} partitions: every source record is on the target ({copies} selected records in the routes' whole ranges, each copied and matching)")
         } else {
@@ -297,6 +339,21 @@ impl VerifyReport {
                 "; {} partitions of following routes are behind by {} offsets (lag, not a mismatch)",
                 behind.len(),
                 offsets(&behind)
+            ));
+        }
+        if gone > 0 {
+            out.push_str(&format!(
+                "; NOT proven: {gone} copied offsets no longer on the source (deleted by its retention; not a copy failure)"
+            ));
+        }
+        if aged > 0 {
+            out.push_str(&format!(
+                "; NOT proven: {aged} offsets still on the source whose copies the target's retention removed"
+            ));
+        }
+        if narrowed > 0 {
+            out.push_str(&format!(
+                "; {narrowed} partitions verified only the range asked for (--from/--to/--since-last), see the range column"
             ));
         }
         let not_kept: u64 = self.rows.iter().map(|r| r.timestamps_not_kept).sum();
@@ -348,6 +405,42 @@ pub struct VerifyOptions {
     /// Source offsets per digest block. Matching blocks cost a few dozen bytes each; a block
     /// that differs is re-read record by record, holding at most this many records.
     pub block: i64,
+    /// Compare only source offsets at or after this (an offset, or the first record at or
+    /// after a timestamp), within the copied range.
+    pub from: Option<Bound>,
+    /// Compare only source offsets before this.
+    pub to: Option<Bound>,
+    /// Start each partition where the last matching verification of it ended (the
+    /// positions beside the checkpoint, see `state.rs`).
+    pub since_last: bool,
+    /// Record, beside the checkpoint, where each matching partition's verification ended.
+    pub remember: bool,
+}
+
+/// One end of `--from/--to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Offset(i64),
+    /// Milliseconds since the epoch: the first record at or after it.
+    Timestamp(i64),
+}
+
+/// Bare numbers from this on are timestamps in milliseconds (2001-09-09), not offsets: no
+/// partition holds a trillion records, and a millisecond timestamp is never smaller.
+pub const MS_THRESHOLD: i64 = 1_000_000_000_000;
+
+impl std::str::FromStr for Bound {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Bound, String> {
+        match s.trim().parse::<i64>() {
+            Ok(n) if n < 0 => Err(format!("\"{s}\": offsets and timestamps are not negative")),
+            Ok(n) if n >= MS_THRESHOLD => Ok(Bound::Timestamp(n)),
+            Ok(n) => Ok(Bound::Offset(n)),
+            Err(_) => crate::config::value::parse_timestamp_ms(s)
+                .map(Bound::Timestamp)
+                .map_err(|e| format!("{e} (or an offset, or milliseconds since the epoch)")),
+        }
+    }
 }
 
 /// Default block size: ~100 bytes of digest per 65,536 records.
@@ -366,6 +459,10 @@ impl Default for VerifyOptions {
                 .and_then(|v| v.parse().ok())
                 .filter(|b: &i64| *b > 0)
                 .unwrap_or(DEFAULT_BLOCK),
+            from: None,
+            to: None,
+            since_last: false,
+            remember: false,
         }
     }
 }
@@ -422,8 +519,18 @@ pub fn verify_with(
     let b = opts.block.max(1);
     // The plan gives every partition of the routes' topics, the source's end now and each
     // route's end, so partitions the copy never reached are reported too.
-    let plan = plan::build_with(config, Some(&cp), CreateTopics::Never, Ends::AsConfigured)?;
+    let plan = plan::build_to_inspect(config, Some(&cp))?;
     let mut reader = Reader::new(timeout);
+    let state_path = state::path_for(&config.checkpoint_file());
+    let mut verified = if opts.since_last || opts.remember {
+        VerifiedState::load(&state_path)?
+    } else {
+        VerifiedState::default()
+    };
+    let mut positions: Vec<Position> = Vec::new();
+    // Target partitions' low watermarks, looked up once (key partitioning: every task writes
+    // every target partition).
+    let mut target_lows: HashMap<(String, String, i32), i64> = HashMap::new();
     let mut rows = Vec::new();
     let mut tasks: Vec<Task<'_>> = Vec::new();
     // Count mode across partitions: (row of the whole-route line, the group).
@@ -472,7 +579,7 @@ pub fn verify_with(
             // (read, not looked up: not every broker answers lookups by time).
             let end_offset = match task.end {
                 TaskEnd::Timestamp(ts) => {
-                    let from = pc.map_or(task.start, |pc| pc.next_offset);
+                    let from = pc.map_or(task.start, |pc| pc.next_offset).max(task.low);
                     let mut at = None;
                     reader.scan(src, topic, partition, from, task.high, |m| {
                         if at.is_none() && m.timestamp().to_millis().is_some_and(|t| t >= ts) {
@@ -494,6 +601,7 @@ pub fn verify_with(
                 route: r.name.clone(),
                 source: format!("{}:{}/{}", r.source, topic, partition),
                 source_range: (coverage.copied_to, coverage.copied_to),
+                copied_range: (coverage.copied_to, coverage.copied_to),
                 target: format!("{}:{}", task.target_cluster, task.target_topic),
                 by_content: r.provenance,
                 coverage,
@@ -507,14 +615,14 @@ pub fn verify_with(
                 rows.push(row);
                 continue;
             };
-            row.source_range = (pc.first_offset, pc.next_offset);
+            row.copied_range = (pc.first_offset, pc.next_offset);
             row.target = format!("{}:{}", pc.target_cluster, pc.target_topic);
             if let Some(why) = &shared_without_provenance {
                 row.unverifiable = Some(why.clone());
             }
             // From before the first write: copies by a run that died before it could
             // checkpoint are duplicates to count, and lie below the first recorded offset.
-            let ranges: BTreeMap<i32, (i64, i64)> = pc
+            let mut ranges: BTreeMap<i32, (i64, i64)> = pc
                 .target
                 .iter()
                 .map(|(tp, [a, z])| {
@@ -522,6 +630,113 @@ pub fn verify_with(
                     (*tp, (from, z + 1))
                 })
                 .collect();
+            // What can still be verified. Retention may have removed the start of the copied
+            // range from the source: those offsets are reported, not compared, and their
+            // copies on the target are not counted (`Task::owns` looks only at [first, next)).
+            let (first, next) = (pc.first_offset, pc.next_offset);
+            let mut start = first.max(task.low).min(next);
+            row.no_longer_on_source = (start - first) as u64;
+            let mut end = next;
+            let marks = (task.low, task.high);
+            if let Some(bound) = opts.from {
+                start = start.max(resolve(
+                    &mut reader,
+                    src,
+                    topic,
+                    partition,
+                    bound,
+                    marks,
+                    (start, end),
+                )?);
+            }
+            if let Some(bound) = opts.to {
+                end = end.min(resolve(
+                    &mut reader,
+                    src,
+                    topic,
+                    partition,
+                    bound,
+                    marks,
+                    (start, end),
+                )?);
+            }
+            let key = partition_key(topic, partition);
+            let source_id = rc.and_then(|rc| rc.source_cluster_id.as_deref());
+            let remembered = verified.position(&r.name, &r.source, source_id, &key);
+            // Without provenance only whole ranges can be counted: such a route is counted
+            // whole every time (its rows say so by their range).
+            if opts.since_last && r.provenance {
+                if let Some(p) = remembered {
+                    start = start.max(p);
+                }
+            }
+            start = start.min(end);
+            // The target's retention may have removed copies too: a target partition whose
+            // low watermark passed the range the task wrote is read from that watermark, and
+            // source offsets below the first of this task's copies left there are not proven
+            // (copies are written in source order, so the removed ones are those below it).
+            let mut trimmed = false;
+            let mut floor = start;
+            for (tp, span) in ranges.iter_mut() {
+                let tkey = (dst.name.clone(), pc.target_topic.clone(), *tp);
+                let tlow = match target_lows.get(&tkey) {
+                    Some(l) => *l,
+                    None => {
+                        let (l, _) = reader.watermarks(dst, &pc.target_topic, *tp)?;
+                        *target_lows.entry(tkey).or_insert(l)
+                    }
+                };
+                if tlow <= span.0 {
+                    continue;
+                }
+                trimmed = true;
+                span.0 = tlow.min(span.1);
+                let mut at = None;
+                let window = (span.0, span.1.min(span.0 + TRIMMED_WINDOW));
+                reader.scan(dst, &pc.target_topic, *tp, window.0, window.1, |m| {
+                    if at.is_some() {
+                        return;
+                    }
+                    if let Some(pv) = provenance(m) {
+                        if pv.route.is_none_or(|n| n == r.name)
+                            && pv.cluster == r.source
+                            && pv.topic == topic
+                            && pv.partition == partition
+                        {
+                            at = Some(pv.offset);
+                        }
+                    }
+                })?;
+                // None left in the window: nothing can be said of what was removed.
+                floor = floor.max(at.unwrap_or(end));
+            }
+            let floor = floor.min(end);
+            row.aged_out_of_target = (floor - start).max(0) as u64;
+            start = start.max(floor);
+            row.source_range = (start, end);
+            if !r.provenance && (start != first || end != next || trimmed) {
+                row.unverifiable = Some(format!(
+                    "without provenance only the whole copied range [{first}, {next}) can be counted, and {}",
+                    if trimmed {
+                        "the target's retention has removed part of it".to_string()
+                    } else if start != first && row.no_longer_on_source > 0 {
+                        format!("the source's retention has removed [{first}, {start})")
+                    } else {
+                        format!("only [{start}, {end}) was asked for")
+                    }
+                ));
+                rows.push(row);
+                continue;
+            }
+            positions.push(Position {
+                row: rows.len(),
+                route: r.name.clone(),
+                source_cluster: r.source.clone(),
+                source_cluster_id: source_id.map(str::to_string),
+                key,
+                natural_start: floor.max(first.max(task.low)).min(next),
+                remembered,
+            });
             let mode = if r.provenance {
                 Mode::Content
             } else if grouped {
@@ -553,8 +768,8 @@ pub fn verify_with(
                 dst,
                 topic: topic.to_string(),
                 partition,
-                first: pc.first_offset,
-                next: pc.next_offset,
+                first: start,
+                next: end,
                 target_topic: pc.target_topic.clone(),
                 ranges,
                 mode,
@@ -820,8 +1035,98 @@ pub fn verify_with(
         row.missing = g.expected.saturating_sub(g.target);
         row.duplicates = g.target.saturating_sub(g.expected);
     }
+    if opts.remember {
+        let mut changed = false;
+        for p in &positions {
+            let row = &rows[p.row];
+            // Only a matching row proves its range; a mismatch keeps the old position so the
+            // next `--since-last` verifies it again. A range that leaves a hole below it
+            // (`--from` past what was verified) proves nothing contiguous and is not recorded.
+            if !row.matches(fail_on_duplicates) || row.in_group {
+                continue;
+            }
+            let (a, z) = row.source_range;
+            if a > p.remembered.unwrap_or(p.natural_start).max(p.natural_start) {
+                continue;
+            }
+            if p.remembered.is_some_and(|old| old >= z) {
+                continue;
+            }
+            let e = verified.routes.entry(p.route.clone()).or_default();
+            let other_id = matches!(
+                (&e.source_cluster_id, &p.source_cluster_id),
+                (Some(a), Some(b)) if a != b
+            );
+            if e.source_cluster != p.source_cluster || other_id {
+                *e = VerifiedRoute {
+                    source_cluster: p.source_cluster.clone(),
+                    source_cluster_id: p.source_cluster_id.clone(),
+                    partitions: BTreeMap::new(),
+                };
+            }
+            if e.source_cluster_id.is_none() {
+                e.source_cluster_id = p.source_cluster_id.clone();
+            }
+            e.partitions.insert(p.key.clone(), z);
+            changed = true;
+        }
+        if changed {
+            verified.save(&state_path)?;
+        }
+    }
     Ok(VerifyReport {
         rows,
         fail_on_duplicates,
     })
+}
+
+/// Copies looked at past a target partition's low watermark for the first of a task's own,
+/// when the target's retention removed part of what the task wrote.
+const TRIMMED_WINDOW: i64 = 10_000;
+
+/// A partition whose verified position may be remembered.
+struct Position {
+    row: usize,
+    route: String,
+    source_cluster: String,
+    source_cluster_id: Option<String>,
+    key: String,
+    /// Where the verifiable range starts without --from/--since-last.
+    natural_start: i64,
+    remembered: Option<i64>,
+}
+
+/// The offset `bound` names on a source partition, within `[lo, hi)`: an offset as given, or
+/// the first record at or after a timestamp (looked up where the broker answers, read
+/// otherwise, like the copy path's timestamp starts).
+fn resolve(
+    reader: &mut Reader,
+    src: &crate::config::ClusterConfig,
+    topic: &str,
+    partition: i32,
+    bound: Bound,
+    marks: (i64, i64),
+    (lo, hi): (i64, i64),
+) -> Result<i64, ClusterError> {
+    let ts = match bound {
+        Bound::Offset(o) => return Ok(o),
+        Bound::Timestamp(ts) => ts,
+    };
+    if lo >= hi {
+        return Ok(lo);
+    }
+    let timeout = reader.timeout;
+    let consumer = reader.consumer(src)?;
+    match cluster::offset_for_time(consumer, src, topic, partition, ts, marks, timeout) {
+        Ok(o) => return Ok(o.clamp(lo, hi)),
+        Err(ClusterError::TimestampUnsupported { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    let mut at = None;
+    reader.scan(src, topic, partition, lo, hi, |m| {
+        if at.is_none() && m.timestamp().to_millis().is_some_and(|t| t >= ts) {
+            at = Some(m.offset());
+        }
+    })?;
+    Ok(at.unwrap_or(hi))
 }

@@ -34,7 +34,8 @@ impl VerifyRow {
             "compared": self.compared(),
             "source_partitions": self.whole_route,
             "route_range": (!whole).then(|| json!({ "start": c.route_start, "end": c.route_end })),
-            "copied_range": (!whole).then(|| json!({ "start": self.source_range.0, "end": self.source_range.1 })),
+            "copied_range": (!whole).then(|| json!({ "start": self.copied_range.0, "end": self.copied_range.1 })),
+            "verified_range": (!whole).then(|| json!({ "start": self.source_range.0, "end": self.source_range.1 })),
             "source_end": (!whole).then_some(c.source_end),
             "not_copied": (!whole).then(|| json!({
                 "started": c.started,
@@ -47,6 +48,8 @@ impl VerifyRow {
                 "filtered": self.filtered,
                 "dead_lettered": self.dead_lettered,
                 "skipped": self.skipped,
+                "no_longer_on_source": self.no_longer_on_source,
+                "aged_out_of_target": self.aged_out_of_target,
                 "target_records": (!self.in_group).then_some(self.target_records),
                 "missing": self.missing,
                 "unexpected": self.unexpected,
