@@ -1111,6 +1111,8 @@ fn reset_checkpoints(
     };
     // (route, source partition, checkpoint now, after the reset)
     let mut rows: Vec<Vec<String>> = Vec::new();
+    // (route, checkpoint partition key) of every partition reset.
+    let mut reset: Vec<(String, String)> = Vec::new();
     match &to {
         None => {
             for r in &selected {
@@ -1132,6 +1134,7 @@ fn reset_checkpoints(
                         p.next_offset.to_string(),
                         "forgotten (starts at `start`)".into(),
                     ]);
+                    reset.push((r.clone(), key.clone()));
                     false
                 });
                 if rc.partitions.is_empty() {
@@ -1165,6 +1168,7 @@ fn reset_checkpoints(
                     was(&t.route_name, &t.topic, t.partition),
                     t.start.to_string(),
                 ]);
+                reset.push((t.route_name.clone(), partition_key(&t.topic, t.partition)));
                 let rc = cp.routes.entry(t.route_name.clone()).or_default();
                 rc.source_cluster = t.source_cluster.clone();
                 rc.partitions.insert(
@@ -1234,5 +1238,32 @@ fn reset_checkpoints(
     cp.written_at = value::format_ms(value::now_ms());
     store.save(&cp)?;
     println!("checkpoint written: {}", store.describe());
+    forget_verified(&cfg, &reset)?;
     Ok(exit::OK)
+}
+
+/// A reset partition is copied again from its new position (into what may be another
+/// target): what verify proved about the old copy says nothing about the new one, so
+/// `verify --since-last` must start the partition over.
+fn forget_verified(cfg: &kmirror::config::Config, reset: &[(String, String)]) -> Result<()> {
+    let path = verify::verified_state_path(&cfg.checkpoint_file());
+    let mut state = verify::VerifiedState::load(&path)
+        .context("the checkpoint was reset, but the verified positions beside it cannot be read; move that file away before `verify --since-last`")?;
+    let mut changed = false;
+    for (route, key) in reset {
+        if let Some(r) = state.routes.get_mut(route) {
+            changed |= r.partitions.remove(key).is_some();
+            if r.partitions.is_empty() {
+                state.routes.remove(route);
+            }
+        }
+    }
+    if changed {
+        state.save(&path)?;
+        println!(
+            "verified positions forgotten for the reset partitions: {}",
+            path.display()
+        );
+    }
+    Ok(())
 }

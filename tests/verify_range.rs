@@ -424,3 +424,46 @@ fn an_in_run_verification_counts_a_difference_and_keeps_checking_it() {
         );
     }
 }
+
+/// `checkpoints reset` makes the partitions it resets copy again (here: the same records
+/// once more); `--since-last` must then verify the new copy from its start, not trust what
+/// was proven about the old one. Before: the remembered position survived the reset, so
+/// `--since-last` compared the empty range [50, 50) and said OK over an altered copy.
+#[test]
+fn a_checkpoint_reset_forgets_the_verified_positions_of_the_partitions_it_resets() {
+    let m = Mirror::start(&[("t", 1)]);
+    let cfg = routing(&m, "t");
+    produce_numbered(m.source(), "t", 1, 0..50, FIRST_TS);
+    run_once(&cfg);
+    let (code, row, _) = verify(&cfg, &["--since-last"]);
+    assert_eq!((code, range(&row)), (0, (0, 50)), "{row:#}");
+
+    let reset = km(
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&cfg),
+            "--route",
+            "r",
+            "--to",
+            "earliest",
+            "--execute",
+        ],
+        T,
+    );
+    reset.expect_code(0, "checkpoints reset --to earliest");
+    assert!(
+        reset.stdout.contains("verified positions forgotten"),
+        "{}",
+        reset.stdout
+    );
+    run_once(&cfg);
+    // Inside the target range the new copy writes (before its last records).
+    plant_altered(&m, "t", 10);
+    produce_numbered(m.source(), "t", 1, 50..60, FIRST_TS);
+    run_once(&cfg);
+    let (code, row, _) = verify(&cfg, &["--since-last"]);
+    assert_eq!((code, range(&row)), (1, (0, 60)), "{row:#}");
+    assert_eq!(row["first_altered"], serde_json::json!([10]), "{row:#}");
+}
