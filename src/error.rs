@@ -29,6 +29,16 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 RunError::CheckpointsStalled(_) => exit::OTHER,
             };
         }
+        if let Some(e) = cause.downcast_ref::<crate::import::ImportError>() {
+            use crate::import::ImportError as E;
+            return match e {
+                E::State(e) => checkpoint_code(e),
+                E::Cluster(_) => exit::CLUSTER,
+                E::FileChanged { .. } => exit::CHECKPOINT,
+                E::NothingToImport(_) => exit::USAGE,
+                E::Read { .. } | E::Rejects { .. } => exit::OTHER,
+            };
+        }
         if let Some(e) = cause.downcast_ref::<VerifyError>() {
             return match e {
                 VerifyError::Cluster(_) => exit::CLUSTER,

@@ -23,6 +23,7 @@ pub mod demo;
 pub mod dev_cluster;
 pub mod error;
 pub mod exit;
+pub mod import;
 pub mod observe;
 pub mod plan;
 pub mod progress;

@@ -154,6 +154,27 @@ enum Command {
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         output: String,
     },
+    /// Replay a dump file into a cluster through the routes that read it ([files.NAME]).
+    ///
+    /// Every line is validated before anything is produced: a line that is not a record
+    /// (invalid JSON, not the format's shape) or that the route's filter or validation
+    /// refuses goes to the route's on_error (the dead-letter topic, or the rejects file with
+    /// its line number and the error; "stop" stops there). Resumes where the last import
+    /// stopped; a finished import produces nothing new.
+    Import {
+        /// The routing file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Forget where earlier imports stopped (and their rejects file): start at line 1.
+        #[arg(long)]
+        restart: bool,
+        /// `text`, or `json` (one document: per route its counts and rejected lines).
+        #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        output: String,
+    },
     /// Show or reset checkpoints.
     Checkpoints {
         #[command(subcommand)]
@@ -569,6 +590,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             since_last,
         } => {
             let cfg = load(&config)?;
+            cluster_routes_only(&cfg, "verify")?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;
             }
@@ -635,6 +657,28 @@ fn dispatch(cmd: Command) -> Result<i32> {
                 print!("{}", redact(&plan.table()));
             }
             Ok(plan.exit_code())
+        }
+        Command::Import {
+            config,
+            route,
+            restart,
+            output,
+        } => {
+            let cfg = load(&config)?;
+            // One process at a time per job: two imports of one file would both produce it.
+            let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
+            let stop = stop_on_signal("stopping the import at the next line");
+            let report = kmirror::import::run(
+                &cfg,
+                &kmirror::import::ImportOptions { route, restart },
+                &stop,
+            )?;
+            if output == "json" {
+                println!("{:#}", report.json());
+            } else {
+                print!("{}", redact(&report.render()));
+            }
+            Ok(report.exit_code())
         }
         Command::Checkpoints {
             action: CheckpointAction::Show { config, output },
@@ -792,6 +836,16 @@ fn print_routing_file(path: &Path, cfg: &Config) {
         cfg.job,
         cfg.checkpoint_file().display()
     );
+    for r in &cfg.imports {
+        let f = &cfg.files[&r.source];
+        println!(
+            "  import route {}: file {} ({}) -> cluster {}: replayed by `kmirror import`, not by run",
+            r.name,
+            f.path.display(),
+            f.format.name(),
+            r.target
+        );
+    }
     for c in cfg.clusters.values() {
         let props = c.redacted_properties();
         if props.is_empty() {
@@ -811,6 +865,7 @@ fn run(
     http: Option<std::net::SocketAddr>,
 ) -> Result<i32> {
     let cfg = load(path)?;
+    cluster_routes_only(&cfg, "run")?;
     // Held until this function returns: one process per job, for the whole run.
     let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
     let observer = kmirror::observe::Observer::for_config(&cfg);
@@ -1042,6 +1097,20 @@ fn show_checkpoints(path: &Path) -> Result<i32> {
 }
 
 /// `--route R` must name a route of the file: a usage error (exit 2) otherwise.
+/// `command` works on routes between clusters; a file whose routes all read dumps has
+/// none, and saying so beats an empty plan.
+fn cluster_routes_only(cfg: &Config, command: &str) -> Result<()> {
+    if cfg.routes.is_empty() && !cfg.imports.is_empty() {
+        return Err(Usage(format!(
+            "every route of {} reads a [files] dump: `{command}` copies between clusters; replay the dumps with `kmirror import -c {}`",
+            cfg.path.display(),
+            cfg.path.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn check_route(cfg: &Config, route: &str) -> Result<()> {
     if cfg.route(route).is_none() {
         let names: Vec<&str> = cfg.routes.iter().map(|r| r.name.as_str()).collect();

@@ -6,6 +6,7 @@
 //! end), collecting every problem with its `file:line:column`, key, value and rule.
 
 mod diag;
+pub mod files;
 pub mod filter;
 mod raw;
 mod schema;
@@ -23,6 +24,7 @@ use toml::Spanned;
 
 use diag::Diagnostics;
 pub use diag::{Diagnostic, Location, SourceText};
+pub use files::{FieldNames, FileFormat, FileSource};
 pub use filter::{DeadLetter, ErrorAction, HeaderTransform};
 use raw::{RawConfig, RawRoute};
 
@@ -102,6 +104,10 @@ pub struct Config {
     pub job: String,
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub routes: Vec<RouteConfig>,
+    /// `[files.NAME]`: dumps routes can import.
+    pub files: BTreeMap<String, FileSource>,
+    /// Routes whose source is a file (`kmirror import`); not in `routes`.
+    pub imports: Vec<RouteConfig>,
     pub limits: Limits,
     pub checkpoints: CheckpointSettings,
     pub run: RunSettings,
@@ -904,12 +910,23 @@ fn check(
         .dead_letter
         .as_ref()
         .and_then(|dl| check_dead_letter(dl, "dead_letter", &clusters, d));
+    let files = files::check_files(&raw.files, &clusters, &base_dir, d);
     let mut routes = Vec::new();
+    let mut imports = Vec::new();
     let mut seen: BTreeMap<String, Range<usize>> = BTreeMap::new();
     for (i, r) in raw.routes.iter().enumerate() {
-        if let Some(route) =
-            check_route(i, r, &clusters, default_create, &default_dlq, &base_dir, d)
-        {
+        if let Some(route) = check_route(
+            i,
+            r,
+            &clusters,
+            &files,
+            &RouteDefaults {
+                create: default_create,
+                dead_letter: &default_dlq,
+                base_dir: &base_dir,
+            },
+            d,
+        ) {
             let name_span = r.get_ref().name.span();
             if let Some(first) = seen.get(&route.name) {
                 let (line, _) = d.source.line_col(first.start);
@@ -917,7 +934,12 @@ fn check(
             } else {
                 seen.insert(route.name.clone(), name_span);
             }
-            routes.push(route);
+            if let Some(f) = files.get(&route.source) {
+                files::check_file_route(r, &format!("routes[{i}]."), f, &route.topics, d);
+                imports.push(route);
+            } else {
+                routes.push(route);
+            }
         }
     }
 
@@ -926,6 +948,8 @@ fn check(
         job,
         clusters,
         routes,
+        files,
+        imports,
         limits,
         checkpoints: cp,
         run,
@@ -934,15 +958,27 @@ fn check(
     })
 }
 
+/// What every route inherits from the top of the file.
+struct RouteDefaults<'a> {
+    create: bool,
+    dead_letter: &'a Option<DeadLetter>,
+    /// Relative paths (schemas) are resolved against the routing file's directory.
+    base_dir: &'a Path,
+}
+
 fn check_route(
     i: usize,
     r: &Spanned<RawRoute>,
     clusters: &BTreeMap<String, ClusterConfig>,
-    default_create: bool,
-    default_dlq: &Option<DeadLetter>,
-    base_dir: &Path,
+    files: &BTreeMap<String, FileSource>,
+    defaults: &RouteDefaults<'_>,
     d: &mut Diagnostics<'_>,
 ) -> Option<RouteConfig> {
+    let RouteDefaults {
+        create: default_create,
+        dead_letter: default_dlq,
+        base_dir,
+    } = *defaults;
     let route_span = r.span();
     let r = r.get_ref();
     let p = format!("routes[{i}].");
@@ -957,6 +993,20 @@ fn check_route(
         );
     }
     for (key, c) in [("source", &r.source), ("target", &r.target)] {
+        if key == "source" && files.contains_key(c.get_ref()) {
+            continue;
+        }
+        if key == "target" && files.contains_key(c.get_ref()) {
+            d.push(
+                &c.span(),
+                format!("{p}target"),
+                format!(
+                    "\"{}\" is a file source: files can be read (kmirror import), not written",
+                    c.get_ref()
+                ),
+            );
+            continue;
+        }
         if !clusters.contains_key(c.get_ref()) {
             let known: Vec<_> = clusters.keys().map(String::as_str).collect();
             d.push(

@@ -24,6 +24,29 @@ pub struct RawConfig {
     pub clusters: BTreeMap<Spanned<String>, Spanned<RawCluster>>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// `[files.NAME]`: dump files a route can read instead of a cluster (`kmirror import`).
+    #[serde(default)]
+    pub files: BTreeMap<Spanned<String>, Spanned<RawFileSource>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileSource {
+    pub path: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
+    pub rejects: Option<Spanned<String>>,
+    pub fields: Option<Spanned<RawFields>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFields {
+    pub key: Option<Spanned<String>>,
+    pub value: Option<Spanned<String>>,
+    pub headers: Option<Spanned<String>>,
+    pub timestamp: Option<Spanned<String>>,
+    pub partition: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -103,6 +103,25 @@ const TOP: &[Field] = &[
         Kind::Named(&[req("bootstrap", Kind::Str), opt("properties", Kind::AnyMap)]),
     ),
     opt("routes", Kind::TableList(ROUTE)),
+    opt(
+        "files",
+        Kind::Named(&[
+            req("path", Kind::Str),
+            opt("format", Kind::Str),
+            opt("topic", Kind::Str),
+            opt("rejects", Kind::Str),
+            opt(
+                "fields",
+                Kind::Table(&[
+                    opt("key", Kind::Str),
+                    opt("value", Kind::Str),
+                    opt("headers", Kind::Str),
+                    opt("timestamp", Kind::Str),
+                    opt("partition", Kind::Str),
+                ]),
+            ),
+        ]),
+    ),
 ];
 
 const ROUTE: &[Field] = &[
