@@ -14,6 +14,7 @@
 //! - `dev_cluster`, `demo`: in-memory clusters for the demo, tests and benchmarks;
 //! - `exit`: exit codes; `error`: which code an error means; `redact`: secret values masked wherever text leaves.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod cluster;
 pub mod config;

@@ -50,7 +50,7 @@ pub struct ImportState {
     /// on resume, so the file is cut back to this first.
     #[serde(default)]
     pub rejects_len: u64,
-    /// FNV-1a of the dump's first min(position, 1 MiB) bytes.
+    /// XXH3-64 of the dump's first min(position, 1 MiB) bytes.
     pub fingerprint: u64,
     /// The import reached the end of the file with every line accounted for.
     pub done: bool,
@@ -140,9 +140,9 @@ impl ImportState {
     }
 }
 
-/// FNV-1a of the first min(`upto`, 1 MiB) bytes of `r` (read from its start).
+/// XXH3-64 of the first min(`upto`, 1 MiB) bytes of `r` (read from its start).
 pub fn fingerprint_of<R: Read>(r: &mut R, upto: u64) -> std::io::Result<u64> {
-    let mut h: u64 = 0xcbf29ce484222325;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
     let mut left = upto.min(FINGERPRINT_BYTES);
     let mut buf = [0u8; 64 * 1024];
     while left > 0 {
@@ -151,13 +151,10 @@ pub fn fingerprint_of<R: Read>(r: &mut R, upto: u64) -> std::io::Result<u64> {
         if n == 0 {
             break;
         }
-        for b in &buf[..n] {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
+        h.update(&buf[..n]);
         left -= n as u64;
     }
-    Ok(h)
+    Ok(h.digest())
 }
 
 /// The fingerprint of the file at `path` up to `upto`; the file is left at its start.
