@@ -22,6 +22,7 @@ pub mod copy;
 pub mod counts;
 pub mod demo;
 pub mod dev_cluster;
+pub mod durable;
 pub mod error;
 pub mod exit;
 pub mod import;

@@ -3,7 +3,6 @@
 //! after the segment, atomically: its presence is what commits the segment.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -73,17 +72,9 @@ impl Manifest {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file, fsync and rename, then fsyncs the
-/// directory: after a crash the file is either absent or whole.
+/// Writes `bytes` to `path` atomically (see `crate::durable`).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(ArchiveError::io(&tmp, "create"))?;
-    f.write_all(bytes)
-        .map_err(ArchiveError::io(&tmp, "write"))?;
-    f.sync_all().map_err(ArchiveError::io(&tmp, "fsync"))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(ArchiveError::io(path, "rename"))?;
-    sync_dir(path)
+    crate::durable::write_atomically(path, bytes).map_err(ArchiveError::io(path, "write"))
 }
 
 /// Fsyncs the directory holding `path`, so a rename in it is durable.

@@ -8,7 +8,7 @@
 //! same path is refused, never resumed somewhere in its middle.
 
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -119,24 +119,12 @@ impl ImportState {
 
     /// Durably replaces the file at `path` with this state.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
-        let werr = |source| CheckpointError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(werr)?;
         let mut text = serde_json::to_vec_pretty(self).expect("import state serializes");
         text.push(b'\n');
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut f = File::create(&tmp).map_err(werr)?;
-        f.write_all(&text).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(werr)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::durable::write_atomically(path, &text).map_err(|source| CheckpointError::Write {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 

@@ -6,8 +6,7 @@
 //! one): positions recorded against another cluster are ignored, never trusted.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -94,24 +93,12 @@ impl VerifiedState {
     /// Durably replaces the file at `path` with this state.
     pub fn save(&mut self, path: &Path) -> Result<(), CheckpointError> {
         self.format = FORMAT.to_string();
-        let werr = |source| CheckpointError::Write {
-            path: path.display().to_string(),
-            source,
-        };
-        let dir = path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(werr)?;
         let mut text = serde_json::to_vec_pretty(self).expect("verified state serializes");
         text.push(b'\n');
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let mut f = File::create(&tmp).map_err(werr)?;
-        f.write_all(&text).map_err(werr)?;
-        f.sync_all().map_err(werr)?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(werr)?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::durable::write_atomically(path, &text).map_err(|source| CheckpointError::Write {
+            path: path.display().to_string(),
+            source,
+        })
     }
 }
 
