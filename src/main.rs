@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use kmirror::checkpoint::{
-    partition_key, CheckpointStore, FileStore, JobLock, PartitionCheckpoint,
-};
+use kmirror::checkpoint::{partition_key, take_job, PartitionCheckpoint};
 use kmirror::config::{value, Config, EndPosition, StartPosition};
 use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
@@ -572,7 +570,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             if let Some(r) = &route {
                 check_route(&cfg, r)?;
             }
-            let store = FileStore::new(cfg.checkpoint_file());
+            let store = kmirror::checkpoint::open(&cfg);
             let opts = verify::VerifyOptions {
                 parallel: parallel as usize,
                 from,
@@ -614,12 +612,12 @@ fn dispatch(cmd: Command) -> Result<i32> {
             // a topic that is gone: the run must be stopped first. DeleteRecords needs no
             // lock: it deletes only below the position verified now, which a running copy
             // has passed and never reads again.
+            let store = kmirror::checkpoint::open(&cfg);
             let _lock = if execute && delete_topic {
-                Some(JobLock::acquire(&JobLock::path_for(&cfg))?)
+                Some(take_job(&cfg, &*store)?)
             } else {
                 None
             };
-            let store = FileStore::new(cfg.checkpoint_file());
             let opts = purge::PurgeOptions {
                 route,
                 include_unselected,
@@ -762,7 +760,7 @@ fn check(path: &Path, offline: bool, create_topics: bool, json: bool) -> Result<
         }
         return Ok(exit::OK);
     }
-    let store = FileStore::new(cfg.checkpoint_file());
+    let store = kmirror::checkpoint::open(&cfg);
     let cp = copy::load_checkpoint(&cfg, &store)?;
     // `check` changes nothing unless asked: missing target topics are reported in the plan,
     // and created by `run` (or `check --create-topics`).
@@ -790,7 +788,7 @@ fn print_routing_file(path: &Path, cfg: &Config) {
         plural(cfg.routes.len(), "route", "routes"),
         plural(cfg.clusters.len(), "cluster", "clusters"),
         cfg.job,
-        cfg.checkpoint_file().display()
+        cfg.checkpoint_location()
     );
     for c in cfg.clusters.values() {
         let props = c.redacted_properties();
@@ -811,8 +809,10 @@ fn run(
     http: Option<std::net::SocketAddr>,
 ) -> Result<i32> {
     let cfg = load(path)?;
-    // Held until this function returns: one process per job, for the whole run.
-    let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
+    let store = kmirror::checkpoint::open(&cfg);
+    // Held until this function returns: one process per job, for the whole run (the
+    // kafka store's claim fences an earlier holder, which then stops).
+    let _lock = take_job(&cfg, &*store)?;
     let observer = kmirror::observe::Observer::for_config(&cfg);
     // Serves until this function returns (through the summary), so a last scrape sees the
     // final numbers while the process lives.
@@ -823,7 +823,6 @@ fn run(
     let stop = stop_on_signal(
         "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
     );
-    let store = FileStore::new(cfg.checkpoint_file());
     // A person at a terminal watching a run that ends by itself gets bars with an ETA;
     // anything else (a pipe, a log shipper, JSON logs, a run that follows) gets lines.
     let ends = once || cfg.routes.iter().all(|r| r.end != EndPosition::None);
@@ -904,7 +903,7 @@ fn print_run_summary(report: &copy::RunReport) {
 /// partition, never fatal).
 fn show_checkpoints_json(path: &Path) -> Result<i32> {
     let cfg = load(path)?;
-    let store = FileStore::new(cfg.checkpoint_file());
+    let store = kmirror::checkpoint::open(&cfg);
     let cp = copy::load_checkpoint(&cfg, &store)?;
     let timeout = cfg.run.connect_timeout;
     let mut consumers = std::collections::BTreeMap::new();
@@ -967,7 +966,7 @@ fn show_checkpoints_json(path: &Path) -> Result<i32> {
 
 fn show_checkpoints(path: &Path) -> Result<i32> {
     let cfg = load(path)?;
-    let store = FileStore::new(cfg.checkpoint_file());
+    let store = kmirror::checkpoint::open(&cfg);
     let Some(cp) = copy::load_checkpoint(&cfg, &store)? else {
         println!(
             "no checkpoint at {} (the next run starts at each route's `start`)",
@@ -1068,8 +1067,9 @@ fn reset_checkpoints(
     }
     // A reset under a live run would be overwritten by its next checkpoint; a preview only
     // reads (the checkpoint is replaced atomically) and needs no lock.
+    let store = kmirror::checkpoint::open(&cfg);
     let _lock = if execute {
-        Some(JobLock::acquire(&JobLock::path_for(&cfg))?)
+        Some(take_job(&cfg, &*store)?)
     } else {
         None
     };
@@ -1082,7 +1082,6 @@ fn reset_checkpoints(
                         .is_none_or(|ps| ps.contains(&partition))
             })
     };
-    let store = FileStore::new(cfg.checkpoint_file());
     let selected: Vec<String> = cfg
         .routes
         .iter()

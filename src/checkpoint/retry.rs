@@ -120,6 +120,7 @@ impl<'a> RetryingSaver<'a> {
         loop {
             let err = match self.attempt(&make()) {
                 Ok(()) => return Ok(()),
+                Err(e) if e.ends_run() => return Err(e),
                 Err(e) => e,
             };
             let next = self
