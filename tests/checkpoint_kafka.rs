@@ -379,3 +379,197 @@ fn damaged_foreign_and_other_jobs_records_are_refused_with_exit_5_and_their_offs
         assert!(f.stderr.contains(&place), "{}", f.stderr);
     }
 }
+
+#[test]
+fn a_missing_checkpoint_topic_on_a_broker_without_create_topics_says_how_to_create_it() {
+    // librdkafka's mock cluster has no CreateTopics.
+    let m = Mirror::start(&[("orders", 2)]);
+    common::produce_numbered(m.source(), "orders", 2, 0..20, 1_700_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_config(&m, dir.path(), "missing", "orders", "topic = \"cps\"");
+    let f = km(&["run", "-c", s(&cfg), "--once"], WAIT);
+    f.expect_code(
+        4,
+        "a checkpoint topic that cannot be created is a cluster problem",
+    );
+    assert!(
+        f.stderr.contains("checkpoint topic \"cps\" does not exist on cluster \"dst\"")
+            && f.stderr.contains(&format!(
+                "kafka-topics.sh --bootstrap-server {} --create --topic cps --partitions 1 --config cleanup.policy=compact",
+                m.target()
+            )),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(
+        common::highs(m.target(), "orders", 2),
+        vec![0, 0],
+        "nothing copied"
+    );
+    // Readers do not create it: there is simply no checkpoint yet.
+    let f = km(&["checkpoints", "show", "-c", s(&cfg)], WAIT);
+    f.expect_code(0, "show");
+    assert!(
+        f.stdout
+            .contains("no checkpoint at kafka topic \"cps\" on cluster \"dst\""),
+        "{}",
+        f.stdout
+    );
+}
+
+#[test]
+fn checkpoints_show_and_reset_work_on_the_kafka_store() {
+    let m = Mirror::start(&[("orders", 2)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    common::produce_numbered(m.source(), "orders", 2, 0..40, 1_700_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_config(&m, dir.path(), "showreset", "orders", "");
+    run_once(&cfg);
+
+    let (sum, rows) = common::cli::shown_next_offsets(&cfg);
+    assert_eq!(
+        (sum, rows.len()),
+        (80, 2),
+        "show reads both partitions at 40"
+    );
+    let f = km(
+        &["checkpoints", "show", "-c", s(&cfg), "--output", "json"],
+        WAIT,
+    );
+    f.expect_code(0, "show json");
+    let v: serde_json::Value = serde_json::from_str(&f.stdout).unwrap();
+    assert_eq!(v["kind"], "kmirror-checkpoints");
+    assert_eq!(v["job"], "showreset");
+    assert_eq!(
+        v["checkpoint"],
+        format!("kafka topic \"{CP_TOPIC}\" on cluster \"{TARGET}\"")
+    );
+    let parts = v["routes"][0]["partitions"].as_array().unwrap();
+    assert!(
+        parts
+            .iter()
+            .all(|p| p["next_offset"] == 40 && p["lag"] == 0),
+        "{v:#}"
+    );
+
+    // A preview writes nothing.
+    let before = read_checkpoint_topic(m.target()).len();
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&cfg),
+            "--topic",
+            "orders:1",
+            "--to",
+            "10",
+        ],
+        WAIT,
+    )
+    .expect_code(0, "preview");
+    assert_eq!(
+        read_checkpoint_topic(m.target()).len(),
+        before,
+        "a preview writes nothing"
+    );
+
+    // Move partition 1 back to 10: the next run copies 10..40 of it again, nothing of 0.
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&cfg),
+            "--topic",
+            "orders:1",
+            "--to",
+            "10",
+            "--execute",
+        ],
+        WAIT,
+    )
+    .expect_code(0, "reset --to 10");
+    assert_eq!(
+        stored_positions(m.target(), "showreset", "orders"),
+        [(0, 40), (1, 10)].into_iter().collect()
+    );
+    run_once(&cfg);
+    let seen = common::census(&common::read_topic(m.target(), "orders"), SOURCE, "orders");
+    let twice: Vec<(i32, i64)> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| *k)
+        .collect();
+    assert_eq!(
+        twice,
+        (10..40).map(|o| (1, o)).collect::<Vec<_>>(),
+        "exactly 1/10..40 again"
+    );
+
+    // Forgetting writes tombstones: nothing is left for the job, and show says so.
+    km(&["checkpoints", "reset", "-c", s(&cfg), "--execute"], WAIT).expect_code(0, "forget");
+    assert!(stored_positions(m.target(), "showreset", "orders").is_empty());
+    let f = km(&["checkpoints", "show", "-c", s(&cfg)], WAIT);
+    f.expect_code(0, "show after forget");
+    assert!(
+        f.stdout.contains("no checkpoint at kafka topic"),
+        "{}",
+        f.stdout
+    );
+}
+
+#[test]
+fn kill_9_loop_with_the_kafka_store_loses_nothing() {
+    const PARTITIONS: i32 = 4;
+    const PER_PARTITION: u64 = 5_000;
+    let m = Mirror::start(&[("crash", PARTITIONS)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    common::produce_numbered(
+        m.source(),
+        "crash",
+        PARTITIONS,
+        0..PER_PARTITION,
+        1_700_000_000_000,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // Slow enough that each kill lands mid-copy.
+    let cfg = kafka_config(&m, dir.path(), "crash", "crash", "");
+    let text = fs::read_to_string(&cfg).unwrap() + "max_messages_per_sec = 2000\n";
+    fs::write(&cfg, text).unwrap();
+    let mut kills = 0;
+    for round in 0..6 {
+        let mut r = Running::spawn(&["run", "-c", s(&cfg), "--once"]);
+        // Wait for this round's progress to reach the topic, then kill at once.
+        let before: i64 = stored_positions(m.target(), "crash", "crash")
+            .values()
+            .sum();
+        wait_for("progress checkpointed", || {
+            !r.still_running()
+                || stored_positions(m.target(), "crash", "crash")
+                    .values()
+                    .sum::<i64>()
+                    > before + 500
+        });
+        if !r.still_running() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100 * round));
+        signal(r.pid(), "-KILL");
+        let _ = r.wait(WAIT);
+        kills += 1;
+    }
+    km(&["run", "-c", s(&cfg), "--once"], Duration::from_secs(120)).expect_code(0, "final run");
+    assert!(kills >= 3, "only {kills} kills landed mid-copy");
+    let seen = common::census(&common::read_topic(m.target(), "crash"), SOURCE, "crash");
+    let dups = common::assert_at_least_once(
+        &seen,
+        &common::same_range(PARTITIONS, 0..PER_PARTITION as i64),
+    );
+    assert_eq!(
+        stored_positions(m.target(), "crash", "crash"),
+        (0..PARTITIONS).map(|p| (p, PER_PARTITION as i64)).collect()
+    );
+    println!("{kills} kills: 0 missing, {dups} duplicates");
+    assert!(!no_local_dir(dir.path()).exists(), "no local state written");
+}

@@ -1844,3 +1844,109 @@ fn lag_is_zero_at_rest_after_a_committed_source_transaction() {
     assert_eq!(live["stalled"], false, "{status:#}");
     assert_eq!(status["ready"], true, "{status:#}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// the kafka checkpoint store on tansu
+// ---------------------------------------------------------------------------------------------
+
+/// `[checkpoints] store = "kafka"` with tansu as the target: the checkpoint topic is created
+/// (CreateTopics) with one partition and `cleanup.policy=compact`, a rerun from another,
+/// empty directory resumes exactly where the first stopped, and nothing is written locally.
+#[test]
+fn kafka_checkpoint_store_on_tansu_creates_a_compacted_topic_and_resumes_exactly() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    const CP_TOPIC: &str = "kmirror-checkpoints";
+    let mock = DevClusters::start(1, 1, &[(TOPIC.to_string(), 3)]).expect("mock cluster");
+    let tansu = Tansu::start("dst");
+    tansu.create_topic(TOPIC, 3);
+    produce(&mock.bootstraps[0], TOPIC, 3, 300, Batching::Linger(5));
+    assert_eq!(partition_count(&tansu.bootstrap, CP_TOPIC), None);
+    let routing = |dir: &Path| {
+        let never = dir.join("no-local-checkpoints");
+        let path = dir.join("tansu-kafka-store.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[checkpoints]
+store = "kafka"
+dir = "{never}"
+interval = "200ms"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["{TOPIC}"]
+target = "dst"
+"#,
+                never = never.display(),
+                src = mock.bootstraps[0],
+                dst = tansu.bootstrap,
+            ),
+        )
+        .unwrap();
+        (path, never)
+    };
+
+    let first = tempfile::tempdir().unwrap();
+    let (cfg, never) = routing(first.path());
+    km(&["run", "-c", s(&cfg), "--once"], RUN_LIMIT).expect_code(0, "first run");
+    assert!(!never.exists(), "nothing written locally");
+    assert_eq!(
+        partition_count(&tansu.bootstrap, CP_TOPIC),
+        Some(1),
+        "the checkpoint topic was created with one partition"
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.bootstrap)
+        .create()
+        .expect("admin client");
+    let described = futures::executor::block_on(admin.describe_configs(
+        [&ResourceSpecifier::Topic(CP_TOPIC)],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("DescribeConfigs");
+    let policy = described[0]
+        .as_ref()
+        .expect("the topic's configs")
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
+
+    produce(&mock.bootstraps[0], TOPIC, 3, 300, Batching::Linger(5));
+    drop(first);
+    let second = tempfile::tempdir().unwrap();
+    let (cfg, never) = routing(second.path());
+    km(&["run", "-c", s(&cfg), "--once"], RUN_LIMIT).expect_code(0, "second run");
+    assert!(!never.exists(), "nothing written locally");
+    let mut copied = copied_offsets(&tansu.bootstrap, TOPIC);
+    copied.sort();
+    let expected: Vec<(i32, i64)> = (0..3).flat_map(|p| (0..200).map(move |o| (p, o))).collect();
+    assert_eq!(
+        copied, expected,
+        "every source record once: the rerun resumed exactly"
+    );
+    let shown = km(
+        &["checkpoints", "show", "-c", s(&cfg), "--output", "json"],
+        RUN_LIMIT,
+    );
+    shown.expect_code(0, "checkpoints show");
+    let v: serde_json::Value = serde_json::from_str(&shown.stdout).expect("JSON");
+    assert_eq!(
+        v["checkpoint"],
+        format!("kafka topic \"{CP_TOPIC}\" on cluster \"dst\"")
+    );
+    let next: Vec<i64> = v["routes"][0]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["next_offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(next, vec![200; 3], "checkpoints show reads the store");
+}

@@ -397,6 +397,14 @@ impl KafkaStore {
                     st.read_to = offset + 1;
                 }
             }
+            // Transaction markers take offsets but reach no poll: the consumer's position
+            // moves past them, the offsets of records read do not.
+            if let Some(Offset::Offset(pos)) = consumer.position().ok().and_then(|tpl| {
+                tpl.find_partition(&self.topic, partition)
+                    .map(|e| e.offset())
+            }) {
+                st.read_to = st.read_to.max(pos);
+            }
         }
     }
 
