@@ -809,6 +809,11 @@ fn run(
     http: Option<std::net::SocketAddr>,
 ) -> Result<i32> {
     let cfg = load(path)?;
+    // Before taking the job, which can take a moment with the kafka store (a claim reads the
+    // checkpoint topic): a signal meanwhile stops the run before it reads anything, cleanly.
+    let stop = stop_on_signal(
+        "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
+    );
     let store = kmirror::checkpoint::open(&cfg);
     // Held until this function returns: one process per job, for the whole run (the
     // kafka store's claim fences an earlier holder, which then stops).
@@ -820,9 +825,6 @@ fn run(
         Some(addr) => Some(kmirror::observe::http::serve(addr, observer.clone())?),
         None => None,
     };
-    let stop = stop_on_signal(
-        "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
-    );
     // A person at a terminal watching a run that ends by itself gets bars with an ETA;
     // anything else (a pipe, a log shipper, JSON logs, a run that follows) gets lines.
     let ends = once || cfg.routes.iter().all(|r| r.end != EndPosition::None);

@@ -1950,3 +1950,74 @@ target = "dst"
         .collect();
     assert_eq!(next, vec![200; 3], "checkpoints show reads the store");
 }
+
+/// On tansu, a second process on a job with the kafka store fences the first, which exits
+/// 6; a checkpoint topic made without compaction (`tansu topic create`) is warned about.
+#[test]
+fn kafka_checkpoint_store_on_tansu_fences_the_first_process_and_warns_of_a_topic_not_compacted() {
+    const CP_TOPIC: &str = "cps-plain";
+    let mock = DevClusters::start(1, 1, &[(TOPIC.to_string(), 2)]).expect("mock cluster");
+    let tansu = Tansu::start("dst");
+    tansu.create_topic(TOPIC, 2);
+    tansu.create_topic(CP_TOPIC, 1);
+    produce(&mock.bootstraps[0], TOPIC, 2, 100, Batching::Linger(5));
+    let routing = |dir: &Path| {
+        let path = dir.join("fence.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[checkpoints]
+store = "kafka"
+topic = "{CP_TOPIC}"
+dir = "{never}"
+interval = "200ms"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["{TOPIC}"]
+target = "dst"
+"#,
+                never = dir.join("no-local-checkpoints").display(),
+                src = mock.bootstraps[0],
+                dst = tansu.bootstrap,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cfg_a, cfg_b) = (routing(dir_a.path()), routing(dir_b.path()));
+    let a = Running::spawn(&["run", "-c", s(&cfg_a)]);
+    let deadline = Instant::now() + RUN_LIMIT;
+    while copied_offsets(&tansu.bootstrap, TOPIC).len() < 100 {
+        assert!(Instant::now() < deadline, "A did not copy the topic");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut b = Running::spawn(&["run", "-c", s(&cfg_b)]);
+    let fa = a.wait(RUN_LIMIT);
+    eprintln!("--- A's stderr\n{}", fa.stderr);
+    assert_eq!(fa.code, 6, "the fenced process exits 6");
+    assert!(fa.stderr.contains("was taken over by"), "{}", fa.stderr);
+    assert!(
+        fa.stderr.contains(&format!(
+            "checkpoint topic \"{CP_TOPIC}\" on cluster \"dst\" is not compacted"
+        )),
+        "{}",
+        fa.stderr
+    );
+    assert!(b.still_running(), "B goes on");
+    signal(b.pid(), "-TERM");
+    let fb = b.wait(RUN_LIMIT);
+    assert_eq!(fb.code, 0, "B stops cleanly: {}", fb.stderr);
+    let mut copied = copied_offsets(&tansu.bootstrap, TOPIC);
+    copied.sort();
+    copied.dedup();
+    assert_eq!(copied.len(), 100, "nothing missing");
+}

@@ -323,6 +323,20 @@ impl KafkaStore {
         Ok(())
     }
 
+    /// A checkpoint topic that is not compacted loses checkpoints to retention: said once
+    /// per claim, from a thread of its own, because a broker without DescribeConfigs (the
+    /// mock) answers only when the request times out, and the run need not wait for advice.
+    fn warn_unless_compacted(&self) {
+        let (cluster, topic, timeout) = (self.cluster.clone(), self.topic.clone(), self.timeout);
+        let describe = self.describe();
+        let spawned = std::thread::Builder::new()
+            .name("kmirror-cp-topic-check".into())
+            .spawn(move || warn_unless_compacted(&cluster, &topic, &describe, timeout));
+        if let Err(e) = spawned {
+            tracing::debug!("cannot check the checkpoint topic's cleanup.policy: {e}");
+        }
+    }
+
     /// Reads the job's partition from `from` to its end into `st`, leaving the consumer
     /// in `st.follower`. A fresh assignment always ends with an end-of-partition event.
     fn read(&self, st: &mut State, partition: i32) -> Result<(), CheckpointError> {
@@ -544,6 +558,7 @@ impl KafkaStore {
             e.rdkafka_error_code(),
             Some(
                 RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::Fenced
                     | RDKafkaErrorCode::InvalidProducerEpoch
                     | RDKafkaErrorCode::InvalidProducerIdMapping
             )
@@ -620,6 +635,7 @@ impl CheckpointStore for KafkaStore {
         let partition = self
             .partition(&mut st, true)?
             .expect("created when missing");
+        self.warn_unless_compacted();
         // InitProducerId first: on a broker that fences, no older holder writes after it.
         st.producer = Some(self.producer()?);
         let owner = (owner_key(&self.job), Some(seal(self.body(None))));
@@ -730,10 +746,52 @@ impl CheckpointStore for KafkaStore {
         if records.is_empty() {
             return Ok(());
         }
-        self.write(&mut st, partition, &records)?;
+        if let Err(e) = self.write(&mut st, partition, &records) {
+            if e.ends_run() {
+                // Fenced by the broker: name the new holder if its owner record is there.
+                self.check_still_owner(&mut st, partition)?;
+            }
+            return Err(e);
+        }
         st.stored = wanted;
         st.dirty.clear();
         Ok(())
+    }
+}
+
+/// See `KafkaStore::warn_unless_compacted`.
+fn warn_unless_compacted(cluster: &ClusterConfig, topic: &str, describe: &str, timeout: Duration) {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let Ok(admin) = cluster::base_config(cluster)
+        .create_with_context::<_, AdminClient<QuietContext>>(QuietContext {
+            cluster: cluster.name.clone(),
+        })
+    else {
+        return;
+    };
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let res = futures::executor::block_on(
+        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts),
+    );
+    let policy = match res.as_deref() {
+        Ok([Ok(r)]) => r.get("cleanup.policy").and_then(|e| e.value.clone()),
+        other => {
+            tracing::debug!(
+                store = %describe,
+                "cannot read the checkpoint topic's cleanup.policy: {other:?}"
+            );
+            return;
+        }
+    };
+    if !policy.as_deref().unwrap_or("").contains("compact") {
+        tracing::warn!(
+                "checkpoint topic \"{}\" on cluster \"{}\" is not compacted (cleanup.policy {}): retention will delete checkpoints a job has not rewritten lately (a paused route's, say). Make it compacted: `kafka-configs.sh --bootstrap-server {} --alter --entity-type topics --entity-name {} --add-config cleanup.policy=compact`",
+                topic,
+                cluster.name,
+                policy.map_or("not set".into(), |p| format!("= {p}")),
+                cluster.bootstrap,
+                topic
+            );
     }
 }
 

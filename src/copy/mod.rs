@@ -380,9 +380,9 @@ fn execute(
                         let cp = snapshot(&config, &plan, &base, &ids, &shared);
                         match saver.attempt(&cp) {
                             Ok(()) => observer.checkpointed(&cp),
-                            // Another process holds the job now: write nothing more.
+                            // Another process holds the job now: write nothing more. The
+                            // error is the run's, printed once when it returns.
                             Err(e) if e.ends_run() => {
-                                tracing::error!("{e}");
                                 shared.stop.store(true, Ordering::Relaxed);
                                 fenced = Some(e);
                                 break;
