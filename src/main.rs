@@ -25,7 +25,8 @@ use kmirror::{counts, demo, dev_cluster, purge, report, verify};
     after_help = "Exit codes: 0 success; 1 verify mismatch, or halted partitions / failed records, or \
 purge refused a partition; 2 usage; 3 invalid routing file; 4 cluster, topic or offset error, or \
 a purge deletion failed; 5 unusable checkpoint \
-(corrupt, another job, cluster or topic); 6 job locked by another process; 70 I/O (checkpoint \
+(corrupt, another job, cluster or topic); 6 job locked by another process (kafka store: taken \
+over by another process); 70 I/O (checkpoint \
 cannot be read or written) or other; 130 second signal while stopping."
 )]
 struct Cli {
