@@ -48,7 +48,7 @@ fn checkpoint_code(e: &CheckpointError) -> i32 {
         | CheckpointError::Write { .. }
         | CheckpointError::Store { .. } => exit::OTHER,
         CheckpointError::Locked { .. } | CheckpointError::Fenced { .. } => exit::LOCKED,
-        CheckpointError::TopicMissing { .. } => exit::CLUSTER,
+        CheckpointError::TopicMissing { .. } | CheckpointError::Cluster { .. } => exit::CLUSTER,
         _ => exit::CHECKPOINT,
     }
 }

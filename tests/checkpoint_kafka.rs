@@ -573,3 +573,55 @@ fn kill_9_loop_with_the_kafka_store_loses_nothing() {
     println!("{kills} kills: 0 missing, {dups} duplicates");
     assert!(!no_local_dir(dir.path()).exists(), "no local state written");
 }
+
+#[test]
+fn an_unreachable_checkpoint_cluster_is_a_cluster_error_exit_4() {
+    let dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port(); // dropped at once: nothing listens there
+    let cfg = dir.path().join("unreachable.toml");
+    fs::write(
+        &cfg,
+        format!(
+            r#"[checkpoints]
+store = "kafka"
+
+[run]
+connect_timeout = "1s"
+
+[clusters.src]
+bootstrap = "127.0.0.1:{closed}"
+
+[clusters.dst]
+bootstrap = "127.0.0.1:{closed}"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["orders"]
+target = "dst"
+"#
+        ),
+    )
+    .unwrap();
+    for args in [vec!["checkpoints", "show"], vec!["run", "--once"]] {
+        let mut a = args.clone();
+        a.extend(["-c", s(&cfg)]);
+        let f = km(&a, WAIT);
+        f.expect_code(4, &args.join(" "));
+        assert!(
+            f.stderr.contains(&format!(
+                "checkpoints in kafka topic \"{CP_TOPIC}\" on cluster \"dst\""
+            )) && f.stderr.contains("no Kafka broker answered"),
+            "{}",
+            f.stderr
+        );
+    }
+    assert!(
+        !dir.path().join("checkpoints").exists(),
+        "no local state written"
+    );
+}

@@ -244,6 +244,15 @@ impl KafkaStore {
         }
     }
 
+    /// The cluster keeping the store cannot be reached or answered an error: exit 4, as for
+    /// any cluster.
+    fn cluster_err(&self, source: crate::cluster::ClusterError) -> CheckpointError {
+        CheckpointError::Cluster {
+            location: self.describe(),
+            source: Box::new(source),
+        }
+    }
+
     /// Finds the topic (creating it, compacted, where the broker supports CreateTopics)
     /// and the job's partition in it.
     fn partition(&self, st: &mut State, create: bool) -> Result<Option<i32>, CheckpointError> {
@@ -251,12 +260,12 @@ impl KafkaStore {
             return Ok(Some(p));
         }
         let consumer = cluster::consumer(&self.cluster, &[("allow.auto.create.topics", "false")])
-            .map_err(|e| self.store_err("connect", e))?;
+            .map_err(|e| self.cluster_err(e))?;
         let count =
             |consumer: &BaseConsumer<QuietContext>| -> Result<Option<usize>, CheckpointError> {
                 let md =
                     cluster::metadata(consumer, &self.cluster, Some(&self.topic), self.timeout)
-                        .map_err(|e| self.store_err("look up the topic", e))?;
+                        .map_err(|e| self.cluster_err(e))?;
                 Ok(cluster::partition_count(&md, &self.topic))
             };
         let n = match count(&consumer)? {
@@ -341,7 +350,7 @@ impl KafkaStore {
     /// in `st.follower`. A fresh assignment always ends with an end-of-partition event.
     fn read(&self, st: &mut State, partition: i32) -> Result<(), CheckpointError> {
         let consumer = cluster::consumer(&self.cluster, &[("isolation.level", "read_committed")])
-            .map_err(|e| self.store_err("connect", e))?;
+            .map_err(|e| self.cluster_err(e))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Beginning)
             .and_then(|_| consumer.assign(&tpl))
@@ -376,7 +385,7 @@ impl KafkaStore {
                     partition,
                     self.timeout,
                 )
-                .map_err(|e| self.store_err("read the end offset", e))?
+                .map_err(|e| self.cluster_err(e))?
                 .1,
             )
         };

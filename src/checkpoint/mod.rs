@@ -55,6 +55,12 @@ pub enum CheckpointError {
     },
     #[error("job lock {path} is held by {holder}; one process at a time may run or reset a job. Wait for it to end, or stop it")]
     Locked { path: String, holder: String },
+    #[error("checkpoints in {location}: {source}")]
+    Cluster {
+        location: String,
+        #[source]
+        source: Box<crate::cluster::ClusterError>,
+    },
     #[error("checkpoints in {location}: cannot {what}: {detail}")]
     Store {
         location: String,
