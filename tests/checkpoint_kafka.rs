@@ -425,6 +425,15 @@ fn checkpoints_show_and_reset_work_on_the_kafka_store() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = kafka_config(&m, dir.path(), "showreset", "orders", "");
     run_once(&cfg);
+    // verify reads the checkpoints from the store too.
+    let f = km(&["verify", "-c", s(&cfg)], WAIT);
+    f.expect_code(0, "verify");
+    assert!(
+        f.stdout
+            .contains("every source record is on the target (80 selected records"),
+        "{}",
+        f.stdout
+    );
 
     let (sum, rows) = common::cli::shown_next_offsets(&cfg);
     assert_eq!(
