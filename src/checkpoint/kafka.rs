@@ -807,6 +807,107 @@ fn warn_unless_compacted(cluster: &ClusterConfig, topic: &str, describe: &str, t
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::{partition_key, PartitionCheckpoint, RouteCheckpoint};
+
+    fn checkpoint(next: i64) -> Checkpoint {
+        let mut cp = Checkpoint::new("j");
+        let mut rc = RouteCheckpoint {
+            source_cluster: "src".into(),
+            ..Default::default()
+        };
+        rc.partitions.insert(
+            partition_key("orders", 0),
+            PartitionCheckpoint {
+                next_offset: next,
+                first_offset: 0,
+                target_cluster: "dst".into(),
+                target_topic: "orders".into(),
+                target: Default::default(),
+                target_start: Default::default(),
+                end: None,
+                updated_at: format!("t{next}"),
+            },
+        );
+        cp.routes.insert("r".into(), rc);
+        cp
+    }
+
+    fn store(bootstrap: &str) -> KafkaStore {
+        let cluster = ClusterConfig {
+            name: "dst".into(),
+            bootstrap: bootstrap.into(),
+            properties: Default::default(),
+        };
+        KafkaStore::new(cluster, "cps", "j", Duration::from_secs(10))
+    }
+
+    /// On a broker that does not fence transactional producers (the mock), the older holder
+    /// can land one write after the newer one claimed. The newer one keeps its own record,
+    /// rewrites it at its next save (so compaction keeps it), and the older one is refused
+    /// at its next save. The race is forced here by writing as the older holder without its
+    /// check, which the CLI test only hits by chance.
+    #[test]
+    fn a_write_landing_after_a_newer_claim_is_ignored_and_overwritten() {
+        let dc = crate::dev_cluster::DevClusters::start(1, 1, &[("cps".to_string(), 1)])
+            .expect("mock cluster");
+        let bootstrap = dc.bootstraps[0].clone();
+        let a = store(&bootstrap);
+        a.claim().unwrap();
+        a.save(&checkpoint(10)).unwrap();
+        let b = store(&bootstrap);
+        b.claim().unwrap();
+        assert_eq!(
+            b.load()
+                .unwrap()
+                .unwrap()
+                .get("r", "orders", 0)
+                .unwrap()
+                .next_offset,
+            10
+        );
+
+        // A's write in flight when B claimed: it lands after B's owner record.
+        {
+            let mut st = a.state.lock().unwrap();
+            let key = partition_record_key("j", "r", "orders", 0);
+            let stale = st.stored.get(&key).cloned().map(|mut pb| {
+                pb.checkpoint.next_offset = 20;
+                pb
+            });
+            let value = seal(a.body(stale));
+            a.write(&mut st, 0, &[(key, Some(value))]).unwrap();
+        }
+        // Every reader (B, and a fresh one) keeps the holder's record. Compaction would
+        // drop that earlier record in favour of A's later one, so B writes it again.
+        assert_eq!(
+            b.load()
+                .unwrap()
+                .unwrap()
+                .get("r", "orders", 0)
+                .unwrap()
+                .next_offset,
+            10
+        );
+        let fresh = || store(&bootstrap).load().unwrap().unwrap();
+        assert_eq!(fresh().get("r", "orders", 0).unwrap().next_offset, 10);
+        let before = b.state.lock().unwrap().read_to;
+        b.save(&checkpoint(10)).unwrap();
+        let last = crate::cluster::consumer(&a.cluster, &[])
+            .and_then(|c| crate::cluster::watermarks(&c, "dst", "cps", 0, Duration::from_secs(10)))
+            .unwrap()
+            .1;
+        assert!(
+            last > before,
+            "B's unchanged position was written again, after A's ({before} -> {last})"
+        );
+        assert_eq!(fresh().get("r", "orders", 0).unwrap().next_offset, 10);
+
+        // A's next save is refused, naming B.
+        let e = a.save(&checkpoint(30)).unwrap_err();
+        assert!(matches!(e, CheckpointError::Fenced { .. }), "{e}");
+        assert!(e.to_string().contains("was taken over by pid"), "{e}");
+        assert_eq!(fresh().get("r", "orders", 0).unwrap().next_offset, 10);
+    }
 
     #[test]
     fn keys_name_their_job_and_refuse_what_is_not_ours() {
