@@ -634,3 +634,35 @@ target = "dst"
         "no local state written"
     );
 }
+
+#[test]
+fn a_reset_of_a_running_job_stops_the_run_which_does_not_write_over_the_reset() {
+    let m = Mirror::start(&[("live", 2)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    common::produce_numbered(m.source(), "live", 2, 0..50, 1_700_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = kafka_config(&m, dir.path(), "live", "live", "");
+    let at = |n: i64| (0..2).map(|p| (p, n)).collect::<BTreeMap<i32, i64>>();
+    let run = Running::spawn(&["run", "-c", s(&cfg)]);
+    wait_for("the run's checkpoints at 50", || {
+        stored_positions(m.target(), "live", "live") == at(50)
+    });
+    km(
+        &[
+            "checkpoints",
+            "reset",
+            "-c",
+            s(&cfg),
+            "--to",
+            "5",
+            "--execute",
+        ],
+        WAIT,
+    )
+    .expect_code(0, "reset of a running job");
+    let f = run.wait(WAIT);
+    assert_eq!(f.code, EXIT_LOCKED, "the run was taken over: {}", f.stderr);
+    assert!(f.stderr.contains("was taken over by"), "{}", f.stderr);
+    // The run, stopped, wrote no checkpoint over the reset (not even its final one).
+    assert_eq!(stored_positions(m.target(), "live", "live"), at(5));
+}
