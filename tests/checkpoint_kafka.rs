@@ -2,7 +2,8 @@
 //! binary against librdkafka's mock clusters hosted in this process (real TCP): a run
 //! resumes exactly from checkpoints kept in the target cluster with no local state, a
 //! kill -9 loop loses nothing, a second process on the job fences the first (which stops
-//! with exit 6 and writes nothing after), damaged or foreign records in the checkpoint topic
+//! with exit 6 and writes nothing after; so does a `checkpoints reset --execute` of a running
+//! job), an unreachable checkpoint cluster exits 4, damaged or foreign records in the checkpoint topic
 //! are refused (exit 5) with cluster, topic, partition and offset, a missing topic on a
 //! broker without CreateTopics is a clear error (exit 4), and `checkpoints show` / `reset`
 //! work on the store. CreateTopics and the topic's compaction are checked against tansu in

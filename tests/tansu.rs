@@ -21,6 +21,9 @@
 //! `start_latest_*` and `start_offset_inside_last_batch_*` check that `latest` and explicit
 //! start offsets use the end found by reading too. `purge_on_tansu_*` checks tansu's answer
 //! to DeleteRecords (it fails) and `purge --delete-topic` (DeleteTopics works).
+//! `kafka_checkpoint_store_*` check `[checkpoints] store = "kafka"` on tansu: the topic
+//! created compacted, an exact resume with no local state, fencing of a second process and
+//! the warning for a checkpoint topic that is not compacted.
 
 mod common;
 
