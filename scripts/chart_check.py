@@ -66,6 +66,24 @@ def example(name):
         return f.read()
 
 
+# A routing file whose checkpoints live in the target cluster: a pod needs no volume.
+KAFKA_STORE_ROUTES = """[checkpoints]
+store = "kafka"
+job = "mirror"
+
+[clusters.source]
+bootstrap = "${SOURCE_BOOTSTRAP}"
+
+[clusters.target]
+bootstrap = "${TARGET_BOOTSTRAP}"
+
+[[routes]]
+name = "all"
+source = "source"
+topic_regex = "[a-z].*"
+target = "target"
+"""
+
 VARIANTS = {
     "defaults (StatefulSet mirror)": {},
     "StatefulSet of config/dr-mirror.toml + ServiceMonitor, PrometheusRule, dashboard, scheduling": {
@@ -80,6 +98,15 @@ VARIANTS = {
         "job": {"backoffLimit": 2, "ttlSecondsAfterFinished": 0, "activeDeadlineSeconds": 86400},
         "envFromSecret": "kmirror-sasl",
         **MONITORING,
+    },
+    "StatefulSet with checkpoints in the target cluster, no persistent volume": {
+        "persistence": {"enabled": False, "size": "1Gi"},
+        "routes": KAFKA_STORE_ROUTES,
+    },
+    "Job with checkpoints in the target cluster, no persistent volume": {
+        "workload": "job",
+        "persistence": {"enabled": False, "size": "1Gi"},
+        "routes": KAFKA_STORE_ROUTES,
     },
     "Job on an existing claim, no HTTP endpoint": {
         "workload": "job",
@@ -97,6 +124,12 @@ BAD_VALUES = {
     "port not a number": {"http": {"enabled": True, "port": "http"}},
     "unknown top-level key": {"replicaCount": 2},
     "routeFiles path leaving the directory": {"routeFiles": [{"path": "../x", "content": ""}]},
+}
+
+
+# Values the templates must refuse to render (checks the schema cannot express).
+REFUSED_RENDER = {
+    "no persistent volume for checkpoints kept in files": {"persistence": {"enabled": False, "size": "1Gi"}},
 }
 
 
@@ -167,6 +200,7 @@ def one(docs, kind):
 def check_invariants(values, docs, notes):
     merged = helm.Chart.load(CHART).merge_values(values)
     job = merged["workload"] == "job"
+    persisted = merged["persistence"]["enabled"]
     http = merged["http"]
 
     for d in docs:
@@ -181,9 +215,15 @@ def check_invariants(values, docs, notes):
         pod = workload["spec"]["template"]["spec"]
         expect(pod["restartPolicy"] == "Never", "the Job's pod must not restart in place")
         claim = [v for v in pod["volumes"] if v["name"] == "state"]
-        expect(len(claim) == 1 and "persistentVolumeClaim" in claim[0], "the Job has no state claim")
-        claim_name = claim[0]["persistentVolumeClaim"]["claimName"]
-        if merged["persistence"]["existingClaim"]:
+        if not persisted:
+            expect(len(claim) == 1 and "emptyDir" in claim[0], "persistence.enabled=false: state is not an emptyDir")
+            expect(not by_kind(docs, "PersistentVolumeClaim"), "persistence.enabled=false rendered a claim")
+        else:
+            expect(len(claim) == 1 and "persistentVolumeClaim" in claim[0], "the Job has no state claim")
+        claim_name = claim[0].get("persistentVolumeClaim", {}).get("claimName")
+        if not persisted:
+            pass
+        elif merged["persistence"]["existingClaim"]:
             expect(claim_name == merged["persistence"]["existingClaim"], "existingClaim not used")
             expect(not by_kind(docs, "PersistentVolumeClaim"), "a claim rendered beside existingClaim")
         else:
@@ -196,8 +236,11 @@ def check_invariants(values, docs, notes):
         governing = [s for s in services if s["metadata"]["name"] == workload["spec"]["serviceName"]]
         expect(governing, f"serviceName {workload['spec']['serviceName']} names no rendered Service")
         expect(governing[0]["spec"].get("clusterIP") == "None", "the governing Service is not headless")
-        templates = [t["metadata"]["name"] for t in workload["spec"]["volumeClaimTemplates"]]
-        expect(templates == ["state"], f"volumeClaimTemplates {templates}")
+        templates = [t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])]
+        expect(templates == (["state"] if persisted else []), f"volumeClaimTemplates {templates}")
+        if not persisted:
+            state = [v for v in pod["volumes"] if v["name"] == "state"]
+            expect(len(state) == 1 and "emptyDir" in state[0], "persistence.enabled=false: state is not an emptyDir")
 
     selector = workload["spec"]["selector"]["matchLabels"] if not job else None
     pod_labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -343,6 +386,17 @@ def main():
         except Exception as e:  # noqa: BLE001 - any failure is reported per variant
             failed += 1
             print(f"  FAIL {name}: {type(e).__name__ if not isinstance(e, Failure) else ''} {e}")
+    for name, values in REFUSED_RENDER.items():
+        try:
+            render(values)
+        except helm.HelmError as e:
+            if "store = \"kafka\"" in str(e):
+                print(f"  ok   refused by the templates: {name}")
+                continue
+            print(f"  FAIL {name}: refused for another reason: {e}")
+        else:
+            print(f"  FAIL the templates render {name}: {values}")
+        failed += 1
     for name, values in BAD_VALUES.items():
         with helm.Chart.load(CHART) as chart:
             try:
@@ -352,7 +406,7 @@ def main():
                 continue
         failed += 1
         print(f"  FAIL values.schema.json accepts {name}: {values}")
-    total = len(VARIANTS) + len(BAD_VALUES)
+    total = len(VARIANTS) + len(REFUSED_RENDER) + len(BAD_VALUES)
     print(f"chart checks: {total - failed} ok, {failed} failing")
     sys.exit(1 if failed else 0)
 

@@ -54,8 +54,11 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
 /// fix for the first is a decision about the data, for the second the disk or mount.
 fn checkpoint_code(e: &CheckpointError) -> i32 {
     match e {
-        CheckpointError::Read { .. } | CheckpointError::Write { .. } => exit::OTHER,
-        CheckpointError::Locked { .. } => exit::LOCKED,
+        CheckpointError::Read { .. }
+        | CheckpointError::Write { .. }
+        | CheckpointError::Store { .. } => exit::OTHER,
+        CheckpointError::Locked { .. } | CheckpointError::Fenced { .. } => exit::LOCKED,
+        CheckpointError::TopicMissing { .. } | CheckpointError::Cluster { .. } => exit::CLUSTER,
         _ => exit::CHECKPOINT,
     }
 }

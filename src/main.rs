@@ -9,9 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use kmirror::checkpoint::{
-    partition_key, CheckpointStore, FileStore, JobLock, PartitionCheckpoint,
-};
+use kmirror::checkpoint::{partition_key, take_job, PartitionCheckpoint};
 use kmirror::config::{value, Config, EndPosition, StartPosition};
 use kmirror::copy::{self, RunOptions};
 use kmirror::error::{exit, exit_code};
@@ -27,7 +25,8 @@ use kmirror::{counts, demo, dev_cluster, purge, report, verify};
     after_help = "Exit codes: 0 success; 1 verify mismatch, or halted partitions / failed records, or \
 purge refused a partition; 2 usage; 3 invalid routing file; 4 cluster, topic or offset error, or \
 a purge deletion failed; 5 unusable checkpoint \
-(corrupt, another job, cluster or topic); 6 job locked by another process; 70 I/O (checkpoint \
+(corrupt, another job, cluster or topic); 6 job locked by another process (kafka store: taken \
+over by another process); 70 I/O (checkpoint \
 cannot be read or written) or other; 130 second signal while stopping."
 )]
 struct Cli {
@@ -594,7 +593,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             if let Some(r) = &route {
                 check_route(&cfg, r)?;
             }
-            let store = FileStore::new(cfg.checkpoint_file());
+            let store = kmirror::checkpoint::open(&cfg);
             let opts = verify::VerifyOptions {
                 parallel: parallel as usize,
                 from,
@@ -636,12 +635,12 @@ fn dispatch(cmd: Command) -> Result<i32> {
             // a topic that is gone: the run must be stopped first. DeleteRecords needs no
             // lock: it deletes only below the position verified now, which a running copy
             // has passed and never reads again.
+            let store = kmirror::checkpoint::open(&cfg);
             let _lock = if execute && delete_topic {
-                Some(JobLock::acquire(&JobLock::path_for(&cfg))?)
+                Some(take_job(&cfg, &*store)?)
             } else {
                 None
             };
-            let store = FileStore::new(cfg.checkpoint_file());
             let opts = purge::PurgeOptions {
                 route,
                 include_unselected,
@@ -665,8 +664,11 @@ fn dispatch(cmd: Command) -> Result<i32> {
             output,
         } => {
             let cfg = load(&config)?;
-            // One process at a time per job: two imports of one file would both produce it.
-            let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
+            // One import at a time per job: two imports of one file would both produce it.
+            // Its own lock (not the job's): a `run` of the job's cluster routes may go on.
+            let _lock = kmirror::checkpoint::JobLock::acquire(
+                &cfg.checkpoints.dir.join(format!("{}.import.lock", cfg.job)),
+            )?;
             let stop = stop_on_signal("stopping the import at the next line");
             let report = kmirror::import::run(
                 &cfg,
@@ -806,7 +808,7 @@ fn check(path: &Path, offline: bool, create_topics: bool, json: bool) -> Result<
         }
         return Ok(exit::OK);
     }
-    let store = FileStore::new(cfg.checkpoint_file());
+    let store = kmirror::checkpoint::open(&cfg);
     let cp = copy::load_checkpoint(&cfg, &store)?;
     // `check` changes nothing unless asked: missing target topics are reported in the plan,
     // and created by `run` (or `check --create-topics`).
@@ -834,7 +836,7 @@ fn print_routing_file(path: &Path, cfg: &Config) {
         plural(cfg.routes.len(), "route", "routes"),
         plural(cfg.clusters.len(), "cluster", "clusters"),
         cfg.job,
-        cfg.checkpoint_file().display()
+        cfg.checkpoint_location()
     );
     for r in &cfg.imports {
         let f = &cfg.files[&r.source];
@@ -866,8 +868,15 @@ fn run(
 ) -> Result<i32> {
     let cfg = load(path)?;
     cluster_routes_only(&cfg, "run")?;
-    // Held until this function returns: one process per job, for the whole run.
-    let _lock = JobLock::acquire(&JobLock::path_for(&cfg))?;
+    // Before taking the job, which can take a moment with the kafka store (a claim reads the
+    // checkpoint topic): a signal meanwhile stops the run before it reads anything, cleanly.
+    let stop = stop_on_signal(
+        "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
+    );
+    let store = kmirror::checkpoint::open(&cfg);
+    // Held until this function returns: one process per job, for the whole run (the
+    // kafka store's claim fences an earlier holder, which then stops).
+    let _lock = take_job(&cfg, &*store)?;
     let observer = kmirror::observe::Observer::for_config(&cfg);
     // Serves until this function returns (through the summary), so a last scrape sees the
     // final numbers while the process lives.
@@ -875,10 +884,6 @@ fn run(
         Some(addr) => Some(kmirror::observe::http::serve(addr, observer.clone())?),
         None => None,
     };
-    let stop = stop_on_signal(
-        "no new reads; waiting for in-flight deliveries, then writing the final checkpoint",
-    );
-    let store = FileStore::new(cfg.checkpoint_file());
     // A person at a terminal watching a run that ends by itself gets bars with an ETA;
     // anything else (a pipe, a log shipper, JSON logs, a run that follows) gets lines.
     let ends = once || cfg.routes.iter().all(|r| r.end != EndPosition::None);
@@ -959,7 +964,7 @@ fn print_run_summary(report: &copy::RunReport) {
 /// partition, never fatal).
 fn show_checkpoints_json(path: &Path) -> Result<i32> {
     let cfg = load(path)?;
-    let store = FileStore::new(cfg.checkpoint_file());
+    let store = kmirror::checkpoint::open(&cfg);
     let cp = copy::load_checkpoint(&cfg, &store)?;
     let timeout = cfg.run.connect_timeout;
     let mut consumers = std::collections::BTreeMap::new();
@@ -1022,7 +1027,7 @@ fn show_checkpoints_json(path: &Path) -> Result<i32> {
 
 fn show_checkpoints(path: &Path) -> Result<i32> {
     let cfg = load(path)?;
-    let store = FileStore::new(cfg.checkpoint_file());
+    let store = kmirror::checkpoint::open(&cfg);
     let Some(cp) = copy::load_checkpoint(&cfg, &store)? else {
         println!(
             "no checkpoint at {} (the next run starts at each route's `start`)",
@@ -1137,8 +1142,9 @@ fn reset_checkpoints(
     }
     // A reset under a live run would be overwritten by its next checkpoint; a preview only
     // reads (the checkpoint is replaced atomically) and needs no lock.
+    let store = kmirror::checkpoint::open(&cfg);
     let _lock = if execute {
-        Some(JobLock::acquire(&JobLock::path_for(&cfg))?)
+        Some(take_job(&cfg, &*store)?)
     } else {
         None
     };
@@ -1151,7 +1157,6 @@ fn reset_checkpoints(
                         .is_none_or(|ps| ps.contains(&partition))
             })
     };
-    let store = FileStore::new(cfg.checkpoint_file());
     let selected: Vec<String> = cfg
         .routes
         .iter()

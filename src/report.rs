@@ -65,7 +65,7 @@ fn routing_file(config: &Config) -> Value {
     json!({
         "path": config.path.display().to_string(),
         "job": config.job,
-        "checkpoint": config.checkpoint_file().display().to_string(),
+        "checkpoint": config.checkpoint_location(),
         "clusters": config.clusters.values().map(|c| json!({
             "name": c.name,
             "bootstrap": redact(&c.bootstrap),

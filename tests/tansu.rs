@@ -21,6 +21,9 @@
 //! `start_latest_*` and `start_offset_inside_last_batch_*` check that `latest` and explicit
 //! start offsets use the end found by reading too. `purge_on_tansu_*` checks tansu's answer
 //! to DeleteRecords (it fails) and `purge --delete-topic` (DeleteTopics works).
+//! `kafka_checkpoint_store_*` check `[checkpoints] store = "kafka"` on tansu: the topic
+//! created compacted, an exact resume with no local state, fencing of a second process and
+//! the warning for a checkpoint topic that is not compacted.
 
 mod common;
 
@@ -1843,4 +1846,181 @@ fn lag_is_zero_at_rest_after_a_committed_source_transaction() {
     assert_eq!(live["lag"], 0, "{status:#}");
     assert_eq!(live["stalled"], false, "{status:#}");
     assert_eq!(status["ready"], true, "{status:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// the kafka checkpoint store on tansu
+// ---------------------------------------------------------------------------------------------
+
+/// `[checkpoints] store = "kafka"` with tansu as the target: the checkpoint topic is created
+/// (CreateTopics) with one partition and `cleanup.policy=compact`, a rerun from another,
+/// empty directory resumes exactly where the first stopped, and nothing is written locally.
+#[test]
+fn kafka_checkpoint_store_on_tansu_creates_a_compacted_topic_and_resumes_exactly() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    const CP_TOPIC: &str = "kmirror-checkpoints";
+    let mock = DevClusters::start(1, 1, &[(TOPIC.to_string(), 3)]).expect("mock cluster");
+    let tansu = Tansu::start("dst");
+    tansu.create_topic(TOPIC, 3);
+    produce(&mock.bootstraps[0], TOPIC, 3, 300, Batching::Linger(5));
+    assert_eq!(partition_count(&tansu.bootstrap, CP_TOPIC), None);
+    let routing = |dir: &Path| {
+        let never = dir.join("no-local-checkpoints");
+        let path = dir.join("tansu-kafka-store.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[checkpoints]
+store = "kafka"
+dir = "{never}"
+interval = "200ms"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["{TOPIC}"]
+target = "dst"
+"#,
+                never = never.display(),
+                src = mock.bootstraps[0],
+                dst = tansu.bootstrap,
+            ),
+        )
+        .unwrap();
+        (path, never)
+    };
+
+    let first = tempfile::tempdir().unwrap();
+    let (cfg, never) = routing(first.path());
+    km(&["run", "-c", s(&cfg), "--once"], RUN_LIMIT).expect_code(0, "first run");
+    assert!(!never.exists(), "nothing written locally");
+    assert_eq!(
+        partition_count(&tansu.bootstrap, CP_TOPIC),
+        Some(1),
+        "the checkpoint topic was created with one partition"
+    );
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &tansu.bootstrap)
+        .create()
+        .expect("admin client");
+    let described = futures::executor::block_on(admin.describe_configs(
+        [&ResourceSpecifier::Topic(CP_TOPIC)],
+        &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+    ))
+    .expect("DescribeConfigs");
+    let policy = described[0]
+        .as_ref()
+        .expect("the topic's configs")
+        .get("cleanup.policy")
+        .and_then(|e| e.value.clone());
+    assert_eq!(policy.as_deref(), Some("compact"));
+
+    produce(&mock.bootstraps[0], TOPIC, 3, 300, Batching::Linger(5));
+    drop(first);
+    let second = tempfile::tempdir().unwrap();
+    let (cfg, never) = routing(second.path());
+    km(&["run", "-c", s(&cfg), "--once"], RUN_LIMIT).expect_code(0, "second run");
+    assert!(!never.exists(), "nothing written locally");
+    let mut copied = copied_offsets(&tansu.bootstrap, TOPIC);
+    copied.sort();
+    let expected: Vec<(i32, i64)> = (0..3).flat_map(|p| (0..200).map(move |o| (p, o))).collect();
+    assert_eq!(
+        copied, expected,
+        "every source record once: the rerun resumed exactly"
+    );
+    let shown = km(
+        &["checkpoints", "show", "-c", s(&cfg), "--output", "json"],
+        RUN_LIMIT,
+    );
+    shown.expect_code(0, "checkpoints show");
+    let v: serde_json::Value = serde_json::from_str(&shown.stdout).expect("JSON");
+    assert_eq!(
+        v["checkpoint"],
+        format!("kafka topic \"{CP_TOPIC}\" on cluster \"dst\"")
+    );
+    let next: Vec<i64> = v["routes"][0]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| p["next_offset"].as_i64().unwrap())
+        .collect();
+    assert_eq!(next, vec![200; 3], "checkpoints show reads the store");
+}
+
+/// On tansu, a second process on a job with the kafka store fences the first, which exits
+/// 6; a checkpoint topic made without compaction (`tansu topic create`) is warned about.
+#[test]
+fn kafka_checkpoint_store_on_tansu_fences_the_first_process_and_warns_of_a_topic_not_compacted() {
+    const CP_TOPIC: &str = "cps-plain";
+    let mock = DevClusters::start(1, 1, &[(TOPIC.to_string(), 2)]).expect("mock cluster");
+    let tansu = Tansu::start("dst");
+    tansu.create_topic(TOPIC, 2);
+    tansu.create_topic(CP_TOPIC, 1);
+    produce(&mock.bootstraps[0], TOPIC, 2, 100, Batching::Linger(5));
+    let routing = |dir: &Path| {
+        let path = dir.join("fence.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"[checkpoints]
+store = "kafka"
+topic = "{CP_TOPIC}"
+dir = "{never}"
+interval = "200ms"
+
+[clusters.src]
+bootstrap = "{src}"
+
+[clusters.dst]
+bootstrap = "{dst}"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["{TOPIC}"]
+target = "dst"
+"#,
+                never = dir.join("no-local-checkpoints").display(),
+                src = mock.bootstraps[0],
+                dst = tansu.bootstrap,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cfg_a, cfg_b) = (routing(dir_a.path()), routing(dir_b.path()));
+    let a = Running::spawn(&["run", "-c", s(&cfg_a)]);
+    let deadline = Instant::now() + RUN_LIMIT;
+    while copied_offsets(&tansu.bootstrap, TOPIC).len() < 100 {
+        assert!(Instant::now() < deadline, "A did not copy the topic");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut b = Running::spawn(&["run", "-c", s(&cfg_b)]);
+    let fa = a.wait(RUN_LIMIT);
+    eprintln!("--- A's stderr\n{}", fa.stderr);
+    assert_eq!(fa.code, 6, "the fenced process exits 6");
+    assert!(fa.stderr.contains("was taken over by"), "{}", fa.stderr);
+    assert!(
+        fa.stderr.contains(&format!(
+            "checkpoint topic \"{CP_TOPIC}\" on cluster \"dst\" is not compacted"
+        )),
+        "{}",
+        fa.stderr
+    );
+    assert!(b.still_running(), "B goes on");
+    signal(b.pid(), "-TERM");
+    let fb = b.wait(RUN_LIMIT);
+    assert_eq!(fb.code, 0, "B stops cleanly: {}", fb.stderr);
+    let mut copied = copied_offsets(&tansu.bootstrap, TOPIC);
+    copied.sort();
+    copied.dedup();
+    assert_eq!(copied.len(), 100, "nothing missing");
 }

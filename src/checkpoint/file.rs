@@ -19,7 +19,7 @@ struct Envelope {
     checkpoint: Checkpoint,
 }
 
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(super) fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h ^= *b as u64;
@@ -29,8 +29,13 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 fn checksum(cp: &Checkpoint) -> String {
+    checksum_of(cp)
+}
+
+/// The seal of a checkpoint (or of a record of the kafka store).
+pub(super) fn checksum_of<T: Serialize>(value: &T) -> String {
     // Structs and BTreeMaps serialize deterministically, so the compact form is canonical.
-    let body = serde_json::to_vec(cp).expect("checkpoint serializes");
+    let body = serde_json::to_vec(value).expect("checkpoint serializes");
     format!("fnv1a64:{:016x}", fnv1a64(&body))
 }
 

@@ -79,7 +79,7 @@ impl LockHolder {
     }
 }
 
-fn hostname() -> String {
+pub(super) fn hostname() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
     // when the name fits, and we stop at the first NUL or the end either way.

@@ -1,8 +1,9 @@
 //! Checkpoints: the contiguous source position of every (route, source partition) copy task,
 //! and the target offsets it wrote; and who may move them. Behind the `CheckpointStore`
 //! trait so a store kept in a compacted topic can follow; the embedded default is
-//! `FileStore` (`file.rs`). `lock.rs` owns the job lock: one process at a time runs or
-//! resets a job.
+//! `FileStore` (`file.rs`); `KafkaStore` (`kafka.rs`) keeps them in a compacted topic.
+//! `lock.rs` owns the file store's job lock: one process at a time runs or resets a job
+//! (the kafka store's claim fences the previous holder instead).
 //!
 //! A checkpoint that is truncated, corrupted or belongs to another job, another cluster or
 //! another incarnation of a topic is refused: never silently treated as "start from
@@ -10,6 +11,7 @@
 
 mod file;
 pub mod identity;
+pub mod kafka;
 pub mod lock;
 mod retry;
 
@@ -18,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
+pub use kafka::KafkaStore;
 pub use lock::{JobLock, LockHolder};
 pub use retry::RetryingSaver;
 
@@ -52,6 +55,31 @@ pub enum CheckpointError {
     },
     #[error("job lock {path} is held by {holder}; one process at a time may run or reset a job. Wait for it to end, or stop it")]
     Locked { path: String, holder: String },
+    #[error("checkpoints in {location}: {source}")]
+    Cluster {
+        location: String,
+        #[source]
+        source: Box<crate::cluster::ClusterError>,
+    },
+    #[error("checkpoints in {location}: cannot {what}: {detail}")]
+    Store {
+        location: String,
+        what: String,
+        detail: String,
+    },
+    #[error("checkpoint topic \"{topic}\" does not exist on cluster \"{cluster}\" and kmirror could not create it ({detail}). Create it compacted, with one partition, e.g. `kafka-topics.sh --bootstrap-server {bootstrap} --create --topic {topic} --partitions 1 --config cleanup.policy=compact`, or name another with [checkpoints] topic")]
+    TopicMissing {
+        cluster: String,
+        bootstrap: String,
+        topic: String,
+        detail: String,
+    },
+    #[error("checkpoints in {location}: job \"{job}\" was taken over by {by}; this process stops without writing another checkpoint (one process at a time per job)")]
+    Fenced {
+        location: String,
+        job: String,
+        by: String,
+    },
     #[error("checkpoint {path}: route \"{route}\" was recorded for source cluster \"{found}\" but the routing file now reads it from \"{expected}\"; offsets from one cluster are meaningless on another. Reset the route with `kmirror checkpoints reset --route {route} --execute` (without `--execute` it previews)")]
     WrongSource {
         path: String,
@@ -143,6 +171,71 @@ pub trait CheckpointStore: Send + Sync {
     fn load(&self) -> Result<Option<Checkpoint>, CheckpointError>;
     /// Replaces the stored checkpoint atomically.
     fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError>;
+    /// Takes the job for this process before it loads and saves: the kafka store fences
+    /// earlier holders here (the file store's lock is the separate `JobLock`).
+    fn claim(&self) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+}
+
+/// A boxed store (what `open` returns) is a store.
+impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
+        (**self).load()
+    }
+    fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        (**self).save(cp)
+    }
+    fn claim(&self) -> Result<(), CheckpointError> {
+        (**self).claim()
+    }
+}
+
+impl CheckpointError {
+    /// An error after which this process must write nothing more: another one holds the job.
+    pub fn ends_run(&self) -> bool {
+        matches!(self, CheckpointError::Fenced { .. })
+    }
+}
+
+/// The store `[checkpoints] store` names (connecting on first use).
+pub fn open(config: &crate::config::Config) -> Box<dyn CheckpointStore> {
+    match &config.checkpoints.store {
+        crate::config::StoreSettings::File => Box::new(FileStore::new(config.checkpoint_file())),
+        crate::config::StoreSettings::Kafka { cluster, topic } => Box::new(KafkaStore::new(
+            config.clusters[cluster].clone(),
+            topic,
+            &config.job,
+            config.run.connect_timeout,
+        )),
+    }
+}
+
+/// What keeps one process at a time on a job: the file store's lock, or the kafka store's
+/// claim (which fences the previous holder instead of waiting for it).
+#[derive(Debug)]
+pub enum JobGuard {
+    File(JobLock),
+    Claimed,
+}
+
+/// Takes the job for this process with the store's means (see `JobGuard`).
+pub fn take_job(
+    config: &crate::config::Config,
+    store: &dyn CheckpointStore,
+) -> Result<JobGuard, CheckpointError> {
+    match config.checkpoints.store {
+        crate::config::StoreSettings::File => Ok(JobGuard::File(JobLock::acquire(
+            &JobLock::path_for(config),
+        )?)),
+        crate::config::StoreSettings::Kafka { .. } => {
+            store.claim()?;
+            Ok(JobGuard::Claimed)
+        }
+    }
 }
 
 /// Checks a loaded checkpoint belongs to this job and its routes' sources.

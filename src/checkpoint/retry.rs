@@ -80,6 +80,8 @@ impl<'a> RetryingSaver<'a> {
                 tracing::debug!(path = %self.store.describe(), "checkpoint written");
                 Ok(())
             }
+            // Not a failure to retry: the caller stops (another process holds the job).
+            Err(err) if err.ends_run() => Err(err),
             Err(err) => {
                 let now = Instant::now();
                 match &mut self.failing {
@@ -120,6 +122,7 @@ impl<'a> RetryingSaver<'a> {
         loop {
             let err = match self.attempt(&make()) {
                 Ok(()) => return Ok(()),
+                Err(e) if e.ends_run() => return Err(e),
                 Err(e) => e,
             };
             let next = self

@@ -26,7 +26,7 @@ use diag::Diagnostics;
 pub use diag::{Diagnostic, Location, SourceText};
 pub use files::{FieldNames, FileFormat, FileSource};
 pub use filter::{DeadLetter, ErrorAction, HeaderTransform};
-use raw::{RawConfig, RawRoute};
+use raw::{RawCheckpoints, RawConfig, RawRoute};
 
 /// Librdkafka properties kmirror sets itself; setting them in `properties` is refused
 /// because the copy path's guarantees depend on them.
@@ -314,7 +314,22 @@ pub struct CheckpointSettings {
     /// How long checkpoints may fail to be written before the run stops reading (and how
     /// long the final checkpoint is retried): bounds the progress a crash could replay.
     pub max_unwritten: Duration,
+    /// Where checkpoints are kept: `[checkpoints] store`.
+    pub store: StoreSettings,
 }
+
+/// `[checkpoints] store`: a local file (the default), or a compacted topic on a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// `<dir>/<job>.checkpoint.json`, with the job lock beside it.
+    File,
+    /// Records in `topic` on `cluster` (`[checkpoints] topic` and `cluster`, the latter
+    /// resolved to the routes' one target cluster when not given).
+    Kafka { cluster: String, topic: String },
+}
+
+/// Default of `[checkpoints] topic`.
+pub const DEFAULT_CHECKPOINT_TOPIC: &str = "kmirror-checkpoints";
 
 /// Default of `[checkpoints] max_unwritten`.
 pub const DEFAULT_MAX_UNWRITTEN: Duration = Duration::from_secs(60);
@@ -420,6 +435,16 @@ impl Config {
 
     pub fn checkpoint_file(&self) -> PathBuf {
         self.checkpoints.file_for(&self.job)
+    }
+
+    /// Where the job's checkpoints are, for messages: the file, or the topic and cluster.
+    pub fn checkpoint_location(&self) -> String {
+        match &self.checkpoints.store {
+            StoreSettings::File => self.checkpoint_file().display().to_string(),
+            StoreSettings::Kafka { cluster, topic } => {
+                format!("kafka topic \"{topic}\" on cluster \"{cluster}\"")
+            }
+        }
     }
 }
 
@@ -660,6 +685,7 @@ fn check(
         dir: default_dir,
         interval: Duration::from_secs(5),
         max_unwritten: DEFAULT_MAX_UNWRITTEN,
+        store: StoreSettings::File,
     };
     if let Some(c) = &raw.checkpoints {
         if let Some(dir) = &c.dir {
@@ -943,6 +969,10 @@ fn check(
         }
     }
 
+    if let Some(store) = check_store(raw.checkpoints.as_ref(), &clusters, &routes, d) {
+        cp.store = store;
+    }
+
     Some(Config {
         path: path.to_path_buf(),
         job,
@@ -964,6 +994,103 @@ struct RouteDefaults<'a> {
     dead_letter: &'a Option<DeadLetter>,
     /// Relative paths (schemas) are resolved against the routing file's directory.
     base_dir: &'a Path,
+}
+
+/// `[checkpoints] store`, `topic` and `cluster`. The kafka store's cluster defaults to the
+/// one cluster the routes write to; with several, which one must be said.
+fn check_store(
+    raw: Option<&RawCheckpoints>,
+    clusters: &BTreeMap<String, ClusterConfig>,
+    routes: &[RouteConfig],
+    d: &mut Diagnostics<'_>,
+) -> Option<StoreSettings> {
+    let raw = raw?;
+    let kafka = match &raw.store {
+        None => false,
+        Some(s) => match s.get_ref().as_str() {
+            "file" => false,
+            "kafka" => true,
+            other => {
+                d.push(
+                    &s.span(),
+                    "checkpoints.store",
+                    format!("\"{other}\" is refused: use \"file\" (the default) or \"kafka\""),
+                );
+                return None;
+            }
+        },
+    };
+    if !kafka {
+        for (key, v) in [("topic", &raw.topic), ("cluster", &raw.cluster)] {
+            if let Some(v) = v {
+                d.push(
+                    &v.span(),
+                    format!("checkpoints.{key}"),
+                    "applies only to store = \"kafka\"; set `store = \"kafka\"` or remove it",
+                );
+            }
+        }
+        return Some(StoreSettings::File);
+    }
+    let topic = match &raw.topic {
+        None => DEFAULT_CHECKPOINT_TOPIC.to_string(),
+        Some(t) => {
+            let name = t.get_ref();
+            if name.is_empty()
+                || name.len() > 249
+                || name == "."
+                || name == ".."
+                || !valid_name(name, &['.'])
+            {
+                d.push(
+                    &t.span(),
+                    "checkpoints.topic",
+                    format!("\"{name}\" is not a valid Kafka topic name (letters, digits, '.', '_', '-'; at most 249)"),
+                );
+                return None;
+            }
+            name.clone()
+        }
+    };
+    let cluster = match &raw.cluster {
+        Some(c) => {
+            if !clusters.contains_key(c.get_ref()) {
+                let known: Vec<&str> = clusters.keys().map(String::as_str).collect();
+                d.push(
+                    &c.span(),
+                    "checkpoints.cluster",
+                    format!(
+                        "\"{}\" is not a cluster of this file (clusters: {})",
+                        c.get_ref(),
+                        known.join(", ")
+                    ),
+                );
+                return None;
+            }
+            c.get_ref().clone()
+        }
+        None => {
+            let targets: BTreeSet<&str> = routes.iter().map(|r| r.target.as_str()).collect();
+            let span = raw.store.as_ref().map(|s| s.span()).unwrap_or(0..0);
+            match targets.len() {
+                1 => targets.into_iter().next().expect("one").to_string(),
+                0 => return None,
+                _ => {
+                    let names: Vec<&str> = targets.into_iter().collect();
+                    d.push(
+                        &span,
+                        "checkpoints.store",
+                        format!(
+                            "the routes write to several target clusters ({}): say which one keeps the checkpoints with [checkpoints] cluster = \"NAME\"",
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    Some(StoreSettings::Kafka { cluster, topic })
 }
 
 fn check_route(

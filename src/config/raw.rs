@@ -56,6 +56,9 @@ pub struct RawCheckpoints {
     pub interval: Option<Spanned<String>>,
     pub job: Option<Spanned<String>>,
     pub max_unwritten: Option<Spanned<String>>,
+    pub store: Option<Spanned<String>>,
+    pub topic: Option<Spanned<String>>,
+    pub cluster: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

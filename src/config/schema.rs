@@ -69,6 +69,9 @@ const TOP: &[Field] = &[
             opt("interval", Kind::Str),
             opt("job", Kind::Str),
             opt("max_unwritten", Kind::Str),
+            opt("store", Kind::Str),
+            opt("topic", Kind::Str),
+            opt("cluster", Kind::Str),
         ]),
     ),
     opt(

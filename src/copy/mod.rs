@@ -362,6 +362,7 @@ fn execute(
             let w = s.spawn(move || {
                 let mut saver = RetryingSaver::new(store, max_unwritten);
                 let mut stalled: Option<String> = None;
+                let mut fenced: Option<CheckpointError> = None;
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
                 let mut rates = crate::progress::RateMeter::starting_at(started.elapsed());
@@ -379,6 +380,13 @@ fn execute(
                         let cp = snapshot(&config, &plan, &base, &ids, &shared);
                         match saver.attempt(&cp) {
                             Ok(()) => observer.checkpointed(&cp),
+                            // Another process holds the job now: write nothing more. The
+                            // error is the run's, printed once when it returns.
+                            Err(e) if e.ends_run() => {
+                                shared.stop.store(true, Ordering::Relaxed);
+                                fenced = Some(e);
+                                break;
+                            }
                             Err(_) => observer.checkpoint_failed(),
                         }
                     }
@@ -412,7 +420,7 @@ fn execute(
                         }
                     }
                 }
-                (saver, stalled)
+                (saver, stalled, fenced)
             });
             let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
             // Stop the checkpoint writer before propagating a reader's panic: the scope
@@ -426,7 +434,11 @@ fn execute(
             (finished, writer_state)
         })
     };
-    let (finished, (mut saver, stalled)) = writer;
+    let (finished, (mut saver, stalled, fenced)) = writer;
+    if let Some(e) = fenced {
+        pool.flush(Duration::from_secs(1));
+        return Err(RunError::Checkpoint(e));
+    }
     let mut all: Vec<CopyTask> = finished.into_iter().flatten().collect();
     all.sort_by_key(|t| t.id);
     for t in &all {

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{verify_with, VerifyError, VerifyOptions};
-use crate::checkpoint::FileStore;
 use crate::config::Config;
 
 /// What the verifications inside one run found.
@@ -42,7 +41,7 @@ pub fn run_every(config: &Config, every: Duration, stop: &AtomicBool) -> Rounds 
 /// One verification of what was copied since the last matching one. `failing` carries the
 /// episode across rounds: warn on entering it, info on leaving it.
 pub fn round(config: &Config, rounds: &mut Rounds, failing: &mut bool) {
-    let store = FileStore::new(config.checkpoint_file());
+    let store = crate::checkpoint::open(config);
     let opts = VerifyOptions {
         since_last: true,
         remember: true,

@@ -85,6 +85,9 @@ migration): only the restart policy and the state volume's source differ.
 */}}
 {{- define "kmirror.podSpec" -}}
 {{- $job := eq .Values.workload "job" -}}
+{{- if and (not .Values.persistence.enabled) (not (regexMatch "(?m)^\\s*store\\s*=\\s*\"kafka\"" .Values.routes)) -}}
+{{- fail "persistence.enabled=false needs the routing file to keep its checkpoints in the target cluster: [checkpoints] store = \"kafka\" (without it every restart would copy everything again)" -}}
+{{- end -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
@@ -199,7 +202,12 @@ volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 64Mi
-  {{- if $job }}
+  {{- if not .Values.persistence.enabled }}
+  # No persistent volume: the checkpoints are in the target cluster.
+  - name: state
+    emptyDir:
+      sizeLimit: 64Mi
+  {{- else if $job }}
   - name: state
     persistentVolumeClaim:
       claimName: {{ .Values.persistence.existingClaim | default (printf "%s-state" (include "kmirror.fullname" .)) }}
