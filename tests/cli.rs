@@ -569,28 +569,6 @@ fn verify_json(stdout: &str) -> serde_json::Value {
     json_with_schema(stdout, "verify-report.schema.json")
 }
 
-/// `stdout` parsed as JSON and checked against the schema `docs/<schema>`.
-fn json_with_schema(stdout: &str, schema: &str) -> serde_json::Value {
-    let schema: serde_json::Value = serde_json::from_str(
-        &fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("docs")
-                .join(schema),
-        )
-        .unwrap(),
-    )
-    .expect("the schema is JSON");
-    let report: serde_json::Value =
-        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
-    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
-    let errors: Vec<String> = validator
-        .iter_errors(&report)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(errors.is_empty(), "{errors:#?}\n{stdout}");
-    report
-}
-
 /// Element names of an XML document in order, checking every tag closes where it should
 /// (a small well-formedness check: no attributes with `>` in them, no CDATA).
 fn xml_elements(xml: &str) -> Vec<String> {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::cli::{km, s, write, Running};
+use common::cli::{json_with_schema, km, s, write, Running};
 use common::{headers_without_provenance, produce, read_partition, read_topic, Mirror, TestRecord};
 use rdkafka::Timestamp;
 
@@ -63,8 +63,8 @@ fn import_json(cfg: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
     let mut args = vec!["import", "-c", s(cfg), "--output", "json"];
     args.extend_from_slice(extra);
     let f = km(&args, T);
-    let v: serde_json::Value = serde_json::from_str(&f.stdout)
-        .unwrap_or_else(|e| panic!("import: {e}\nstdout:\n{}\nstderr:\n{}", f.stdout, f.stderr));
+    let v = json_with_schema(&f.stdout, "import-report.schema.json");
+    assert_eq!(v["exit_code"], f.code, "{v:#}");
     (f.code, v["routes"][0].clone(), f.stderr)
 }
 

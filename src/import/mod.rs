@@ -200,12 +200,18 @@ impl ImportReport {
                 out.push_str("  interrupted: run again to resume\n");
             }
         }
-        out.push_str(&match self.exit_code() {
-            0 => "every line read was produced or filtered out\n".to_string(),
-            1 => "NOT every line was produced: see the rejected lines above\n".to_string(),
-            _ => "the import failed: see above\n".to_string(),
-        });
+        out.push_str(self.summary());
+        out.push('\n');
         out
+    }
+
+    /// The closing line.
+    pub fn summary(&self) -> &'static str {
+        match self.exit_code() {
+            0 => "every line read was produced or filtered out",
+            1 => "NOT every line was produced: see the rejected lines above",
+            _ => "the import failed: see above",
+        }
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -214,6 +220,7 @@ impl ImportReport {
             "version": 1,
             "exit_code": self.exit_code(),
             "ok": self.exit_code() == 0,
+            "summary": self.summary(),
             "routes": self.routes.iter().map(|r| json!({
                 "route": r.route,
                 "file": r.file.display().to_string(),

@@ -291,3 +291,26 @@ pub fn checkpoint_file_sum(path: &Path) -> i64 {
         .filter_map(|v| v.trim_end_matches(',').parse::<i64>().ok())
         .sum()
 }
+
+/// `stdout` parsed as JSON and checked against `docs/<schema>`; panics listing every
+/// violation.
+pub fn json_with_schema(stdout: &str, schema: &str) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs")
+                .join(schema),
+        )
+        .unwrap(),
+    )
+    .expect("the schema is JSON");
+    let report: serde_json::Value =
+        serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}\n{stdout}");
+    report
+}
