@@ -86,6 +86,7 @@ const TOP: &[Field] = &[
             opt("connect_timeout", Kind::Str),
             opt("shutdown_timeout", Kind::Str),
             opt("stall_timeout", Kind::Str),
+            opt("metadata_refresh", Kind::Str),
         ]),
     ),
     opt(

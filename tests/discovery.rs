@@ -1,0 +1,220 @@
+//! A following run follows the source layout (`kmirror::copy::discovery`): a topic created
+//! mid-run that matches a route is copied and checkpointed without a restart; one whose
+//! target cannot take it starts halted with the reason in its state (never silent); a topic
+//! deleted mid-run shows "source gone" in the summary and `/status` while the rest of the run
+//! goes on, and the run stopped afterwards exits 0.
+//!
+//! Brokers: librdkafka's mock cluster (topics created mid-run with `create_topic`; it has no
+//! CreateTopics, CreatePartitions or DeleteTopics) and tansu (DeleteTopics; no
+//! CreatePartitions). Neither broker can add partitions to an existing topic, so the added-
+//! partition path is covered by the target side: a `preserve` target too small for a new
+//! topic asks for CreatePartitions, which the mock refuses, and the state says so.
+
+mod common;
+
+use common::*;
+use kmirror::copy::RunOptions;
+use kmirror::dev_cluster::Control;
+use kmirror::observe::Observer;
+use rdkafka_sys::types::RDKafkaRespErr;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A route following every `t-*` topic, with metadata read again every 300ms.
+fn following(m: &Mirror, job: &str, route_extra: &str) -> kmirror::config::Config {
+    m.config(
+        job,
+        &format!(
+            r#"
+[run]
+metadata_refresh = "300ms"
+
+[[routes]]
+name = "r"
+source = "{SOURCE}"
+topic_regex = "t-.*"
+target = "{TARGET}"
+{route_extra}
+"#
+        ),
+    )
+}
+
+#[test]
+fn a_topic_created_mid_run_is_copied_and_checkpointed_without_a_restart() {
+    let m = Mirror::start(&[("t-a", 2)]);
+    let cfg = following(&m, "new-topic", "");
+    produce_numbered(m.source(), "t-a", 2, 0..100, 1_700_000_000_000);
+    let run = spawn_run(&cfg);
+    wait_until("t-a copied", WAIT, || checkpoint_progress(&cfg) == 200);
+
+    // The target topic exists (the mock has no CreateTopics), then the source one appears,
+    // with records produced before kmirror can have seen it: a route whose start is the
+    // default (`earliest`) copies them all.
+    m.create_target_topic("t-b", 3);
+    m.clusters.create_topic(SOURCE_IDX, "t-b", 3).unwrap();
+    produce_numbered(m.source(), "t-b", 3, 0..40, 1_700_000_000_000);
+    wait_until("t-b copied", WAIT, || {
+        load_checkpoint(&cfg).is_some_and(|cp| {
+            (0..3).all(|p| cp.get("r", "t-b", p).is_some_and(|c| c.next_offset == 40))
+        })
+    });
+    // Records produced after the pick-up are followed like any others.
+    produce_numbered(m.source(), "t-b", 3, 40..50, 1_700_000_000_000);
+    wait_until("t-b followed", WAIT, || {
+        load_checkpoint(&cfg).is_some_and(|cp| {
+            (0..3).all(|p| cp.get("r", "t-b", p).is_some_and(|c| c.next_offset == 50))
+        })
+    });
+    run.request_stop();
+    let report = run.join(WAIT);
+    assert_eq!(report.verdict().code, 0, "{}", report.table());
+    assert_report_invariant(&report);
+    for p in 0..3 {
+        let r = row(&report, "r", "t-b", p);
+        assert_eq!(r.counts.acked, 50, "{}", report.table());
+    }
+    let target = read_topic(m.target(), "t-b");
+    assert_eq!(target.len(), 150);
+    assert_exactly_once(&census(&target, SOURCE, "t-b"), &same_range(3, 0..50));
+    // The checkpoint's entries carry where the copy began (for `verify`).
+    let cp = load_checkpoint(&cfg).unwrap();
+    for p in 0..3 {
+        let c = cp.get("r", "t-b", p).unwrap();
+        assert_eq!((c.first_offset, c.target_topic.as_str()), (0, "t-b"));
+    }
+    verify_clean(&cfg, true);
+}
+
+#[test]
+fn a_new_topic_the_target_cannot_take_starts_halted_with_the_reason() {
+    let m = Mirror::start(&[("t-a", 1)]);
+    // `preserve` needs 2 target partitions; the target has 1 and the mock cannot add one.
+    let cfg = following(&m, "too-small", "partitioning = \"preserve\"");
+    produce_numbered(m.source(), "t-a", 1, 0..10, 1_700_000_000_000);
+    let observer = Observer::for_config(&cfg);
+    let run = spawn_run_with(
+        &cfg,
+        RunOptions {
+            observer: Some(observer.clone()),
+            ..Default::default()
+        },
+    );
+    wait_until("t-a copied", WAIT, || checkpoint_progress(&cfg) == 10);
+    m.create_target_topic("t-small", 1);
+    m.clusters.create_topic(SOURCE_IDX, "t-small", 2).unwrap();
+    produce_numbered(m.source(), "t-small", 2, 0..20, 1_700_000_000_000);
+    wait_until("t-small/0 copied", WAIT, || {
+        load_checkpoint(&cfg).is_some_and(|cp| {
+            cp.get("r", "t-small", 0)
+                .is_some_and(|c| c.next_offset == 20)
+        })
+    });
+    let states = partition_states(&observer);
+    let s1 = &states[&("t-small".to_string(), 1)];
+    assert!(
+        s1.starts_with("halted: ") && s1.contains("CreatePartitions"),
+        "{s1}"
+    );
+    assert_eq!(states[&("t-small".to_string(), 0)], "copying");
+    run.request_stop();
+    let report = run.join(WAIT);
+    // A partition that cannot be copied is a failure of the run, said in its verdict.
+    assert_eq!(report.verdict().code, 1, "{}", report.table());
+    assert!(row(&report, "r", "t-small", 1).status.contains("needs 2"));
+    assert_eq!(read_topic(m.target(), "t-small").len(), 20);
+}
+
+/// `/status`: (topic, partition) -> state.
+fn partition_states(observer: &Arc<Observer>) -> BTreeMap<(String, i32), String> {
+    let status = observer.status_json();
+    status["partitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no partitions in {status}"))
+        .iter()
+        .map(|p| {
+            let source = p["source"].as_str().unwrap();
+            let (topic, part) = source.split_once(':').unwrap().1.rsplit_once('/').unwrap();
+            (
+                (topic.to_string(), part.parse().unwrap()),
+                p["status"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_topic_deleted_mid_run_is_source_gone_and_the_rest_goes_on() {
+    let m = Mirror::start(&[("t-keep", 2), ("t-drop", 2)]);
+    let cfg = following(&m, "gone", "");
+    produce_numbered(m.source(), "t-keep", 2, 0..30, 1_700_000_000_000);
+    produce_numbered(m.source(), "t-drop", 2, 0..30, 1_700_000_000_000);
+    let observer = Observer::for_config(&cfg);
+    let run = spawn_run_with(
+        &cfg,
+        RunOptions {
+            observer: Some(observer.clone()),
+            ..Default::default()
+        },
+    );
+    wait_until("both copied", WAIT, || checkpoint_progress(&cfg) == 120);
+    // The mock has no DeleteTopics: its metadata answering "unknown topic" for t-drop is
+    // what a deleted topic looks like to a client (tests/tansu.rs says why not tansu).
+    m.control(Control::TopicError {
+        cluster: SOURCE_IDX,
+        topic: "t-drop".into(),
+        error: RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+    });
+    wait_until("t-drop source gone in /status", WAIT, || {
+        let s = partition_states(&observer);
+        (0..2).all(|p| s[&("t-drop".to_string(), p)] == "source gone")
+    });
+    let metrics = kmirror::observe::metrics::render(&observer);
+    let gone_series = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("kmirror_partition_state{")
+                && l.contains("topic=\"t-drop\"")
+                && l.contains("state=\"source_gone\"")
+                && l.ends_with(" 1")
+        })
+        .count();
+    assert_eq!(gone_series, 2, "{metrics}");
+    // The rest of the run goes on.
+    produce_numbered(m.source(), "t-keep", 2, 30..45, 1_700_000_000_000);
+    wait_until("t-keep followed", WAIT, || {
+        load_checkpoint(&cfg).is_some_and(|cp| {
+            (0..2).all(|p| {
+                cp.get("r", "t-keep", p)
+                    .is_some_and(|c| c.next_offset == 45)
+            })
+        })
+    });
+    assert_eq!(
+        partition_states(&observer)[&("t-keep".to_string(), 0)],
+        "copying"
+    );
+    run.request_stop();
+    let report = run.join(WAIT);
+    // A deleted source topic is no failure of the mirror: stopped, the run exits 0.
+    assert_eq!(report.verdict().code, 0, "{}", report.table());
+    for p in 0..2 {
+        assert_eq!(row(&report, "r", "t-drop", p).status, "source gone");
+        assert_eq!(row(&report, "r", "t-drop", p).counts.acked, 30);
+        assert_eq!(row(&report, "r", "t-keep", p).counts.acked, 45);
+    }
+    let json = report.json();
+    let states: Vec<&str> = json["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["source"].as_str().unwrap().contains("t-drop"))
+        .map(|x| x["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["source_gone", "source_gone"]);
+    // Its checkpoint entries stay where the copy got to.
+    let cp = load_checkpoint(&cfg).unwrap();
+    assert_eq!(cp.get("r", "t-drop", 1).unwrap().next_offset, 30);
+    assert_eq!(read_topic(m.target(), "t-drop").len(), 60);
+    assert_eq!(read_topic(m.target(), "t-keep").len(), 90);
+}
