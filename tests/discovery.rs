@@ -218,3 +218,137 @@ fn a_topic_deleted_mid_run_is_source_gone_and_the_rest_goes_on() {
     assert_eq!(read_topic(m.target(), "t-drop").len(), 60);
     assert_eq!(read_topic(m.target(), "t-keep").len(), 90);
 }
+
+/// The routing file for the SIGHUP test: `routes` are `(name, topic)`, each following.
+fn routing_file(m: &Mirror, routes: &[(&str, &str)], extra: &str) -> String {
+    let mut text = format!(
+        r#"
+[checkpoints]
+dir = "{dir}"
+interval = "200ms"
+job = "reload"
+
+[run]
+metadata_refresh = "300ms"
+shutdown_timeout = "5s"
+
+[clusters.{SOURCE}]
+bootstrap = "{src}"
+
+[clusters.{TARGET}]
+bootstrap = "{dst}"
+"#,
+        dir = m.dir.path().display(),
+        src = m.source(),
+        dst = m.target(),
+    );
+    for (name, topic) in routes {
+        text.push_str(&format!(
+            "\n[[routes]]\nname = \"{name}\"\nsource = \"{SOURCE}\"\ntopics = [\"{topic}\"]\ntarget = \"{TARGET}\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+/// SIGHUP to a `kmirror run` process: a bad routing file is refused with every error logged
+/// and the run goes on as it was; a route removed stops (its checkpoint stays), a route added
+/// starts, and the removed route added back resumes where it stopped: nothing lost, nothing
+/// copied twice.
+#[test]
+fn sighup_reloads_the_routes_and_refuses_a_bad_file() {
+    use common::cli::{signal, write, Running};
+    let m = Mirror::start(&[("a", 2), ("b", 2)]);
+    let path = write(
+        m.dir.path(),
+        "reload.toml",
+        &routing_file(&m, &[("ra", "a")], ""),
+    );
+    let cfg = kmirror::config::Config::load(&path).unwrap();
+    let at = |route: &str, topic: &str| -> Vec<i64> {
+        load_checkpoint(&cfg).map_or(vec![], |cp| {
+            (0..2)
+                .map(|p| cp.get(route, topic, p).map_or(-1, |c| c.next_offset))
+                .collect()
+        })
+    };
+    produce_numbered(m.source(), "a", 2, 0..20, 1_700_000_000_000);
+    produce_numbered(m.source(), "b", 2, 0..20, 1_700_000_000_000);
+    let run = Running::spawn(&["run", "-c", path.to_str().unwrap()]);
+    wait_until("ra copied", WAIT, || at("ra", "a") == [20, 20]);
+
+    // A file with two errors (one per route): refused, both logged; the running routes go on.
+    write(
+        m.dir.path(),
+        "reload.toml",
+        &routing_file(&m, &[("ra", "a"), ("rb", "b")], "bogus = 1"),
+    );
+    signal(run.pid(), "-HUP");
+    produce_numbered(m.source(), "a", 2, 20..25, 1_700_000_000_000);
+    wait_until("ra goes on", WAIT, || at("ra", "a") == [25, 25]);
+    assert_eq!(at("rb", "b"), [-1, -1], "a refused file started a route");
+
+    // ra removed, rb added.
+    write(
+        m.dir.path(),
+        "reload.toml",
+        &routing_file(&m, &[("rb", "b")], ""),
+    );
+    signal(run.pid(), "-HUP");
+    wait_until("rb copied", WAIT, || at("rb", "b") == [20, 20]);
+    produce_numbered(m.source(), "a", 2, 25..30, 1_700_000_000_000);
+    produce_numbered(m.source(), "b", 2, 20..30, 1_700_000_000_000);
+    wait_until("rb followed", WAIT, || at("rb", "b") == [30, 30]);
+    assert_eq!(at("ra", "a"), [25, 25], "a removed route copied on");
+
+    // ra back: it resumes from its checkpoint.
+    write(
+        m.dir.path(),
+        "reload.toml",
+        &routing_file(&m, &[("ra", "a"), ("rb", "b")], ""),
+    );
+    signal(run.pid(), "-HUP");
+    wait_until("ra resumed", WAIT, || at("ra", "a") == [30, 30]);
+
+    // Both routes changed (a rate limit): each restarts from where it got to.
+    write(
+        m.dir.path(),
+        "reload.toml",
+        &routing_file(
+            &m,
+            &[("ra", "a"), ("rb", "b")],
+            "max_messages_per_sec = 100000",
+        ),
+    );
+    signal(run.pid(), "-HUP");
+    produce_numbered(m.source(), "a", 2, 30..40, 1_700_000_000_000);
+    produce_numbered(m.source(), "b", 2, 30..40, 1_700_000_000_000);
+    wait_until("ra and rb after the change", WAIT, || {
+        at("ra", "a") == [40, 40] && at("rb", "b") == [40, 40]
+    });
+    signal(run.pid(), "-TERM");
+    let done = run.wait(WAIT);
+    done.expect_code(0, "kmirror run stopped by SIGTERM");
+    let refusals: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("reload refused"))
+        .collect();
+    assert!(
+        refusals.iter().any(|l| l.contains("routes[0].bogus"))
+            && refusals.iter().any(|l| l.contains("routes[1].bogus"))
+            && refusals
+                .iter()
+                .any(|l| l.contains("keeping the running configuration")),
+        "{}",
+        done.stderr
+    );
+    assert!(done.stdout.contains("removed by reload"), "{}", done.stdout);
+    assert_exactly_once(
+        &census(&read_topic(m.target(), "a"), SOURCE, "a"),
+        &same_range(2, 0..40),
+    );
+    assert_exactly_once(
+        &census(&read_topic(m.target(), "b"), SOURCE, "b"),
+        &same_range(2, 0..40),
+    );
+}

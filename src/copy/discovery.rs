@@ -44,6 +44,18 @@ pub enum LayoutChange {
     Add(Vec<CopyTask>),
     /// The topic was deleted on the source.
     Gone { topic: String },
+    /// The route (by index) left the routing file at a reload (`super::reload`).
+    StopRoute(usize),
+}
+
+/// The routes after a reload (`super::reload`), for `Discovery::reconfigure`.
+pub struct Reconfigure {
+    /// Every route by its index: the routing file's now, and those that left it.
+    pub routes: Vec<RouteConfig>,
+    pub removed: Vec<usize>,
+    pub added: Vec<usize>,
+    /// Where every partition stands now (the removed routes' tasks drained).
+    pub checkpoint: Checkpoint,
 }
 
 /// What one look at the layout found.
@@ -66,6 +78,11 @@ pub fn follows(route: &RouteConfig, once: bool) -> bool {
 pub struct Discovery {
     config: Config,
     checkpoint: Option<Checkpoint>,
+    /// Route indexes that follow.
+    following: BTreeSet<usize>,
+    /// Routes added by a reload whose partitions are not planned yet: they start as at a
+    /// run's start (`latest` is the end), not as data that appeared mid-run.
+    as_configured: BTreeSet<usize>,
     /// (route index, topic) -> partitions that have tasks.
     known: BTreeMap<(usize, String), usize>,
     /// (source cluster, topic) of every task, with how many answers in a row lacked it.
@@ -102,6 +119,10 @@ impl Discovery {
             .filter(|((r, _), _)| follows(&config.routes[*r], once))
             .collect();
         Some(Discovery {
+            following: (0..config.routes.len())
+                .filter(|r| follows(&config.routes[*r], once))
+                .collect(),
+            as_configured: BTreeSet::new(),
             config: config.clone(),
             checkpoint,
             known,
@@ -111,6 +132,21 @@ impl Discovery {
             failing: BTreeSet::new(),
             deferred: BTreeSet::new(),
         })
+    }
+
+    /// Takes the routes of a reloaded routing file (`super::reload`).
+    pub fn reconfigure(&mut self, r: Reconfigure) {
+        self.config.routes = r.routes;
+        for ri in r.removed {
+            self.following.remove(&ri);
+            self.as_configured.remove(&ri);
+            self.known.retain(|(k, _), _| *k != ri);
+        }
+        for ri in r.added {
+            self.following.insert(ri);
+            self.as_configured.insert(ri);
+        }
+        self.checkpoint = Some(r.checkpoint);
     }
 
     /// How long a source topic may stay unknown to a reader before its partitions halt:
@@ -179,11 +215,14 @@ impl Discovery {
                 });
             }
             let mut start = Vec::new();
-            for ri in 0..self.config.routes.len() {
+            let following: Vec<usize> = self.following.iter().copied().collect();
+            for ri in following {
                 let route = &self.config.routes[ri];
-                if route.source != name || !self.known.keys().any(|(r, _)| *r == ri) {
+                if route.source != name {
                     continue;
                 }
+                let as_configured = self.as_configured.contains(&ri);
+                let mut all_planned = true;
                 let wanted: Vec<(String, usize)> = topics
                     .iter()
                     .filter(|(t, _)| !self.gone.contains(&(name.clone(), (*t).clone())))
@@ -199,13 +238,19 @@ impl Discovery {
                     if n <= have {
                         continue;
                     }
-                    match self.plan(ri, &topic, have, n) {
+                    match self.plan(ri, &topic, have, n, as_configured) {
                         Ok(found) => {
                             self.deferred.remove(&(ri, topic.clone()));
                             tracing::info!(
                                 route = %self.config.routes[ri].name, cluster = %name, topic = %topic,
                                 "{} {name}:{topic}: copying partitions {have}..{} from here on",
-                                if have == 0 { "new topic" } else { "partitions added to" },
+                                if as_configured {
+                                    "route added by reload reads"
+                                } else if have == 0 {
+                                    "new topic"
+                                } else {
+                                    "partitions added to"
+                                },
                                 n - 1
                             );
                             self.known.insert((ri, topic.clone()), n);
@@ -213,6 +258,7 @@ impl Discovery {
                             start.extend(found);
                         }
                         Err(e) => {
+                            all_planned = false;
                             if self.deferred.insert((ri, topic.clone())) {
                                 tracing::warn!(
                                     route = %self.config.routes[ri].name, cluster = %name, topic = %topic,
@@ -222,6 +268,9 @@ impl Discovery {
                             }
                         }
                     }
+                }
+                if all_planned {
+                    self.as_configured.remove(&ri);
                 }
             }
             if !start.is_empty() {
@@ -240,6 +289,7 @@ impl Discovery {
         topic: &str,
         from: usize,
         to: usize,
+        as_configured: bool,
     ) -> Result<Vec<(TaskPlan, Option<String>)>, ClusterError> {
         let route = self.config.routes[ri].clone();
         let timeout = self.config.run.connect_timeout;
@@ -315,11 +365,14 @@ impl Discovery {
             let (low, high) = cluster::watermarks(consumer, &route.source, topic, p, timeout)?;
             let cp = checkpoint.and_then(|c| c.get(&route.name, topic, p));
             // Found mid-run, a partition (or a whole topic) holds only records produced
-            // after the run began: `earliest` and `latest` both mean its beginning.
+            // after the run began: `earliest` and `latest` both mean its beginning. A route
+            // added by a reload starts as it would at a run's start.
             let (mut start, start_from) = match cp {
                 Some(cp) => (cp.next_offset, StartFrom::Checkpoint),
                 None => {
                     let s = match &route.start {
+                        StartPosition::Latest if as_configured => high,
+                        StartPosition::Offset(o) if as_configured => *o,
                         StartPosition::Earliest | StartPosition::Latest => low,
                         StartPosition::Offset(o) => (*o).clamp(low, high),
                         StartPosition::Timestamp(ts) => cluster::offset_for_time(
@@ -561,6 +614,17 @@ impl State {
                     }
                     self.parts.add(&self.tasks, from);
                 }
+                LayoutChange::StopRoute(ri) => {
+                    for t in &mut self.tasks {
+                        if t.plan.route == ri
+                            && matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone)
+                        {
+                            t.status = TaskStatus::Removed;
+                            t.retrying = None;
+                            t.source_retrying = false;
+                        }
+                    }
+                }
                 LayoutChange::Gone { topic } => {
                     for t in &mut self.tasks {
                         if t.plan.topic == topic && t.status == TaskStatus::Copying {
@@ -596,7 +660,7 @@ impl State {
                 && self
                     .tasks
                     .iter()
-                    .any(|t| t.status == TaskStatus::SourceGone))
+                    .any(|t| matches!(t.status, TaskStatus::SourceGone | TaskStatus::Removed)))
     }
 }
 

@@ -23,6 +23,7 @@ pub mod poll;
 pub mod prefetch;
 pub mod produce;
 pub mod record;
+pub mod reload;
 pub mod source_partition;
 pub mod validate;
 
@@ -119,6 +120,9 @@ pub struct RunOptions {
     /// Shares the run's progress with the HTTP endpoint (`crate::observe`). Without one the
     /// run keeps its own: stall detection runs either way.
     pub observer: Option<Arc<crate::observe::Observer>>,
+    /// Raised (by SIGHUP) to reload the routing file's routes while the run follows
+    /// (`reload`); lowered once taken.
+    pub reload: Option<Arc<AtomicBool>>,
 }
 
 /// What a run did, per task and in total.
@@ -281,6 +285,8 @@ fn execute(
         .flat_map(|r| std::iter::once(&r.target).chain(r.dead_letter.as_ref().map(|d| &d.cluster)))
         .map(|c| (c.clone(), config.clusters[c].clone()))
         .collect();
+    let target_clusters: std::collections::BTreeSet<String> = targets.keys().cloned().collect();
+    let source_clusters: std::collections::BTreeSet<String> = groups.keys().cloned().collect();
     let pool = Arc::new(produce::ProducerPool::new(
         targets,
         config.limits.clone(),
@@ -309,7 +315,7 @@ fn execute(
             layout.insert(cluster.clone(), rx);
         }
     }
-    let applier = discovery::Applier {
+    let mut applier = discovery::Applier {
         routes: routes.clone(),
         limiters: route_limiters.clone(),
         checkpoint: previous.clone(),
@@ -412,6 +418,17 @@ fn execute(
             discovery::Discovery::new(config, &plan.tasks, Some(base.clone()), opts.once);
         let refresh = config.run.metadata_refresh;
         let (found_tx, found_rx) = crossbeam_channel::unbounded();
+        let (routes_tx, routes_rx) = crossbeam_channel::unbounded::<discovery::Reconfigure>();
+        let reload_flag = opts.reload.clone();
+        let mut reloader = match (&opts.reload, &discovery) {
+            (Some(flag), Some(_)) => Some(reload::Reloader::new(
+                flag.clone(),
+                config,
+                source_clusters,
+                target_clusters,
+            )),
+            _ => None,
+        };
         let base = base.clone();
         let interval = config.checkpoints.interval;
         let max_unwritten = config.checkpoints.max_unwritten;
@@ -428,7 +445,12 @@ fn execute(
                     let mut last = Instant::now();
                     while !done_d.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
-                        if last.elapsed() >= refresh {
+                        // A reload's routes are looked at at once.
+                        let reloaded = routes_rx.try_iter().fold(false, |_, r| {
+                            d.reconfigure(r);
+                            true
+                        });
+                        if reloaded || last.elapsed() >= refresh {
                             let changes = d.refresh();
                             last = Instant::now();
                             if !changes.is_empty() && found_tx.send(changes).is_err() {
@@ -451,6 +473,16 @@ fn execute(
                     std::thread::sleep(Duration::from_millis(50));
                     for changes in found_rx.try_iter() {
                         applier.apply(changes, &mut plan.tasks, &shared, &observer);
+                    }
+                    match reloader.as_mut() {
+                        Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &routes_tx, || {
+                            snapshot(&config, &plan, &base, &ids, &shared)
+                        }),
+                        None => {
+                            if reload_flag.as_ref().is_some_and(|f| f.swap(false, Ordering::Relaxed)) {
+                                tracing::warn!("SIGHUP: ignored; a reload applies to a run that follows (a route without `end`, not --once)");
+                            }
+                        }
                     }
                     observer.tick();
                     let due = if saver.failing() {
@@ -684,7 +716,10 @@ fn progress_state(
                 end: t.end.offset(),
                 // The end as the reader last saw it (refreshed from the consumer).
                 log_end: p.log_end.max(p.position),
-                done: matches!(p.status, TaskStatus::Done | TaskStatus::SourceGone),
+                done: matches!(
+                    p.status,
+                    TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed
+                ),
                 halted: match &p.status {
                     TaskStatus::Halted(why) => Some(why.clone()),
                     _ => None,

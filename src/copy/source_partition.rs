@@ -55,6 +55,9 @@ pub enum TaskStatus {
     Halted(String),
     /// The topic was deleted on the source (`super::discovery`): nothing more to read.
     SourceGone,
+    /// Its route left the routing file at a reload (`super::reload`); the checkpoint keeps
+    /// its position for when the route comes back.
+    Removed,
 }
 
 impl TaskStatus {
@@ -66,6 +69,7 @@ impl TaskStatus {
             TaskStatus::Done => "done".into(),
             TaskStatus::Halted(why) => format!("HALTED: {why}"),
             TaskStatus::SourceGone => "source gone".into(),
+            TaskStatus::Removed => "removed by reload".into(),
         }
     }
 }
@@ -119,6 +123,7 @@ impl TaskProgress {
             (TaskStatus::Done, _) => "done".into(),
             (TaskStatus::Halted(why), _) => format!("halted: {why}"),
             (TaskStatus::SourceGone, _) => "source gone".into(),
+            (TaskStatus::Removed, _) => "removed by reload".into(),
         }
     }
 }
@@ -261,7 +266,9 @@ impl CopyTask {
     pub(super) fn finished(&self) -> bool {
         match self.status {
             TaskStatus::Done => true,
-            TaskStatus::Halted(_) | TaskStatus::SourceGone => self.in_flight_bytes == 0,
+            TaskStatus::Halted(_) | TaskStatus::SourceGone | TaskStatus::Removed => {
+                self.in_flight_bytes == 0
+            }
             _ => false,
         }
     }

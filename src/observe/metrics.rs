@@ -19,7 +19,14 @@ use super::{Latency, Observer, PartitionNow};
 use crate::copy::source_partition::TaskStatus;
 
 /// The states `kmirror_partition_state` reports, one series each (1 for the current one).
-pub const STATES: [&str; 5] = ["copying", "retrying", "halted", "done", "source_gone"];
+pub const STATES: [&str; 6] = [
+    "copying",
+    "retrying",
+    "halted",
+    "done",
+    "source_gone",
+    "removed",
+];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -42,6 +49,7 @@ pub(crate) fn state_word(p: &PartitionNow<'_>) -> &'static str {
         (TaskStatus::Done, _) => "done",
         (TaskStatus::Halted(_), _) => "halted",
         (TaskStatus::SourceGone, _) => "source_gone",
+        (TaskStatus::Removed, _) => "removed",
         (_, Some(_)) => "retrying",
         _ => "copying",
     }

@@ -133,8 +133,12 @@ fn at_least(shown: &Counts, now: &Counts) -> Counts {
 /// (or, with nothing pending, the offset the consumer passed: transaction markers at the
 /// end of a transactional topic are not records left). A finished partition has none.
 pub fn lag(plan: &TaskPlan, p: &TaskProgress) -> i64 {
-    // A deleted source topic has nothing left that could be copied.
-    if matches!(p.status, TaskStatus::Done | TaskStatus::SourceGone) {
+    // A deleted source topic, or a route no longer in the routing file, has nothing left
+    // to copy in this run.
+    if matches!(
+        p.status,
+        TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed
+    ) {
         return 0;
     }
     let end = plan.end.offset().map_or(p.log_end, |e| e.min(p.log_end));
