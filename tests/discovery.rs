@@ -352,3 +352,59 @@ fn sighup_reloads_the_routes_and_refuses_a_bad_file() {
         &same_range(2, 0..40),
     );
 }
+
+/// The built binary: a topic deleted mid-run is logged once at warn however long the run
+/// goes on, the printed summary and `--output json` say "source gone", and the run stopped
+/// afterwards exits 0.
+#[test]
+fn a_deleted_topic_is_logged_once_and_the_printed_summary_says_source_gone() {
+    use common::cli::{signal, write, Running};
+    let m = Mirror::start(&[("a", 2), ("gone", 2)]);
+    let mut text = routing_file(&m, &[("ra", "a"), ("rg", "gone")], "");
+    text = text.replace("job = \"reload\"", "job = \"gone-cli\"");
+    let path = write(m.dir.path(), "gone.toml", &text);
+    let cfg = kmirror::config::Config::load(&path).unwrap();
+    produce_numbered(m.source(), "a", 2, 0..10, 1_700_000_000_000);
+    produce_numbered(m.source(), "gone", 2, 0..10, 1_700_000_000_000);
+    let run = Running::spawn(&["run", "-c", path.to_str().unwrap(), "--output", "json"]);
+    wait_until("both copied", WAIT, || checkpoint_progress(&cfg) == 40);
+    m.control(Control::TopicError {
+        cluster: SOURCE_IDX,
+        topic: "gone".into(),
+        error: RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+    });
+    // Many refreshes (300ms) after the deletion: still one warning. The run goes on.
+    for i in 10..16 {
+        produce_numbered(m.source(), "a", 2, i..i + 1, 1_700_000_000_000);
+        wait_until("a followed", WAIT, || {
+            checkpoint_progress(&cfg) == 2 * (i as i64 + 1) + 20
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    signal(run.pid(), "-TERM");
+    let done = run.wait(WAIT);
+    done.expect_code(0, "stopped after a source topic was deleted");
+    let warned: Vec<&str> = done
+        .stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("src:gone was deleted"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{}", done.stderr);
+    assert!(warned[0].contains("[rg/0,rg/1]"), "{}", warned[0]);
+    let json: serde_json::Value = serde_json::from_str(&done.stdout).unwrap();
+    let states: BTreeMap<String, String> = json["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["source"].as_str().unwrap().to_string(),
+                p["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(states["src:gone/0"], "source_gone", "{json:#}");
+    assert_eq!(states["src:gone/1"], "source_gone", "{json:#}");
+    assert_eq!(states["src:a/0"], "stopped", "{json:#}");
+    assert_eq!(json["exit_code"], 0);
+}
