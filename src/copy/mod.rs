@@ -9,6 +9,9 @@
 //! - `ack_tracker`: the contiguous settled position per task;
 //! - checkpoints (`crate::checkpoint`), written here on a timer and at the end.
 //!
+//! Beside it, while a run follows: `discovery` (new topics and partitions start, deleted
+//! topics are "source gone") and `reload` (SIGHUP: routes added, removed, changed).
+//!
 //! Guarantee: at-least-once. A position is checkpointed only when every record below it is
 //! acknowledged by the target (or counted as filtered or failed), so a crash at any instant
 //! loses nothing; it can duplicate at most what was in flight (bounded by
