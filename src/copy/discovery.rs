@@ -14,6 +14,7 @@
 //! them) and the reader's side (`State::follow_layout`: takes them in, reassigns).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,6 +94,9 @@ pub struct Discovery {
     failing: BTreeSet<String>,
     /// Topics whose planning failed, warned once per episode.
     deferred: BTreeSet<(usize, String)>,
+    /// The run's stop flag: a stopping run plans nothing more (each lookup may take up to
+    /// `connect_timeout`, and the run's end waits for this thread).
+    stop: Arc<AtomicBool>,
 }
 
 impl Discovery {
@@ -102,6 +106,7 @@ impl Discovery {
         tasks: &[TaskPlan],
         checkpoint: Option<Checkpoint>,
         once: bool,
+        stop: Arc<AtomicBool>,
     ) -> Option<Discovery> {
         if !config.routes.iter().any(|r| follows(r, once)) {
             return None;
@@ -131,6 +136,7 @@ impl Discovery {
             consumers: BTreeMap::new(),
             failing: BTreeSet::new(),
             deferred: BTreeSet::new(),
+            stop,
         })
     }
 
@@ -202,6 +208,9 @@ impl Discovery {
             .collect();
         let mut changes = Vec::new();
         for name in clusters {
+            if self.stop.load(Ordering::Relaxed) {
+                break;
+            }
             let Some(topics) = self.topics(&name) else {
                 continue;
             };
@@ -234,6 +243,10 @@ impl Discovery {
                     .map(|(t, n)| (t.clone(), *n))
                     .collect();
                 for (topic, n) in wanted {
+                    if self.stop.load(Ordering::Relaxed) {
+                        all_planned = false;
+                        break;
+                    }
                     let have = self.known.get(&(ri, topic.clone())).copied().unwrap_or(0);
                     if n <= have {
                         continue;

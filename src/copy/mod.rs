@@ -417,8 +417,13 @@ fn execute(
         let done_w = done.clone();
         let done_d = done.clone();
         let mut plan = plan.clone();
-        let discovery =
-            discovery::Discovery::new(config, &plan.tasks, Some(base.clone()), opts.once);
+        let discovery = discovery::Discovery::new(
+            config,
+            &plan.tasks,
+            Some(base.clone()),
+            opts.once,
+            stop.clone(),
+        );
         let refresh = config.run.metadata_refresh;
         let (found_tx, found_rx) = crossbeam_channel::unbounded();
         let (routes_tx, routes_rx) = crossbeam_channel::unbounded::<discovery::Reconfigure>();
