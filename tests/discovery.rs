@@ -53,12 +53,18 @@ fn a_topic_created_mid_run_is_copied_and_checkpointed_without_a_restart() {
     // default (`earliest`) copies them all.
     m.create_target_topic("t-b", 3);
     m.clusters.create_topic(SOURCE_IDX, "t-b", 3).unwrap();
+    let created = std::time::Instant::now();
     produce_numbered(m.source(), "t-b", 3, 0..40, 1_700_000_000_000);
     wait_until("t-b copied", WAIT, || {
         load_checkpoint(&cfg).is_some_and(|cp| {
             (0..3).all(|p| cp.get("r", "t-b", p).is_some_and(|c| c.next_offset == 40))
         })
     });
+    // Shown, not asserted: the refresh (300ms) plus a checkpoint interval (200ms) bound it.
+    eprintln!(
+        "t-b created -> copied and checkpointed: {:?}",
+        created.elapsed()
+    );
     // Records produced after the pick-up are followed like any others.
     produce_numbered(m.source(), "t-b", 3, 40..50, 1_700_000_000_000);
     wait_until("t-b followed", WAIT, || {
