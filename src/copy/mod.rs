@@ -483,7 +483,7 @@ fn execute(
                         applier.apply(changes, &mut plan.tasks, &shared, &observer);
                     }
                     match reloader.as_mut() {
-                        Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &routes_tx, || {
+                        Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
                             snapshot(&config, &plan, &base, &ids, &shared)
                         }),
                         None => {

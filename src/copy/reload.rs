@@ -24,6 +24,7 @@ use super::source_partition::TaskStatus;
 use super::Shared;
 use crate::checkpoint::Checkpoint;
 use crate::config::{ClusterConfig, Config, RouteConfig};
+use crate::observe::Observer;
 use crate::plan::TaskPlan;
 use crate::rate_limit::Limiter;
 
@@ -75,6 +76,7 @@ impl Reloader {
         tasks: &[TaskPlan],
         shared: &Shared,
         applier: &mut Applier,
+        observer: &Observer,
         discovery: &Sender<Reconfigure>,
         checkpoint: impl FnOnce() -> Checkpoint,
     ) {
@@ -105,11 +107,11 @@ impl Reloader {
             return;
         }
         if self.flag.swap(false, Ordering::Relaxed) {
-            self.begin(tasks, applier);
+            self.begin(tasks, applier, observer);
         }
     }
 
-    fn begin(&mut self, tasks: &[TaskPlan], applier: &mut Applier) {
+    fn begin(&mut self, tasks: &[TaskPlan], applier: &mut Applier, observer: &Observer) {
         let path = self.running.path.clone();
         tracing::info!("SIGHUP: reloading {}", path.display());
         let new = match Config::load(&path) {
@@ -216,7 +218,9 @@ impl Reloader {
         let mut added_idx = Vec::new();
         for r in added {
             added_idx.push(self.running.routes.len());
-            applier.limiters.push(Limiter::new(r.rate).map(Arc::new));
+            let limiter = Limiter::new(r.rate).map(Arc::new);
+            observer.add_route(r.name.clone(), limiter.clone());
+            applier.limiters.push(limiter);
             applier.routes.push(Arc::new(r.clone()));
             self.running.routes.push(r);
             self.live.push(true);

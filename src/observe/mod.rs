@@ -237,6 +237,16 @@ impl Observer {
             .resize(run.tasks.len(), Counts::default());
     }
 
+    /// A route added by a reload (`crate::copy::reload`), at the next route index: its
+    /// limiter joins the rate-limit metrics and stall detection.
+    pub(crate) fn add_route(&self, name: String, limiter: Option<Arc<Limiter>>) {
+        let mut g = self.lock();
+        let Some(run) = g.run.as_mut() else { return };
+        run.waits_seen
+            .push(limiter.as_ref().map_or(0, |l| l.waited().0));
+        run.route_limiters.push((name, limiter));
+    }
+
     fn beat(&self) {
         self.heartbeat_ms
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
