@@ -85,6 +85,15 @@ pub enum ClusterError {
         topic: String,
         detail: String,
     },
+    #[error(
+        "cluster \"{cluster}\": cannot add partitions to topic \"{topic}\" (to {count}): {detail}"
+    )]
+    CreatePartitions {
+        cluster: String,
+        topic: String,
+        count: usize,
+        detail: String,
+    },
 }
 
 /// Routes librdkafka's own logs into `tracing` at debug level, so an unreachable broker
@@ -546,6 +555,43 @@ pub fn create_topic(
             if code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
                 continue;
             }
+            return Err(err(format!("{code}")));
+        }
+    }
+    Ok(())
+}
+
+/// Grows `topic` to `count` partitions (CreatePartitions): for `partitioning = "preserve"`
+/// when partitions are added to its source topic mid-run.
+pub fn create_partitions(
+    cluster: &ClusterConfig,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+    let err = |detail: String| ClusterError::CreatePartitions {
+        cluster: cluster.name.clone(),
+        topic: topic.into(),
+        count,
+        detail,
+    };
+    let admin: AdminClient<QuietContext> = base_config(cluster)
+        .create_with_context(QuietContext {
+            cluster: cluster.name.clone(),
+        })
+        .map_err(|e| err(client_error_detail(&e)))?;
+    let new = NewPartitions::new(topic, count);
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(timeout))
+        .request_timeout(Some(timeout));
+    let res = futures::executor::block_on(admin.create_partitions([&new], &opts)).map_err(|e| {
+        err(format!(
+            "{e} (does the broker support CreatePartitions? librdkafka's mock cluster and tansu do not)"
+        ))
+    })?;
+    for r in res {
+        if let Err((_, code)) = r {
             return Err(err(format!("{code}")));
         }
     }

@@ -58,6 +58,12 @@ pub enum Control {
         broker: i32,
         delay: Duration,
     },
+    /// Metadata answers `error` for `topic` (e.g. unknown topic: how a deleted topic looks).
+    TopicError {
+        cluster: usize,
+        topic: String,
+        error: RDKafkaRespErr,
+    },
 }
 
 enum Msg {
@@ -246,6 +252,13 @@ fn apply(
             delay,
         } => get(cluster)?
             .broker_round_trip_time(broker, delay)
+            .map_err(|e| e.to_string()),
+        Control::TopicError {
+            cluster,
+            topic,
+            error,
+        } => get(cluster)?
+            .topic_error(&topic, error)
             .map_err(|e| e.to_string()),
     }
 }

@@ -551,6 +551,33 @@ fn stop_on_signal(stopping: &'static str) -> Arc<AtomicBool> {
     stop
 }
 
+/// Raises the flag on SIGHUP: `run` reloads the routing file's routes (`copy::reload`).
+fn reload_on_sighup() -> Arc<AtomicBool> {
+    let reload = Arc::new(AtomicBool::new(false));
+    let flag = reload.clone();
+    // As for stop: a SIGHUP before the handler is installed would kill the process.
+    let (installed_tx, installed) = std::sync::mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("kmirror-sighup".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+                let _ = installed_tx.send(());
+                while hup.recv().await.is_some() {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            });
+        })
+        .expect("spawn signal thread");
+    let _ = installed.recv();
+    reload
+}
+
 fn load(path: &Path) -> Result<Config> {
     Ok(Config::load(path)?)
 }
@@ -897,6 +924,7 @@ fn run(
         progress_every: (progress > 0).then(|| Duration::from_secs(progress)),
         display: display.clone(),
         observer: Some(observer),
+        reload: Some(reload_on_sighup()),
     };
     // `[verify] interval`: verification beside a following run, on its own thread.
     let verifier = cfg.verify.interval.filter(|_| !once).map(|every| {

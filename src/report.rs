@@ -172,6 +172,8 @@ pub(crate) fn counts_json(c: &crate::counts::Counts) -> Value {
 fn state_word(status: &str) -> &'static str {
     match status {
         "done" => "done",
+        "source gone" => "source_gone",
+        "removed by reload" => "removed",
         s if s.starts_with("halted") || s.starts_with("HALTED") => "halted",
         s if s.starts_with("stopped while retrying") || s.starts_with("retrying") => "failing",
         s if s.starts_with("stopped") => "stopped",

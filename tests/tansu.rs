@@ -2024,3 +2024,107 @@ target = "dst"
     copied.dedup();
     assert_eq!(copied.len(), 100, "nothing missing");
 }
+
+// ---------------------------------------------------------------------------------------------
+// the layout changes while a run follows (kmirror::copy::discovery)
+// ---------------------------------------------------------------------------------------------
+
+/// tansu has CreateTopics: a following run (regex route) creates the target of a topic
+/// created mid-run and copies it from its beginning, while the other topics go on.
+///
+/// Not here: deleting a topic mid-run. tansu answers the Fetch of a deleted topic with
+/// leader-change tags and a zero topic id, and librdkafka 2.12.1 then dereferences a null
+/// topic name in its metadata cache (a SIGSEGV in `rd_kafka_metadata_update_op`, seen here
+/// in the reader's consumer, which fetches the topic until it is taken for gone). The
+/// "source gone" path is tested on the mock cluster (tests/discovery.rs).
+#[test]
+fn tansu_topic_created_mid_run_gets_its_target_created_and_is_copied() {
+    common::init_logging();
+    let src = Tansu::start("src");
+    let dst = Tansu::start("dst");
+    src.create_topic("t-keep", 2);
+    produce(&src.bootstrap, "t-keep", 2, 40, Batching::OnePerBatch);
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let toml = r#"
+[checkpoints]
+dir = "${TEST_DIR}"
+interval = "300ms"
+job = "tansu-layout"
+
+[run]
+metadata_refresh = "500ms"
+
+[clusters.src]
+bootstrap = "${TEST_SRC}"
+
+[clusters.dst]
+bootstrap = "${TEST_DST}"
+
+[[routes]]
+name = "r"
+source = "src"
+topic_regex = "t-.*"
+target = "dst"
+target_topic = "{topic}.copy"
+create_target_topics = true
+"#;
+    let (d, s, t) = (
+        dir.path().display().to_string(),
+        src.bootstrap.clone(),
+        dst.bootstrap.clone(),
+    );
+    let env = move |k: &str| match k {
+        "TEST_DIR" => Some(d.clone()),
+        "TEST_SRC" => Some(s.clone()),
+        "TEST_DST" => Some(t.clone()),
+        _ => None,
+    };
+    let config = Config::from_str(&dir.path().join("layout.toml"), toml.to_string(), &env)
+        .unwrap_or_else(|e| panic!("routing file: {e}"));
+    let store = FileStore::new(config.checkpoint_file());
+    let position = |topic: &str, p: i32| {
+        store
+            .load()
+            .ok()
+            .flatten()
+            .and_then(|cp| cp.get("r", topic, p).map(|c| c.next_offset))
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let opts = RunOptions::default();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < RUN_LIMIT, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let report = std::thread::scope(|sc| {
+        let run = sc.spawn(|| copy::run(&config, &store, &opts, stop.clone()));
+        let copied = |topic: &str, n: i64| (0..2).all(|p| position(topic, p) == Some(n));
+        wait("t-keep copied", &|| copied("t-keep", 20));
+        // Created mid-run, with records before kmirror can have seen it.
+        src.create_topic("t-new", 2);
+        produce(&src.bootstrap, "t-new", 2, 30, Batching::OnePerBatch);
+        wait("t-new copied", &|| copied("t-new", 15));
+        produce(&src.bootstrap, "t-keep", 2, 20, Batching::OnePerBatch);
+        wait("t-keep followed", &|| copied("t-keep", 30));
+        stop.store(true, Ordering::Relaxed);
+        run.join().expect("copy::run panicked")
+    })
+    .unwrap_or_else(|e| panic!("copy::run: {e}"));
+    eprintln!("{}", report.table());
+    assert_eq!(report.verdict().code, EXIT_OK, "{}", report.table());
+    assert_eq!(partition_count(&dst.bootstrap, "t-new.copy"), Some(2));
+    let copied = |topic: &str, n: usize| {
+        let mut per = BTreeMap::new();
+        for r in read_all(&dst.bootstrap, topic, n) {
+            let prov = r.provenance().expect("provenance header");
+            *per.entry(prov).or_insert(0) += 1;
+        }
+        assert_eq!(per.len(), n, "{topic}: distinct source records");
+        assert!(per.values().all(|&k| k == 1), "{topic}: duplicates");
+    };
+    copied("t-new.copy", 30);
+    copied("t-keep.copy", 60);
+}

@@ -354,7 +354,14 @@ pub struct RunSettings {
     /// A partition with records left to copy whose position has not moved for this long is
     /// stalled (logged at error, counted, shown in `/status`; see `crate::observe`).
     pub stall_timeout: Duration,
+    /// How often a following run re-reads the source clusters' metadata to pick up topics
+    /// that start matching a route and partitions added to a source topic, and to notice a
+    /// topic deleted on the source (`crate::copy::discovery`).
+    pub metadata_refresh: Duration,
 }
+
+/// Default `[run] metadata_refresh`: a new topic or partition starts copying within this.
+pub const DEFAULT_METADATA_REFRESH: Duration = Duration::from_secs(30);
 
 /// Default `[run] stall_timeout`: long enough that a broker restart or a leader election
 /// does not page anyone, short enough that a stuck mirror is noticed within minutes.
@@ -767,6 +774,7 @@ fn check(
         connect_timeout: Duration::from_secs(10),
         shutdown_timeout: Duration::from_secs(30),
         stall_timeout: DEFAULT_STALL_TIMEOUT,
+        metadata_refresh: DEFAULT_METADATA_REFRESH,
     };
     if let Some(r) = &raw.run {
         if let Some(v) = &r.connect_timeout {
@@ -782,6 +790,11 @@ fn check(
         if let Some(v) = &r.stall_timeout {
             if let Some(x) = duration(v, "run.stall_timeout", d) {
                 run.stall_timeout = x;
+            }
+        }
+        if let Some(v) = &r.metadata_refresh {
+            if let Some(x) = duration(v, "run.metadata_refresh", d) {
+                run.metadata_refresh = x;
             }
         }
     }

@@ -76,6 +76,7 @@ pub struct RawRun {
     pub connect_timeout: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub stall_timeout: Option<Spanned<String>>,
+    pub metadata_refresh: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -89,6 +89,7 @@ const TOP: &[Field] = &[
             opt("connect_timeout", Kind::Str),
             opt("shutdown_timeout", Kind::Str),
             opt("stall_timeout", Kind::Str),
+            opt("metadata_refresh", Kind::Str),
         ]),
     ),
     opt(

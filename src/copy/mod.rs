@@ -9,6 +9,9 @@
 //! - `ack_tracker`: the contiguous settled position per task;
 //! - checkpoints (`crate::checkpoint`), written here on a timer and at the end.
 //!
+//! Beside it, while a run follows: `discovery` (new topics and partitions start, deleted
+//! topics are "source gone") and `reload` (SIGHUP: routes added, removed, changed).
+//!
 //! Guarantee: at-least-once. A position is checkpointed only when every record below it is
 //! acknowledged by the target (or counted as filtered or failed), so a crash at any instant
 //! loses nothing; it can duplicate at most what was in flight (bounded by
@@ -16,17 +19,20 @@
 
 pub mod ack_tracker;
 pub mod batch;
+pub mod discovery;
 pub mod filter;
+mod partitions;
 pub mod poll;
 pub mod prefetch;
 pub mod produce;
 pub mod record;
+pub mod reload;
 pub mod source_partition;
 pub mod validate;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::identity::{self, Ids};
@@ -50,11 +56,41 @@ pub struct Shared {
     pub limits: Limits,
     pub limiter: Option<Limiter>,
     pub shutdown_timeout: Duration,
-    /// By task id.
-    pub progress: Vec<Mutex<TaskProgress>>,
+    /// By task id; grows when partitions found mid-run start (`discovery`).
+    pub progress: RwLock<Vec<Mutex<TaskProgress>>>,
+    /// Following the layout: how long a source topic may stay unknown before its partitions
+    /// halt, long enough for `discovery` to tell a deleted topic ("source gone") first.
+    /// Zero otherwise (the reader's own bound applies).
+    pub gone_after: Duration,
 }
 
 impl Shared {
+    /// A task's last published progress.
+    pub fn progress_of(&self, id: usize) -> TaskProgress {
+        let table = self.progress.read().unwrap_or_else(|e| e.into_inner());
+        let p = table[id].lock().expect("progress lock").clone();
+        p
+    }
+    /// Every task's last published progress, by task id.
+    pub fn all_progress(&self) -> Vec<TaskProgress> {
+        let table = self.progress.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .iter()
+            .map(|p| p.lock().expect("progress lock").clone())
+            .collect()
+    }
+    /// Publishes task `id`'s progress.
+    pub fn publish(&self, id: usize, p: TaskProgress) {
+        let table = self.progress.read().unwrap_or_else(|e| e.into_inner());
+        *table[id].lock().expect("progress lock") = p;
+    }
+    /// Adds the progress of a task started mid-run; returns its id.
+    pub(crate) fn add_progress(&self, p: TaskProgress) -> usize {
+        let mut table = self.progress.write().unwrap_or_else(|e| e.into_inner());
+        table.push(Mutex::new(p));
+        table.len() - 1
+    }
+
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
@@ -87,6 +123,9 @@ pub struct RunOptions {
     /// Shares the run's progress with the HTTP endpoint (`crate::observe`). Without one the
     /// run keeps its own: stall detection runs either way.
     pub observer: Option<Arc<crate::observe::Observer>>,
+    /// Raised (by SIGHUP) to reload the routing file's routes while the run follows
+    /// (`reload`); lowered once taken.
+    pub reload: Option<Arc<AtomicBool>>,
 }
 
 /// What a run did, per task and in total.
@@ -240,17 +279,17 @@ fn execute(
         senders.push(tx);
         receivers.push(rx);
     }
-    // A producer for every cluster a task writes to: its target and its route's dead-letter
-    // destination (which may be a cluster no route targets).
-    let targets: BTreeMap<String, _> = plan
-        .tasks
+    // A producer for every cluster a route writes to: its target and its dead-letter
+    // destination (which may be a cluster no route targets); partitions found mid-run
+    // (`discovery`) use them too.
+    let targets: BTreeMap<String, _> = config
+        .routes
         .iter()
-        .flat_map(|t| {
-            let dead_letter = config.routes[t.route].dead_letter.as_ref();
-            std::iter::once(&t.target_cluster).chain(dead_letter.map(|d| &d.cluster))
-        })
+        .flat_map(|r| std::iter::once(&r.target).chain(r.dead_letter.as_ref().map(|d| &d.cluster)))
         .map(|c| (c.clone(), config.clusters[c].clone()))
         .collect();
+    let target_clusters: std::collections::BTreeSet<String> = targets.keys().cloned().collect();
+    let source_clusters: std::collections::BTreeSet<String> = groups.keys().cloned().collect();
     let pool = Arc::new(produce::ProducerPool::new(
         targets,
         config.limits.clone(),
@@ -264,6 +303,28 @@ fn execute(
         .iter()
         .map(|r| Limiter::new(r.rate).map(Arc::new))
         .collect();
+    // Following the layout: new topics and partitions, deleted topics (`discovery`).
+    let following = config
+        .routes
+        .iter()
+        .any(|r| discovery::follows(r, opts.once));
+    let mut layout: BTreeMap<String, crossbeam_channel::Receiver<discovery::LayoutChange>> =
+        BTreeMap::new();
+    let mut readers = BTreeMap::new();
+    if following {
+        for cluster in groups.keys() {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            readers.insert(cluster.clone(), tx);
+            layout.insert(cluster.clone(), rx);
+        }
+    }
+    let mut applier = discovery::Applier {
+        routes: routes.clone(),
+        limiters: route_limiters.clone(),
+        checkpoint: previous.clone(),
+        readers,
+        pool: pool.clone(),
+    };
     let mut tasks: Vec<Option<CopyTask>> = plan
         .tasks
         .iter()
@@ -293,10 +354,17 @@ fn execute(
         limits: config.limits.clone(),
         limiter: Limiter::new(config.limits.rate),
         shutdown_timeout: config.run.shutdown_timeout,
-        progress: tasks
-            .iter()
-            .map(|t| Mutex::new(t.as_ref().expect("task present").progress()))
-            .collect(),
+        progress: RwLock::new(
+            tasks
+                .iter()
+                .map(|t| Mutex::new(t.as_ref().expect("task present").progress()))
+                .collect(),
+        ),
+        gone_after: if following {
+            discovery::Discovery::gone_after(config)
+        } else {
+            Duration::ZERO
+        },
     });
 
     // Checkpoint on a timer while the readers work; the last one is written after they end.
@@ -334,6 +402,7 @@ fn execute(
             deliveries: rx,
             pool: pool.clone(),
             shared: shared.clone(),
+            layout: layout.remove(&cluster),
         };
         let h = std::thread::Builder::new()
             .name(format!("kmirror-{cluster}"))
@@ -346,7 +415,28 @@ fn execute(
     let writer = {
         let shared = shared.clone();
         let done_w = done.clone();
-        let plan = plan.clone();
+        let done_d = done.clone();
+        let mut plan = plan.clone();
+        let discovery = discovery::Discovery::new(
+            config,
+            &plan.tasks,
+            Some(base.clone()),
+            opts.once,
+            stop.clone(),
+        );
+        let refresh = config.run.metadata_refresh;
+        let (found_tx, found_rx) = crossbeam_channel::unbounded();
+        let (routes_tx, routes_rx) = crossbeam_channel::unbounded::<discovery::Reconfigure>();
+        let reload_flag = opts.reload.clone();
+        let mut reloader = match (&opts.reload, &discovery) {
+            (Some(flag), Some(_)) => Some(reload::Reloader::new(
+                flag.clone(),
+                config,
+                source_clusters,
+                target_clusters,
+            )),
+            _ => None,
+        };
         let base = base.clone();
         let interval = config.checkpoints.interval;
         let max_unwritten = config.checkpoints.max_unwritten;
@@ -356,6 +446,28 @@ fn execute(
         let ids = ids.clone();
         let observer = observer.clone();
         std::thread::scope(|s| {
+            // Looks at the source layout every `metadata_refresh` (lookups block, so not on
+            // the supervising loop, which must keep ticking).
+            if let Some(mut d) = discovery {
+                s.spawn(move || {
+                    let mut last = Instant::now();
+                    while !done_d.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                        // A reload's routes are looked at at once.
+                        let reloaded = routes_rx.try_iter().fold(false, |_, r| {
+                            d.reconfigure(r);
+                            true
+                        });
+                        if reloaded || last.elapsed() >= refresh {
+                            let changes = d.refresh();
+                            last = Instant::now();
+                            if !changes.is_empty() && found_tx.send(changes).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
             // A failed write never ends this thread: copying goes on while the saver retries,
             // up to `max_unwritten`; past that, reads stop (the run ends with an error) rather
             // than pile up progress a crash would replay.
@@ -368,6 +480,19 @@ fn execute(
                 let mut rates = crate::progress::RateMeter::starting_at(started.elapsed());
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
+                    for changes in found_rx.try_iter() {
+                        applier.apply(changes, &mut plan.tasks, &shared, &observer);
+                    }
+                    match reloader.as_mut() {
+                        Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
+                            snapshot(&config, &plan, &base, &ids, &shared)
+                        }),
+                        None => {
+                            if reload_flag.as_ref().is_some_and(|f| f.swap(false, Ordering::Relaxed)) {
+                                tracing::warn!("SIGHUP: ignored; a reload applies to a run that follows (a route without `end`, not --once)");
+                            }
+                        }
+                    }
                     observer.tick();
                     let due = if saver.failing() {
                         saver.retry_due()
@@ -420,7 +545,7 @@ fn execute(
                         }
                     }
                 }
-                (saver, stalled, fenced)
+                (saver, stalled, fenced, plan)
             });
             let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
             // Stop the checkpoint writer before propagating a reader's panic: the scope
@@ -434,7 +559,7 @@ fn execute(
             (finished, writer_state)
         })
     };
-    let (finished, (mut saver, stalled, fenced)) = writer;
+    let (finished, (mut saver, stalled, fenced, plan)) = writer;
     if let Some(e) = fenced {
         pool.flush(Duration::from_secs(1));
         return Err(RunError::Checkpoint(e));
@@ -442,7 +567,7 @@ fn execute(
     let mut all: Vec<CopyTask> = finished.into_iter().flatten().collect();
     all.sort_by_key(|t| t.id);
     for t in &all {
-        *shared.progress[t.id].lock().expect("progress lock") = t.progress();
+        shared.publish(t.id, t.progress());
     }
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
@@ -542,8 +667,8 @@ fn snapshot(
     cp.job = config.job.clone();
     let now = value::format_ms(value::now_ms());
     cp.written_at = now.clone();
-    for (id, t) in plan.tasks.iter().enumerate() {
-        let p = shared.progress[id].lock().expect("progress lock").clone();
+    let progress = shared.all_progress();
+    for (t, p) in plan.tasks.iter().zip(progress) {
         let rc = cp
             .routes
             .entry(t.route_name.clone())
@@ -598,9 +723,8 @@ fn progress_state(
     let partitions = plan
         .tasks
         .iter()
-        .zip(&shared.progress)
+        .zip(shared.all_progress())
         .map(|(t, p)| {
-            let p = p.lock().expect("progress lock");
             crate::progress::PartitionState {
                 route: t.route_name.clone(),
                 counts: p.counts,
@@ -612,7 +736,10 @@ fn progress_state(
                 end: t.end.offset(),
                 // The end as the reader last saw it (refreshed from the consumer).
                 log_end: p.log_end.max(p.position),
-                done: p.status == TaskStatus::Done,
+                done: matches!(
+                    p.status,
+                    TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed
+                ),
                 halted: match &p.status {
                     TaskStatus::Halted(why) => Some(why.clone()),
                     _ => None,

@@ -26,6 +26,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use super::ack_tracker::{AckTracker, Settled};
 use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
+use super::partitions::Partitions;
 use super::poll::{SourceQueue, SourceRecord};
 use super::prefetch;
 use super::produce::{
@@ -52,6 +53,11 @@ pub enum TaskStatus {
     Done,
     /// Stopped on a record that cannot be copied, or an unrecoverable source position.
     Halted(String),
+    /// The topic was deleted on the source (`super::discovery`): nothing more to read.
+    SourceGone,
+    /// Its route left the routing file at a reload (`super::reload`); the checkpoint keeps
+    /// its position for when the route comes back.
+    Removed,
 }
 
 impl TaskStatus {
@@ -62,6 +68,8 @@ impl TaskStatus {
             TaskStatus::ReadDone => "stopped at end (acks pending)".into(),
             TaskStatus::Done => "done".into(),
             TaskStatus::Halted(why) => format!("HALTED: {why}"),
+            TaskStatus::SourceGone => "source gone".into(),
+            TaskStatus::Removed => "removed by reload".into(),
         }
     }
 }
@@ -85,87 +93,6 @@ struct SourceEpisode {
     errors: u64,
     /// Partitions the errors named (of the episode's topic).
     partitions: BTreeSet<i32>,
-}
-
-/// The (topic, partition)s a reader reads and the tasks on each, indexed densely: a topic
-/// name becomes a topic index once (the last one cached, as records of one partition come
-/// in runs), then the partition indexes a `Vec`. The per-record lookup neither allocates
-/// nor walks a tree, however many topics the reader has.
-struct Partitions {
-    topics: Vec<String>,
-    index: std::collections::HashMap<String, usize>,
-    /// `[topic][partition]` -> indices of the tasks on it (empty: not read here).
-    tasks: Vec<Vec<Vec<usize>>>,
-    /// Every (topic, partition) read, in (topic, partition) order.
-    all: Vec<(usize, i32)>,
-    last: std::cell::Cell<usize>,
-}
-
-impl Partitions {
-    fn new(tasks: &[CopyTask]) -> Self {
-        let topics: Vec<String> = tasks
-            .iter()
-            .map(|t| t.plan.topic.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let index: std::collections::HashMap<String, usize> = topics
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i))
-            .collect();
-        let mut by: Vec<Vec<Vec<usize>>> = vec![Vec::new(); topics.len()];
-        for (i, t) in tasks.iter().enumerate() {
-            let parts = &mut by[index[&t.plan.topic]];
-            let p = t.plan.partition.max(0) as usize;
-            if parts.len() <= p {
-                parts.resize(p + 1, Vec::new());
-            }
-            parts[p].push(i);
-        }
-        let all = by
-            .iter()
-            .enumerate()
-            .flat_map(|(ti, parts)| {
-                parts
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, idx)| !idx.is_empty())
-                    .map(move |(p, _)| (ti, p as i32))
-            })
-            .collect();
-        Partitions {
-            topics,
-            index,
-            tasks: by,
-            all,
-            last: std::cell::Cell::new(0),
-        }
-    }
-
-    fn topic_index(&self, name: &str) -> Option<usize> {
-        let last = self.last.get();
-        if self.topics.get(last).is_some_and(|t| t == name) {
-            return Some(last);
-        }
-        let ti = *self.index.get(name)?;
-        self.last.set(ti);
-        Some(ti)
-    }
-
-    /// The tasks on (topic index, partition); empty if none.
-    fn get(&self, ti: usize, p: i32) -> &[usize] {
-        usize::try_from(p)
-            .ok()
-            .and_then(|p| self.tasks.get(ti)?.get(p))
-            .map_or(&[], Vec::as_slice)
-    }
-
-    /// The topic index and tasks of a record's (topic, partition).
-    fn lookup(&self, topic: &str, p: i32) -> Option<(usize, &[usize])> {
-        let ti = self.topic_index(topic)?;
-        Some((ti, self.get(ti, p)))
-    }
 }
 
 /// What the checkpoint writer and progress display see of a task.
@@ -195,6 +122,8 @@ impl TaskProgress {
             (TaskStatus::ReadDone, None) => "copying (acks pending)".into(),
             (TaskStatus::Done, _) => "done".into(),
             (TaskStatus::Halted(why), _) => format!("halted: {why}"),
+            (TaskStatus::SourceGone, _) => "source gone".into(),
+            (TaskStatus::Removed, _) => "removed by reload".into(),
         }
     }
 }
@@ -213,7 +142,7 @@ pub struct CopyTask {
     /// Consumer (fetch) errors taken for this partition.
     pub source_errors: u64,
     /// `retrying` was set by a source error (cleared when the source delivers again).
-    source_retrying: bool,
+    pub(super) source_retrying: bool,
     pub in_flight_bytes: u64,
     pub generation: u32,
     pub target_ranges: BTreeMap<i32, [i64; 2]>,
@@ -334,15 +263,17 @@ impl CopyTask {
     }
 
     /// No more work and no more reports to wait for.
-    fn finished(&self) -> bool {
+    pub(super) fn finished(&self) -> bool {
         match self.status {
             TaskStatus::Done => true,
-            TaskStatus::Halted(_) => self.in_flight_bytes == 0,
+            TaskStatus::Halted(_) | TaskStatus::SourceGone | TaskStatus::Removed => {
+                self.in_flight_bytes == 0
+            }
             _ => false,
         }
     }
 
-    fn halt(&mut self, why: String) {
+    pub(super) fn halt(&mut self, why: String) {
         tracing::error!(
             route = %self.plan.route_name, source = %self.plan.source_label(),
             cluster = %self.plan.source_cluster, topic = %self.plan.topic, partition = self.plan.partition,
@@ -455,20 +386,23 @@ pub struct Reader {
     pub deliveries: Receiver<DeliveryReport>,
     pub pool: Arc<ProducerPool>,
     pub shared: Arc<Shared>,
+    /// Tasks for partitions found mid-run, and topics gone (`super::discovery`).
+    pub layout: Option<Receiver<super::discovery::LayoutChange>>,
 }
 
-struct State {
+pub(super) struct State {
     id: u32,
     cluster: ClusterConfig,
-    tasks: Vec<CopyTask>,
-    parts: Partitions,
+    pub(super) tasks: Vec<CopyTask>,
+    pub(super) parts: Partitions,
     /// (topic index, partition) paused in the consumer.
     paused: BTreeSet<(usize, i32)>,
     deliveries: Receiver<DeliveryReport>,
-    pool: Arc<ProducerPool>,
-    producers: BTreeMap<String, (u64, Arc<TargetProducer>)>,
-    shared: Arc<Shared>,
-    needs_assign: bool,
+    pub(super) pool: Arc<ProducerPool>,
+    pub(super) producers: BTreeMap<String, (u64, Arc<TargetProducer>)>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) needs_assign: bool,
+    pub(super) layout: Option<Receiver<super::discovery::LayoutChange>>,
     /// Wait this long before reading again (set by a retry; zero: no wait).
     backoff: Duration,
     /// How `backoff` grows across retries of target errors; reset by progress.
@@ -519,6 +453,7 @@ impl Reader {
             source_episodes: BTreeMap::new(),
             uncommitted: None,
             reports_at_ms: 0,
+            layout: self.layout,
         };
         // The consumer's one queue (every topic of the cluster) holds at most the prefetch
         // budget, whatever the number of topics, partitions or records (see `prefetch`).
@@ -592,7 +527,8 @@ impl State {
                 self.refresh_log_ends(consumer);
                 self.publish();
             }
-            if self.tasks.iter().all(CopyTask::finished) || self.shared.stopping() {
+            self.follow_layout();
+            if self.all_finished() || self.shared.stopping() {
                 return;
             }
             if !self.backoff.is_zero() {
@@ -1379,7 +1315,7 @@ impl State {
             Some(ti) => self.parts.topics[ti].clone(),
             None => format!("{} topics", self.parts.topics.len()),
         };
-        let halt = match batch::classify_source_error(code) {
+        let halt = match self.source_error_kind(code) {
             SourceErrorKind::Permanent => Some(format!(
                 "source {cluster}:{topic}: {e} (not retriable{})",
                 if code == Some(RDKafkaErrorCode::TopicAuthorizationFailed) {
@@ -1771,7 +1707,7 @@ impl State {
     fn publish(&mut self) {
         self.last_publish = Instant::now();
         for t in &self.tasks {
-            *self.shared.progress[t.id].lock().expect("progress lock") = t.progress();
+            self.shared.publish(t.id, t.progress());
         }
     }
 }

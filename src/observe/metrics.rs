@@ -19,7 +19,14 @@ use super::{Latency, Observer, PartitionNow};
 use crate::copy::source_partition::TaskStatus;
 
 /// The states `kmirror_partition_state` reports, one series each (1 for the current one).
-pub const STATES: [&str; 4] = ["copying", "retrying", "halted", "done"];
+pub const STATES: [&str; 6] = [
+    "copying",
+    "retrying",
+    "halted",
+    "done",
+    "source_gone",
+    "removed",
+];
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -41,6 +48,8 @@ pub(crate) fn state_word(p: &PartitionNow<'_>) -> &'static str {
     match (&p.progress.status, &p.progress.retrying) {
         (TaskStatus::Done, _) => "done",
         (TaskStatus::Halted(_), _) => "halted",
+        (TaskStatus::SourceGone, _) => "source_gone",
+        (TaskStatus::Removed, _) => "removed",
         (_, Some(_)) => "retrying",
         _ => "copying",
     }

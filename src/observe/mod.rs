@@ -133,7 +133,12 @@ fn at_least(shown: &Counts, now: &Counts) -> Counts {
 /// (or, with nothing pending, the offset the consumer passed: transaction markers at the
 /// end of a transactional topic are not records left). A finished partition has none.
 pub fn lag(plan: &TaskPlan, p: &TaskProgress) -> i64 {
-    if p.status == TaskStatus::Done {
+    // A deleted source topic, or a route no longer in the routing file, has nothing left
+    // to copy in this run.
+    if matches!(
+        p.status,
+        TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed
+    ) {
         return 0;
     }
     let end = plan.end.offset().map_or(p.log_end, |e| e.min(p.log_end));
@@ -190,11 +195,7 @@ impl Observer {
         route_limiters: Vec<(String, Option<Arc<Limiter>>)>,
     ) {
         let now = Instant::now();
-        let progress: Vec<TaskProgress> = shared
-            .progress
-            .iter()
-            .map(|p| p.lock().expect("progress lock").clone())
-            .collect();
+        let progress: Vec<TaskProgress> = shared.all_progress();
         let waits_seen = route_limiters
             .iter()
             .map(|(_, l)| l.as_ref().map_or(0, |l| l.waited().0))
@@ -215,6 +216,35 @@ impl Observer {
         });
         g.phase = Phase::Running;
         self.beat();
+    }
+
+    /// Partitions found mid-run (`crate::copy::discovery`) started: their rows join
+    /// `/status` and `/metrics`. Their progress slots are already in `Shared`.
+    pub(crate) fn add_tasks(&self, tasks: &[TaskPlan], targets: Vec<Arc<TargetHealth>>) {
+        let mut g = self.lock();
+        let Some(run) = g.run.as_mut() else { return };
+        let now = Instant::now();
+        let from = run.tasks.len();
+        let progress: Vec<TaskProgress> = (from..from + tasks.len())
+            .map(|i| run.shared.progress_of(i))
+            .collect();
+        run.tasks.extend(tasks.iter().cloned());
+        run.targets.extend(targets);
+        run.stalls.add(&progress, now);
+        run.shown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .resize(run.tasks.len(), Counts::default());
+    }
+
+    /// A route added by a reload (`crate::copy::reload`), at the next route index: its
+    /// limiter joins the rate-limit metrics and stall detection.
+    pub(crate) fn add_route(&self, name: String, limiter: Option<Arc<Limiter>>) {
+        let mut g = self.lock();
+        let Some(run) = g.run.as_mut() else { return };
+        run.waits_seen
+            .push(limiter.as_ref().map_or(0, |l| l.waited().0));
+        run.route_limiters.push((name, limiter));
     }
 
     fn beat(&self) {
@@ -245,12 +275,7 @@ impl Observer {
                 waited
             })
             .collect();
-        let progress: Vec<TaskProgress> = run
-            .shared
-            .progress
-            .iter()
-            .map(|p| p.lock().expect("progress lock").clone())
-            .collect();
+        let progress: Vec<TaskProgress> = run.shared.all_progress();
         let seen: Vec<stall::Seen<'_>> = run
             .tasks
             .iter()
@@ -376,10 +401,7 @@ impl Observer {
             .iter()
             .enumerate()
             .map(|(i, plan)| {
-                let progress = run.shared.progress[i]
-                    .lock()
-                    .expect("progress lock")
-                    .clone();
+                let progress = run.shared.progress_of(i);
                 let lag = lag(plan, &progress);
                 shown[i] = at_least(&shown[i], &progress.counts);
                 PartitionNow {
@@ -389,7 +411,7 @@ impl Observer {
                     lag,
                     progress,
                     watch: &run.stalls.partitions[i],
-                    checkpointed: run.checkpoint.as_ref().map(|(_, p)| p[i]),
+                    checkpointed: run.checkpoint.as_ref().and_then(|(_, p)| p.get(i).copied()),
                 }
             })
             .collect();
@@ -560,7 +582,12 @@ pub(crate) mod tests {
             },
             limiter: None,
             shutdown_timeout: Duration::from_secs(1),
-            progress: vec![Mutex::new(progress(0, 100, TaskStatus::Copying))],
+            gone_after: Duration::ZERO,
+            progress: std::sync::RwLock::new(vec![Mutex::new(progress(
+                0,
+                100,
+                TaskStatus::Copying,
+            ))]),
         });
         let observer = Observer::new(Duration::from_secs(60), true);
         observer.attach(
@@ -570,7 +597,8 @@ pub(crate) mod tests {
             vec![("r".into(), None)],
         );
         let set_acked = |n: u64| {
-            let mut p = shared.progress[0].lock().unwrap();
+            let table = shared.progress.read().unwrap();
+            let mut p = table[0].lock().unwrap();
             p.counts.read = 12;
             p.counts.acked = n;
         };
@@ -615,7 +643,12 @@ pub(crate) mod tests {
                 limiter: None,
                 shutdown_timeout: Duration::from_secs(1),
                 // 60 records left, and the position never moves.
-                progress: vec![Mutex::new(progress(40, 100, TaskStatus::Copying))],
+                gone_after: Duration::ZERO,
+                progress: std::sync::RwLock::new(vec![Mutex::new(progress(
+                    40,
+                    100,
+                    TaskStatus::Copying,
+                ))]),
             });
             let timeout = Duration::from_millis(20);
             let observer = Observer::new(timeout, stalled_not_ready);

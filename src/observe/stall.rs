@@ -70,6 +70,12 @@ impl Detector {
         }
     }
 
+    /// Watches partitions started mid-run too.
+    pub fn add(&mut self, progress: &[TaskProgress], now: Instant) {
+        let more = Detector::new(self.timeout, progress, now).partitions;
+        self.partitions.extend(more);
+    }
+
     pub fn any_stalled(&self) -> bool {
         self.partitions.iter().any(|w| w.stalled.is_some())
     }
