@@ -19,17 +19,20 @@ const TOPICS: usize = 40;
 const RECORDS: u64 = 50;
 const TS: i64 = 1_767_225_600_000;
 
-/// Threads of this process whose name starts with `prefix` (Linux keeps the first 15
-/// bytes of a thread name in `comm`).
-fn threads_named(prefix: &str) -> usize {
+/// Ids of this process's threads whose name starts with `prefix` (Linux keeps the first
+/// 15 bytes of a thread name in `comm`).
+fn threads_named(prefix: &str) -> std::collections::BTreeSet<String> {
     std::fs::read_dir("/proc/self/task")
         .map(|d| {
             d.filter_map(Result::ok)
-                .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
-                .filter(|c| c.trim_end().starts_with(prefix))
-                .count()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm"))
+                        .is_ok_and(|c| c.trim_end().starts_with(prefix))
+                })
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
 }
 
 fn all_threads() -> usize {
@@ -57,13 +60,30 @@ end = "snapshot"
     );
     let before = all_threads();
     let run = spawn_run(&cfg);
-    // Sample while the run lives: the most reader threads ever seen at once.
-    let (mut readers, mut threads) = (0, 0);
+    // Sample while the run lives. A thread a reader starts (librdkafka's) carries the
+    // reader's name until it names itself, as soon as it runs: so a reader thread is one
+    // seen with the name in two samples or more and never seen with another name.
+    let mut threads = 0;
+    let (mut named, mut renamed): (BTreeMap<String, u32>, Vec<String>) = Default::default();
     while !run.is_finished() {
-        readers = readers.max(threads_named("kmirror-src"));
+        let now = threads_named("kmirror-src");
+        for tid in named.keys() {
+            if !now.contains(tid)
+                && std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+            {
+                renamed.push(tid.clone());
+            }
+        }
+        for tid in now {
+            *named.entry(tid).or_insert(0) += 1;
+        }
         threads = threads.max(all_threads());
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(2));
     }
+    let readers = named
+        .iter()
+        .filter(|(tid, n)| **n >= 2 && !renamed.contains(tid))
+        .count();
     let report = run.join(WAIT);
     println!("{}", report.table());
     println!(
