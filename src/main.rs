@@ -568,6 +568,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             to,
             since_last,
         } => {
+            verify::bound_malloc_arenas(parallel as usize);
             let cfg = load(&config)?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;

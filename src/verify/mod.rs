@@ -44,6 +44,7 @@ use blocks::{
 };
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
+pub use read::bound_malloc_arenas;
 pub use read::scan;
 use read::{run_jobs, Reader};
 pub use report::JSON_SCHEMA_VERSION;

@@ -68,6 +68,29 @@ pub(super) fn verify_consumer(
     cluster::consumer(cluster, CONSUMER_PROPERTIES)
 }
 
+/// Caps glibc's malloc arenas for a `kmirror verify` process, before its consumers start.
+///
+/// librdkafka allocates each fetched record's op on its broker threads and verify frees it
+/// on a worker thread; with glibc's default of up to 8 arenas per core, every one of the
+/// ~30 threads of `--parallel` workers' consumers can get its own arena, and memory freed
+/// into them stays there in fragments: peak RSS then grew with the records per partition
+/// although the heap in use did not (BENCHMARKS.md, issue 9). A few arenas, growing with
+/// `--parallel`, keep it flat. Only the verify command calls this: `run` (the copy path)
+/// keeps glibc's defaults. No effect with another allocator or libc.
+pub fn bound_malloc_arenas(parallel: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = parallel.div_ceil(2).clamp(2, 8) as libc::c_int;
+        // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX is valid with any
+        // positive value, and arenas already made are kept.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = parallel;
+}
+
 /// One worker's consumers, one per cluster, reused scan after scan (a consumer per scan
 /// costs a connection and a metadata round trip each time).
 pub(super) struct Reader {
