@@ -607,6 +607,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             delete_topic,
             output,
         } => {
+            // Purge re-verifies with verify's readers: the same bound on malloc arenas.
+            verify::bound_malloc_arenas(verify::DEFAULT_PARALLEL);
             let cfg = load(&config)?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;

@@ -68,15 +68,16 @@ pub(super) fn verify_consumer(
     cluster::consumer(cluster, CONSUMER_PROPERTIES)
 }
 
-/// Caps glibc's malloc arenas for a `kmirror verify` process, before its consumers start.
+/// Caps glibc's malloc arenas for a `kmirror verify` (or `purge`) process, before its
+/// consumers start.
 ///
 /// librdkafka allocates each fetched record's op on its broker threads and verify frees it
 /// on a worker thread; with glibc's default of up to 8 arenas per core, every one of the
 /// ~30 threads of `--parallel` workers' consumers can get its own arena, and memory freed
 /// into them stays there in fragments: peak RSS then grew with the records per partition
-/// although the heap in use did not (BENCHMARKS.md, issue 9). A few arenas, growing with
-/// `--parallel`, keep it flat. Only the verify command calls this: `run` (the copy path)
-/// keeps glibc's defaults. No effect with another allocator or libc.
+/// well beyond the heap in use (BENCHMARKS.md, issue 9). A few arenas, growing with
+/// `--parallel`, keep it flat. Only the verify and purge commands call this: `run` (the
+/// copy path) keeps glibc's defaults. No effect with another allocator or libc.
 pub fn bound_malloc_arenas(parallel: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
