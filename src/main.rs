@@ -615,6 +615,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             to,
             since_last,
         } => {
+            verify::bound_malloc_arenas(parallel as usize);
             let cfg = load(&config)?;
             cluster_routes_only(&cfg, "verify")?;
             if let Some(r) = &route {
@@ -654,6 +655,8 @@ fn dispatch(cmd: Command) -> Result<i32> {
             delete_topic,
             output,
         } => {
+            // Purge re-verifies with verify's readers: the same bound on malloc arenas.
+            verify::bound_malloc_arenas(verify::DEFAULT_PARALLEL);
             let cfg = load(&config)?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;

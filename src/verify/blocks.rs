@@ -14,7 +14,7 @@ use crate::cluster::ClusterError;
 use crate::config::{ClusterConfig, ErrorAction, RouteConfig};
 use crate::copy::filter::Decision;
 use crate::copy::record::{
-    parse_provenance, raw_headers, Provenance, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER,
+    headers_of, parse_provenance, Provenance, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER,
 };
 
 /// How a task's copy is compared.
@@ -209,8 +209,7 @@ pub(super) fn key(a: &str, topic: &str, partition: i32) -> u64 {
 /// Headers the route sets carry exactly the set value.
 pub(super) fn set_ok(r: &RouteConfig, m: &BorrowedMessage<'_>) -> bool {
     r.headers.set.iter().all(|(k, v)| {
-        raw_headers(m)
-            .iter()
+        headers_of(m)
             .filter(|h| h.name == k.as_bytes())
             .map(|h| h.value)
             .eq([Some(v.as_bytes())])
@@ -221,9 +220,8 @@ pub(super) fn set_ok(r: &RouteConfig, m: &BorrowedMessage<'_>) -> bool {
 pub(super) fn dead_letter_entry<'m>(
     m: &'m BorrowedMessage<'_>,
 ) -> Option<(&'m [u8], &'m str, i32, i64)> {
-    let hdrs = raw_headers(m);
     let get = |name: &str| {
-        hdrs.iter()
+        headers_of(m)
             .find(|h| h.name == name.as_bytes())
             .and_then(|h| h.value)
     };

@@ -44,6 +44,7 @@ use blocks::{
 };
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
+pub use read::bound_malloc_arenas;
 pub use read::scan;
 use read::{run_jobs, Reader};
 pub use report::JSON_SCHEMA_VERSION;
@@ -54,7 +55,7 @@ use crate::cluster::{self, ClusterError};
 use crate::config::{Config, Partitioning, RouteConfig};
 use crate::copy::filter::{self, Decision, RecordView};
 use crate::copy::record::{
-    parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
+    headers_of, parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
 };
 use crate::counts::render_table;
 use crate::plan::{self, TaskEnd};
@@ -388,11 +389,10 @@ fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
 }
 
 fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<Provenance<'m>> {
-    let hdrs = raw_headers(m);
-    let prov = hdrs
-        .iter()
-        .rev()
-        .find(|h| h.name == PROVENANCE_HEADER.as_bytes())?;
+    // The last one: a record copied twice through kmirror carries both, the copy's own last.
+    let prov = headers_of(m)
+        .filter(|h| h.name == PROVENANCE_HEADER.as_bytes())
+        .last()?;
     parse_provenance_full(prov.value?)
 }
 

@@ -35,28 +35,61 @@ pub fn scan(
     scan_with(&consumer, cluster, topic, partition, from, to, timeout, f)
 }
 
+/// What a verify consumer may hold ahead of the scan, and how it fetches. Verify runs
+/// `--parallel` workers with a consumer per cluster each, so these bound its read buffers:
+/// per consumer about 2,048 queued records (~300 B of librdkafka op each, plus the fetch
+/// responses they pin) or 512 KiB of values, whichever comes first. Larger bounds made peak
+/// RSS follow the records per partition up to the bound (heap profile in BENCHMARKS.md,
+/// issue 9), for no gain in throughput against a broker a fetch round trip away.
+const CONSUMER_PROPERTIES: &[(&str, &str)] = &[
+    // One partition per consumer: a fetch response brings at most this much of it (a
+    // record batch larger than this still comes whole, as Kafka's fetch guarantees).
+    ("fetch.message.max.bytes", "131072"),
+    // librdkafka's defaults (100,000 records, 64 MiB) let one partition queue its whole
+    // range ahead of the scan. The byte bound counts record values only; the count bound
+    // is the one that holds for small records.
+    ("queued.min.messages", "2048"),
+    ("queued.max.messages.kbytes", "512"),
+    // Once the queue reaches those bounds, librdkafka waits this long before fetching the
+    // partition again (1 s by default), however fast the scan drains it: with any partition
+    // longer than the bounds, verify spent most of its time waiting (6,144,000 records over
+    // 192 partitions: 90 s instead of 10 s).
+    ("fetch.queue.backoff.ms", "10"),
+    // Verify reads ranges that are already written: a fetch the broker holds open waiting
+    // for new data (500 ms by default) only delays the next partition's first fetch on the
+    // same connection.
+    ("fetch.wait.max.ms", "10"),
+];
+
 /// Verify's reads: a partition at a time, so prefetch is bounded per consumer.
 pub(super) fn verify_consumer(
     cluster: &ClusterConfig,
 ) -> Result<BaseConsumer<QuietContext>, ClusterError> {
-    cluster::consumer(
-        cluster,
-        &[
-            ("fetch.message.max.bytes", "4194304"),
-            // librdkafka's default lets one partition queue 64 MiB ahead; verify reads one
-            // partition per consumer at a time, so this bounds its prefetch per worker.
-            ("queued.max.messages.kbytes", "8192"),
-            // The byte bound counts record values only; each prefetched record also costs a
-            // ~270-byte op plus its share of the fetch buffer (the copy path's heap profile,
-            // `copy::prefetch`), and librdkafka's default keeps 100,000 records per
-            // partition queued. Bound the count too: 16,384 records x ~512 B = 8 MiB.
-            ("queued.min.messages", "16384"),
-            // Verify reads ranges that are already written: a fetch the broker holds open
-            // waiting for new data (500 ms by default) only delays the next partition's
-            // first fetch on the same connection.
-            ("fetch.wait.max.ms", "10"),
-        ],
-    )
+    cluster::consumer(cluster, CONSUMER_PROPERTIES)
+}
+
+/// Caps glibc's malloc arenas for a `kmirror verify` (or `purge`) process, before its
+/// consumers start.
+///
+/// librdkafka allocates each fetched record's op on its broker threads and verify frees it
+/// on a worker thread; with glibc's default of up to 8 arenas per core, every one of the
+/// ~30 threads of `--parallel` workers' consumers can get its own arena, and memory freed
+/// into them stays there in fragments: peak RSS then grew with the records per partition
+/// well beyond the heap in use (BENCHMARKS.md, issue 9). A few arenas, growing with
+/// `--parallel`, keep it flat. Only the verify and purge commands call this: `run` (the
+/// copy path) keeps glibc's defaults. No effect with another allocator or libc.
+pub fn bound_malloc_arenas(parallel: usize) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = parallel.div_ceil(2).clamp(2, 8) as libc::c_int;
+        // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX is valid with any
+        // positive value, and arenas already made are kept.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = parallel;
 }
 
 /// One worker's consumers, one per cluster, reused scan after scan (a consumer per scan
@@ -269,5 +302,62 @@ pub(super) fn lookup(
         partition,
         what: "assign".into(),
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::ffi::CString;
+
+    use rdkafka::client::Client;
+    use rdkafka_sys as rdsys;
+
+    use super::*;
+
+    /// A property as the native client holds it once created.
+    fn property(client: &Client<QuietContext>, name: &str) -> String {
+        let name = CString::new(name).unwrap();
+        let mut buf = vec![0u8; 64];
+        let mut size = buf.len();
+        // SAFETY: the conf belongs to the live client and is only read; `buf` holds `size`
+        // bytes and librdkafka writes at most that many, NUL included.
+        let res = unsafe {
+            let conf = rdsys::rd_kafka_conf(client.native_ptr());
+            rdsys::rd_kafka_conf_get(conf, name.as_ptr(), buf.as_mut_ptr().cast(), &mut size)
+        };
+        assert_eq!(
+            res,
+            rdsys::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK,
+            "{name:?}"
+        );
+        buf.truncate(size.saturating_sub(1));
+        String::from_utf8(buf).unwrap()
+    }
+
+    /// A scan drains its consumer's queue as fast as records arrive, so the consumer must
+    /// fetch again as soon as the queue has room: librdkafka's default waits 1 s once the
+    /// queue was full, which made verify idle most of the time on any partition longer
+    /// than its queue (BENCHMARKS.md, issue 9). And the queue stays small: verify's peak
+    /// memory is these bounds times the consumers, whatever the records per partition.
+    #[test]
+    fn verify_consumers_refetch_at_once_and_queue_little() {
+        let cluster = ClusterConfig {
+            name: "c".into(),
+            // Never reached: creating a consumer does not wait for its broker.
+            bootstrap: "127.0.0.1:9".into(),
+            properties: BTreeMap::new(),
+        };
+        let consumer = verify_consumer(&cluster).unwrap();
+        let client = consumer.client();
+        let backoff: u64 = property(client, "fetch.queue.backoff.ms").parse().unwrap();
+        let wait: u64 = property(client, "fetch.wait.max.ms").parse().unwrap();
+        assert!(backoff <= wait, "fetch.queue.backoff.ms = {backoff}");
+        let queued: u64 = property(client, "queued.min.messages").parse().unwrap();
+        assert!(queued <= 4096, "queued.min.messages = {queued}");
+        let kbytes: u64 = property(client, "queued.max.messages.kbytes")
+            .parse()
+            .unwrap();
+        assert!(kbytes <= 1024, "queued.max.messages.kbytes = {kbytes}");
     }
 }
