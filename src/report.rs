@@ -84,6 +84,19 @@ fn routing_file(config: &Config) -> Value {
             "create_target_topics": r.create_target_topics,
             "provenance": r.provenance,
         })).collect::<Vec<_>>(),
+        // Routes reading [files] dumps: replayed by `kmirror import`, never in the plan.
+        "imports": config.imports.iter().map(|r| {
+            let f = &config.files[&r.source];
+            json!({
+                "name": r.name,
+                "file": f.path.display().to_string(),
+                "format": f.format.name(),
+                "topics": r.topics,
+                "topic_regex": r.topic_regex.as_ref().map(|re| re.as_str()),
+                "target": r.target,
+                "target_topic": r.target_topic.0,
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -484,3 +484,38 @@ fn an_import_killed_mid_file_resumes_without_gaps() {
         "missing ids after {kills} kills: {missing:?}"
     );
 }
+
+/// `check` shows routes that read dumps (text and JSON, apart from the plan); `run` and
+/// `verify`, which copy and compare between clusters, refuse a file whose routes all read
+/// dumps, saying to use `import`, rather than doing nothing successfully.
+#[test]
+fn check_lists_import_routes_and_run_and_verify_point_to_import() {
+    let m = Mirror::start(&[("t", 1)]);
+    let dump = m.dir.path().join("d.jsonl");
+    std::fs::write(&dump, "{}\n").unwrap();
+    let cfg = routing(&m, &dump, "jsonl", "topic = \"t\"", "");
+    let text = km(&["check", "--offline", "-c", s(&cfg)], T);
+    text.expect_code(0, "check --offline");
+    assert!(
+        text.stdout.contains("import route replay: file") && text.stdout.contains("(jsonl)"),
+        "{}",
+        text.stdout
+    );
+    let j = km(
+        &["check", "--offline", "--output", "json", "-c", s(&cfg)],
+        T,
+    );
+    let v = json_with_schema(&j.stdout, "check-plan.schema.json");
+    assert_eq!(v["routing_file"]["imports"][0]["name"], "replay", "{v:#}");
+    assert_eq!(v["routing_file"]["imports"][0]["format"], "jsonl", "{v:#}");
+    assert_eq!(v["routing_file"]["routes"], serde_json::json!([]), "{v:#}");
+    for cmd in ["run", "verify"] {
+        let f = km(&[cmd, "-c", s(&cfg)], T);
+        f.expect_code(2, cmd);
+        assert!(
+            f.stderr.contains("kmirror import -c"),
+            "{cmd}: {}",
+            f.stderr
+        );
+    }
+}
