@@ -2,7 +2,7 @@
 //!
 //! It owns the question "is this payload a JSON document serde_json would accept, and where
 //! (which bytes) is the value at this path?", answered in one pass over the bytes. Values off
-//! the path are skipped (still validated), strings are skipped eight bytes at a time.
+//! the path are skipped (still validated), strings are skipped sixteen bytes at a time.
 //!
 //! The scan must accept exactly what `serde_json::from_slice::<Value>` accepts, and find the
 //! value `JsonPath::lookup` would find in the parsed document, because a filter's decision
@@ -43,14 +43,15 @@ pub fn find(doc: &[u8], path: &[PathStep]) -> Res<Option<Range<usize>>> {
         b: doc,
         i: 0,
         depth_left: DEPTH_LIMIT,
+        found: None,
     };
     s.ws();
-    let found = s.value(Some(path))?;
+    s.value(path)?;
     s.ws();
     if s.i != s.b.len() {
         return Err(NotJson);
     }
-    Ok(found)
+    Ok(s.found)
 }
 
 /// If `raw` (a value's bytes as `find` returned them) is a string without escapes, its
@@ -64,16 +65,8 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     depth_left: u32,
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// High bit set in each byte of `x` that is zero (exact for the lowest such byte, which is
-/// all the string scan uses).
-#[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
-    x.wrapping_sub(ONES) & !x & HIGHS
+    /// The value at the path so far (a later duplicate key replaces it).
+    found: Option<Range<usize>>,
 }
 
 impl<'a> Scanner<'a> {
@@ -93,34 +86,30 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// One value. `path`: `None` when the value is off the path (only validated), else the
-    /// steps still to take from here (empty: this value is the one sought).
-    fn value(&mut self, path: Option<&[PathStep]>) -> Res<Option<Range<usize>>> {
-        let start = self.i;
-        let Some(c) = self.peek() else {
-            return Err(NotJson);
-        };
-        match path {
-            Some([]) => {
-                self.skip_value(c)?;
-                Ok(Some(start..self.i))
+    /// A value on the path: `path` holds the steps still to take from here (none: this is
+    /// the value sought, and it replaces whatever an earlier duplicate key found).
+    fn value(&mut self, path: &[PathStep]) -> Res<()> {
+        match (path, self.peek()) {
+            ([], _) => {
+                let start = self.i;
+                self.skip_value()?;
+                self.found = Some(start..self.i);
+                Ok(())
             }
-            Some([PathStep::Field(name), rest @ ..]) if c == b'{' => {
-                self.object(Some((name.as_bytes(), rest)))
+            ([PathStep::Field(name), rest @ ..], Some(b'{')) => {
+                self.object_on(name.as_bytes(), rest)
             }
-            Some([PathStep::Index(n), rest @ ..]) if c == b'[' => self.array(Some((*n, rest))),
-            _ => {
-                self.skip_value(c)?;
-                Ok(None)
-            }
+            ([PathStep::Index(n), rest @ ..], Some(b'[')) => self.array_on(*n, rest),
+            _ => self.skip_value(),
         }
     }
 
-    fn skip_value(&mut self, c: u8) -> Res<()> {
-        match c {
-            b'{' => self.object(None).map(drop),
-            b'[' => self.array(None).map(drop),
+    /// A value off the path: only validated.
+    fn skip_value(&mut self) -> Res<()> {
+        match self.peek().ok_or(NotJson)? {
             b'"' => self.string().map(drop),
+            b'{' => self.object_skip(),
+            b'[' => self.array_skip(),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -138,138 +127,157 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    /// Past the `{` or `[` of a container, within serde_json's nesting limit.
+    #[inline(always)]
     fn enter(&mut self) -> Res<()> {
         self.depth_left -= 1;
         if self.depth_left == 0 {
             return Err(NotJson);
         }
         self.i += 1;
+        self.ws();
         Ok(())
     }
 
-    /// An object; with `want`, the field sought here and the steps after it. The last
-    /// occurrence of a duplicate key decides, as in serde_json's map.
-    fn object(&mut self, want: Option<(&[u8], &[PathStep])>) -> Res<Option<Range<usize>>> {
-        self.enter()?;
-        let mut found = None;
+    /// After a member or element: `true` at the container's end (consumed), `false` after a
+    /// comma (consumed, with the whitespace after it).
+    #[inline(always)]
+    fn next_or_end(&mut self, close: u8) -> Res<bool> {
         self.ws();
+        match self.peek() {
+            Some(b',') => {
+                self.i += 1;
+                self.ws();
+                Ok(false)
+            }
+            Some(c) if c == close => {
+                self.i += 1;
+                self.depth_left += 1;
+                Ok(true)
+            }
+            _ => Err(NotJson),
+        }
+    }
+
+    /// A key and its colon (and the whitespace after it); the key's raw range and whether it
+    /// holds an escape.
+    #[inline(always)]
+    fn key(&mut self) -> Res<(Range<usize>, bool)> {
+        if self.peek() != Some(b'"') {
+            return Err(NotJson);
+        }
+        let key = self.string()?;
+        self.ws();
+        if self.peek() != Some(b':') {
+            return Err(NotJson);
+        }
+        self.i += 1;
+        self.ws();
+        Ok(key)
+    }
+
+    /// An object on the path, where field `name` is sought. Every occurrence of a duplicate
+    /// key is followed: the last one's answer stands, as in serde_json's map.
+    fn object_on(&mut self, name: &[u8], rest: &[PathStep]) -> Res<()> {
+        self.enter()?;
         if self.peek() == Some(b'}') {
             self.i += 1;
             self.depth_left += 1;
-            return Ok(None);
+            return Ok(());
         }
         loop {
-            if self.peek() != Some(b'"') {
-                return Err(NotJson);
+            let (key, escaped) = self.key()?;
+            if key_equals(&self.b[key], escaped, name) {
+                self.found = None;
+                self.value(rest)?;
+            } else {
+                self.skip_value()?;
             }
-            let key = self.string()?;
-            let on_path = match want {
-                Some((name, rest)) if key_equals(&self.b[key], name) => Some(rest),
-                _ => None,
-            };
-            self.ws();
-            if self.peek() != Some(b':') {
-                return Err(NotJson);
-            }
-            self.i += 1;
-            self.ws();
-            let v = self.value(on_path)?;
-            if on_path.is_some() {
-                found = v;
-            }
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b'}') => {
-                    self.i += 1;
-                    self.depth_left += 1;
-                    return Ok(found);
-                }
-                _ => return Err(NotJson),
+            if self.next_or_end(b'}')? {
+                return Ok(());
             }
         }
     }
 
-    fn array(&mut self, want: Option<(usize, &[PathStep])>) -> Res<Option<Range<usize>>> {
+    fn object_skip(&mut self) -> Res<()> {
         self.enter()?;
-        let mut found = None;
-        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            self.depth_left += 1;
+            return Ok(());
+        }
+        loop {
+            self.key()?;
+            self.skip_value()?;
+            if self.next_or_end(b'}')? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// An array on the path, where element `want` is sought.
+    fn array_on(&mut self, want: usize, rest: &[PathStep]) -> Res<()> {
+        self.enter()?;
         if self.peek() == Some(b']') {
             self.i += 1;
             self.depth_left += 1;
-            return Ok(None);
+            return Ok(());
         }
         let mut n = 0usize;
         loop {
-            let on_path = match want {
-                Some((idx, rest)) if idx == n => Some(rest),
-                _ => None,
-            };
-            let v = self.value(on_path)?;
-            if on_path.is_some() {
-                found = v;
+            if n == want {
+                self.value(rest)?;
+            } else {
+                self.skip_value()?;
             }
             n += 1;
-            self.ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.i += 1;
-                    self.ws();
-                }
-                Some(b']') => {
-                    self.i += 1;
-                    self.depth_left += 1;
-                    return Ok(found);
-                }
-                _ => return Err(NotJson),
+            if self.next_or_end(b']')? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn array_skip(&mut self) -> Res<()> {
+        self.enter()?;
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            self.depth_left += 1;
+            return Ok(());
+        }
+        loop {
+            self.skip_value()?;
+            if self.next_or_end(b']')? {
+                return Ok(());
             }
         }
     }
 
     /// A string starting at the opening quote; returns the range of its raw content (between
-    /// the quotes, escapes not decoded).
-    fn string(&mut self) -> Res<Range<usize>> {
+    /// the quotes, escapes not decoded) and whether it holds an escape.
+    #[inline(always)]
+    fn string(&mut self) -> Res<(Range<usize>, bool)> {
         self.i += 1;
         let start = self.i;
-        let mut non_ascii = 0u64;
+        let mut non_ascii = false;
+        let mut escaped = false;
         loop {
-            // Eight bytes at a time to the next quote, backslash or control character.
-            while let Some(chunk) = self.b.get(self.i..self.i + 8) {
-                let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-                non_ascii |= x;
-                let special = zero_bytes(x ^ (ONES * b'"' as u64))
-                    | zero_bytes(x ^ (ONES * b'\\' as u64))
-                    | (x.wrapping_sub(ONES * 0x20) & !x & HIGHS);
-                if special != 0 {
-                    self.i += (special.trailing_zeros() / 8) as usize;
-                    break;
-                }
-                self.i += 8;
-            }
-            let Some(c) = self.peek() else {
-                return Err(NotJson);
-            };
-            match c {
-                b'"' => {
+            self.i = next_special(self.b, self.i, &mut non_ascii);
+            match self.peek() {
+                Some(b'"') => {
                     let content = start..self.i;
                     self.i += 1;
-                    if non_ascii & HIGHS != 0 {
+                    if non_ascii {
                         std::str::from_utf8(&self.b[content.clone()]).map_err(|_| NotJson)?;
                     }
-                    return Ok(content);
+                    return Ok((content, escaped));
                 }
-                b'\\' => {
+                Some(b'\\') => {
                     self.i += 1;
+                    escaped = true;
                     self.escape()?;
                 }
-                0..=0x1f => return Err(NotJson),
-                _ => {
-                    non_ascii |= c as u64;
-                    self.i += 1;
-                }
+                // A control character, or the end of the payload inside a string.
+                _ => return Err(NotJson),
             }
         }
     }
@@ -366,9 +374,71 @@ impl<'a> Scanner<'a> {
     }
 }
 
+/// The index of the first `"`, `\\` or control character (< 0x20) at or after `i`, or
+/// `b.len()`; sets `non_ascii` if a byte >= 0x80 was passed (or is near). Sixteen bytes at a
+/// time: string contents are most of a payload's bytes.
+#[inline(always)]
+fn next_special(b: &[u8], mut i: usize, non_ascii: &mut bool) -> usize {
+    loop {
+        let (special, high) = match b.get(i..i + 16) {
+            Some(chunk) => classify16(chunk.try_into().expect("16 bytes")),
+            None => classify_tail(&b[i..]),
+        };
+        *non_ascii |= high != 0;
+        if special != 0 {
+            return (i + special.trailing_zeros() as usize).min(b.len());
+        }
+        i += 16;
+    }
+}
+
+/// `classify16` of the last (< 16) bytes, padded with NULs: a control character, so the
+/// padding stops the scan at the end of the payload if nothing before it does.
+#[cold]
+#[inline(never)]
+fn classify_tail(tail: &[u8]) -> (u32, u32) {
+    let mut padded = [0u8; 16];
+    padded[..tail.len()].copy_from_slice(tail);
+    classify16(&padded)
+}
+
+/// Bit i of the first mask: byte i is `"`, `\\` or a control character (< 0x20); of the
+/// second: byte i is not ASCII.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn classify16(chunk: &[u8; 16]) -> (u32, u32) {
+    use std::arch::x86_64::*;
+    // SAFETY: SSE2 is part of the x86_64 baseline, and the unaligned load reads exactly the
+    // 16 bytes `chunk` borrows.
+    unsafe {
+        let v = _mm_loadu_si128(chunk.as_ptr().cast::<__m128i>());
+        let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+        // Unsigned v <= 0x1f exactly when max(v, 0x1f) == 0x1f.
+        let low = _mm_set1_epi8(0x1f);
+        let control = _mm_cmpeq_epi8(_mm_max_epu8(v, low), low);
+        let special = _mm_or_si128(_mm_or_si128(quote, backslash), control);
+        (
+            _mm_movemask_epi8(special) as u32,
+            _mm_movemask_epi8(v) as u32,
+        )
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn classify16(chunk: &[u8; 16]) -> (u32, u32) {
+    let (mut special, mut high) = (0u32, 0u32);
+    for (n, &c) in chunk.iter().enumerate() {
+        special |= u32::from(c == b'"' || c == b'\\' || c < 0x20) << n;
+        high |= u32::from(c >= 0x80) << n;
+    }
+    (special, high)
+}
+
 /// A raw key (between the quotes) equals `name` once its escapes are decoded.
-fn key_equals(raw: &[u8], name: &[u8]) -> bool {
-    if !raw.contains(&b'\\') {
+fn key_equals(raw: &[u8], escaped: bool, name: &[u8]) -> bool {
+    if !escaped {
         return raw == name;
     }
     // Rare: decode it as serde_json would (the scan has validated it already).
