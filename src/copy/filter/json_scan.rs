@@ -106,6 +106,13 @@ impl<'a> Scanner<'a> {
 
     /// A value off the path: only validated.
     fn skip_value(&mut self) -> Res<()> {
+        self.skip()
+    }
+
+    /// `skip_value` inlined into the container loops: scalars (most values) are scanned in
+    /// place, only nested containers cost a call.
+    #[inline(always)]
+    fn skip(&mut self) -> Res<()> {
         match self.peek().ok_or(NotJson)? {
             b'"' => self.string().map(drop),
             b'{' => self.object_skip(),
@@ -191,7 +198,7 @@ impl<'a> Scanner<'a> {
                 self.found = None;
                 self.value(rest)?;
             } else {
-                self.skip_value()?;
+                self.skip()?;
             }
             if self.next_or_end(b'}')? {
                 return Ok(());
@@ -208,7 +215,7 @@ impl<'a> Scanner<'a> {
         }
         loop {
             self.key()?;
-            self.skip_value()?;
+            self.skip()?;
             if self.next_or_end(b'}')? {
                 return Ok(());
             }
@@ -228,7 +235,7 @@ impl<'a> Scanner<'a> {
             if n == want {
                 self.value(rest)?;
             } else {
-                self.skip_value()?;
+                self.skip()?;
             }
             n += 1;
             if self.next_or_end(b']')? {
@@ -245,7 +252,7 @@ impl<'a> Scanner<'a> {
             return Ok(());
         }
         loop {
-            self.skip_value()?;
+            self.skip()?;
             if self.next_or_end(b']')? {
                 return Ok(());
             }
