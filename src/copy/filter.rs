@@ -294,6 +294,14 @@ fn json_matches(r: &RecordView<'_>, p: &JsonPath, targets: &[Value]) -> Result<b
         Some(m) => Ok(m),
         None => {
             debug_assert!(false, "json_scan returned unparsable bytes for {}", p.text);
+            // A defect, not a record's fault: said once per process, the decision still right.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    path = %p.text,
+                    "JSON filter scan disagreed with the parser; deciding by a full parse (please report)"
+                )
+            });
             Ok(parsed_field(r, p)?.matches(targets).unwrap_or(false))
         }
     }
