@@ -159,6 +159,18 @@ fn filter(c: &mut Criterion) {
         Value::from("globex"),
     );
     let region_exists = Filter::JsonExists(JsonPath::parse("$.meta.region").unwrap(), true);
+    // Eight routes on one topic, one tenant each, none of them this record's: every route
+    // asks the same record (one view), as a tenant fan-out does.
+    let fan_out = Filter::Any(
+        (0..8)
+            .map(|t| {
+                Filter::JsonEquals(
+                    JsonPath::parse("$.tenant_id").unwrap(),
+                    Value::from(format!("tenant-{t}")),
+                )
+            })
+            .collect(),
+    );
     for size in [200usize, 4096] {
         let p = payload(size);
         // What a JSON predicate cost before the scan (issue 13): a full serde_json parse into
@@ -173,8 +185,9 @@ fn filter(c: &mut Criterion) {
         });
         // A fresh RecordView per record, as the reader makes one: JSON is scanned once per
         // record, on the first JSON predicate.
-        let cases: [(&str, &Filter); 7] = [
+        let cases: [(&str, &Filter); 8] = [
             ("key_prefix", &key_prefix),
+            ("json_fan_out_8_tenants", &fan_out),
             ("header_equals", &header_eq),
             ("json_equals_tenant", &tenant),
             // The tenant-migration route's common case: another tenant's record, dropped.
