@@ -54,6 +54,69 @@ pub fn find(doc: &[u8], path: &[PathStep]) -> Res<Option<Range<usize>>> {
     Ok(s.found)
 }
 
+/// A top-level object's members in order: each key's raw range (between its quotes),
+/// whether the key holds an escape, and its value's range. Validates `doc` like `find`.
+/// `None` when the document is not an object (nothing worth indexing).
+pub type Members = Vec<(Range<usize>, bool, Range<usize>)>;
+
+/// `Members` of `doc`, for a record that many JSON predicates ask about: one more scan, then
+/// each path costs a look-up among the top-level keys and a scan of one value.
+pub fn members(doc: &[u8]) -> Res<Option<Members>> {
+    let mut s = Scanner {
+        b: doc,
+        i: 0,
+        depth_left: DEPTH_LIMIT,
+        found: None,
+    };
+    s.ws();
+    if s.peek() != Some(b'{') {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    s.enter()?;
+    if s.peek() == Some(b'}') {
+        s.i += 1;
+    } else {
+        loop {
+            let (key, escaped) = s.key()?;
+            let start = s.i;
+            s.skip()?;
+            out.push((key, escaped, start..s.i));
+            if s.next_or_end(b'}')? {
+                break;
+            }
+        }
+    }
+    s.ws();
+    if s.i != s.b.len() {
+        return Err(NotJson);
+    }
+    Ok(Some(out))
+}
+
+/// `find` over a document already validated by `members`: the last member whose key is the
+/// path's first step (a later duplicate wins), then the rest of the path within its value.
+pub fn find_in_members(
+    doc: &[u8],
+    members: &Members,
+    path: &[PathStep],
+) -> Res<Option<Range<usize>>> {
+    let Some((PathStep::Field(name), rest)) = path.split_first() else {
+        return Ok(None); // an index into an object finds nothing, as in serde_json
+    };
+    let Some((_, _, value)) = members
+        .iter()
+        .rev()
+        .find(|(key, escaped, _)| key_equals(&doc[key.clone()], *escaped, name.as_bytes()))
+    else {
+        return Ok(None);
+    };
+    if rest.is_empty() {
+        return Ok(Some(value.clone()));
+    }
+    Ok(find(&doc[value.clone()], rest)?.map(|r| r.start + value.start..r.end + value.start))
+}
+
 /// If `raw` (a value's bytes as `find` returned them) is a string without escapes, its
 /// content: the common case a filter compares without parsing.
 pub fn plain_str(raw: &[u8]) -> Option<&[u8]> {
