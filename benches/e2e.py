@@ -19,6 +19,11 @@ Per run it records wall time, user+sys CPU and peak RSS of the copying processes
 kmirror the CPU of each thread (sampled from /proc every 50 ms). Every copy is checked:
 the target must hold exactly the records seeded, none deleted by the mock's retention.
 
+Workload tenant/200B/64p (issue 13) is a tenant-migration route: 200 B records of ten
+tenants, copied by kmirror without a filter and with `filter = { json = "$.tenant_id",
+equals = "acme" }` (one record in ten selected; the target must hold exactly those), runs
+alternated; `--baseline-bin` adds another build's filter (e.g. before the JSON scan).
+
 Subcommands `seed`, `load` and `probe` are helpers this script runs as child processes.
 """
 
@@ -52,6 +57,16 @@ WORKLOADS = [
     ("4KiB/64p", 4096, 64, 960),
 ]
 PEERS = ["consume-only", "produce-only", "kcat pipe", "python peer", "kmirror", "kmirror tuned"]
+# The tenant-migration route (issue 13): 200 B records of 10 tenants, one in ten "acme"; the
+# same route copies them all, then only acme's through a JSON field filter. Figures are
+# records READ per second (the filter's cost is on the read path; it writes a tenth).
+TENANT_WORKLOAD = ("tenant/200B/64p", 200, 64, 15000)
+TENANTS = 10
+TENANT_FILTER = '{ json = "$.tenant_id", equals = "acme" }'
+# The same scan on every record but nothing dropped: the filter's cost alone, the writes equal.
+ALL_FILTER = '{ json = "$.tenant_id", exists = true }'
+TENANT_PEERS = ["kmirror no filter", "kmirror tenant filter", "kmirror filter selecting all",
+                "baseline tenant filter", "baseline filter selecting all"]
 TUNED = {"fetch.queue.backoff.ms": "10"}
 
 
@@ -108,8 +123,9 @@ class DevCluster:
 # helpers run as child processes
 
 
-def value_for(n, size, ts_ns=0):
-    head = '{"ts_ns":%d,"tenant_id":"acme","order_id":%d,"pad":"' % (ts_ns, n)
+def value_for(n, size, ts_ns=0, tenants=1):
+    tenant = "acme" if n % tenants == 0 else "tenant-%02d" % (n % tenants)
+    head = '{"ts_ns":%d,"tenant_id":"%s","order_id":%d,"pad":"' % (ts_ns, tenant, n)
     return (head + "x" * (size - len(head) - 2) + '"}').encode()
 
 
@@ -130,7 +146,7 @@ def cmd_seed(a):
     n = 0
     for part in range(a.partitions):
         for _ in range(a.count):
-            v = value_for(n, a.size)
+            v = value_for(n, a.size, tenants=a.tenants)
             while True:
                 try:
                     p.produce(a.topic, v, b"customer-%d" % (n % 997), partition=part,
@@ -299,7 +315,7 @@ def child_pid(pid, wait=2.0):
         time.sleep(0.005)
 
 
-def routing_file(tmp, run_id, src, dst, topic, properties=None):
+def routing_file(tmp, run_id, src, dst, topic, properties=None, route_filter=None):
     props = ""
     if properties:
         props = "properties = { " + ", ".join(f'"{k}" = "{v}"' for k, v in properties.items()) + " }\n"
@@ -323,6 +339,8 @@ target_topic = "bench"
 partitioning = "preserve"
 start = "earliest"
 """
+    if route_filter:
+        text += f"filter = {route_filter}\n"
     path = Path(tmp) / f"routing-{run_id}.toml"
     path.write_text(text)
     return path
@@ -343,9 +361,10 @@ def target_counts(bootstrap, topic, partitions):
     return present, deleted
 
 
-def run_peer(peer, src, topic, partitions, expect, tmp, run_id, dump=None):
+def run_peer(peer, src, topic, partitions, expect, tmp, run_id, dump=None, route_filter=None, binary=None):
     """One measured run of `peer` copying `topic` (all partitions) from the source cluster
-    `src` (a DevCluster). Returns a dict of measurements."""
+    `src` (a DevCluster). Returns a dict of measurements. `expect`: records the target must
+    hold (fewer than read when `route_filter` selects); `binary`: another kmirror build."""
     needs_target = peer != "consume-only"
     dst = DevCluster([("bench", partitions)]) if needs_target else None
     procs = []
@@ -372,8 +391,8 @@ def run_peer(peer, src, topic, partitions, expect, tmp, run_id, dump=None):
                                tmp, "py", stdout=subprocess.DEVNULL))
         elif peer.startswith("kmirror"):
             props = TUNED if peer == "kmirror tuned" else None
-            rf = routing_file(tmp, run_id, src.bootstrap, dst.bootstrap, topic, props)
-            procs.append(timed([str(KMIRROR), "-q", "run", "-c", str(rf), "--once", "--progress", "0"],
+            rf = routing_file(tmp, run_id, src.bootstrap, dst.bootstrap, topic, props, route_filter)
+            procs.append(timed([str(binary or KMIRROR), "-q", "run", "-c", str(rf), "--once", "--progress", "0"],
                                tmp, "km", stdout=subprocess.DEVNULL))
             pid = child_pid(procs[0][0].pid)
             if pid:
@@ -419,10 +438,10 @@ def run_peer(peer, src, topic, partitions, expect, tmp, run_id, dump=None):
 # the benchmark
 
 
-def seed(bootstrap, topic, partitions, count, size):
+def seed(bootstrap, topic, partitions, count, size, tenants=1):
     t = time.perf_counter()
     subprocess.run([sys.executable, __file__, "seed", bootstrap, topic, str(partitions), str(count),
-                    str(size)], check=True, stdout=subprocess.DEVNULL)
+                    str(size), "--tenants", str(tenants)], check=True, stdout=subprocess.DEVNULL)
     log(f"  seeded {topic}: {partitions} x {count} records of {size} B in {time.perf_counter() - t:.1f}s")
 
 
@@ -484,6 +503,41 @@ def backlog(a, results):
                 save(a, results)
         finally:
             src.stop()
+
+
+def tenant_migration(a, results):
+    """The tenant-migration route with and without its JSON field filter, alternated run by
+    run on one seeded source (and, with --baseline-bin, the filter in another build)."""
+    name, size, parts, per = TENANT_WORKLOAD
+    if a.only and name not in a.only:
+        return
+    n = parts * per
+    selected = len(range(0, n, TENANTS))  # value_for: record n is acme's when n % TENANTS == 0
+    peers = [p for p in TENANT_PEERS if not p.startswith("baseline") or a.baseline_bin]
+    log(f"workload {name}: {n} records, {selected} of them acme's")
+    src = DevCluster([("bench", parts)])
+    try:
+        seed(src.bootstrap, "bench", parts, per, size, tenants=TENANTS)
+        runs = {p: [] for p in peers}
+        with tempfile.TemporaryDirectory(prefix="kmirror-e2e-") as tmp:
+            for rep in range(a.runs):
+                for peer in peers:
+                    route_filter = (None if peer.endswith("no filter") else
+                                    ALL_FILTER if peer.endswith("selecting all") else TENANT_FILTER)
+                    expect = selected if route_filter == TENANT_FILTER else n
+                    r = run_peer("kmirror", src, "bench", parts, expect, tmp,
+                                 f"t{rep}-{peer.replace(' ', '-')}", route_filter=route_filter,
+                                 binary=a.baseline_bin if peer.startswith("baseline") else None)
+                    r["peer"] = peer
+                    runs[peer].append(r)
+                    log(f"  run {rep + 1}/{a.runs} {peer:22} {r['wall']:6.2f}s  {n / r['wall']:9,.0f} read/s  "
+                        f"cpu {r['cpu']:5.2f}s  threads {fmt_threads(r['threads'] or {})}")
+        results["tenant"] = {"name": name, "size": size, "partitions": parts, "records": n,
+                             "selected": selected, "filter": TENANT_FILTER, "all_filter": ALL_FILTER,
+                             "baseline_bin": a.baseline_bin, "runs": runs}
+        save(a, results)
+    finally:
+        src.stop()
 
 
 def save(a, results):
@@ -581,9 +635,10 @@ def proc_cpu(pid):
 def report(results):
     out = []
     fixed = results.get("fixed", {})
-    out.append("| workload | peer | wall s (median, min-max) | records/s | MB/s | net records/s | "
-               "CPU s / M records | peak RSS MB | copier CPU % | src-cluster CPU % | dst-cluster CPU % |")
-    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    if results["workloads"]:
+        out.append("| workload | peer | wall s (median, min-max) | records/s | MB/s | net records/s | "
+                   "CPU s / M records | peak RSS MB | copier CPU % | src-cluster CPU % | dst-cluster CPU % |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for w in results["workloads"]:
         n, size, parts = w["records"], w["size"], w["partitions"]
         for peer, runs in w["runs"].items():
@@ -642,6 +697,23 @@ def report(results):
                        f"{statistics.median(w['rss_quarter_backlog_mb']):.0f} MB; {w['records']:,} records -> "
                        f"{statistics.median(full):.0f} MB (median of runs)")
             out.append("")
+    t = results.get("tenant")
+    if t:
+        n = t["records"]
+        base = statistics.median([r["wall"] for r in t["runs"]["kmirror no filter"]])
+        out.append(f"Tenant migration ({t['name']}, filter = {t['filter']}, {t['selected']:,} of "
+                   f"{n:,} records selected; 'selecting all': filter = {t.get('all_filter')}):")
+        out.append("")
+        out.append("| route | wall s (median, min-max) | records read/s | vs no filter | "
+                   "CPU s / M records read | reader thread CPU s |")
+        out.append("|---|---|---|---|---|---|")
+        for peer, runs in t["runs"].items():
+            wall, lo, hi = median_min_max([r["wall"] for r in runs])
+            cpu = statistics.median([r["cpu"] for r in runs])
+            reader = statistics.median([(r["threads"] or {}).get("reader", 0) for r in runs])
+            out.append(f"| {peer} | {wall:.2f} ({lo:.2f}-{hi:.2f}) | {n / wall:,.0f} | {base / wall * 100:.0f}% | "
+                       f"{cpu / n * 1e6:.2f} | {reader:.2f} |")
+        out.append("")
     if results.get("live"):
         out.append("| load rate (records/s) | achieved | path | p50 ms | p90 ms | p99 ms | max ms | received | "
                    "src-cluster CPU s | kmirror CPU s | kmirror RSS MB |")
@@ -680,6 +752,7 @@ def main():
         s.add_argument(k)
     for k in ("partitions", "count", "size"):
         s.add_argument(k, type=int)
+    s.add_argument("--tenants", type=int, default=1, help="tenants the records are spread over")
     s = sub.add_parser("load")
     s.add_argument("bootstrap")
     s.add_argument("topic")
@@ -700,6 +773,8 @@ def main():
     ap.add_argument("--peers", nargs="*", help=f"subset of: {', '.join(PEERS)}")
     ap.add_argument("--no-fixed", action="store_true", help="skip the fixed-cost runs")
     ap.add_argument("--no-backlog", action="store_true", help="skip the backlog workloads")
+    ap.add_argument("--baseline-bin", metavar="KMIRROR",
+                    help=f"another kmirror build whose tenant filter runs beside this one's ({TENANT_WORKLOAD[0]})")
     ap.add_argument("--live-rates", type=int, nargs="*", default=[5000, 20000, 50000, 100000],
                     help="live workload rates in records/s (none: skip the live workload)")
     ap.add_argument("--live-seconds", type=float, default=10)
@@ -727,6 +802,7 @@ def main():
     log(f"machine: {results['machine']['nproc']} x {results['machine']['cpu']}; {results['machine']['uptime_before']}")
     if not a.no_backlog:
         backlog(a, results)
+        tenant_migration(a, results)
     if a.live_rates:
         log("live workload")
         live(a, results)

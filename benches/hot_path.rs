@@ -154,14 +154,45 @@ fn filter(c: &mut Criterion) {
         tenant.clone(),
         region_in.clone(),
     ]);
+    let other_tenant = Filter::JsonEquals(
+        JsonPath::parse("$.tenant_id").unwrap(),
+        Value::from("globex"),
+    );
+    let region_exists = Filter::JsonExists(JsonPath::parse("$.meta.region").unwrap(), true);
+    // Eight routes on one topic, one tenant each, none of them this record's: every route
+    // asks the same record (one view), as a tenant fan-out does.
+    let fan_out = Filter::Any(
+        (0..8)
+            .map(|t| {
+                Filter::JsonEquals(
+                    JsonPath::parse("$.tenant_id").unwrap(),
+                    Value::from(format!("tenant-{t}")),
+                )
+            })
+            .collect(),
+    );
     for size in [200usize, 4096] {
         let p = payload(size);
-        // A fresh RecordView per record, as the reader makes one: JSON is parsed once per
+        // What a JSON predicate cost before the scan (issue 13): a full serde_json parse into
+        // a DOM, then the path lookup and the comparison. Kept to show both in one run.
+        let path = JsonPath::parse("$.tenant_id").unwrap();
+        let acme = Value::from("acme");
+        g.bench_function(format!("json_equals_tenant_full_parse/{size}B"), |b| {
+            b.iter(|| {
+                let doc: Value = serde_json::from_slice(black_box(p.as_slice())).unwrap();
+                black_box(path.lookup(&doc) == Some(&acme))
+            })
+        });
+        // A fresh RecordView per record, as the reader makes one: JSON is scanned once per
         // record, on the first JSON predicate.
-        let cases: [(&str, &Filter); 5] = [
+        let cases: [(&str, &Filter); 8] = [
             ("key_prefix", &key_prefix),
+            ("json_fan_out_8_tenants", &fan_out),
             ("header_equals", &header_eq),
             ("json_equals_tenant", &tenant),
+            // The tenant-migration route's common case: another tenant's record, dropped.
+            ("json_equals_other_tenant", &other_tenant),
+            ("json_exists_nested", &region_exists),
             ("json_in_nested", &region_in),
             ("all_of_4", &combined),
         ];

@@ -5,8 +5,17 @@
 //! A JSON predicate on a payload that is not JSON cannot be answered: that is reported as
 //! `Invalid`, and the route's `on_error` action handles the record. Filtering it out would
 //! silently drop a record that may well belong to the tenant being migrated.
+//!
+//! JSON predicates do not parse the payload into a DOM: `json_scan` validates it in one pass
+//! and finds the bytes of the one value on the path; only that value is compared. The
+//! decisions are those of a full `serde_json` parse plus `JsonPath::lookup` (the
+//! differential test in this module holds the two evaluators to the same answers).
 
-use std::cell::OnceCell;
+#[cfg(test)]
+mod differential;
+mod json_scan;
+
+use std::cell::{Cell, OnceCell};
 
 use regex::bytes::Regex;
 use serde_json::Value;
@@ -70,6 +79,8 @@ impl JsonPath {
         })
     }
 
+    /// The value at this path in a parsed document (serde_json's semantics: an index on an
+    /// object, a field on an array or a step into a scalar finds nothing).
     pub fn lookup<'v>(&self, v: &'v Value) -> Option<&'v Value> {
         let mut cur = v;
         for s in &self.steps {
@@ -114,14 +125,27 @@ pub enum Outcome {
 }
 
 /// A record as filters and validation see it; the payload is parsed as JSON at most once,
-/// however many routes and predicates ask.
+/// however many routes and predicates ask. JSON predicates scan the payload instead of
+/// parsing it, unless a parse already happened (validation, or an invalid payload whose
+/// error message came from the parser).
 pub struct RecordView<'a> {
     pub key: Option<&'a [u8]>,
     pub payload: Option<&'a [u8]>,
     pub timestamp: Option<i64>,
     pub headers: Vec<RawHeader<'a>>,
     json: OnceCell<Result<Value, String>>,
+    /// JSON predicates answered by a full scan so far (see `SCANS_BEFORE_INDEX`).
+    scans: Cell<u8>,
+    /// The top-level members, once built (`None` inside: not an object or not JSON).
+    members: OnceCell<Option<json_scan::Members>>,
 }
+
+/// A scan costs about a quarter of a full parse on a small record, but each JSON predicate
+/// scans the whole payload again, where a parse used to be shared by all. One view serves
+/// every route on a topic, so a fan-out of tenant routes asks one record many times: after
+/// this many scans the record's top-level members are indexed once (one more scan) and each
+/// further predicate looks its first step up there and scans only that value.
+const SCANS_BEFORE_INDEX: u8 = 2;
 
 impl<'a> RecordView<'a> {
     pub fn new(
@@ -136,6 +160,8 @@ impl<'a> RecordView<'a> {
             timestamp,
             headers,
             json: OnceCell::new(),
+            scans: Cell::new(0),
+            members: OnceCell::new(),
         }
     }
 
@@ -186,11 +212,9 @@ impl Filter {
             Filter::HeaderRegex(n, re) => r
                 .header_values(n)
                 .any(|x| x.is_some_and(|x| re.is_match(x))),
-            Filter::JsonEquals(p, v) => json_field(r, p)?.is_some_and(|x| json_eq(x, v)),
-            Filter::JsonIn(p, vs) => {
-                json_field(r, p)?.is_some_and(|x| vs.iter().any(|v| json_eq(x, v)))
-            }
-            Filter::JsonExists(p, want) => json_field(r, p)?.is_some() == *want,
+            Filter::JsonEquals(p, v) => json_matches(r, p, std::slice::from_ref(v))?,
+            Filter::JsonIn(p, vs) => json_matches(r, p, vs)?,
+            Filter::JsonExists(p, want) => json_field(r, p)?.exists() == *want,
             Filter::Timestamp { from, to } => match r.timestamp {
                 None => false,
                 Some(ts) => from.is_none_or(|f| ts >= f) && to.is_none_or(|t| ts < t),
@@ -239,10 +263,95 @@ pub fn decide(route: &crate::config::RouteConfig, r: &RecordView<'_>, size: u64)
     }
 }
 
-fn json_field<'r>(r: &'r RecordView<'_>, p: &JsonPath) -> Result<Option<&'r Value>, String> {
+/// The value a JSON path leads to, as found by a scan (its raw bytes) or in a parsed
+/// document.
+enum Field<'r> {
+    Missing,
+    Raw(&'r [u8]),
+    Parsed(&'r Value),
+}
+
+impl Field<'_> {
+    fn exists(&self) -> bool {
+        !matches!(self, Field::Missing)
+    }
+
+    /// Whether the value equals any of `targets` (`json_eq`: numbers compare as f64); `None`
+    /// if scanned bytes do not parse, which the scan's validation rules out.
+    fn matches(&self, targets: &[Value]) -> Option<bool> {
+        Some(match self {
+            Field::Missing => false,
+            Field::Parsed(x) => targets.iter().any(|t| json_eq(x, t)),
+            Field::Raw(raw) => {
+                // The common case, a plain string against string targets: bytes compare.
+                if let Some(s) = json_scan::plain_str(raw) {
+                    return Some(
+                        targets
+                            .iter()
+                            .any(|t| matches!(t, Value::String(t) if t.as_bytes() == s)),
+                    );
+                }
+                // Anything else (numbers, escapes, containers) is parsed on its own bytes,
+                // which the scan validated, so that equality is serde_json's exactly.
+                let x = serde_json::from_slice::<Value>(raw).ok()?;
+                targets.iter().any(|t| json_eq(&x, t))
+            }
+        })
+    }
+}
+
+/// `equals` / `in`: the scanned value compared, or (should the scan ever return bytes that
+/// do not parse) the parsed document's, so a scanner defect cannot change a decision.
+fn json_matches(r: &RecordView<'_>, p: &JsonPath, targets: &[Value]) -> Result<bool, String> {
+    match json_field(r, p)?.matches(targets) {
+        Some(m) => Ok(m),
+        None => {
+            debug_assert!(false, "json_scan returned unparsable bytes for {}", p.text);
+            // A defect, not a record's fault: said once per process, the decision still right.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::warn!(
+                    path = %p.text,
+                    "JSON filter scan disagreed with the parser; deciding by a full parse (please report)"
+                )
+            });
+            Ok(parsed_field(r, p)?.matches(targets).unwrap_or(false))
+        }
+    }
+}
+
+fn json_field<'r>(r: &'r RecordView<'_>, p: &JsonPath) -> Result<Field<'r>, String> {
+    let Some(payload) = r.payload else {
+        return Ok(Field::Missing);
+    };
+    // Parsed already (by validation, or to word an error): the document answers.
+    if r.json.get().is_none() {
+        let found = if r.scans.get() < SCANS_BEFORE_INDEX {
+            r.scans.set(r.scans.get() + 1);
+            json_scan::find(payload, &p.steps)
+        } else {
+            match r
+                .members
+                .get_or_init(|| json_scan::members(payload).ok().flatten())
+            {
+                Some(members) => json_scan::find_in_members(payload, members, &p.steps),
+                None => json_scan::find(payload, &p.steps),
+            }
+        };
+        match found {
+            Ok(Some(range)) => return Ok(Field::Raw(&payload[range])),
+            Ok(None) => return Ok(Field::Missing),
+            // Not JSON: the parser says why, in the words the route's errors have always had.
+            Err(json_scan::NotJson) => {}
+        }
+    }
+    parsed_field(r, p)
+}
+
+fn parsed_field<'r>(r: &'r RecordView<'_>, p: &JsonPath) -> Result<Field<'r>, String> {
     match r.json() {
-        Ok(Some(v)) => Ok(p.lookup(v)),
-        Ok(None) => Ok(None),
+        Ok(Some(v)) => Ok(p.lookup(v).map_or(Field::Missing, Field::Parsed)),
+        Ok(None) => Ok(Field::Missing),
         Err(e) => Err(format!("cannot evaluate {}: {e}", p.text)),
     }
 }
