@@ -34,7 +34,7 @@ use serde_json::{json, Value};
 use crate::checkpoint::{parse_partition_key, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};
 use crate::config::{Config, RouteConfig};
-use crate::copy::filter::{self, Decision, RecordView};
+use crate::copy::filter::{Decision, RecordView};
 use crate::copy::record::{raw_headers, record_bytes};
 use crate::counts::render_table;
 use crate::exit;
@@ -444,7 +444,7 @@ fn count_unselected(
                 m.timestamp().to_millis(),
                 raw_headers(m),
             );
-            filter::decide(r, &view, record_bytes(m) as u64) == Decision::Filtered
+            r.decide(&view, record_bytes(m) as u64) == Decision::Filtered
         });
         if filtered {
             unselected += 1;

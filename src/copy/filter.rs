@@ -249,20 +249,6 @@ pub enum Decision {
     Poison(String),
 }
 
-/// The filter first (a record the route does not select is none of its business, however
-/// malformed), then validation of what it selected.
-pub fn decide(route: &crate::config::RouteConfig, r: &RecordView<'_>, size: u64) -> Decision {
-    match route.filter.as_ref().map(|f| f.evaluate(r)) {
-        Some(Outcome::Drop) => return Decision::Filtered,
-        Some(Outcome::Invalid(why)) => return Decision::Poison(why),
-        None | Some(Outcome::Pass) => {}
-    }
-    match route.validate.check(r, size) {
-        Ok(()) => Decision::Copy,
-        Err(why) => Decision::Poison(why),
-    }
-}
-
 /// The value a JSON path leads to, as found by a scan (its raw bytes) or in a parsed
 /// document.
 enum Field<'r> {
@@ -367,47 +353,6 @@ mod tests {
         headers: Vec<RawHeader<'a>>,
     ) -> RecordView<'a> {
         RecordView::new(Some(key), Some(payload), Some(ts), headers)
-    }
-
-    #[test]
-    fn filter_decides_before_validation() {
-        let toml = r#"
-            [clusters.a]
-            bootstrap = "127.0.0.1:9092"
-            [clusters.b]
-            bootstrap = "127.0.0.1:9093"
-            [[routes]]
-            name = "acme"
-            source = "a"
-            topics = ["orders"]
-            target = "b"
-            filter = { json = "$.tenant_id", equals = "acme" }
-            validate = { json = true, max_record_bytes = 40 }
-            on_error = "skip"
-        "#;
-        let cfg =
-            crate::config::Config::from_str(std::path::Path::new("t.toml"), toml.into(), &|_| None)
-                .unwrap();
-        let route = &cfg.routes[0];
-        let big_globex = br#"{"tenant_id":"globex","padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
-        let big_acme = br#"{"tenant_id":"acme","padding":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#;
-        let small_acme = br#"{"tenant_id":"acme"}"#;
-        let v = |p: &'static [u8]| RecordView::new(None, Some(p), None, vec![]);
-        // Another tenant's oversized record is not this route's poison: it is filtered out.
-        assert_eq!(
-            decide(route, &v(big_globex), big_globex.len() as u64),
-            Decision::Filtered
-        );
-        assert!(
-            matches!(decide(route, &v(big_acme), big_acme.len() as u64), Decision::Poison(m) if m.contains("max_record_bytes"))
-        );
-        assert_eq!(
-            decide(route, &v(small_acme), small_acme.len() as u64),
-            Decision::Copy
-        );
-        assert!(
-            matches!(decide(route, &v(b"{broken"), 7), Decision::Poison(m) if m.contains("not valid JSON"))
-        );
     }
 
     #[test]

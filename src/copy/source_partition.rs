@@ -25,7 +25,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
 use super::batch::{self, Event, SourceErrorKind};
-use super::filter::{decide, Decision, RecordView};
+use super::filter::{Decision, RecordView};
 use super::partitions::Partitions;
 use super::poll::{SourceQueue, SourceRecord};
 use super::prefetch;
@@ -748,7 +748,7 @@ impl State {
                         raw_headers(m),
                     )
                 });
-                match decide(&route, v, size as u64) {
+                match route.decide(v, size as u64) {
                     Decision::Copy => {}
                     Decision::Filtered => {
                         let t = &mut self.tasks[i];

@@ -28,7 +28,7 @@ use serde_json::json;
 use crate::checkpoint::CheckpointError;
 use crate::cluster::{self, ClusterError};
 use crate::config::{Config, ErrorAction, FileSource, Partitioning, RouteConfig};
-use crate::copy::filter::{decide, Decision, RecordView};
+use crate::copy::filter::{Decision, RecordView};
 use crate::copy::produce::producer_config;
 use crate::copy::record::{
     RawHeader, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
@@ -565,7 +565,7 @@ impl Run<'_> {
             rec.timestamp,
             headers,
         );
-        match decide(self.route, &view, size as u64) {
+        match self.route.decide(&view, size as u64) {
             Decision::Filtered => return Ok(Pending::Filtered),
             Decision::Poison(why) => return self.reject(line, line_no, why),
             Decision::Copy => {}

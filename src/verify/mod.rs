@@ -53,7 +53,7 @@ pub use state::{path_for as verified_state_path, VerifiedRoute, VerifiedState};
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
 use crate::config::{Config, Partitioning, RouteConfig};
-use crate::copy::filter::{self, Decision, RecordView};
+use crate::copy::filter::{Decision, RecordView};
 use crate::copy::record::{
     headers_of, parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
 };
@@ -385,7 +385,7 @@ fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
         m.timestamp().to_millis(),
         raw_headers(m),
     );
-    filter::decide(r, &view, record_bytes(m) as u64)
+    r.decide(&view, record_bytes(m) as u64)
 }
 
 fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<Provenance<'m>> {
