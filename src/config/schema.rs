@@ -104,7 +104,11 @@ const TOP: &[Field] = &[
     opt("dead_letter", Kind::Table(DEAD_LETTER)),
     opt(
         "clusters",
-        Kind::Named(&[req("bootstrap", Kind::Str), opt("properties", Kind::AnyMap)]),
+        Kind::Named(&[
+            opt("bootstrap", Kind::Str),
+            opt("archive", Kind::Str),
+            opt("properties", Kind::AnyMap),
+        ]),
     ),
     opt("routes", Kind::TableList(ROUTE)),
     opt(
