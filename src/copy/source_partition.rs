@@ -24,6 +24,7 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
+use super::archive_sink::ArchiveSink;
 use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{decide, Decision, RecordView};
 use super::partitions::Partitions;
@@ -388,6 +389,8 @@ pub struct Reader {
     pub shared: Arc<Shared>,
     /// Tasks for partitions found mid-run, and topics gone (`super::discovery`).
     pub layout: Option<Receiver<super::discovery::LayoutChange>>,
+    /// Where routes into archives write (`super::archive_sink`).
+    pub archive: ArchiveSink,
 }
 
 pub(super) struct State {
@@ -416,6 +419,7 @@ pub(super) struct State {
     /// The clock (ms) when the current batch of delivery reports was taken: one read per
     /// batch, not per record, for replication latency (44 ns vs 6 ns a record, measured).
     reports_at_ms: i64,
+    pub(super) archive: ArchiveSink,
 }
 
 impl Reader {
@@ -430,6 +434,7 @@ impl Reader {
                 let dead_letter = t.route.dead_letter.as_ref().map(|d| d.cluster.clone());
                 std::iter::once(t.plan.target_cluster.clone()).chain(dead_letter)
             })
+            .filter(|c| !self.archive.is_archive(c))
             .map(|c| {
                 let p = self.pool.get(&c);
                 (c, p)
@@ -454,6 +459,7 @@ impl Reader {
             uncommitted: None,
             reports_at_ms: 0,
             layout: self.layout,
+            archive: self.archive,
         };
         // The consumer's one queue (every topic of the cluster) holds at most the prefetch
         // budget, whatever the number of topics, partitions or records (see `prefetch`).
@@ -819,7 +825,12 @@ impl State {
         let cluster = t.plan.target_cluster.clone();
         let inflight = self.inflight(i, offset, size, false, out.timestamp);
         let generation = self.tasks[i].generation;
-        let sent = self.send(&cluster, out, inflight);
+        let sent = if self.archive.is_archive(&cluster) {
+            self.write_archive(i, m, &out, *inflight);
+            Ok(())
+        } else {
+            self.send(&cluster, out, inflight)
+        };
         if self.tasks[i].generation != generation {
             // Rewound while waiting for room in the producer queue: this record will be
             // read again (it stays counted as read, pending), and its delivery report is
@@ -1423,6 +1434,7 @@ impl State {
 
     /// Settles delivery reports; waits up to `wait` for the first one.
     fn settle_reports(&mut self, wait: Duration) {
+        self.settle_archive();
         let first = if wait.is_zero() {
             self.deliveries.try_recv().ok()
         } else {
@@ -1432,6 +1444,78 @@ impl State {
         self.reports_at_ms = crate::config::value::now_ms();
         self.on_report(first);
         while let Ok(r) = self.deliveries.try_recv() {
+            self.on_report(r);
+        }
+    }
+
+    /// Writes a record of a route into an archive (`super::archive_sink`); its
+    /// acknowledgement comes when its segment is committed.
+    fn write_archive(&mut self, i: usize, m: &SourceRecord<'_>, out: &Outgoing<'_>, inf: InFlight) {
+        use crate::archive::{RecordRef, TsType};
+        use rdkafka::message::{Headers, Timestamp};
+        let headers: Vec<(&[u8], Option<&[u8]>)> = out
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key.as_bytes(), h.value))
+            .collect();
+        let (ts_type, timestamp) = match m.timestamp() {
+            Timestamp::NotAvailable => (TsType::None, -1),
+            Timestamp::CreateTime(t) => (TsType::Create, t),
+            Timestamp::LogAppendTime(t) => (TsType::LogAppend, t),
+        };
+        let record = RecordRef {
+            offset: m.offset(),
+            ts_type,
+            timestamp,
+            key: out.key,
+            value: out.payload,
+            headers: &headers,
+        };
+        let t = &self.tasks[i];
+        self.archive.append(
+            &t.plan.target_cluster,
+            &out.topic,
+            t.plan.partition,
+            &t.provenance_prefix,
+            &record,
+            inf,
+        );
+    }
+
+    /// Seals the archive segments that are due (see `super::archive_sink`) and takes their
+    /// acknowledgements, and halts the tasks whose archive writes failed.
+    fn settle_archive(&mut self) {
+        let limits = &self.shared.limits;
+        let over =
+            self.shared.in_flight() >= limits.max_in_flight_bytes / 2 || self.shared.stopping();
+        let tasks = &self.tasks;
+        self.archive.seal_some(|i| {
+            over || tasks[i].status != TaskStatus::Copying
+                || tasks[i].in_flight_bytes >= limits.max_in_flight_bytes_per_partition / 2
+        });
+        if !self.archive.has_news() {
+            return;
+        }
+        for f in self.archive.take_failures() {
+            for inf in f.released {
+                let t = &mut self.tasks[inf.task as usize];
+                t.in_flight_bytes -= inf.bytes as u64;
+                self.shared
+                    .in_flight_bytes
+                    .fetch_sub(inf.bytes as u64, Ordering::Relaxed);
+            }
+            let t = &mut self.tasks[f.task];
+            if matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
+                t.counts.failed += 1;
+                t.halt(f.why);
+            }
+        }
+        let ready = self.archive.take_ready();
+        if !ready.is_empty() {
+            self.reports_at_ms = crate::config::value::now_ms();
+        }
+        for r in ready {
             self.on_report(r);
         }
     }
@@ -1641,6 +1725,7 @@ impl State {
 
     /// After stop: wait (bounded) for what is in flight, so it can be checkpointed.
     fn drain(&mut self) {
+        self.archive.seal_all();
         let deadline = Instant::now() + self.shared.shutdown_timeout;
         while self.tasks.iter().any(|t| t.in_flight_bytes > 0) && Instant::now() < deadline {
             self.settle_reports(Duration::from_millis(50));
