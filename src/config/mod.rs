@@ -854,6 +854,8 @@ fn check(
                     format!("{key}.archive"),
                     format!("a cluster is either brokers (`bootstrap`, line {}) or an archive directory (`archive`), not both", d.source.line_col(b.span().start).0),
                 );
+                // Known still, so routes naming it are not also "not defined".
+                archives.insert(name.get_ref().clone(), PathBuf::new());
                 continue;
             }
             (None, None) => {
@@ -862,6 +864,7 @@ fn check(
                     &key,
                     "needs `bootstrap = \"host:port\"` (brokers) or `archive = \"dir\"` (an archive directory)",
                 );
+                archives.insert(name.get_ref().clone(), PathBuf::new());
                 continue;
             }
             (None, Some(a)) => {

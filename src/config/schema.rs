@@ -239,6 +239,16 @@ fn table(t: &DeTable<'_>, span: &Range<usize>, path: &str, fields: &[Field], out
             ));
         }
     }
+    // A cluster is brokers (`bootstrap`) or an archive (`archive`): one of them is required.
+    let has = |name: &str| t.iter().any(|(k, _)| k.get_ref().as_ref() == name);
+    let is = |name: &str| fields.iter().any(|f| f.name == name);
+    if is("bootstrap") && is("archive") && !has("bootstrap") && !has("archive") {
+        out.push((
+            span.start..span.start,
+            join(path, "bootstrap"),
+            "missing field `bootstrap` (or `archive = \"dir\"` for an archive)".into(),
+        ));
+    }
 }
 
 fn type_name(v: &DeValue<'_>) -> String {
