@@ -149,6 +149,16 @@ fn a_dump_keeps_every_record_byte_for_byte() {
         "{cp}"
     );
 
+    // `verify` does not compare an archive with its source yet: it must not say OK.
+    let v = km(&["verify", "-c", s(&cfg)], T);
+    v.expect_code(1, "verify of a route into an archive");
+    assert!(
+        v.stdout
+            .contains("cannot verify: the target \"vault\" is an archive"),
+        "{}",
+        v.stdout
+    );
+
     // Run again: nothing new is written, nothing is duplicated.
     let again = km(&["run", "-c", s(&cfg), "--once"], T);
     again.expect_code(0, "the second run");
@@ -252,4 +262,71 @@ fn checkpoint_covers_only_the_archive(cp: &Path, root: &Path) {
             "partition {p}: the checkpoint says {next}, the archive's committed segments end at {held}"
         );
     }
+}
+
+/// A dump keeps what a route does: the filter drops records (counted), `validate` sends
+/// invalid ones to the dead-letter topic on a real cluster, the headers transform applies;
+/// the archive holds exactly the rest and the summary accounts for every record.
+#[test]
+fn a_dump_filters_validates_and_dead_letters_to_a_cluster() {
+    let m = Mirror::start(&[("t", 2), ("dlq", 1)]);
+    let mut records = Vec::new();
+    for i in 0..120u32 {
+        let value = match i % 4 {
+            0 => b"not json".to_vec(),
+            1 => format!("{{\"tenant\": \"other\", \"n\": {i}}}").into_bytes(),
+            _ => format!("{{\"tenant\": \"acme\", \"n\": {i}}}").into_bytes(),
+        };
+        records.push(TestRecord {
+            partition: (i % 2) as i32,
+            key: Some(i.to_string().into_bytes()),
+            value: Some(value),
+            headers: vec![("drop-me".into(), Some(b"x".to_vec()))],
+            timestamp: Some(1_700_000_000_000 + i as i64),
+        });
+    }
+    produce(m.source(), "t", &records);
+    let cfg = routing(
+        &m,
+        &format!(
+            r#"validate = {{ json = true }}
+filter = {{ not = {{ json = "$.tenant", equals = "other" }} }}
+on_error = "dead_letter"
+dead_letter = {{ cluster = "dst", topic = "dlq" }}
+headers = {{ drop = ["drop-me"] }}
+
+[clusters.dst]
+bootstrap = "{}""#,
+            m.target()
+        ),
+        "",
+    );
+    let r = km(&["run", "-c", s(&cfg), "--once", "--output", "json"], T);
+    r.expect_code(0, "run --once into an archive with a dead-letter topic");
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!(j["totals"]["read"], 120, "{j:#}");
+    assert_eq!(j["totals"]["filtered"], 30, "{j:#}");
+    assert_eq!(j["totals"]["dead_lettered"], 30, "{j:#}");
+    assert_eq!(j["totals"]["acked"], 60, "{j:#}");
+
+    let root = m.dir.path().join("archive");
+    let mut kept = 0;
+    for p in 0..2 {
+        for a in archived(&root, p) {
+            let v = String::from_utf8(a.value.clone().unwrap()).unwrap();
+            assert!(v.contains("\"acme\""), "only acme records archived: {v}");
+            assert!(
+                a.headers.iter().all(|(k, _)| k.as_slice() != b"drop-me"),
+                "the headers transform applies at {}",
+                a.offset
+            );
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 60);
+    let dead = common::read_topic(m.target(), "dlq");
+    assert_eq!(dead.len(), 30);
+    assert!(dead
+        .iter()
+        .all(|d| d.value.as_deref() == Some(&b"not json"[..])));
 }
