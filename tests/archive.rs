@@ -169,6 +169,18 @@ fn a_dump_keeps_every_record_byte_for_byte() {
             "partition {p} after a second run"
         );
     }
+
+    // Without its checkpoint (lost, or behind the archive after a crash), a dump reads
+    // everything again and writes none of it twice: the archive already holds it.
+    std::fs::remove_file(m.dir.path().join("checkpoints/dump.checkpoint.json")).unwrap();
+    let r = km(&["run", "-c", s(&cfg), "--once", "--output", "json"], T);
+    r.expect_code(0, "a run without the checkpoint");
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!(j["totals"]["acked"], 200, "{j:#}");
+    for p in 0..2 {
+        let offsets: Vec<i64> = archived(&root, p).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..100).collect::<Vec<i64>>(), "partition {p}");
+    }
 }
 
 /// `kill -9` in the middle of a dump, then runs until it is done: every offset exactly once
