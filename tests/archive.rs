@@ -342,3 +342,48 @@ bootstrap = "{}""#,
         .iter()
         .all(|d| d.value.as_deref() == Some(&b"not json"[..])));
 }
+
+/// An archive that cannot be written halts the partition, loudly, with the checkpoint left
+/// where it was: nothing is acknowledged that is not in a committed segment.
+#[test]
+fn an_archive_that_cannot_be_written_halts_the_partition() {
+    let m = Mirror::start(&[("t", 2)]);
+    common::produce_numbered(m.source(), "t", 2, 0..50, 1_700_000_000_000);
+    let cfg = routing(&m, "", "");
+    // A file where partition 0's directory must go.
+    let root = m.dir.path().join("archive");
+    std::fs::create_dir_all(root.join("t")).unwrap();
+    std::fs::write(root.join("t/0"), "in the way").unwrap();
+
+    let r = km(&["run", "-c", s(&cfg), "--once", "--output", "json"], T);
+    r.expect_code(1, "a run whose archive cannot be written");
+    assert!(
+        r.stderr.contains("cannot write to archive \"vault\""),
+        "{}",
+        r.stderr
+    );
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    let parts = j["partitions"].as_array().unwrap();
+    let state = |p: i64| {
+        parts
+            .iter()
+            .find(|row| row["source_partition"]["partition"] == p)
+            .unwrap_or_else(|| panic!("partition {p} in {j:#}"))
+            .clone()
+    };
+    assert!(
+        state(0)["state"].as_str().unwrap().starts_with("halted"),
+        "{:#}",
+        state(0)
+    );
+    assert_eq!(state(0)["counts"]["acked"], 0, "{:#}", state(0));
+    assert_eq!(state(1)["state"], "done", "{:#}", state(1));
+    assert_eq!(archived(&root, 1).len(), 50);
+    let text =
+        std::fs::read_to_string(m.dir.path().join("checkpoints/dump.checkpoint.json")).unwrap();
+    let cp: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        cp["checkpoint"]["routes"]["keep"]["partitions"]["t/0"]["next_offset"], 0,
+        "{cp:#}"
+    );
+}

@@ -14,11 +14,14 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::archive::{ArchiveError, PartitionWriter, RecordRef, SegmentLimits};
 
+use super::poll::SourceRecord;
 use super::produce::{DeliveryReport, InFlight};
+use super::source_partition::{Outgoing, State, TaskStatus};
 
 struct Open {
     writer: PartitionWriter,
@@ -211,4 +214,86 @@ fn acked(inflight: InFlight, partition: i32) -> DeliveryReport {
 
 fn write_failed(archive: &str, e: &ArchiveError) -> String {
     format!("writing to archive \"{archive}\" failed: {e} (the open segment is not committed; records in it will be read again by the next run)")
+}
+
+/// The two places the reader's copy path meets the sink: where a record is handed over
+/// (instead of `send`) and where acknowledgements are settled (beside delivery reports).
+impl State {
+    /// Writes a record of a route into an archive (`super::archive_sink`); its
+    /// acknowledgement comes when its segment is committed.
+    pub(super) fn write_archive(
+        &mut self,
+        i: usize,
+        m: &SourceRecord<'_>,
+        out: &Outgoing<'_>,
+        inf: InFlight,
+    ) {
+        use crate::archive::{RecordRef, TsType};
+        use rdkafka::message::{Headers, Message, Timestamp};
+        let headers: Vec<(&[u8], Option<&[u8]>)> = out
+            .headers
+            .iter()
+            .flat_map(|h| h.iter())
+            .map(|h| (h.key.as_bytes(), h.value))
+            .collect();
+        let (ts_type, timestamp) = match m.timestamp() {
+            Timestamp::NotAvailable => (TsType::None, -1),
+            Timestamp::CreateTime(t) => (TsType::Create, t),
+            Timestamp::LogAppendTime(t) => (TsType::LogAppend, t),
+        };
+        let record = RecordRef {
+            offset: m.offset(),
+            ts_type,
+            timestamp,
+            key: out.key,
+            value: out.payload,
+            headers: &headers,
+        };
+        let t = &self.tasks[i];
+        self.archive.append(
+            &t.plan.target_cluster,
+            &out.topic,
+            t.plan.partition,
+            &t.provenance_prefix,
+            &record,
+            inf,
+        );
+    }
+
+    /// Seals the archive segments that are due (see `super::archive_sink`) and takes their
+    /// acknowledgements, and halts the tasks whose archive writes failed.
+    pub(super) fn settle_archive(&mut self) {
+        let limits = &self.shared.limits;
+        let over =
+            self.shared.in_flight() >= limits.max_in_flight_bytes / 2 || self.shared.stopping();
+        let tasks = &self.tasks;
+        self.archive.seal_some(|i| {
+            over || tasks[i].status != TaskStatus::Copying
+                || tasks[i].in_flight_bytes >= limits.max_in_flight_bytes_per_partition / 2
+        });
+        if !self.archive.has_news() {
+            return;
+        }
+        for f in self.archive.take_failures() {
+            for inf in f.released {
+                let t = &mut self.tasks[inf.task as usize];
+                t.in_flight_bytes -= inf.bytes as u64;
+                self.shared
+                    .in_flight_bytes
+                    .fetch_sub(inf.bytes as u64, Ordering::Relaxed);
+            }
+            let t = &mut self.tasks[f.task];
+            if matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
+                t.counts.failed += 1;
+                t.halt(f.why);
+            }
+        }
+        let ready = self.archive.take_ready();
+        if !ready.is_empty() {
+            self.reports_at_ms = crate::config::value::now_ms();
+        }
+        for r in ready {
+            self.on_report(r);
+        }
+    }
 }

@@ -180,7 +180,7 @@ pub struct CopyTask {
     /// is unknown (see `FailureKind::Missing`).
     missing_attempts: u32,
     /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
-    provenance_prefix: String,
+    pub(super) provenance_prefix: String,
 }
 
 impl CopyTask {
@@ -328,12 +328,12 @@ fn is_stopping(e: &KafkaError) -> bool {
 }
 
 /// A record bound for a producer.
-struct Outgoing<'a> {
-    topic: String,
+pub(super) struct Outgoing<'a> {
+    pub(super) topic: String,
     partition: Option<i32>,
-    key: Option<&'a [u8]>,
-    payload: Option<&'a [u8]>,
-    headers: Option<OwnedHeaders>,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) payload: Option<&'a [u8]>,
+    pub(super) headers: Option<OwnedHeaders>,
     timestamp: Option<i64>,
 }
 
@@ -418,7 +418,7 @@ pub(super) struct State {
     uncommitted: Option<BaseConsumer<QuietContext>>,
     /// The clock (ms) when the current batch of delivery reports was taken: one read per
     /// batch, not per record, for replication latency (44 ns vs 6 ns a record, measured).
-    reports_at_ms: i64,
+    pub(super) reports_at_ms: i64,
     pub(super) archive: ArchiveSink,
 }
 
@@ -1448,79 +1448,7 @@ impl State {
         }
     }
 
-    /// Writes a record of a route into an archive (`super::archive_sink`); its
-    /// acknowledgement comes when its segment is committed.
-    fn write_archive(&mut self, i: usize, m: &SourceRecord<'_>, out: &Outgoing<'_>, inf: InFlight) {
-        use crate::archive::{RecordRef, TsType};
-        use rdkafka::message::{Headers, Timestamp};
-        let headers: Vec<(&[u8], Option<&[u8]>)> = out
-            .headers
-            .iter()
-            .flat_map(|h| h.iter())
-            .map(|h| (h.key.as_bytes(), h.value))
-            .collect();
-        let (ts_type, timestamp) = match m.timestamp() {
-            Timestamp::NotAvailable => (TsType::None, -1),
-            Timestamp::CreateTime(t) => (TsType::Create, t),
-            Timestamp::LogAppendTime(t) => (TsType::LogAppend, t),
-        };
-        let record = RecordRef {
-            offset: m.offset(),
-            ts_type,
-            timestamp,
-            key: out.key,
-            value: out.payload,
-            headers: &headers,
-        };
-        let t = &self.tasks[i];
-        self.archive.append(
-            &t.plan.target_cluster,
-            &out.topic,
-            t.plan.partition,
-            &t.provenance_prefix,
-            &record,
-            inf,
-        );
-    }
-
-    /// Seals the archive segments that are due (see `super::archive_sink`) and takes their
-    /// acknowledgements, and halts the tasks whose archive writes failed.
-    fn settle_archive(&mut self) {
-        let limits = &self.shared.limits;
-        let over =
-            self.shared.in_flight() >= limits.max_in_flight_bytes / 2 || self.shared.stopping();
-        let tasks = &self.tasks;
-        self.archive.seal_some(|i| {
-            over || tasks[i].status != TaskStatus::Copying
-                || tasks[i].in_flight_bytes >= limits.max_in_flight_bytes_per_partition / 2
-        });
-        if !self.archive.has_news() {
-            return;
-        }
-        for f in self.archive.take_failures() {
-            for inf in f.released {
-                let t = &mut self.tasks[inf.task as usize];
-                t.in_flight_bytes -= inf.bytes as u64;
-                self.shared
-                    .in_flight_bytes
-                    .fetch_sub(inf.bytes as u64, Ordering::Relaxed);
-            }
-            let t = &mut self.tasks[f.task];
-            if matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone) {
-                t.counts.failed += 1;
-                t.halt(f.why);
-            }
-        }
-        let ready = self.archive.take_ready();
-        if !ready.is_empty() {
-            self.reports_at_ms = crate::config::value::now_ms();
-        }
-        for r in ready {
-            self.on_report(r);
-        }
-    }
-
-    fn on_report(&mut self, r: DeliveryReport) {
+    pub(super) fn on_report(&mut self, r: DeliveryReport) {
         let inf = r.inflight;
         let i = inf.task as usize;
         let t = &mut self.tasks[i];
