@@ -102,6 +102,20 @@ fn a_dump_keeps_every_record_byte_for_byte() {
     }
     produce(m.source(), "t", &records);
     let cfg = routing(&m, "", "");
+    let c = km(&["check", "-c", s(&cfg)], T);
+    c.expect_code(0, "check");
+    let dir = m.dir.path().join("archive");
+    assert!(
+        c.stdout
+            .contains(&format!("archive vault: {}", dir.display())),
+        "{}",
+        c.stdout
+    );
+    assert!(
+        c.stdout.contains("vault:t/1"),
+        "the plan names the archive: {}",
+        c.stdout
+    );
 
     let r = km(&["run", "-c", s(&cfg), "--once", "--output", "json"], T);
     r.expect_code(0, "run --once into an archive");
