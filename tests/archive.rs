@@ -423,3 +423,52 @@ fn uncommitted_files(root: &Path) -> usize {
         })
         .count()
 }
+
+/// A following dump (no `--once`): records produced while it runs are committed on the
+/// checkpoint interval (the checkpoint moves without the partition ending); a reload that
+/// moves the archive is refused (a cluster setting); SIGTERM commits what is open and exits 0.
+#[test]
+fn a_following_dump_commits_on_the_interval_and_refuses_moving_the_archive() {
+    use common::cli::signal;
+    let m = Mirror::start(&[("t", 2)]);
+    common::produce_numbered(m.source(), "t", 2, 0..20, 1_700_000_000_000);
+    let cfg = routing(&m, "", "interval = \"200ms\"");
+    let cp = m.dir.path().join("checkpoints/dump.checkpoint.json");
+    let run = Running::spawn(&["run", "-c", s(&cfg)]);
+    common::wait_until("the first records committed", T, || {
+        common::cli::checkpoint_file_sum(&cp) == 40
+    });
+    common::produce_numbered(m.source(), "t", 2, 20..30, 1_700_000_000_000);
+    common::wait_until("records produced later committed", T, || {
+        common::cli::checkpoint_file_sum(&cp) == 60
+    });
+    let root = m.dir.path().join("archive");
+    checkpoint_covers_only_the_archive(&cp, &root);
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("archive = \"archive\"", "archive = \"elsewhere\""),
+    )
+    .unwrap();
+    signal(run.pid(), "-HUP");
+    common::produce_numbered(m.source(), "t", 2, 30..35, 1_700_000_000_000);
+    common::wait_until("the dump goes on into the same archive", T, || {
+        common::cli::checkpoint_file_sum(&cp) == 70
+    });
+    signal(run.pid(), "-TERM");
+    let done = run.wait(T);
+    done.expect_code(0, "a following dump stopped by SIGTERM");
+    assert!(
+        done.stderr
+            .lines()
+            .any(|l| l.contains("reload refused") && l.contains("[clusters] changed")),
+        "{}",
+        done.stderr
+    );
+    assert!(!m.dir.path().join("elsewhere").exists());
+    for p in 0..2 {
+        let offsets: Vec<i64> = archived(&root, p).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..35).collect::<Vec<i64>>(), "partition {p}");
+    }
+}
