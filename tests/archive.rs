@@ -472,3 +472,37 @@ fn a_following_dump_commits_on_the_interval_and_refuses_moving_the_archive() {
         assert_eq!(offsets, (0..35).collect::<Vec<i64>>(), "partition {p}");
     }
 }
+
+/// Two routes writing the same archive directory would interleave their offsets: the
+/// second is halted with the reason, the first completes, and the archive holds each
+/// offset once.
+#[test]
+fn two_routes_into_one_archive_directory_halt_the_second() {
+    let m = Mirror::start(&[("t", 1)]);
+    common::produce_numbered(m.source(), "t", 1, 0..30, 1_700_000_000_000);
+    let cfg = routing(
+        &m,
+        "\n[[routes]]\nname = \"again\"\nsource = \"src\"\ntopics = [\"t\"]\ntarget = \"vault\"",
+        "",
+    );
+    let r = km(&["run", "-c", s(&cfg), "--once", "--output", "json"], T);
+    r.expect_code(1, "two routes into one directory");
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    let states: Vec<String> = j["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(states.iter().filter(|s| *s == "done").count(), 1, "{j:#}");
+    assert!(
+        states
+            .iter()
+            .any(|s| s.starts_with("halted") && s.contains("is written by another route")),
+        "{j:#}"
+    );
+    let root = m.dir.path().join("archive");
+    let r = PartitionReader::open(&root, "t", 0).unwrap();
+    let offsets: Vec<i64> = r.records(0).map(|r| r.unwrap().offset).collect();
+    assert_eq!(offsets, (0..30).collect::<Vec<i64>>());
+}
