@@ -894,10 +894,11 @@ fn check(
             }
             (Some(b), None) => b,
         };
+        let span = bootstrap.span();
         let bootstrap = match value::interpolate_env(bootstrap.get_ref(), env) {
             Ok(b) if b.trim().is_empty() => {
                 d.push(
-                    &c.bootstrap.as_ref().expect("brokers").span(),
+                    &span,
                     format!("{key}.bootstrap"),
                     "must name at least one host:port",
                 );
@@ -912,7 +913,7 @@ fn check(
                         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
                     if !ok {
                         d.push(
-                            &c.bootstrap.as_ref().expect("brokers").span(),
+                            &span,
                             format!("{key}.bootstrap"),
                             format!("\"{}\" is not a host:port address", server.trim()),
                         );
@@ -921,11 +922,7 @@ fn check(
                 b
             }
             Err(m) => {
-                d.push(
-                    &c.bootstrap.as_ref().expect("brokers").span(),
-                    format!("{key}.bootstrap"),
-                    m,
-                );
+                d.push(&span, format!("{key}.bootstrap"), m);
                 String::new()
             }
         };
