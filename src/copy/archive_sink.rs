@@ -28,7 +28,7 @@ struct Open {
     /// The copy task (by index in its reader) writing this partition directory; another
     /// task mapping to the same directory is refused (their offsets would interleave).
     task: usize,
-    /// The records in the open segment, acknowledged when it seals (unboxed: about 40
+    /// The records in the open segment, acknowledged when it seals (unboxed: about 48
     /// bytes a record, bounded by the segment's limits and the in-flight bound).
     pending: Vec<InFlight>,
 }
