@@ -506,3 +506,84 @@ fn two_routes_into_one_archive_directory_halt_the_second() {
     let offsets: Vec<i64> = r.records(0).map(|r| r.unwrap().offset).collect();
     assert_eq!(offsets, (0..30).collect::<Vec<i64>>());
 }
+
+/// Memory follows `max_in_flight_bytes` however many partitions a dump writes: at most one
+/// open segment (a zstd stream of a few MiB) per 4 MiB of it, opening one more commits the
+/// least recently written. Records arrive interleaved over 8 partitions while the dump
+/// follows; sampled meanwhile: never more uncommitted segment files than the bound (2);
+/// every offset archived once.
+#[test]
+fn a_dump_of_many_partitions_keeps_few_segments_open() {
+    use common::cli::signal;
+    let m = Mirror::start(&[("t", 8)]);
+    let cfg = write(
+        m.dir.path(),
+        "dump.toml",
+        &format!(
+            r#"
+[checkpoints]
+dir = "{dir}/checkpoints"
+job = "dump"
+interval = "1s"
+[limits]
+max_in_flight_bytes = "8MiB"
+max_in_flight_bytes_per_partition = "1MiB"
+[clusters.src]
+bootstrap = "{src}"
+[clusters.vault]
+archive = "archive"
+[[routes]]
+name = "keep"
+source = "src"
+topics = ["t"]
+target = "vault"
+"#,
+            dir = m.dir.path().display(),
+            src = m.source(),
+        ),
+    );
+    let root = m.dir.path().join("archive");
+    let cp = m.dir.path().join("checkpoints/dump.checkpoint.json");
+    let open_now = || -> usize {
+        (0..8)
+            .filter_map(|p| std::fs::read_dir(root.join("t").join(p.to_string())).ok())
+            .flatten()
+            .filter(|f| {
+                f.as_ref()
+                    .is_ok_and(|f| f.file_name().to_string_lossy().contains(".seg.zst.tmp."))
+            })
+            .count()
+    };
+    let run = Running::spawn(&["run", "-c", s(&cfg)]);
+    let mut most = 0;
+    for round in 0..20u64 {
+        common::produce_numbered(
+            m.source(),
+            "t",
+            8,
+            round * 20..round * 20 + 20,
+            1_700_000_000_000,
+        );
+        for _ in 0..10 {
+            most = most.max(open_now());
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    }
+    common::wait_until("everything committed", T, || {
+        most = most.max(open_now());
+        common::cli::checkpoint_file_sum(&cp) == 8 * 400
+    });
+    signal(run.pid(), "-TERM");
+    run.wait(T).expect_code(0, "the dump stopped by SIGTERM");
+    eprintln!("at most {most} segments open at once");
+    assert!(most >= 1, "never saw an open segment");
+    assert!(most <= 2, "{most} segments open at once, the bound is 2");
+    let mut segments = 0;
+    for p in 0..8 {
+        let reader = PartitionReader::open(&root, "t", p).unwrap();
+        segments += reader.manifests().len();
+        let offsets: Vec<i64> = reader.records(0).map(|r| r.unwrap().offset).collect();
+        assert_eq!(offsets, (0..400).collect::<Vec<i64>>(), "partition {p}");
+    }
+    eprintln!("{segments} segments");
+}

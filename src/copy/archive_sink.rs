@@ -28,6 +28,9 @@ struct Open {
     /// The copy task (by index in its reader) writing this partition directory; another
     /// task mapping to the same directory is refused (their offsets would interleave).
     task: usize,
+    /// When a record was last appended (the sink's append count): the least recent open
+    /// segment is the one committed early when too many are open.
+    last_append: u64,
     /// The records in the open segment, acknowledged when it seals (unboxed: about 48
     /// bytes a record, bounded by the segment's limits and the in-flight bound).
     pending: Vec<InFlight>,
@@ -49,6 +52,10 @@ pub struct ArchiveSink {
     seal_every: Duration,
     last_seal: Instant,
     open: BTreeMap<(String, String, i32), Open>,
+    /// At most this many segments are open at once (each holds a zstd stream of a few MiB):
+    /// opening one more commits the least recently written first.
+    max_open: usize,
+    appends: u64,
     /// Acknowledgements waiting for the reader's next `settle_reports`: never handed over
     /// inside `append`, which runs before the record is in the task's tracker.
     ready: Vec<DeliveryReport>,
@@ -56,13 +63,16 @@ pub struct ArchiveSink {
 }
 
 impl ArchiveSink {
-    pub fn new(roots: BTreeMap<String, PathBuf>, seal_every: Duration) -> Self {
+    /// `max_open`: how many segments may be open at once (see `max_open_segments`).
+    pub fn new(roots: BTreeMap<String, PathBuf>, seal_every: Duration, max_open: usize) -> Self {
         ArchiveSink {
             roots,
             limits: SegmentLimits::default(),
             seal_every,
             last_seal: Instant::now(),
             open: BTreeMap::new(),
+            max_open: max_open.max(1),
+            appends: 0,
             ready: Vec::new(),
             failures: Vec::new(),
         }
@@ -94,6 +104,7 @@ impl ArchiveSink {
                         Open {
                             writer,
                             task,
+                            last_append: 0,
                             pending: Vec::new(),
                         },
                     );
@@ -123,6 +134,12 @@ impl ArchiveSink {
             self.ready.push(acked(inflight, partition));
             return;
         }
+        if o.writer.uncommitted() == 0 {
+            self.make_room(&key);
+        }
+        self.appends += 1;
+        let o = self.open.get_mut(&key).expect("opened above");
+        o.last_append = self.appends;
         // Below the open segment's end (read again after a rewind), the writer skips the
         // record; it is acknowledged with the segment that holds it.
         match o.writer.append(record) {
@@ -139,6 +156,37 @@ impl ArchiveSink {
                 let mut released = o.pending;
                 released.push(inflight);
                 self.fail(task, write_failed(archive, &e), released);
+            }
+        }
+    }
+
+    /// A segment is about to open for `key`: if as many as `max_open` are open, commit
+    /// the least recently written one first, so memory stays bounded whatever the number
+    /// of partitions.
+    fn make_room(&mut self, key: &(String, String, i32)) {
+        let open: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(k, o)| *k != key && o.writer.uncommitted() > 0)
+            .map(|(k, o)| (o.last_append, k.clone()))
+            .collect();
+        if open.len() < self.max_open {
+            return;
+        }
+        let (_, oldest) = open.into_iter().min().expect("at least one open");
+        self.seal_one(&oldest);
+    }
+
+    fn seal_one(&mut self, key: &(String, String, i32)) {
+        let o = self.open.get_mut(key).expect("listed");
+        match o.writer.seal(None) {
+            Ok(_) => {
+                let done = std::mem::take(&mut o.pending);
+                self.ready.extend(done.into_iter().map(|i| acked(i, key.2)));
+            }
+            Err(e) => {
+                let o = self.open.remove(key).expect("listed");
+                self.fail(o.task, write_failed(&key.0, &e), o.pending);
             }
         }
     }
@@ -168,17 +216,7 @@ impl ArchiveSink {
             .map(|(k, _)| k.clone())
             .collect();
         for key in keys {
-            let o = self.open.get_mut(&key).expect("listed");
-            match o.writer.seal(None) {
-                Ok(_) => {
-                    let done = std::mem::take(&mut o.pending);
-                    self.ready.extend(done.into_iter().map(|i| acked(i, key.2)));
-                }
-                Err(e) => {
-                    let o = self.open.remove(&key).expect("listed");
-                    self.fail(o.task, write_failed(&key.0, &e), o.pending);
-                }
-            }
+            self.seal_one(&key);
         }
     }
 
@@ -201,6 +239,12 @@ impl ArchiveSink {
     pub fn has_news(&self) -> bool {
         !self.ready.is_empty() || !self.failures.is_empty()
     }
+}
+
+/// How many archive segments a reader keeps open at once: one per 4 MiB of
+/// `max_in_flight_bytes` (64 by default), so a dump's memory follows that bound.
+pub fn max_open_segments(max_in_flight_bytes: u64) -> usize {
+    (max_in_flight_bytes / (4 << 20)).max(1) as usize
 }
 
 fn acked(inflight: InFlight, partition: i32) -> DeliveryReport {

@@ -408,6 +408,7 @@ fn execute(
             archive: archive_sink::ArchiveSink::new(
                 config.archives.clone(),
                 config.checkpoints.interval,
+                archive_sink::max_open_segments(config.limits.max_in_flight_bytes),
             ),
         };
         let h = std::thread::Builder::new()
