@@ -197,6 +197,8 @@ fn build_inner(
                 .into_iter()
                 .chain(r.dead_letter.as_ref().map(|d| d.cluster.as_str()))
         })
+        // An archive is a directory: nothing to connect to (see `crate::copy::archive_sink`).
+        .filter(|name| !config.archives.contains_key(*name))
         .collect();
     for name in needed {
         let c = &config.clusters[name];
@@ -243,7 +245,7 @@ fn build_inner(
             }
         }
         let src = &config.clusters[&route.source];
-        let dst = &config.clusters[&route.target];
+        let archive = config.archives.contains_key(&route.target);
         let src_topics = metadata[&route.source].clone();
         let mut topics: Vec<String> = Vec::new();
         for t in &route.topics {
@@ -293,10 +295,27 @@ fn build_inner(
                     ),
                 });
             }
-            let target_partitions = match metadata[&route.target].get(&target_topic) {
+            let target_partitions = match metadata
+                .get(&route.target)
+                .and_then(|m| m.get(&target_topic))
+            {
+                // An archive keeps each source partition in its own directory (partitioning
+                // is always "preserve" into one); it holds no offsets of its own to start at.
+                None if archive => {
+                    target_highs_cache.insert(
+                        (route.target.clone(), target_topic.clone()),
+                        vec![0; partitions],
+                    );
+                    partitions
+                }
                 Some(n) => *n,
                 None if route.create_target_topics && create == CreateTopics::AsConfigured => {
-                    cluster::create_topic(dst, &target_topic, partitions as i32, timeout)?;
+                    cluster::create_topic(
+                        &config.clusters[&route.target],
+                        &target_topic,
+                        partitions as i32,
+                        timeout,
+                    )?;
                     created.push((route.target.clone(), target_topic.clone()));
                     metadata
                         .get_mut(&route.target)

@@ -56,9 +56,12 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
     let mut probe: BTreeMap<&str, &str> = BTreeMap::new();
     for t in &plan.tasks {
         ids.clusters.entry(t.source_cluster.clone()).or_default();
-        ids.clusters.entry(t.target_cluster.clone()).or_default();
         probe.insert(&t.source_cluster, &t.topic);
-        probe.entry(&t.target_cluster).or_insert(&t.target_topic);
+        // An archive has no cluster id to look up.
+        if !config.archives.contains_key(&t.target_cluster) {
+            ids.clusters.entry(t.target_cluster.clone()).or_default();
+            probe.entry(&t.target_cluster).or_insert(&t.target_topic);
+        }
         let list = topics.entry(t.source_cluster.as_str()).or_default();
         if !list.contains(&t.topic) {
             list.push(t.topic.clone());

@@ -96,6 +96,9 @@ pub(crate) fn print_routing_file(path: &Path, cfg: &Config) {
             println!("  cluster {}: {} ({})", c.name, c.bootstrap, p.join(", "));
         }
     }
+    for (name, dir) in &cfg.archives {
+        println!("  archive {name}: {} (routes dump into it)", dir.display());
+    }
 }
 
 pub(crate) fn run(

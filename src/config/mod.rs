@@ -110,6 +110,10 @@ pub struct Config {
     pub files: BTreeMap<String, FileSource>,
     /// Routes whose source is a file (`kmirror import`); not in `routes`.
     pub imports: Vec<RouteConfig>,
+    /// `[clusters.NAME] archive = "dir"`: archives (`crate::archive`) routes can dump into,
+    /// by name, with their directory resolved against the routing file's. Not in `clusters`,
+    /// so nothing that connects to brokers ever sees them.
+    pub archives: BTreeMap<String, PathBuf>,
     pub limits: Limits,
     pub checkpoints: CheckpointSettings,
     pub run: RunSettings,
@@ -845,6 +849,7 @@ fn check(
 
     // [clusters.NAME]
     let mut clusters = BTreeMap::new();
+    let mut archives = BTreeMap::new();
     for (name, c) in &raw.clusters {
         let key = format!("clusters.{}", name.get_ref());
         if !valid_name(name.get_ref(), &[]) {
@@ -858,10 +863,59 @@ fn check(
             );
         }
         let c = c.get_ref();
-        let bootstrap = match value::interpolate_env(c.bootstrap.get_ref(), env) {
+        let cluster_span = name.span();
+        let bootstrap = match (&c.bootstrap, &c.archive) {
+            (Some(b), Some(a)) => {
+                d.push(
+                    &a.span(),
+                    format!("{key}.archive"),
+                    format!("a cluster is either brokers (`bootstrap`, line {}) or an archive directory (`archive`), not both", d.source.line_col(b.span().start).0),
+                );
+                // Known still, so routes naming it are not also "not defined".
+                archives.insert(name.get_ref().clone(), PathBuf::new());
+                continue;
+            }
+            (None, None) => {
+                d.push(
+                    &cluster_span,
+                    &key,
+                    "needs `bootstrap = \"host:port\"` (brokers) or `archive = \"dir\"` (an archive directory)",
+                );
+                archives.insert(name.get_ref().clone(), PathBuf::new());
+                continue;
+            }
+            (None, Some(a)) => {
+                if let Some((pk, _)) = c.properties.iter().next() {
+                    d.push(
+                        &pk.span(),
+                        format!("{key}.properties"),
+                        "an archive cluster takes no librdkafka properties: remove them",
+                    );
+                }
+                match value::interpolate_env(a.get_ref(), env) {
+                    Ok(dir) if dir.trim().is_empty() => {
+                        d.push(&a.span(), format!("{key}.archive"), "must name a directory")
+                    }
+                    Ok(dir) => {
+                        let dir = PathBuf::from(dir);
+                        let dir = if dir.is_absolute() {
+                            dir
+                        } else {
+                            base_dir.join(dir)
+                        };
+                        archives.insert(name.get_ref().clone(), dir);
+                    }
+                    Err(m) => d.push(&a.span(), format!("{key}.archive"), m),
+                }
+                continue;
+            }
+            (Some(b), None) => b,
+        };
+        let span = bootstrap.span();
+        let bootstrap = match value::interpolate_env(bootstrap.get_ref(), env) {
             Ok(b) if b.trim().is_empty() => {
                 d.push(
-                    &c.bootstrap.span(),
+                    &span,
                     format!("{key}.bootstrap"),
                     "must name at least one host:port",
                 );
@@ -876,7 +930,7 @@ fn check(
                         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
                     if !ok {
                         d.push(
-                            &c.bootstrap.span(),
+                            &span,
                             format!("{key}.bootstrap"),
                             format!("\"{}\" is not a host:port address", server.trim()),
                         );
@@ -885,7 +939,7 @@ fn check(
                 b
             }
             Err(m) => {
-                d.push(&c.bootstrap.span(), format!("{key}.bootstrap"), m);
+                d.push(&span, format!("{key}.bootstrap"), m);
                 String::new()
             }
         };
@@ -976,6 +1030,7 @@ fn check(
             r,
             &clusters,
             &files,
+            &archives,
             &RouteDefaults {
                 create: default_create,
                 dead_letter: &default_dlq,
@@ -1000,6 +1055,17 @@ fn check(
     }
 
     if let Some(store) = check_store(raw.checkpoints.as_ref(), &clusters, &routes, d) {
+        if let StoreSettings::Kafka { cluster, .. } = &store {
+            if archives.contains_key(cluster) {
+                let span = raw
+                    .checkpoints
+                    .as_ref()
+                    .and_then(|c| c.store.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(0..0);
+                d.push(&span, "checkpoints.cluster", format!("\"{cluster}\" is an archive: Kafka checkpoints need a cluster of brokers; name one with [checkpoints] cluster = \"NAME\", or use store = \"file\""));
+            }
+        }
         cp.store = store;
     }
 
@@ -1010,6 +1076,7 @@ fn check(
         routes,
         files,
         imports,
+        archives,
         limits,
         checkpoints: cp,
         run,
@@ -1128,6 +1195,7 @@ fn check_route(
     r: &Spanned<RawRoute>,
     clusters: &BTreeMap<String, ClusterConfig>,
     files: &BTreeMap<String, FileSource>,
+    archives: &BTreeMap<String, PathBuf>,
     defaults: &RouteDefaults<'_>,
     d: &mut Diagnostics<'_>,
 ) -> Option<RouteConfig> {
@@ -1164,8 +1232,25 @@ fn check_route(
             );
             continue;
         }
+        if archives.contains_key(c.get_ref()) {
+            if key == "source" {
+                d.push(
+                    &c.span(),
+                    format!("{p}source"),
+                    format!(
+                        "\"{}\" is an archive: restoring from an archive is not supported yet (an archive can be a route's target)",
+                        c.get_ref()
+                    ),
+                );
+            }
+            continue;
+        }
         if !clusters.contains_key(c.get_ref()) {
-            let known: Vec<_> = clusters.keys().map(String::as_str).collect();
+            let known: Vec<_> = clusters
+                .keys()
+                .chain(archives.keys())
+                .map(String::as_str)
+                .collect();
             d.push(
                 &c.span(),
                 format!("{p}{key}"),
@@ -1288,6 +1373,26 @@ fn check_route(
             Partitioning::Preserve
         }
     };
+    if archives.contains_key(r.target.get_ref()) {
+        if files.contains_key(r.source.get_ref()) {
+            d.push(
+                &r.target.span(),
+                format!("{p}target"),
+                format!("\"{}\" is an archive: a file source is imported into a cluster, not into an archive", r.target.get_ref()),
+            );
+        } else if partitioning != Partitioning::Preserve {
+            let span = r
+                .partitioning
+                .as_ref()
+                .map(|s| s.span())
+                .unwrap_or(r.target.span());
+            d.push(
+                &span,
+                format!("{p}partitioning"),
+                format!("\"{partitioning}\" is refused into an archive (\"{}\"): each source partition keeps its own directory, so use \"preserve\" (the default)", r.target.get_ref()),
+            );
+        }
+    }
 
     let start = match &r.start {
         None => Some(StartPosition::Earliest),

@@ -95,7 +95,9 @@ pub struct RawVerify {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
-    pub bootstrap: Spanned<String>,
+    pub bootstrap: Option<Spanned<String>>,
+    /// A local directory: the cluster is an archive (`crate::archive`), not brokers.
+    pub archive: Option<Spanned<String>>,
     #[serde(default)]
     pub properties: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }

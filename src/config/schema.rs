@@ -104,7 +104,11 @@ const TOP: &[Field] = &[
     opt("dead_letter", Kind::Table(DEAD_LETTER)),
     opt(
         "clusters",
-        Kind::Named(&[req("bootstrap", Kind::Str), opt("properties", Kind::AnyMap)]),
+        Kind::Named(&[
+            opt("bootstrap", Kind::Str),
+            opt("archive", Kind::Str),
+            opt("properties", Kind::AnyMap),
+        ]),
     ),
     opt("routes", Kind::TableList(ROUTE)),
     opt(
@@ -234,6 +238,16 @@ fn table(t: &DeTable<'_>, span: &Range<usize>, path: &str, fields: &[Field], out
                 format!("missing field `{}`", f.name),
             ));
         }
+    }
+    // A cluster is brokers (`bootstrap`) or an archive (`archive`): one of them is required.
+    let has = |name: &str| t.iter().any(|(k, _)| k.get_ref().as_ref() == name);
+    let is = |name: &str| fields.iter().any(|f| f.name == name);
+    if is("bootstrap") && is("archive") && !has("bootstrap") && !has("archive") {
+        out.push((
+            span.start..span.start,
+            join(path, "bootstrap"),
+            "missing field `bootstrap` (or `archive = \"dir\"` for an archive)".into(),
+        ));
     }
 }
 

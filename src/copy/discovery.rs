@@ -307,10 +307,22 @@ impl Discovery {
         let route = self.config.routes[ri].clone();
         let timeout = self.config.run.connect_timeout;
         let src = self.config.clusters[&route.source].clone();
-        let dst = self.config.clusters[&route.target].clone();
+        // An archive target (`super::archive_sink`) takes any partition, in its own
+        // directory: nothing to look up or create.
+        let archive = self.config.archives.contains_key(&route.target);
+        let dst = match archive {
+            true => crate::config::ClusterConfig {
+                name: route.target.clone(),
+                bootstrap: String::new(),
+                properties: Default::default(),
+            },
+            false => self.config.clusters[&route.target].clone(),
+        };
         let target_topic = route.target_topic.render(topic, &route.source, &route.name);
         self.consumer(&route.source)?;
-        self.consumer(&route.target)?;
+        if !archive {
+            self.consumer(&route.target)?;
+        }
         let (consumers, checkpoint) = (&self.consumers, self.checkpoint.as_ref());
         let mut refused: Option<String> = None;
         let mut target_count = 0;
@@ -319,6 +331,8 @@ impl Discovery {
                 "target topic \"{target_topic}\" is not a valid topic name (route \"{}\" target_topic)",
                 route.name
             ));
+        } else if archive {
+            target_count = to;
         } else {
             let md = cluster::metadata(&consumers[&route.target], &dst, None, timeout)?;
             match cluster::partition_count(&md, &target_topic) {
@@ -358,7 +372,7 @@ impl Discovery {
         }
         // Where each target partition stood before this job wrote there (for `verify`).
         let mut target_highs = vec![0; target_count];
-        if refused.is_none() {
+        if refused.is_none() && !archive {
             let consumer = &consumers[&route.target];
             for (tp, h) in target_highs.iter_mut().enumerate() {
                 *h = cluster::watermarks(
@@ -618,7 +632,7 @@ impl State {
                         for c in std::iter::once(t.plan.target_cluster.clone())
                             .chain(t.route.dead_letter.as_ref().map(|d| d.cluster.clone()))
                         {
-                            if !self.producers.contains_key(&c) {
+                            if !self.producers.contains_key(&c) && !self.archive.is_archive(&c) {
                                 let p = self.pool.get(&c);
                                 self.producers.insert(c, p);
                             }

@@ -18,6 +18,7 @@
 //! `limits.max_in_flight_bytes`) plus what was acknowledged since the last checkpoint.
 
 pub mod ack_tracker;
+mod archive_sink;
 pub mod batch;
 pub mod discovery;
 pub mod filter;
@@ -286,15 +287,16 @@ fn execute(
         .routes
         .iter()
         .flat_map(|r| std::iter::once(&r.target).chain(r.dead_letter.as_ref().map(|d| &d.cluster)))
+        .filter(|c| !config.archives.contains_key(*c))
         .map(|c| (c.clone(), config.clusters[c].clone()))
         .collect();
     let target_clusters: std::collections::BTreeSet<String> = targets.keys().cloned().collect();
     let source_clusters: std::collections::BTreeSet<String> = groups.keys().cloned().collect();
-    let pool = Arc::new(produce::ProducerPool::new(
-        targets,
-        config.limits.clone(),
-        senders,
-    )?);
+    let mut pool = produce::ProducerPool::new(targets, config.limits.clone(), senders)?;
+    for name in config.archives.keys() {
+        pool.add_health(name);
+    }
+    let pool = Arc::new(pool);
 
     let routes: Vec<Arc<crate::config::RouteConfig>> =
         config.routes.iter().cloned().map(Arc::new).collect();
@@ -403,6 +405,11 @@ fn execute(
             pool: pool.clone(),
             shared: shared.clone(),
             layout: layout.remove(&cluster),
+            archive: archive_sink::ArchiveSink::new(
+                config.archives.clone(),
+                config.checkpoints.interval,
+                archive_sink::max_open_segments(config.limits.max_in_flight_bytes),
+            ),
         };
         let h = std::thread::Builder::new()
             .name(format!("kmirror-{cluster}"))

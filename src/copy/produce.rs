@@ -481,6 +481,13 @@ impl ProducerPool {
     }
 
     /// The health (outage episodes) of target `cluster`.
+    /// A health entry for a target that has no producer (an archive), so everything that
+    /// shows targets' health shows it too.
+    pub fn add_health(&mut self, cluster: &str) {
+        self.health
+            .insert(cluster.to_string(), Arc::new(TargetHealth::new(cluster)));
+    }
+
     pub fn health(&self, cluster: &str) -> &Arc<TargetHealth> {
         &self.health[cluster]
     }

@@ -243,7 +243,9 @@ impl Reloader {
 
 fn same_clusters(a: &Config, b: &Config) -> bool {
     let key = |c: &ClusterConfig| (c.name.clone(), c.bootstrap.clone(), c.properties.clone());
-    a.clusters.len() == b.clusters.len()
+    // An archive's directory is a cluster setting too (each reader's sink holds them).
+    a.archives == b.archives
+        && a.clusters.len() == b.clusters.len()
         && a.clusters
             .values()
             .zip(b.clusters.values())

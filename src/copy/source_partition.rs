@@ -24,6 +24,7 @@ use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::ack_tracker::{AckTracker, Settled};
+use super::archive_sink::ArchiveSink;
 use super::batch::{self, Event, SourceErrorKind};
 use super::filter::{Decision, RecordView};
 use super::partitions::Partitions;
@@ -179,7 +180,7 @@ pub struct CopyTask {
     /// is unknown (see `FailureKind::Missing`).
     missing_attempts: u32,
     /// `<source cluster>/<topic>/<partition>/`: the provenance value without the offset.
-    provenance_prefix: String,
+    pub(super) provenance_prefix: String,
 }
 
 impl CopyTask {
@@ -327,12 +328,12 @@ fn is_stopping(e: &KafkaError) -> bool {
 }
 
 /// A record bound for a producer.
-struct Outgoing<'a> {
-    topic: String,
+pub(super) struct Outgoing<'a> {
+    pub(super) topic: String,
     partition: Option<i32>,
-    key: Option<&'a [u8]>,
-    payload: Option<&'a [u8]>,
-    headers: Option<OwnedHeaders>,
+    pub(super) key: Option<&'a [u8]>,
+    pub(super) payload: Option<&'a [u8]>,
+    pub(super) headers: Option<OwnedHeaders>,
     timestamp: Option<i64>,
 }
 
@@ -388,6 +389,8 @@ pub struct Reader {
     pub shared: Arc<Shared>,
     /// Tasks for partitions found mid-run, and topics gone (`super::discovery`).
     pub layout: Option<Receiver<super::discovery::LayoutChange>>,
+    /// Where routes into archives write (`super::archive_sink`).
+    pub archive: ArchiveSink,
 }
 
 pub(super) struct State {
@@ -415,7 +418,8 @@ pub(super) struct State {
     uncommitted: Option<BaseConsumer<QuietContext>>,
     /// The clock (ms) when the current batch of delivery reports was taken: one read per
     /// batch, not per record, for replication latency (44 ns vs 6 ns a record, measured).
-    reports_at_ms: i64,
+    pub(super) reports_at_ms: i64,
+    pub(super) archive: ArchiveSink,
 }
 
 impl Reader {
@@ -430,6 +434,7 @@ impl Reader {
                 let dead_letter = t.route.dead_letter.as_ref().map(|d| d.cluster.clone());
                 std::iter::once(t.plan.target_cluster.clone()).chain(dead_letter)
             })
+            .filter(|c| !self.archive.is_archive(c))
             .map(|c| {
                 let p = self.pool.get(&c);
                 (c, p)
@@ -454,6 +459,7 @@ impl Reader {
             uncommitted: None,
             reports_at_ms: 0,
             layout: self.layout,
+            archive: self.archive,
         };
         // The consumer's one queue (every topic of the cluster) holds at most the prefetch
         // budget, whatever the number of topics, partitions or records (see `prefetch`).
@@ -819,7 +825,12 @@ impl State {
         let cluster = t.plan.target_cluster.clone();
         let inflight = self.inflight(i, offset, size, false, out.timestamp);
         let generation = self.tasks[i].generation;
-        let sent = self.send(&cluster, out, inflight);
+        let sent = if self.archive.is_archive(&cluster) {
+            self.write_archive(i, m, &out, *inflight);
+            Ok(())
+        } else {
+            self.send(&cluster, out, inflight)
+        };
         if self.tasks[i].generation != generation {
             // Rewound while waiting for room in the producer queue: this record will be
             // read again (it stays counted as read, pending), and its delivery report is
@@ -1423,6 +1434,7 @@ impl State {
 
     /// Settles delivery reports; waits up to `wait` for the first one.
     fn settle_reports(&mut self, wait: Duration) {
+        self.settle_archive();
         let first = if wait.is_zero() {
             self.deliveries.try_recv().ok()
         } else {
@@ -1436,7 +1448,7 @@ impl State {
         }
     }
 
-    fn on_report(&mut self, r: DeliveryReport) {
+    pub(super) fn on_report(&mut self, r: DeliveryReport) {
         let inf = r.inflight;
         let i = inf.task as usize;
         let t = &mut self.tasks[i];
@@ -1641,6 +1653,7 @@ impl State {
 
     /// After stop: wait (bounded) for what is in flight, so it can be checkpointed.
     fn drain(&mut self) {
+        self.archive.seal_all();
         let deadline = Instant::now() + self.shared.shutdown_timeout;
         while self.tasks.iter().any(|t| t.in_flight_bytes > 0) && Instant::now() < deadline {
             self.settle_reports(Duration::from_millis(50));

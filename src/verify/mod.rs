@@ -607,6 +607,15 @@ pub fn verify_with(
                 coverage,
                 ..Default::default()
             };
+            if config.archives.contains_key(&r.target) {
+                // Never "OK" for what was not compared.
+                row.unverifiable = Some(format!(
+                    "the target \"{}\" is an archive: verify between an archive and a cluster is not built yet (issue 14); read it back with the archive's reader",
+                    r.target
+                ));
+                rows.push(row);
+                continue;
+            }
             let Some(pc) = pc else {
                 rows.push(row);
                 continue;
