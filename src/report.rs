@@ -97,6 +97,11 @@ fn routing_file(config: &Config) -> Value {
                 "target_topic": r.target_topic.0,
             })
         }).collect::<Vec<_>>(),
+        // `[clusters.NAME] archive = "dir"`: directories routes dump into.
+        "archives": config.archives.iter().map(|(name, dir)| json!({
+            "name": name,
+            "dir": dir.display().to_string(),
+        })).collect::<Vec<_>>(),
     })
 }
 

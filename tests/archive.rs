@@ -111,6 +111,15 @@ fn a_dump_keeps_every_record_byte_for_byte() {
         "{}",
         c.stdout
     );
+    // The JSON plan names the archive too (it is not a cluster of brokers).
+    let j = km(&["check", "-c", s(&cfg), "--output", "json"], T);
+    j.expect_code(0, "check --output json");
+    let j = json_with_schema(&j.stdout, "check-plan.schema.json");
+    assert_eq!(
+        j["routing_file"]["archives"],
+        serde_json::json!([{ "name": "vault", "dir": dir.display().to_string() }]),
+        "{j:#}"
+    );
     assert!(
         c.stdout.contains("vault:t/1"),
         "the plan names the archive: {}",
