@@ -730,6 +730,16 @@ fn a_restore_gives_back_every_record_in_its_partition_and_order() {
     let cp = m.dir.path().join("checkpoints/restore.checkpoint.json");
     assert_eq!(common::cli::checkpoint_file_sum(&cp), 300);
 
+    // `verify` does not compare an archive with a cluster yet: it must not say OK.
+    let v = km(&["verify", "-c", s(&cfg)], T);
+    v.expect_code(1, "verify of a restore");
+    assert!(
+        v.stdout
+            .contains("cannot verify: the source \"vault\" is an archive"),
+        "{}",
+        v.stdout
+    );
+
     // Run again: the checkpoint is at the archive's end, nothing is produced twice.
     let again = km(&["run", "-c", s(&cfg), "--output", "json"], T);
     again.expect_code(0, "the second restore");
@@ -737,5 +747,122 @@ fn a_restore_gives_back_every_record_in_its_partition_and_order() {
     assert_eq!(j["totals"]["read"], 0, "{j:#}");
     for p in 0..3 {
         assert_same_partition(&m, p);
+    }
+}
+
+/// A segment whose bytes no longer match its manifest (one byte flipped after the dump)
+/// halts its partition before any of its records is produced, naming the archive, topic,
+/// partition, segment file and the offset restored up to; the other partitions restore
+/// in full, and the run exits 1.
+#[test]
+fn a_corrupt_segment_halts_its_partition_and_produces_none_of_it() {
+    let m = Mirror::start(&[("t", 2)]);
+    produce(m.source(), "t", &varied_records(200, 2));
+    let dump = routing(&m, "", "");
+    km(&["run", "-c", s(&dump), "--once"], T).expect_code(0, "the dump");
+    let root = m.dir.path().join("archive");
+    let reader = PartitionReader::open(&root, "t", 1).unwrap();
+    let seg = reader.manifests()[0].segment.clone();
+    let path = root.join("t/1").join(&seg);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let cfg = restore_routing(&m, "", "");
+    let r = km(&["run", "-c", s(&cfg), "--output", "json"], T);
+    r.expect_code(1, "a restore with a corrupt segment");
+    let log = format!("{}{}", r.stdout, r.stderr);
+    for want in [
+        root.display().to_string(),
+        "topic t partition 1".to_string(),
+        seg.clone(),
+        "restored up to offset 0".to_string(),
+    ] {
+        assert!(log.contains(&want), "`{want}` not said: {log}");
+    }
+    assert_same_partition(&m, 0);
+    assert_eq!(
+        common::watermarks(m.target(), "t", 1).1,
+        0,
+        "nothing of the corrupt segment was produced"
+    );
+}
+
+/// `kill -9` during a restore (the real binary, a few kills), then a run to the end: every
+/// archived record is on the target (census by provenance), duplicates only from what was
+/// in flight or acknowledged after the last checkpoint, each partition in source order
+/// after its duplicates, the checkpoint at the archive's end, the archive intact.
+#[test]
+fn a_restore_killed_mid_way_resumes_and_misses_nothing() {
+    let m = Mirror::start(&[("t", 2)]);
+    let n = 20_000u64;
+    common::produce_numbered(m.source(), "t", 2, 0..n / 2, 1_700_000_000_000);
+    let dump = routing(&m, "", "");
+    km(&["run", "-c", s(&dump), "--once"], T).expect_code(0, "the dump");
+
+    let cfg = restore_routing(&m, "max_messages_per_sec = 5000", "interval = \"200ms\"");
+    let cp = m.dir.path().join("checkpoints/restore.checkpoint.json");
+    let mut kills = 0;
+    for round in 0..3 {
+        let mut r = Running::spawn(&["run", "-c", s(&cfg)]);
+        let before = common::cli::checkpoint_file_sum(&cp);
+        common::wait_until("the restore checkpoints progress", T, || {
+            common::cli::checkpoint_file_sum(&cp) > before || r.child.try_wait().unwrap().is_some()
+        });
+        std::thread::sleep(Duration::from_millis(300 + 200 * round));
+        if r.child.try_wait().unwrap().is_none() {
+            r.child.kill().unwrap();
+            let _ = r.child.wait();
+            kills += 1;
+        }
+    }
+    assert!(kills >= 1, "the restore was never killed mid-way");
+    let resumed_at = common::cli::checkpoint_file_sum(&cp);
+    assert!(resumed_at > 0 && resumed_at < n as i64, "{resumed_at}");
+    let done = km(&["run", "-c", s(&cfg), "--output", "json"], T);
+    done.expect_code(0, "the run after the kills");
+    let j = json_with_schema(&done.stdout, "run-summary.schema.json");
+    // The last run read from the checkpoint on: exactly what was left.
+    assert_eq!(j["totals"]["read"], n as i64 - resumed_at, "{j:#}");
+    assert_eq!(common::cli::checkpoint_file_sum(&cp), n as i64);
+    let target = common::read_topic(m.target(), "t");
+    let seen = common::census(&target, "vault", "t");
+    let diff = common::CensusDiff::new(&seen, &common::same_range(2, 0..(n / 2) as i64));
+    assert!(
+        diff.missing.is_empty(),
+        "missing after {kills} kills: {:?}",
+        &diff.missing[..diff.missing.len().min(10)]
+    );
+    assert!(diff.extra.is_empty(), "{:?}", diff.extra);
+    let dups: u32 = diff.duplicated.iter().map(|(_, k)| k - 1).sum();
+    eprintln!("{kills} kills; {dups} duplicates on the target (in flight or acknowledged after a checkpoint)");
+    // At most what one run had in flight or acknowledged since its last checkpoint (200 ms
+    // at 5000/s, plus one rate-limited batch), per kill.
+    assert!(
+        dups <= kills as u32 * 3000,
+        "{dups} duplicates for {kills} kills"
+    );
+    // Each partition: source order, except that a resumed run starts again at its checkpoint.
+    for p in 0..2 {
+        let offsets: Vec<i64> = target
+            .iter()
+            .filter(|r| r.partition == p)
+            .map(|r| common::provenance(r).unwrap().3)
+            .collect();
+        let restarts = offsets.windows(2).filter(|w| w[1] <= w[0]).count();
+        assert!(
+            restarts <= kills,
+            "partition {p}: {restarts} restarts for {kills} kills"
+        );
+        for w in offsets.windows(2).filter(|w| w[1] > w[0]) {
+            assert_eq!(w[1], w[0] + 1, "partition {p}: a gap in order");
+        }
+    }
+    for p in 0..2 {
+        assert_eq!(
+            archived(&m.dir.path().join("archive"), p).len() as u64,
+            n / 2
+        );
     }
 }
