@@ -730,15 +730,18 @@ fn a_restore_gives_back_every_record_in_its_partition_and_order() {
     let cp = m.dir.path().join("checkpoints/restore.checkpoint.json");
     assert_eq!(common::cli::checkpoint_file_sum(&cp), 300);
 
-    // `verify` does not compare an archive with a cluster yet: it must not say OK.
-    let v = km(&["verify", "-c", s(&cfg)], T);
-    v.expect_code(1, "verify of a restore");
-    assert!(
-        v.stdout
-            .contains("cannot verify: the source \"vault\" is an archive"),
-        "{}",
-        v.stdout
-    );
+    // `verify` reads the archive as the source side and the target record by record.
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(0, "verify of a restore (archive -> cluster)");
+    let j: serde_json::Value = serde_json::from_str(&v.stdout).expect("verify JSON");
+    assert_eq!(j["ok"], true, "{j:#}");
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for p in parts {
+        assert_eq!(p["counts"]["source_records"], 100, "{p:#}");
+        assert_eq!(p["counts"]["target_records"], 100, "{p:#}");
+        assert_eq!(p["verdict"], "OK", "{p:#}");
+    }
 
     // Run again: the checkpoint is at the archive's end, nothing is produced twice.
     let again = km(&["run", "-c", s(&cfg), "--output", "json"], T);
@@ -865,4 +868,69 @@ fn a_restore_killed_mid_way_resumes_and_misses_nothing() {
             n / 2
         );
     }
+}
+
+/// `verify` of a restore finds what differs between the archive and the target: a record
+/// altered on the target (a copy with another value, under the same provenance) and one
+/// produced twice. Exit 1, each named with its offset.
+#[test]
+fn verify_of_a_restore_finds_altered_and_duplicated_records() {
+    let m = Mirror::start(&[("t", 2)]);
+    produce(m.source(), "t", &varied_records(100, 2));
+    let dump = routing(&m, "", "");
+    km(&["run", "-c", s(&dump), "--once"], T).expect_code(0, "the dump");
+    // Restored in two runs of the route (the first ends at offset 25), with records added
+    // on the target in between: inside the range the route wrote, which verify reads.
+    let cfg = restore_routing(&m, "end = 25", "");
+    km(&["run", "-c", s(&cfg)], T).expect_code(0, "the restore up to offset 25");
+    km(&["verify", "-c", s(&cfg)], T).expect_code(0, "verify before anything changes");
+
+    // On the target: offset 7 of partition 1 again with another value (altered: the last
+    // copy of an offset is compared), and offset 3 of partition 0 again, identical (a
+    // duplicate).
+    let restored = read_partition(m.target(), "t", 1);
+    let at7 = restored.iter().find(|r| r.offset == 7).unwrap();
+    let restored0 = read_partition(m.target(), "t", 0);
+    let at3 = restored0.iter().find(|r| r.offset == 3).unwrap();
+    let p = common::DataProducer::new(m.target());
+    for (r, partition, value) in [
+        (at7, 1, Some(b"changed".to_vec())),
+        (at3, 0, at3.value.clone()),
+    ] {
+        let headers = r
+            .headers
+            .iter()
+            .map(|(k, v)| (String::from_utf8(k.clone()).unwrap(), v.clone()))
+            .collect();
+        p.send(
+            "t",
+            &TestRecord {
+                partition,
+                key: r.key.clone(),
+                value,
+                headers,
+                timestamp: r.timestamp.to_millis(),
+            },
+        );
+    }
+    p.flush();
+    let cfg = restore_routing(&m, "", "");
+    km(&["run", "-c", s(&cfg)], T).expect_code(0, "the rest of the restore");
+
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(1, "verify after the target changed");
+    let j: serde_json::Value = serde_json::from_str(&v.stdout).expect("verify JSON");
+    assert_eq!(j["ok"], false, "{j:#}");
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    let part = |n: i32| {
+        parts
+            .iter()
+            .find(|p| p["source"] == format!("vault:t/{n}"))
+            .unwrap_or_else(|| panic!("no row for partition {n}: {j:#}"))
+    };
+    assert_eq!(part(1)["counts"]["altered"], 1, "{j:#}");
+    assert_eq!(part(1)["first_altered"], serde_json::json!([7]), "{j:#}");
+    assert_eq!(part(1)["verdict"], "MISMATCH", "{j:#}");
+    assert_eq!(part(0)["counts"]["duplicates"], 1, "{j:#}");
+    assert_eq!(part(0)["counts"]["missing"], 0, "{j:#}");
 }

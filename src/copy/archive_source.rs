@@ -76,7 +76,7 @@ pub struct ArchiveMessage {
 }
 
 impl ArchiveMessage {
-    fn new(topic: Arc<str>, partition: i32, rec: ArchivedRecord) -> ArchiveMessage {
+    pub fn new(topic: Arc<str>, partition: i32, rec: ArchivedRecord) -> ArchiveMessage {
         let headers = (!rec.headers.is_empty()).then(|| {
             let h = OwnedHeaders::new_with_capacity(rec.headers.len());
             // SAFETY: `h` is ours alone; the cast is rust-rdkafka's own view of its native
