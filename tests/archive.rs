@@ -730,6 +730,17 @@ fn a_restore_gives_back_every_record_in_its_partition_and_order() {
     let cp = m.dir.path().join("checkpoints/restore.checkpoint.json");
     assert_eq!(common::cli::checkpoint_file_sum(&cp), 300);
 
+    // `checkpoints show`: the source's end is the archive's, nothing left to restore.
+    let shown = km(&["checkpoints", "show", "-c", s(&cfg), "--output", "json"], T);
+    shown.expect_code(0, "checkpoints show of a restore");
+    let j = json_with_schema(&shown.stdout, "checkpoints-show.schema.json");
+    let parts = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(parts.len(), 3, "{j:#}");
+    for p in parts {
+        assert_eq!(p["log_end_offset"], 100, "{p:#}");
+        assert_eq!(p["lag"], 0, "{p:#}");
+    }
+
     // `verify` reads the archive as the source side and the target record by record.
     let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
     v.expect_code(0, "verify of a restore (archive -> cluster)");

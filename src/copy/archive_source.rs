@@ -48,6 +48,16 @@ pub fn layout(root: &Path) -> Result<BTreeMap<String, Vec<(i64, i64)>>, ArchiveE
     Ok(out)
 }
 
+/// Where an archived partition ends: the offset after its last committed segment (0 when the
+/// archive holds nothing of it). A restore's "log end".
+pub fn end_of(root: &Path, topic: &str, partition: i32) -> Result<i64, ArchiveError> {
+    if !archive::partition_dir(root, topic, partition).exists() {
+        return Ok(0);
+    }
+    let r = PartitionReader::open(root, topic, partition)?;
+    Ok(r.manifests().last().map_or(0, |m| m.next_offset))
+}
+
 /// The first archived offset of the partition whose timestamp is at or after `ts` (the
 /// end `high` if none), as ListOffsets answers a broker's `start = <timestamp>`.
 pub fn offset_for_time(
