@@ -757,6 +757,11 @@ fn a_restore_gives_back_every_record_in_its_partition_and_order() {
         assert_eq!(p["verdict"], "OK", "{p:#}");
     }
 
+    // `purge` deletes from source logs: an archive is none, so it has nothing to do here.
+    let p = km(&["purge", "-c", s(&cfg)], T);
+    p.expect_code(0, "purge of a restore");
+    assert!(p.stdout.contains("0 of 0 partitions"), "{}", p.stdout);
+
     // Run again: the checkpoint is at the archive's end, nothing is produced twice.
     let again = km(&["run", "-c", s(&cfg), "--output", "json"], T);
     again.expect_code(0, "the second restore");
