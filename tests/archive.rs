@@ -1062,3 +1062,55 @@ dead_letter = { cluster = "dst", topic = "dlq" }"#,
     let v = km(&["verify", "-c", s(&cfg)], T);
     v.expect_code(0, "verify of a restore with filter and dead letters");
 }
+
+/// Open segments are bounded (one per 4 MiB of `max_in_flight_bytes`: here one) whatever
+/// the number of partitions, and a partition that halts (`on_error = "stop"` on a record
+/// that is not JSON) gives its open segment up: the other partitions restore completely,
+/// the halted one up to the bad record, and the run exits 1 naming it.
+#[test]
+fn a_restore_with_one_open_segment_finishes_every_other_partition_after_a_halt() {
+    let m = Mirror::start(&[("t", 4)]);
+    let mut records = Vec::new();
+    for i in 0..400u32 {
+        let p = (i % 4) as i32;
+        let value = if p == 0 && i / 4 == 5 {
+            b"not json".to_vec()
+        } else {
+            format!("{{\"n\": {i}}}").into_bytes()
+        };
+        records.push(TestRecord {
+            partition: p,
+            key: Some(format!("k{i}").into_bytes()),
+            value: Some(value),
+            headers: vec![],
+            timestamp: Some(1_700_000_000_000 + i as i64),
+        });
+    }
+    produce(m.source(), "t", &records);
+    km(&["run", "-c", s(&routing(&m, "", "")), "--once"], T).expect_code(0, "the dump");
+    let cfg = restore_routing(
+        &m,
+        r#"validate = { json = true }
+on_error = "stop"
+
+[limits]
+max_in_flight_bytes = "4MiB"
+max_in_flight_bytes_per_partition = "1KiB""#,
+        "",
+    );
+    let r = km(&["run", "-c", s(&cfg), "--output", "json"], T);
+    r.expect_code(1, "a restore with a halted partition");
+    assert!(
+        r.stderr.contains("record at offset 5") && r.stderr.contains("on_error = \"stop\""),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(
+        read_partition(m.target(), "t", 0).len(),
+        5,
+        "up to the bad record"
+    );
+    for p in 1..4 {
+        assert_same_partition(&m, p);
+    }
+}

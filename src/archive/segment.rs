@@ -498,6 +498,11 @@ pub struct Records<'a> {
 }
 
 impl Records<'_> {
+    /// A segment is open (its decoder holds memory until the segment's last record is read).
+    pub fn in_segment(&self) -> bool {
+        self.cur.is_some()
+    }
+
     fn corrupt(
         &mut self,
         path: &Path,

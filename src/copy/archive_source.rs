@@ -314,6 +314,14 @@ fn take_batch(st: &State, cursors: &mut [Cursor], turn: usize) -> Vec<(usize, Ar
         / fan_out)
         .clamp(1, 4 << 20);
     let per_partition = limits.max_in_flight_bytes_per_partition;
+    // An open segment holds a zstd decoder (its window, a few MiB): as many are open at once
+    // as a dump keeps open segments, whatever the number of partitions. A partition whose
+    // segment is open reads on until it ends; the others wait for a free one.
+    let max_open = crate::copy::archive_sink::max_open_segments(limits.max_in_flight_bytes);
+    let mut open = cursors
+        .iter()
+        .filter(|c| c.records.as_ref().is_some_and(|r| r.in_segment()))
+        .count();
     let mut out = Vec::new();
     let mut bytes = 0u64;
     let n = cursors.len();
@@ -326,7 +334,23 @@ fn take_batch(st: &State, cursors: &mut [Cursor], turn: usize) -> Vec<(usize, Ar
         let Some(records) = c.records.as_mut() else {
             continue;
         };
+        let was_open = records.in_segment();
+        if !was_open && open >= max_open {
+            continue;
+        }
         let tasks = st.parts.get(c.ti, c.partition);
+        if !tasks
+            .iter()
+            .any(|&i| st.tasks[i].status == TaskStatus::Copying)
+        {
+            // Done or halted: nothing more to read here (a rewind reopens it), and its
+            // open segment must not hold one of the `max_open` for good.
+            if was_open {
+                open -= 1;
+            }
+            c.records = None;
+            continue;
+        }
         let copying = tasks
             .iter()
             .any(|&i| st.tasks[i].status == TaskStatus::Copying && !st.tasks[i].stale_until_assign);
@@ -355,6 +379,12 @@ fn take_batch(st: &State, cursors: &mut [Cursor], turn: usize) -> Vec<(usize, Ar
                     break;
                 }
             }
+        }
+        let now_open = c.records.as_ref().is_some_and(|r| r.in_segment());
+        match (was_open, now_open) {
+            (false, true) => open += 1,
+            (true, false) => open -= 1,
+            _ => {}
         }
     }
     out
