@@ -1114,3 +1114,27 @@ max_in_flight_bytes_per_partition = "1KiB""#,
         assert_same_partition(&m, p);
     }
 }
+
+/// A restore's window: `start` a timestamp (the first archived record at or after it, found
+/// by reading the archive) and `end` an offset narrow what is restored; `verify` of the
+/// window says OK and names it complete.
+#[test]
+fn a_restore_window_starts_at_a_timestamp_and_ends_at_an_offset() {
+    let m = Mirror::start(&[("t", 2)]);
+    common::produce_numbered(m.source(), "t", 2, 0..200, 1_700_000_000_000);
+    km(&["run", "-c", s(&routing(&m, "", "")), "--once"], T).expect_code(0, "the dump");
+    // Record i has timestamp 1_700_000_000_000 + i: 2023-11-14T22:13:20.050Z is record 50.
+    let cfg = restore_routing(&m, "start = \"2023-11-14T22:13:20.050Z\"\nend = 150", "");
+    let r = km(&["run", "-c", s(&cfg), "--output", "json"], T);
+    r.expect_code(0, "a restore of a window");
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    assert_eq!(j["totals"]["acked"], 200, "{j:#}");
+    for p in 0..2 {
+        let offsets: Vec<i64> = read_partition(m.target(), "t", p)
+            .iter()
+            .map(|r| common::provenance(r).unwrap().3)
+            .collect();
+        assert_eq!(offsets, (50..150).collect::<Vec<i64>>(), "partition {p}");
+    }
+    km(&["verify", "-c", s(&cfg)], T).expect_code(0, "verify of the window");
+}
