@@ -1138,3 +1138,21 @@ fn a_restore_window_starts_at_a_timestamp_and_ends_at_an_offset() {
     }
     km(&["verify", "-c", s(&cfg)], T).expect_code(0, "verify of the window");
 }
+
+/// A restore from a directory that is no archive (nothing was dumped there) is refused
+/// before anything is produced: exit 4 (like an unreachable cluster), naming the directory.
+#[test]
+fn a_restore_from_a_directory_that_is_no_archive_exits_4() {
+    let m = Mirror::start(&[("t", 1)]);
+    let cfg = restore_routing(&m, "", "");
+    let r = km(&["run", "-c", s(&cfg)], T);
+    r.expect_code(4, "a restore from a missing archive");
+    let dir = m.dir.path().join("archive");
+    assert!(
+        r.stderr
+            .contains(&format!("{} is not a kmirror archive", dir.display())),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(common::watermarks(m.target(), "t", 0).1, 0);
+}
