@@ -79,6 +79,13 @@ pub enum ClusterError {
         low: i64,
         gap: i64,
     },
+    /// A route's source is an archive (a restore) that cannot be read.
+    #[error("cluster \"{cluster}\" (an archive): {source}")]
+    Archive {
+        cluster: String,
+        #[source]
+        source: crate::archive::ArchiveError,
+    },
     #[error("cluster \"{cluster}\": cannot create topic \"{topic}\": {detail}")]
     CreateTopic {
         cluster: String,

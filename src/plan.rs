@@ -9,7 +9,10 @@ use rdkafka::consumer::BaseConsumer;
 
 use crate::checkpoint::Checkpoint;
 use crate::cluster::{self, ClusterError, QuietContext};
-use crate::config::{value, Config, EndPosition, OutOfRangePolicy, Partitioning, StartPosition};
+use crate::config::{
+    value, Config, EndPosition, OutOfRangePolicy, Partitioning, RouteConfig, StartPosition,
+};
+use crate::copy::source_partition::archive_source;
 
 /// Where a task starts, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,6 +203,24 @@ fn build_inner(
         // An archive is a directory: nothing to connect to (see `crate::copy::archive_sink`).
         .filter(|name| !config.archives.contains_key(*name))
         .collect();
+    // A restore's source: topics and their ends from the archive's manifests.
+    let mut archive_marks: BTreeMap<String, BTreeMap<String, Vec<(i64, i64)>>> = BTreeMap::new();
+    for r in &config.routes {
+        if let Some(root) = config.archives.get(&r.source) {
+            if archive_marks.contains_key(&r.source) {
+                continue;
+            }
+            let layout = archive_source::layout(root).map_err(|source| ClusterError::Archive {
+                cluster: r.source.clone(),
+                source,
+            })?;
+            metadata.insert(
+                r.source.clone(),
+                layout.iter().map(|(t, p)| (t.clone(), p.len())).collect(),
+            );
+            archive_marks.insert(r.source.clone(), layout);
+        }
+    }
     for name in needed {
         let c = &config.clusters[name];
         let consumer = cluster::consumer(c, &[])?;
@@ -244,7 +265,6 @@ fn build_inner(
                 }
             }
         }
-        let src = &config.clusters[&route.source];
         let archive = config.archives.contains_key(&route.target);
         let src_topics = metadata[&route.source].clone();
         let mut topics: Vec<String> = Vec::new();
@@ -380,9 +400,17 @@ fn build_inner(
                         h
                     }
                 };
-            let consumer = &consumers[&route.source];
+            let restore = archive_marks
+                .get(&route.source)
+                .map(|m| (&config.archives[&route.source], m));
             let mut marks = Vec::with_capacity(partitions);
+            if let Some((_, m)) = restore {
+                marks = m[&topic].clone();
+            }
             for p in 0..partitions as i32 {
+                let Some(consumer) = consumers.get(&route.source) else {
+                    break; // an archive: its marks are the manifests'
+                };
                 marks.push(cluster::watermarks(
                     consumer,
                     &route.source,
@@ -394,7 +422,10 @@ fn build_inner(
             // A watermark is a broker's word (tansu's runs behind its data); the ends used for
             // `latest`, offset checks, estimates and snapshots are what is really there.
             let highs: Vec<i64> = marks.iter().map(|m| m.1).collect();
-            match cluster::confirm_ends(src, &topic, &highs, timeout) {
+            match restore.map_or_else(
+                || cluster::confirm_ends(&config.clusters[&route.source], &topic, &highs, timeout),
+                |_| Ok(highs.clone()),
+            ) {
                 Ok(ends) => {
                     for (m, e) in marks.iter_mut().zip(ends) {
                         m.1 = e;
@@ -417,25 +448,25 @@ fn build_inner(
                             StartPosition::Earliest => low,
                             StartPosition::Latest => high,
                             StartPosition::Offset(o) => *o,
-                            StartPosition::Timestamp(ts) => cluster::offset_for_time(
-                                consumer,
-                                src,
+                            StartPosition::Timestamp(ts) => offset_for_time(
+                                config,
+                                route,
+                                &consumers,
                                 &topic,
                                 p,
                                 *ts,
                                 (low, high),
-                                timeout,
                             )?,
                             StartPosition::Ago(d) => {
                                 let ts = now - d.as_millis() as i64;
-                                cluster::offset_for_time(
-                                    consumer,
-                                    src,
+                                offset_for_time(
+                                    config,
+                                    route,
+                                    &consumers,
                                     &topic,
                                     p,
                                     ts,
                                     (low, high),
-                                    timeout,
                                 )?
                             }
                         };
@@ -490,6 +521,8 @@ fn build_inner(
                     });
                 }
                 let end = match (ends, &route.end) {
+                    // An archive route ends at what the archive held when the run started.
+                    (_, e) if restore.is_some() => TaskEnd::once(e, high),
                     (Ends::Once, e) => TaskEnd::once(e, high),
                     (_, EndPosition::None) => TaskEnd::None,
                     (_, EndPosition::Snapshot) => TaskEnd::Offset(high),
@@ -541,6 +574,38 @@ fn build_inner(
         created_topics: created,
         topics_to_create: to_create,
     })
+}
+
+/// The first offset at or after `ts` in a route's source partition: ListOffsets on a
+/// cluster, a scan of the archive on an archive (a restore).
+fn offset_for_time(
+    config: &Config,
+    route: &RouteConfig,
+    consumers: &BTreeMap<String, BaseConsumer<QuietContext>>,
+    topic: &str,
+    p: i32,
+    ts: i64,
+    marks: (i64, i64),
+) -> Result<i64, ClusterError> {
+    match config.archives.get(&route.source) {
+        Some(root) => {
+            archive_source::offset_for_time(root, topic, p, ts, marks).map_err(|source| {
+                ClusterError::Archive {
+                    cluster: route.source.clone(),
+                    source,
+                }
+            })
+        }
+        None => cluster::offset_for_time(
+            &consumers[&route.source],
+            &config.clusters[&route.source],
+            topic,
+            p,
+            ts,
+            marks,
+            config.run.connect_timeout,
+        ),
+    }
 }
 
 impl Plan {

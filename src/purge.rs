@@ -172,6 +172,9 @@ pub fn plan(
     // deleted for every route that reads it, so all of those must have copied it.
     let mut readers: BTreeMap<(String, String, i32), Vec<String>> = BTreeMap::new();
     for t in &layout.tasks {
+        if config.archives.contains_key(&t.source_cluster) {
+            continue; // a restore: an archive is not a log records are deleted from
+        }
         readers
             .entry((t.source_cluster.clone(), t.topic.clone(), t.partition))
             .or_default()

@@ -413,6 +413,7 @@ fn committed(dir: &Path, clean: bool) -> Result<Vec<Manifest>, ArchiveError> {
 }
 
 /// Reads one partition's committed segments, checking each against its manifest.
+#[derive(Debug, Clone)]
 pub struct PartitionReader {
     dir: PathBuf,
     manifests: Vec<Manifest>,
@@ -440,13 +441,42 @@ impl PartitionReader {
             .position(|m| m.last_offset >= from)
             .unwrap_or(self.manifests.len());
         Records {
-            reader: self,
+            reader: std::borrow::Cow::Borrowed(self),
             next_segment: start,
             from,
             cur: None,
             failed: false,
+            check_first: false,
         }
     }
+
+    /// As `records`, owning the reader (a restore keeps one cursor per partition across
+    /// many turns of its loop), and checking each segment's size and hash against its
+    /// manifest before the segment's first record is given out: records produced from a
+    /// segment found corrupt at its end could not be taken back.
+    pub fn into_checked_records(self, from: i64) -> Records<'static> {
+        let r = self.records(from);
+        let next_segment = r.next_segment;
+        Records {
+            reader: std::borrow::Cow::Owned(self),
+            next_segment,
+            from,
+            cur: None,
+            failed: false,
+            check_first: true,
+        }
+    }
+}
+
+/// Size and XXH3 of a whole file.
+fn hash_file(path: &Path) -> io::Result<(u64, u64)> {
+    let mut h = Hashing {
+        inner: File::open(path)?,
+        hash: Xxh3::new(),
+        bytes: 0,
+    };
+    io::copy(&mut h, &mut io::sink())?;
+    Ok((h.hash.digest(), h.bytes))
 }
 
 struct ReadingSegment {
@@ -458,14 +488,21 @@ struct ReadingSegment {
 }
 
 pub struct Records<'a> {
-    reader: &'a PartitionReader,
+    reader: std::borrow::Cow<'a, PartitionReader>,
     next_segment: usize,
     from: i64,
     cur: Option<ReadingSegment>,
     failed: bool,
+    /// Check each segment's hash before reading it (`into_checked_records`).
+    check_first: bool,
 }
 
 impl Records<'_> {
+    /// A segment is open (its decoder holds memory until the segment's last record is read).
+    pub fn in_segment(&self) -> bool {
+        self.cur.is_some()
+    }
+
     fn corrupt(
         &mut self,
         path: &Path,
@@ -492,6 +529,16 @@ impl Iterator for Records<'_> {
                 let m = self.reader.manifests.get(i)?;
                 self.next_segment += 1;
                 let path = self.reader.dir.join(&m.segment);
+                if self.check_first {
+                    let (xxh3, bytes) = (m.xxh3.clone(), m.compressed_bytes);
+                    match hash_file(&path) {
+                        Ok((hash, n)) if format!("{hash:016x}") == xxh3 && n == bytes => {}
+                        Ok((hash, n)) => {
+                            return self.corrupt(&path, format!("checksum {hash:016x} over {n} bytes, its manifest says {xxh3} over {bytes}"))
+                        }
+                        Err(e) => return self.corrupt(&path, format!("cannot read: {e}")),
+                    }
+                }
                 let f = match File::open(&path) {
                     Ok(f) => f,
                     Err(e) => return self.corrupt(&path, format!("cannot open: {e}")),
@@ -740,9 +787,7 @@ mod tests {
         assert!(err.to_string().contains(&m.segment), "{err}");
         // A truncated segment no longer matches its manifest's size.
         fs::write(&seg, &bytes[..mid]).unwrap();
-        let err = PartitionReader::open(dir.path(), "t", 0)
-            .err()
-            .expect("refused");
+        let err = PartitionReader::open(dir.path(), "t", 0).expect_err("refused");
         assert!(err.to_string().contains("its manifest says"), "{err}");
     }
 }

@@ -55,6 +55,10 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
     // A topic the plan uses on each cluster, to ask for metadata about.
     let mut probe: BTreeMap<&str, &str> = BTreeMap::new();
     for t in &plan.tasks {
+        // An archive (a restore's source) has no ids: its offsets are its manifests'.
+        if config.archives.contains_key(&t.source_cluster) {
+            continue;
+        }
         ids.clusters.entry(t.source_cluster.clone()).or_default();
         probe.insert(&t.source_cluster, &t.topic);
         // An archive has no cluster id to look up.

@@ -71,6 +71,14 @@ pub(crate) fn show_checkpoints_json(path: &Path) -> Result<i32> {
             let Some((topic, partition)) = kmirror::checkpoint::parse_partition_key(key) else {
                 continue;
             };
+            if let Some(root) = cfg.archives.get(&rc.source_cluster) {
+                // A restore: the source's end is where the archive's last segment ends.
+                let end =
+                    kmirror::copy::source_partition::archive_source::end_of(root, topic, partition)
+                        .map_err(|e| e.to_string());
+                parts.push(partition_json(rc, key, topic, partition, p, end));
+                continue;
+            }
             let consumer = consumers
                 .entry(rc.source_cluster.clone())
                 .or_insert_with(|| match cfg.clusters.get(&rc.source_cluster) {
@@ -88,20 +96,7 @@ pub(crate) fn show_checkpoints_json(path: &Path) -> Result<i32> {
                 }
                 Err(e) => Err(e.clone()),
             };
-            parts.push(serde_json::json!({
-                "source": format!("{}:{key}", rc.source_cluster),
-                "topic": topic,
-                "partition": partition,
-                "next_offset": p.next_offset,
-                "first_offset": p.first_offset,
-                "end": p.end,
-                "target": format!("{}:{}", p.target_cluster, p.target_topic),
-                "target_written": p.target.iter().map(|(tp, [a, b])| serde_json::json!({"partition": tp, "first": a, "last": b})).collect::<Vec<_>>(),
-                "updated_at": p.updated_at,
-                "log_end_offset": end.as_ref().ok(),
-                "lag": end.as_ref().ok().map(|e| (e - p.next_offset).max(0)),
-                "lookup_error": end.as_ref().err(),
-            }));
+            parts.push(partition_json(rc, key, topic, partition, p, end));
         }
         routes.push(serde_json::json!({
             "route": route,
@@ -119,6 +114,31 @@ pub(crate) fn show_checkpoints_json(path: &Path) -> Result<i32> {
     });
     println!("{out:#}");
     Ok(exit::OK)
+}
+
+/// One partition of `checkpoints show --output json`, with its source's end (or why not).
+fn partition_json(
+    rc: &kmirror::checkpoint::RouteCheckpoint,
+    key: &str,
+    topic: &str,
+    partition: i32,
+    p: &kmirror::checkpoint::PartitionCheckpoint,
+    end: std::result::Result<i64, String>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "source": format!("{}:{key}", rc.source_cluster),
+        "topic": topic,
+        "partition": partition,
+        "next_offset": p.next_offset,
+        "first_offset": p.first_offset,
+        "end": p.end,
+        "target": format!("{}:{}", p.target_cluster, p.target_topic),
+        "target_written": p.target.iter().map(|(tp, [a, b])| serde_json::json!({"partition": tp, "first": a, "last": b})).collect::<Vec<_>>(),
+        "updated_at": p.updated_at,
+        "log_end_offset": end.as_ref().ok(),
+        "lag": end.as_ref().ok().map(|e| (e - p.next_offset).max(0)),
+        "lookup_error": end.as_ref().err(),
+    })
 }
 
 pub(crate) fn show_checkpoints(path: &Path) -> Result<i32> {

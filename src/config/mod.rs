@@ -1233,13 +1233,14 @@ fn check_route(
             continue;
         }
         if archives.contains_key(c.get_ref()) {
-            if key == "source" {
+            if key == "target" && archives.contains_key(r.source.get_ref()) {
                 d.push(
                     &c.span(),
-                    format!("{p}source"),
+                    format!("{p}target"),
                     format!(
-                        "\"{}\" is an archive: restoring from an archive is not supported yet (an archive can be a route's target)",
-                        c.get_ref()
+                        "\"{}\" is an archive and so is the source \"{}\": an archive is restored into a cluster of brokers (copy the directory to copy an archive)",
+                        c.get_ref(),
+                        r.source.get_ref()
                     ),
                 );
             }
@@ -1398,10 +1399,31 @@ fn check_route(
         None => Some(StartPosition::Earliest),
         Some(v) => parse_start(v, &format!("{p}start"), d),
     };
+    // A restore (an archive as the source) is finite: it ends at what the archive held
+    // when the run started, so there is nothing to follow and no `latest` to start at.
+    let restore = archives.contains_key(r.source.get_ref());
     let end = match &r.end {
+        None if restore => Some(EndPosition::Snapshot),
         None => Some(EndPosition::None),
         Some(v) => parse_end(v, &format!("{p}end"), d),
     };
+    if restore {
+        let source = r.source.get_ref();
+        if let (Some(EndPosition::None), Some(v)) = (&end, &r.end) {
+            d.push(
+                &v.span(),
+                format!("{p}end"),
+                format!("\"none\" (follow) is refused: \"{source}\" is an archive, which a route reads to the end it had when the run started; leave `end` out, or give an offset or a timestamp"),
+            );
+        }
+        if let (Some(StartPosition::Latest), Some(v)) = (&start, &r.start) {
+            d.push(
+                &v.span(),
+                format!("{p}start"),
+                format!("\"latest\" is refused: \"{source}\" is an archive, where the latest position is its end, so nothing would be restored; use \"earliest\" (the default), an offset or a timestamp"),
+            );
+        }
+    }
     if let (Some(s), Some(e), Some(ev)) = (&start, &end, &r.end) {
         let now = value::now_ms();
         let contradiction = match (s, e) {

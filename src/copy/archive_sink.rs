@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use crate::archive::{ArchiveError, PartitionWriter, RecordRef, SegmentLimits};
 
-use super::poll::SourceRecord;
 use super::produce::{DeliveryReport, InFlight};
 use super::source_partition::{Outgoing, State, TaskStatus};
 
@@ -268,12 +267,12 @@ impl State {
     pub(super) fn write_archive(
         &mut self,
         i: usize,
-        m: &SourceRecord<'_>,
+        m: &impl rdkafka::message::Message,
         out: &Outgoing<'_>,
         inf: InFlight,
     ) {
         use crate::archive::{RecordRef, TsType};
-        use rdkafka::message::{Headers, Message, Timestamp};
+        use rdkafka::message::{Headers, Timestamp};
         let headers: Vec<(&[u8], Option<&[u8]>)> = out
             .headers
             .iter()

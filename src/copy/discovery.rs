@@ -204,6 +204,8 @@ impl Discovery {
             .config
             .routes
             .iter()
+            // An archive (a restore) has a fixed layout: nothing to look at.
+            .filter(|r| !self.config.archives.contains_key(&r.source))
             .map(|r| r.source.clone())
             .collect();
         let mut changes = Vec::new();

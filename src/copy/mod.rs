@@ -396,7 +396,14 @@ fn execute(
     for (rid, ((cluster, idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
         let reader = Reader {
             id: rid as u32,
-            cluster: config.clusters[&cluster].clone(),
+            // An archive (a restore) has no brokers: its name is all a reader shows of it.
+            cluster: config.clusters.get(&cluster).cloned().unwrap_or_else(|| {
+                crate::config::ClusterConfig {
+                    name: cluster.clone(),
+                    bootstrap: String::new(),
+                    properties: Default::default(),
+                }
+            }),
             tasks: idx
                 .iter()
                 .map(|&i| tasks[i].take().expect("each task in one reader"))
@@ -410,6 +417,7 @@ fn execute(
                 config.checkpoints.interval,
                 archive_sink::max_open_segments(config.limits.max_in_flight_bytes),
             ),
+            source_archive: config.archives.get(&cluster).cloned(),
         };
         let h = std::thread::Builder::new()
             .name(format!("kmirror-{cluster}"))

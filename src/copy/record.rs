@@ -7,7 +7,7 @@
 
 use std::ffi::CStr;
 
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Message, OwnedHeaders};
 use rdkafka_sys as rdsys;
 
 /// The header name kmirror adds to every copied record (unless `provenance = false`):
@@ -212,7 +212,7 @@ pub fn parse_provenance(value: &[u8]) -> Option<(&str, &str, i32, i64)> {
 /// Verify computes it for both sides within one run and never stores it (block digests,
 /// `.verified` positions and checkpoints hold none), so its function may change between
 /// versions without a format version.
-pub fn content_digest(msg: &BorrowedMessage<'_>, ignore: &[&str]) -> u64 {
+pub fn content_digest<M: Message<Headers = BorrowedHeaders>>(msg: &M, ignore: &[&str]) -> u64 {
     fields_digest(msg.key(), msg.payload(), headers_of(msg), ignore)
 }
 

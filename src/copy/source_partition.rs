@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{BorrowedHeaders, Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -39,6 +39,9 @@ use super::record::{
     without_last_header, DLQ_ERROR_HEADER, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER, PROVENANCE_HEADER,
 };
 use super::Shared;
+
+#[path = "archive_source.rs"]
+pub mod archive_source;
 use crate::cluster::{self, QuietContext};
 use crate::config::{ClusterConfig, ErrorAction, OutOfRangePolicy, Partitioning, RouteConfig};
 use crate::counts::Counts;
@@ -337,15 +340,16 @@ pub(super) struct Outgoing<'a> {
     timestamp: Option<i64>,
 }
 
-/// A poison record: still in the consumer's buffer, or handed back by the producer.
-enum Poison<'m, 'c> {
-    Borrowed(&'m SourceRecord<'c>),
+/// A poison record: still in the consumer's buffer (or read from an archive), or handed back
+/// by the producer.
+enum Poison<'m, M> {
+    Borrowed(&'m M),
     /// The refused copy, its source offset and the source timestamp (a delivery report does
     /// not carry the timestamp the record was produced with).
     Owned(&'m OwnedMessage, i64, Option<i64>),
 }
 
-impl Poison<'_, '_> {
+impl<M: Message<Headers = BorrowedHeaders>> Poison<'_, M> {
     fn offset(&self) -> i64 {
         match self {
             Poison::Borrowed(m) => m.offset(),
@@ -391,6 +395,8 @@ pub struct Reader {
     pub layout: Option<Receiver<super::discovery::LayoutChange>>,
     /// Where routes into archives write (`super::archive_sink`).
     pub archive: ArchiveSink,
+    /// The directory when the source is an archive (a restore: `archive_source`).
+    pub source_archive: Option<std::path::PathBuf>,
 }
 
 pub(super) struct State {
@@ -461,6 +467,12 @@ impl Reader {
             layout: self.layout,
             archive: self.archive,
         };
+        if let Some(root) = &self.source_archive {
+            archive_source::run(&mut st, root);
+            st.drain();
+            st.publish();
+            return st.tasks;
+        }
         // The consumer's one queue (every topic of the cluster) holds at most the prefetch
         // budget, whatever the number of topics, partitions or records (see `prefetch`).
         let prefetch =
@@ -703,7 +715,9 @@ impl State {
         }
     }
 
-    fn offer(&mut self, ti: usize, m: &SourceRecord<'_>) {
+    /// Offers one source record (from the consumer, or from an archive: `archive_source`)
+    /// to every task of its partition: end, filter, validate, then produce or `on_error`.
+    fn offer<M: Message<Headers = BorrowedHeaders>>(&mut self, ti: usize, m: &M) {
         let p = m.partition();
         let offset = m.offset();
         let mut size = None;
@@ -772,7 +786,7 @@ impl State {
         }
     }
 
-    fn produce(&mut self, i: usize, m: &SourceRecord<'_>, size: u32) {
+    fn produce<M: Message<Headers = BorrowedHeaders>>(&mut self, i: usize, m: &M, size: u32) {
         let t = &self.tasks[i];
         let offset = m.offset();
         let partition = match t.plan.partitioning {
@@ -958,7 +972,14 @@ impl State {
     /// A record that fails validation, cannot be filtered, or that the target refuses for
     /// good: the route's `on_error` decides. `pending` says whether the tracker already
     /// holds its offset (a refusal reported by the producer) or not (found before producing).
-    fn poison(&mut self, i: usize, rec: &Poison<'_, '_>, why: String, size: u32, pending: bool) {
+    fn poison<M: Message<Headers = BorrowedHeaders>>(
+        &mut self,
+        i: usize,
+        rec: &Poison<'_, M>,
+        why: String,
+        size: u32,
+        pending: bool,
+    ) {
         let offset = rec.offset();
         let t = &mut self.tasks[i];
         match t.route.on_error {
@@ -1543,7 +1564,8 @@ impl State {
         let why = format!("refused by {target}: {e}");
         match (failed, inf.dead_letter) {
             (Some(msg), false) => {
-                let poison = Poison::Owned(msg, inf.offset, inf.timestamp);
+                let poison: Poison<'_, SourceRecord<'_>> =
+                    Poison::Owned(msg, inf.offset, inf.timestamp);
                 self.poison(i, &poison, why, inf.bytes, true);
             }
             _ => {

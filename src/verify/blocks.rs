@@ -34,6 +34,8 @@ pub(super) struct Task<'a> {
     pub(super) route: &'a RouteConfig,
     pub(super) ignore: Vec<&'a str>,
     pub(super) src: &'a ClusterConfig,
+    /// The source's directory when it is an archive (a restore: `super::archive`).
+    pub(super) src_archive: Option<&'a std::path::Path>,
     pub(super) dst: &'a ClusterConfig,
     pub(super) topic: String,
     pub(super) partition: i32,
@@ -238,8 +240,7 @@ pub(super) fn read_source(
 ) -> Result<Vec<SrcBlock>, ClusterError> {
     let ks = task.blocks(b);
     let mut blocks = vec![SrcBlock::default(); (ks.end - ks.start) as usize];
-    let (src, topic, p) = (task.src, task.topic.as_str(), task.partition);
-    reader.scan(src, topic, p, task.first, task.next, |m| {
+    super::archive::scan_source(reader, task, task.first, task.next, |m| {
         let o = m.offset();
         let blk = &mut blocks[(o.div_euclid(b) - ks.start) as usize];
         blk.records += 1;
@@ -390,20 +391,13 @@ pub(super) fn drill(
     let content = task.mode == Mode::Content;
     let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
     let mut poison: Vec<i64> = Vec::new();
-    reader.scan(
-        task.src,
-        &task.topic,
-        task.partition,
-        lo,
-        hi,
-        |m| match decide(task.route, m) {
-            Decision::Copy if content => {
-                expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
-            }
-            Decision::Copy | Decision::Filtered => {}
-            Decision::Poison(_) => poison.push(m.offset()),
-        },
-    )?;
+    super::archive::scan_source(reader, task, lo, hi, |m| match decide(task.route, m) {
+        Decision::Copy if content => {
+            expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
+        }
+        Decision::Copy | Decision::Filtered => {}
+        Decision::Poison(_) => poison.push(m.offset()),
+    })?;
     let mut dead: BTreeSet<i64> = BTreeSet::new();
     if let (Some((cluster, topic)), Some(d)) = (task.dlq, dlq) {
         for &(p, a, z) in &d.ranges {

@@ -3,7 +3,7 @@
 //! `message.timestamp.type = LogAppendTime` stamps every record with the broker's time, so
 //! its copies cannot carry the source's timestamp: that is reported, not called altered.
 
-use rdkafka::message::{BorrowedMessage, Message, Timestamp};
+use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
 
 use crate::copy::record::content_digest;
 
@@ -16,7 +16,7 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn of(m: &BorrowedMessage<'_>, ignore: &[&str]) -> Fingerprint {
+    pub fn of<M: Message<Headers = BorrowedHeaders>>(m: &M, ignore: &[&str]) -> Fingerprint {
         Fingerprint {
             content: content_digest(m, ignore),
             timestamp: m.timestamp(),

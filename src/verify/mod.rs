@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use rdkafka::message::{BorrowedMessage, Message};
 
+mod archive;
 mod blocks;
 mod compare;
 mod coverage;
@@ -375,7 +376,10 @@ impl VerifyReport {
 }
 
 /// What the route does with a source record: the same decision as the copy path.
-fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
+fn decide<M: Message<Headers = rdkafka::message::BorrowedHeaders>>(
+    r: &RouteConfig,
+    m: &M,
+) -> Decision {
     if r.validate.is_empty() && r.filter.is_none() {
         return Decision::Copy;
     }
@@ -532,6 +536,19 @@ pub fn verify_with(
     // every target partition).
     let mut target_lows: HashMap<(String, String, i32), i64> = HashMap::new();
     let mut rows = Vec::new();
+    // Archives restored from (`archive.rs`): a name for their tasks' `src`.
+    let archive_clusters: BTreeMap<String, crate::config::ClusterConfig> = config
+        .archives
+        .keys()
+        .map(|name| {
+            let c = crate::config::ClusterConfig {
+                name: name.clone(),
+                bootstrap: String::new(),
+                properties: Default::default(),
+            };
+            (name.clone(), c)
+        })
+        .collect();
     let mut tasks: Vec<Task<'_>> = Vec::new();
     // Count mode across partitions: (row of the whole-route line, the group).
     let mut groups: Vec<(usize, String, String, CountGroup)> = Vec::new();
@@ -574,7 +591,26 @@ pub fn verify_with(
         for task in plan.tasks.iter().filter(|t| t.route == ri) {
             let (topic, partition) = (task.topic.as_str(), task.partition);
             let pc = rc.and_then(|rc| rc.partitions.get(&partition_key(topic, partition)));
-            let src = &config.clusters[&r.source];
+            // A restore reads its source side from the archive (`archive.rs`).
+            let src_archive = config.archives.get(&r.source).map(|p| p.as_path());
+            if src_archive.is_some() && !r.provenance {
+                // Never "OK" for what was not compared.
+                rows.push(VerifyRow {
+                    route: r.name.clone(),
+                    source: format!("{}:{}/{}", r.source, topic, partition),
+                    target: format!("{}:{}", task.target_cluster, task.target_topic),
+                    unverifiable: Some(format!(
+                        "the source \"{}\" is an archive: a restore is verified by its provenance headers (provenance = false)",
+                        r.source
+                    )),
+                    ..Default::default()
+                });
+                continue;
+            }
+            let src = match src_archive {
+                Some(_) => &archive_clusters[&r.source],
+                None => &config.clusters[&r.source],
+            };
             // A timestamp end is where the copy path stops: the first record at or after it
             // (read, not looked up: not every broker answers lookups by time).
             let end_offset = match task.end {
@@ -647,27 +683,17 @@ pub fn verify_with(
             row.no_longer_on_source = (start - first) as u64;
             let mut end = next;
             let marks = (task.low, task.high);
+            let mut resolve = |bound, within| match src_archive {
+                Some(root) => {
+                    archive::resolve(root, &r.source, topic, partition, bound, marks, within)
+                }
+                None => resolve(&mut reader, src, topic, partition, bound, marks, within),
+            };
             if let Some(bound) = opts.from {
-                start = start.max(resolve(
-                    &mut reader,
-                    src,
-                    topic,
-                    partition,
-                    bound,
-                    marks,
-                    (start, end),
-                )?);
+                start = start.max(resolve(bound, (start, end))?);
             }
             if let Some(bound) = opts.to {
-                end = end.min(resolve(
-                    &mut reader,
-                    src,
-                    topic,
-                    partition,
-                    bound,
-                    marks,
-                    (start, end),
-                )?);
+                end = end.min(resolve(bound, (start, end))?);
             }
             let key = partition_key(topic, partition);
             let source_id = rc.and_then(|rc| rc.source_cluster_id.as_deref());
@@ -774,6 +800,7 @@ pub fn verify_with(
                 route: r,
                 ignore: ignore.clone(),
                 src,
+                src_archive,
                 dst,
                 topic: topic.to_string(),
                 partition,
