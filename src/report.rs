@@ -97,7 +97,7 @@ fn routing_file(config: &Config) -> Value {
                 "target_topic": r.target_topic.0,
             })
         }).collect::<Vec<_>>(),
-        // `[clusters.NAME] archive = "dir"`: directories routes dump into.
+        // `[clusters.NAME] archive = "dir"`: directories routes dump into or restore from.
         "archives": config.archives.iter().map(|(name, dir)| json!({
             "name": name,
             "dir": dir.display().to_string(),
