@@ -1165,3 +1165,134 @@ fn a_restore_from_a_directory_that_is_no_archive_exits_4() {
     );
     assert_eq!(common::watermarks(m.target(), "t", 0).1, 0);
 }
+
+/// A checkpoint names the archive it was made on (the id its `FORMAT` file was given when
+/// created): pointing the archive's cluster name at a directory with no archive, or at
+/// another archive, is refused with exit 5 naming the route, the archive, its directory,
+/// both ids and the reset command, and nothing is written anywhere. Pointed back, the dump
+/// resumes. A restore resumed against another archive is refused the same way.
+#[test]
+fn a_checkpoint_made_on_another_archive_is_refused() {
+    let m = Mirror::start(&[("t", 2)]);
+    common::produce_numbered(m.source(), "t", 2, 0..20, 1_700_000_000_000);
+    let cfg = routing(&m, "", "");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the dump into A");
+    let a = m.dir.path().join("archive");
+    let id_a = kmirror::archive::id(&a).unwrap().expect("A has an id");
+    let cp = m.dir.path().join("checkpoints/dump.checkpoint.json");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    assert_eq!(
+        recorded["checkpoint"]["routes"]["keep"]["target_cluster_id"], id_a,
+        "{recorded:#}"
+    );
+    let before = std::fs::read_to_string(&cp).unwrap();
+    common::produce_numbered(m.source(), "t", 2, 20..30, 1_700_000_000_000);
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let point_at = |dir: &str| {
+        std::fs::write(
+            &cfg,
+            text.replace("archive = \"archive\"", &format!("archive = \"{dir}\"")),
+        )
+        .unwrap();
+    };
+    let b = m.dir.path().join("b");
+    let refused = |what: &str, ids: &[&str], route: &str, cfg: &Path| {
+        let r = km(&["run", "-c", s(cfg), "--once"], T);
+        r.expect_code(5, what);
+        let err = &r.stderr;
+        assert!(
+            err.contains(&format!("route \"{route}\""))
+                && err.contains("archive \"vault\"")
+                && err.contains(&b.display().to_string())
+                && ids.iter().all(|id| err.contains(id))
+                && err.contains(&format!(
+                    "kmirror checkpoints reset -c {} --route {route}",
+                    cfg.display()
+                )),
+            "{what}: {err}"
+        );
+    };
+
+    // A fresh directory: no archive there.
+    point_at("b");
+    refused(
+        "a dump pointed at an empty directory",
+        &[&id_a],
+        "keep",
+        &cfg,
+    );
+    assert!(!b.exists(), "nothing created in B");
+    // Another archive.
+    let id_b = kmirror::archive::init(&b).unwrap();
+    assert_ne!(id_a, id_b);
+    refused(
+        "a dump pointed at another archive",
+        &[&id_a, &id_b],
+        "keep",
+        &cfg,
+    );
+    assert_eq!(kmirror::archive::partitions(&b).unwrap(), vec![]);
+    assert_eq!(
+        std::fs::read_to_string(&cp).unwrap(),
+        before,
+        "checkpoint untouched"
+    );
+
+    // Back to A: the dump resumes where it was.
+    point_at("archive");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the dump resumed into A");
+    for p in 0..2 {
+        let offsets: Vec<i64> = archived(&a, p).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..30).collect::<Vec<i64>>(), "partition {p}");
+    }
+
+    // A restore from A, then resumed against B (which holds a partition of its own).
+    let restore = restore_routing(&m, "end = 10", "");
+    km(&["run", "-c", s(&restore)], T).expect_code(0, "the restore from A up to 10");
+    let restored = |p| read_partition(m.target(), "t", p).len();
+    let counts = (restored(0), restored(1));
+    assert_eq!(counts, (10, 10));
+    let rtext = std::fs::read_to_string(&restore).unwrap();
+    std::fs::write(
+        &restore,
+        rtext
+            .replace("archive = \"archive\"", "archive = \"b\"")
+            .replace("end = 10", ""),
+    )
+    .unwrap();
+    for p in 0..2 {
+        let mut w = kmirror::archive::PartitionWriter::open(
+            &b,
+            "t",
+            p,
+            "elsewhere",
+            kmirror::archive::SegmentLimits::default(),
+        )
+        .unwrap();
+        for offset in 0..40 {
+            w.append(&kmirror::archive::RecordRef {
+                offset,
+                ts_type: TsType::Create,
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(b"from B"),
+                headers: &[],
+            })
+            .unwrap();
+        }
+        w.seal(Some(40)).unwrap();
+    }
+    refused(
+        "a restore resumed against another archive",
+        &[&id_a, &id_b],
+        "back",
+        &restore,
+    );
+    assert_eq!(
+        (restored(0), restored(1)),
+        counts,
+        "nothing restored from B"
+    );
+}
