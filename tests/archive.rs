@@ -172,12 +172,12 @@ fn a_dump_keeps_every_record_byte_for_byte() {
         "{cp}"
     );
 
-    // `verify` does not compare an archive with its source yet: it must not say OK.
+    // `verify` compares the archive with its source, record by record where it must.
     let v = km(&["verify", "-c", s(&cfg)], T);
-    v.expect_code(1, "verify of a route into an archive");
+    v.expect_code(0, "verify of a route into an archive");
     assert!(
         v.stdout
-            .contains("cannot verify: the target \"vault\" is an archive"),
+            .contains("verified 2 partitions: every source record is on the target"),
         "{}",
         v.stdout
     );
@@ -1294,5 +1294,109 @@ fn a_checkpoint_made_on_another_archive_is_refused() {
         (restored(0), restored(1)),
         counts,
         "nothing restored from B"
+    );
+}
+
+/// `verify` of a dump reads the target side from the archive: an intact dump is OK; an
+/// archive that lost a committed segment (its file and manifest) and one whose segments
+/// were rewritten consistently with one record's value changed give exit 1, naming the
+/// missing offsets and the altered one. Both reports validate against the schema.
+#[test]
+fn verify_of_a_dump_finds_missing_and_altered_records() {
+    let m = Mirror::start(&[("t", 2)]);
+    let cfg = routing(&m, "", "");
+    // Two runs: each partition gets segments [0, 20) and [20, 40).
+    common::produce_numbered(m.source(), "t", 2, 0..20, 1_700_000_000_000);
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the first dump");
+    common::produce_numbered(m.source(), "t", 2, 20..40, 1_700_000_000_000);
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the second dump");
+
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(0, "verify of an intact dump");
+    let j = json_with_schema(&v.stdout, "verify-report.schema.json");
+    assert_eq!(j["ok"], true, "{j:#}");
+    let rows = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{j:#}");
+    for row in rows {
+        assert_eq!(row["verdict"], "OK", "{j:#}");
+        assert_eq!(row["counts"]["target_records"], 40, "{j:#}");
+    }
+
+    let root = m.dir.path().join("archive");
+    // Partition 1 loses its second segment, file and manifest.
+    let dir1 = root.join("t/1");
+    let stem = format!("{:020}", 20);
+    std::fs::remove_file(dir1.join(format!("{stem}.seg.zst"))).unwrap();
+    std::fs::remove_file(dir1.join(format!("{stem}.json"))).unwrap();
+    // Partition 0 is rewritten with offset 5's value changed, segments and manifests
+    // consistent (the reader's checks pass).
+    let records = archived(&root, 0);
+    std::fs::remove_dir_all(root.join("t/0")).unwrap();
+    let mut w = kmirror::archive::PartitionWriter::open(
+        &root,
+        "t",
+        0,
+        "src",
+        kmirror::archive::SegmentLimits::default(),
+    )
+    .unwrap();
+    for r in &records {
+        let headers: Vec<(&[u8], Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        let value = if r.offset == 5 {
+            Some(&b"tampered"[..])
+        } else {
+            r.value.as_deref()
+        };
+        w.append(&kmirror::archive::RecordRef {
+            offset: r.offset,
+            ts_type: r.ts_type,
+            timestamp: r.timestamp,
+            key: r.key.as_deref(),
+            value,
+            headers: &headers,
+        })
+        .unwrap();
+        if r.offset == 19 || r.offset == 39 {
+            w.seal(Some(r.offset + 1)).unwrap();
+        }
+    }
+    drop(w);
+    assert_eq!(
+        archived(&root, 0).len(),
+        40,
+        "the rewritten partition reads"
+    );
+
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(1, "verify of a tampered dump");
+    let j = json_with_schema(&v.stdout, "verify-report.schema.json");
+    assert_eq!(j["ok"], false, "{j:#}");
+    let rows = j["routes"][0]["partitions"].as_array().unwrap();
+    let part = |n: i32| {
+        rows.iter()
+            .find(|p| p["source"] == format!("src:t/{n}"))
+            .unwrap_or_else(|| panic!("no row for partition {n}: {j:#}"))
+    };
+    assert_eq!(part(1)["verdict"], "MISMATCH", "{j:#}");
+    assert_eq!(part(1)["counts"]["missing"], 20, "{j:#}");
+    assert_eq!(
+        part(1)["first_missing"],
+        serde_json::json!((20..30).collect::<Vec<i64>>()),
+        "{j:#}"
+    );
+    assert_eq!(part(0)["verdict"], "MISMATCH", "{j:#}");
+    assert_eq!(part(0)["counts"]["altered"], 1, "{j:#}");
+    assert_eq!(part(0)["counts"]["missing"], 0, "{j:#}");
+    assert_eq!(part(0)["first_altered"], serde_json::json!([5]), "{j:#}");
+    let t = km(&["verify", "-c", s(&cfg)], T);
+    t.expect_code(1, "verify of a tampered dump, as text");
+    assert!(
+        t.stdout.contains("2 of 2 partitions do NOT match"),
+        "{}",
+        t.stdout
     );
 }

@@ -1,8 +1,10 @@
-//! Verify with an archive as the source side (a restore: archive -> cluster). The source
-//! range is read from the archive's committed segments (each checked against its manifest)
-//! instead of a consumer; each record is then digested, filtered and validated exactly as a
-//! consumed one (`Src` reads like a consumed message), so the verdicts are the
-//! cluster-to-cluster ones. The target side is read as always.
+//! Verify with an archive on one side: the source of a restore (archive -> cluster) or the
+//! target of a dump (cluster -> archive). The archive's side is read from its committed
+//! segments (each checked against its manifest) instead of a consumer; each record is then
+//! digested, filtered, validated or attributed exactly as a consumed one (`Src` reads like a
+//! consumed message), so the verdicts are the cluster-to-cluster ones. A dump's archive
+//! keeps each record at its source offset with its provenance header, so its "target
+//! offsets" are source offsets and attribution is by provenance as on a cluster.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +16,7 @@ use super::read::Reader;
 use super::Bound;
 use crate::archive::PartitionReader;
 use crate::cluster::ClusterError;
+use crate::config::ClusterConfig;
 use crate::copy::source_partition::archive_source::{self, ArchiveMessage};
 
 /// A source record: consumed from a cluster, or read from an archive.
@@ -105,13 +108,57 @@ pub(super) fn scan_source(
     }
     let r = PartitionReader::open(root, &task.topic, task.partition)
         .map_err(|e| archive_error(task, e))?;
-    let topic: Arc<str> = Arc::from(task.topic.as_str());
+    scan_archive(&r, &task.src.name, &task.topic, task.partition, from, to, f)
+}
+
+/// Reads `[from, to)` of a target partition: from its archive when the target is one (a
+/// dump), from the cluster otherwise. An archived partition without a directory holds
+/// nothing (every record the checkpoint says was written there is then missing).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn scan_target(
+    reader: &mut Reader,
+    cluster: &ClusterConfig,
+    archive: Option<&Path>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&Src<'_, '_>),
+) -> Result<(), ClusterError> {
+    let Some(root) = archive else {
+        return reader.scan(cluster, topic, partition, from, to, |m| f(&Src::Kafka(m)));
+    };
+    if from >= to || !crate::archive::partition_dir(root, topic, partition).is_dir() {
+        return Ok(());
+    }
+    let err = |source| ClusterError::Archive {
+        cluster: cluster.name.clone(),
+        source,
+    };
+    let r = PartitionReader::open(root, topic, partition).map_err(err)?;
+    scan_archive(&r, &cluster.name, topic, partition, from, to, f)
+}
+
+/// The archived records at offsets `[from, to)`, each as a `Src`.
+fn scan_archive(
+    r: &PartitionReader,
+    cluster: &str,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&Src<'_, '_>),
+) -> Result<(), ClusterError> {
+    let name: Arc<str> = Arc::from(topic);
     for rec in r.records(from) {
-        let rec = rec.map_err(|e| archive_error(task, e))?;
+        let rec = rec.map_err(|source| ClusterError::Archive {
+            cluster: cluster.to_string(),
+            source,
+        })?;
         if rec.offset >= to {
             break;
         }
-        let m = ArchiveMessage::new(topic.clone(), task.partition, rec);
+        let m = ArchiveMessage::new(name.clone(), partition, rec);
         f(&Src::Archive(&m));
     }
     Ok(())
