@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! <root>/FORMAT                                   "kmirror-archive 1\nid <archive id>"
+//! <root>/<topic>/topic.json                       the source topic's partition count
 //! <root>/<topic>/<partition>/<first offset>.seg.zst   records, one zstd stream
 //! <root>/<topic>/<partition>/<first offset>.json      its manifest: the commit point
 //! ```
@@ -127,6 +128,76 @@ fn read_format(root: &Path) -> Result<Option<String>, ArchiveError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ArchiveError::io(&f, "read")(e)),
     }
+}
+
+/// The format of `<root>/<topic>/topic.json`.
+pub const TOPIC_FORMAT: &str = "kmirror-archive-topic/1";
+
+/// Records that the dumped topic has (at least) `partitions` partitions, so a restore
+/// creates its target topic with all of them, those that held no record included (they
+/// have no directory). Only ever raised: a topic's partitions can be added, not removed.
+pub fn record_partition_count(
+    root: &Path,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ArchiveError> {
+    if partition_count(root, topic)?.is_some_and(|n| n >= partitions) {
+        return Ok(());
+    }
+    let text = serde_json::json!({
+        "format": TOPIC_FORMAT,
+        "topic": topic,
+        "partitions": partitions,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&text).expect("json serializes");
+    bytes.push(b'\n');
+    manifest::write_atomically(&root.join(topic).join("topic.json"), &bytes)
+}
+
+/// The partition count recorded for `topic` (`None`: none recorded, e.g. an archive written
+/// before counts were; then only its partition directories say what it holds).
+pub fn partition_count(root: &Path, topic: &str) -> Result<Option<i32>, ArchiveError> {
+    let f = root.join(topic).join("topic.json");
+    let text = match std::fs::read_to_string(&f) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ArchiveError::io(&f, "read")(e)),
+    };
+    let corrupt = |detail: String| ArchiveError::Corrupt {
+        path: f.display().to_string(),
+        detail,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+    if v["format"] != TOPIC_FORMAT {
+        return Err(corrupt(format!(
+            "format {}, expected {TOPIC_FORMAT:?}",
+            v["format"]
+        )));
+    }
+    v["partitions"]
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok())
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| corrupt(format!("partitions {}", v["partitions"])))
+}
+
+/// Every topic with a recorded partition count, and the count.
+pub fn partition_counts(root: &Path) -> Result<Vec<(String, i32)>, ArchiveError> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(root).map_err(ArchiveError::io(root, "list"))? {
+        let t = t.map_err(ArchiveError::io(root, "list"))?;
+        if !t.file_type().is_ok_and(|f| f.is_dir()) {
+            continue;
+        }
+        let topic = t.file_name().to_string_lossy().to_string();
+        if let Some(n) = partition_count(root, &topic)? {
+            out.push((topic, n));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The directory of one partition.

@@ -248,6 +248,7 @@ pub fn run(
         identity::check(cp, store, config, &ids)?;
     }
     identity::create_target_archives(config, &plan, &mut ids)?;
+    archive_sink::record_partition_counts(config, &plan)?;
     let report = execute(
         config, plan, previous, &ids, store, opts, stop, started, &observer,
     );
