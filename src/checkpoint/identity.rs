@@ -68,11 +68,25 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
         for name in [&t.source_cluster, &t.target_cluster] {
             if let Some(dir) = config.archives.get(name) {
                 if !ids.archives.contains_key(name) {
-                    let id = crate::archive::id(dir).map_err(|source| ClusterError::Archive {
-                        cluster: name.clone(),
-                        source,
-                    })?;
-                    ids.archives.insert(name.clone(), id);
+                    match crate::archive::id(dir) {
+                        Ok(id) => {
+                            ids.archives.insert(name.clone(), id);
+                        }
+                        // An archive restored from read-only storage, written before ids
+                        // existed, cannot be given one: restore it, comparing nothing (as
+                        // for a broker that gives no cluster id).
+                        Err(e @ crate::archive::ArchiveError::Io { .. })
+                            if *name != t.target_cluster =>
+                        {
+                            tracing::warn!(archive = %name, "{e}: the archive has no id and cannot be given one, so a checkpoint cannot tell it from another archive behind the same name");
+                        }
+                        Err(source) => {
+                            return Err(ClusterError::Archive {
+                                cluster: name.clone(),
+                                source,
+                            })
+                        }
+                    }
                 }
             }
         }
