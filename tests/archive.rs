@@ -1400,3 +1400,39 @@ fn verify_of_a_dump_finds_missing_and_altered_records() {
         t.stdout
     );
 }
+
+/// An archive and a checkpoint written before archives had ids (FORMAT with the version
+/// line only, no `target_cluster_id`) are accepted: the next run gives the archive an id
+/// (FORMAT rewritten, still version 1), records it in the checkpoint and resumes.
+#[test]
+fn an_archive_and_checkpoint_from_before_ids_are_accepted_and_given_one() {
+    let m = Mirror::start(&[("t", 1)]);
+    common::produce_numbered(m.source(), "t", 1, 0..10, 1_700_000_000_000);
+    let cfg = routing(&m, "", "");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the first dump");
+    let root = m.dir.path().join("archive");
+    let cp = m.dir.path().join("checkpoints/dump.checkpoint.json");
+    std::fs::write(root.join("FORMAT"), "kmirror-archive 1\n").unwrap();
+    {
+        use kmirror::checkpoint::CheckpointStore;
+        let store = kmirror::checkpoint::FileStore::new(&cp);
+        let mut old = store.load().unwrap().expect("a checkpoint");
+        let rc = old.routes.get_mut("keep").unwrap();
+        assert!(rc.target_cluster_id.take().is_some(), "an id was recorded");
+        store.save(&old).unwrap();
+    }
+
+    common::produce_numbered(m.source(), "t", 1, 10..15, 1_700_000_000_000);
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the dump resumed");
+    let format = std::fs::read_to_string(root.join("FORMAT")).unwrap();
+    let id = format
+        .strip_prefix("kmirror-archive 1\nid ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("FORMAT: {format:?}"));
+    assert_eq!(id.len(), 32, "{format:?}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    assert_eq!(j["checkpoint"]["routes"]["keep"]["target_cluster_id"], id);
+    let offsets: Vec<i64> = archived(&root, 0).iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..15).collect::<Vec<i64>>());
+}
