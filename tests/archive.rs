@@ -368,6 +368,18 @@ bootstrap = "{}""#,
     assert!(dead
         .iter()
         .all(|d| d.value.as_deref() == Some(&b"not json"[..])));
+
+    // verify accounts for every source record: archived, filtered or dead-lettered.
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(0, "verify of a filtered, dead-lettering dump");
+    let j = json_with_schema(&v.stdout, "verify-report.schema.json");
+    let (mut dl, mut target) = (0, 0);
+    for row in j["routes"][0]["partitions"].as_array().unwrap() {
+        assert_eq!(row["verdict"], "OK", "{j:#}");
+        dl += row["counts"]["dead_lettered"].as_u64().unwrap();
+        target += row["counts"]["target_records"].as_u64().unwrap();
+    }
+    assert_eq!((dl, target), (30, 60), "{j:#}");
 }
 
 /// An archive that cannot be written halts the partition, loudly, with the checkpoint left
