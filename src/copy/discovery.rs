@@ -47,6 +47,12 @@ pub enum LayoutChange {
     Gone { topic: String },
     /// The route (by index) left the routing file at a reload (`super::reload`).
     StopRoute(usize),
+    /// Group mode: these source partitions are no longer this member's
+    /// (`super::ownership`), with why.
+    Release {
+        partitions: std::collections::BTreeSet<(String, i32)>,
+        why: String,
+    },
 }
 
 /// The routes after a reload (`super::reload`), for `Discovery::reconfigure`.
@@ -532,6 +538,9 @@ pub struct Applier {
     /// The reader of each source cluster.
     pub readers: BTreeMap<String, Sender<LayoutChange>>,
     pub pool: Arc<ProducerPool>,
+    /// Group mode: partitions found mid-run start released; the group assigns them
+    /// (`super::ownership`).
+    pub group: bool,
 }
 
 impl Applier {
@@ -561,17 +570,19 @@ impl Applier {
                         let _ = r.send(LayoutChange::Gone { topic });
                     }
                 }
-                Change::Start(found) => self.start(found, tasks, shared, observer),
+                Change::Start(found) => self.start(found, tasks, shared, observer, !self.group),
             }
         }
     }
 
-    fn start(
+    /// Starts `found`; not `owned` (group mode, not assigned here): they start released.
+    pub(super) fn start(
         &self,
         found: Vec<(TaskPlan, Option<String>)>,
         tasks: &mut Vec<TaskPlan>,
         shared: &Shared,
         observer: &Observer,
+        owned: bool,
     ) {
         let Some(cluster) = found.first().map(|(p, _)| p.source_cluster.clone()) else {
             return;
@@ -600,6 +611,8 @@ impl Applier {
             );
             if let Some(why) = why {
                 t.halt(why);
+            } else if !owned {
+                t.status = TaskStatus::Released(super::ownership::NOT_ASSIGNED.into());
             }
             t.id = shared.add_progress(t.progress());
             debug_assert_eq!(t.id, tasks.len());
@@ -652,6 +665,17 @@ impl State {
                         }
                     }
                 }
+                LayoutChange::Release { partitions, why } => {
+                    for t in &mut self.tasks {
+                        if partitions.contains(&(t.plan.topic.clone(), t.plan.partition))
+                            && matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone)
+                        {
+                            t.status = TaskStatus::Released(why.clone());
+                            t.retrying = None;
+                            t.source_retrying = false;
+                        }
+                    }
+                }
                 LayoutChange::Gone { topic } => {
                     for t in &mut self.tasks {
                         if t.plan.topic == topic && t.status == TaskStatus::Copying {
@@ -684,10 +708,12 @@ impl State {
     pub(super) fn all_finished(&self) -> bool {
         self.tasks.iter().all(CopyTask::finished)
             && !(self.layout.is_some()
-                && self
-                    .tasks
-                    .iter()
-                    .any(|t| matches!(t.status, TaskStatus::SourceGone | TaskStatus::Removed)))
+                && self.tasks.iter().any(|t| {
+                    matches!(
+                        t.status,
+                        TaskStatus::SourceGone | TaskStatus::Removed | TaskStatus::Released(_)
+                    )
+                }))
     }
 }
 

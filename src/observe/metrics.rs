@@ -50,6 +50,7 @@ pub(crate) fn state_word(p: &PartitionNow<'_>) -> &'static str {
         (TaskStatus::Halted(_), _) => "halted",
         (TaskStatus::SourceGone, _) => "source_gone",
         (TaskStatus::Removed, _) => "removed",
+        (TaskStatus::Released(_), _) => "released",
         (_, Some(_)) => "retrying",
         _ => "copying",
     }
