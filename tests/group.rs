@@ -474,6 +474,12 @@ fn a_restart_with_the_same_instance_id_moves_no_partition() {
     let a = stop(a);
     assert_eq!(b2.code, 0, "b again: {}", b2.stderr);
     assert_eq!(a.code, 0, "a: {}", a.stderr);
+    if std::env::var_os("KM_GROUP_LOGS").is_some() {
+        eprintln!(
+            "--- a\n{}\n--- b\n{}\n--- b again\n{}",
+            a.stderr, b1.stderr, b2.stderr
+        );
+    }
     let a_moves = moves(&a.stderr);
     assert!(
         a_moves.iter().all(|m| m.starts_with('+'))

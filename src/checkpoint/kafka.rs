@@ -1075,6 +1075,91 @@ mod tests {
         assert_eq!(fresh().get("r", "orders", 0).unwrap().next_offset, 10);
     }
 
+    fn group_store(bootstrap: &str, instance: &str) -> (KafkaStore, std::sync::Arc<Ownership>) {
+        let own = std::sync::Arc::new(Ownership::new(Duration::from_secs(10)));
+        let cluster = ClusterConfig {
+            name: "dst".into(),
+            bootstrap: bootstrap.into(),
+            properties: Default::default(),
+        };
+        let s = KafkaStore::for_group(
+            cluster,
+            "cps",
+            "j",
+            Duration::from_secs(10),
+            instance,
+            own.clone(),
+        );
+        (s, own)
+    }
+
+    /// Group mode: the record with the highest epoch stands wherever it lies in the log. A
+    /// stale owner's write landing after the new owner's claim is ignored by every reader,
+    /// and the stale owner's next save finds the higher epoch, fences the partition and
+    /// writes nothing for it.
+    #[test]
+    fn in_a_group_the_highest_epoch_wins_and_a_stale_owner_is_fenced() {
+        let dc = crate::dev_cluster::DevClusters::start(1, 1, &[("cps".to_string(), 1)])
+            .expect("mock cluster");
+        let bootstrap = dc.bootstraps[0].clone();
+        let (a, a_own) = group_store(&bootstrap, "a");
+        a.claim().unwrap();
+        a_own.own(("orders".into(), 0), 1);
+        a.save(&checkpoint(10)).unwrap();
+
+        // b takes the partition above what it read.
+        let (b, b_own) = group_store(&bootstrap, "b");
+        b.claim().unwrap();
+        assert_eq!(b.epoch_of("orders", 0), 1);
+        b_own.own(("orders".into(), 0), b.epoch_of("orders", 0) + 1);
+        b.save(&checkpoint(10)).unwrap();
+
+        // a's write in flight when b took over lands after b's, at a's (lower) epoch.
+        {
+            let mut st = a.state.lock().unwrap();
+            let key = partition_record_key("j", "r", "orders", 0);
+            let mut pb = st.stored.get(&key).cloned().unwrap();
+            pb.checkpoint.next_offset = 20;
+            let mut body = a.body(Some(pb));
+            body.generation = Some(1);
+            a.write(&mut st, 0, &[(key, Some(seal(body)))]).unwrap();
+        }
+        let (fresh, _) = group_store(&bootstrap, "reader");
+        let next = |s: &KafkaStore| {
+            s.load()
+                .unwrap()
+                .unwrap()
+                .get("r", "orders", 0)
+                .unwrap()
+                .next_offset
+        };
+        assert_eq!(next(&fresh), 10, "the stale write does not stand");
+        assert_eq!(fresh.epoch_of("orders", 0), 2);
+
+        // a's next save reads b's epoch: fenced, nothing written.
+        let high = || {
+            crate::cluster::consumer(&a.cluster, &[])
+                .and_then(|c| {
+                    crate::cluster::watermarks(&c, "dst", "cps", 0, Duration::from_secs(10))
+                })
+                .unwrap()
+                .1
+        };
+        let before = high();
+        a.save(&checkpoint(30)).unwrap();
+        assert_eq!(a_own.epoch("orders", 0), None, "no longer a's");
+        assert_eq!(a_own.fenced_total(), 1);
+        assert_eq!(a_own.take_fenced().len(), 1);
+        let after = high();
+        assert_eq!(before, after, "a wrote nothing after it was fenced");
+        assert_eq!(next(&fresh), 10);
+
+        // b's next save writes its record again, so compaction keeps it over a's stale one.
+        b.save(&checkpoint(10)).unwrap();
+        let (fresh, _) = group_store(&bootstrap, "reader2");
+        assert_eq!(next(&fresh), 10);
+    }
+
     #[test]
     fn keys_name_their_job_and_refuse_what_is_not_ours() {
         assert_eq!(key_job(&owner_key("j")).unwrap(), "j");
