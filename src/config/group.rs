@@ -147,3 +147,62 @@ fn valid_id(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn load(group: &str, env: &[(&str, &str)]) -> Result<Config, String> {
+        let text = format!(
+            r#"[clusters.src]
+bootstrap = "127.0.0.1:9"
+[clusters.dst]
+bootstrap = "127.0.0.1:9"
+[checkpoints]
+store = "kafka"
+{group}
+[[routes]]
+name = "r"
+source = "src"
+topics = ["orders"]
+target = "dst"
+"#
+        );
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_str(Path::new("g.toml"), text, &|k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn instance_id_defaults_to_the_host_name_and_session_timeout_to_30s() {
+        let c = load("[group]\nid = \"g\"", &[("HOSTNAME", "pod-1")]).unwrap();
+        let g = c.group.unwrap();
+        assert_eq!(
+            (g.id.as_str(), g.instance_id.as_str(), g.session_timeout),
+            ("g", "pod-1", DEFAULT_SESSION_TIMEOUT)
+        );
+        assert_eq!(g.cluster, "src");
+        let c = load(
+            "[group]\nid = \"g\"\ninstance_id = \"${POD}\"\nsession_timeout = \"6s\"",
+            &[("POD", "mirror-0"), ("HOSTNAME", "x")],
+        )
+        .unwrap();
+        let g = c.group.unwrap();
+        assert_eq!(g.instance_id, "mirror-0");
+        assert_eq!(g.session_timeout, Duration::from_secs(6));
+        assert!(load("", &[]).unwrap().group.is_none());
+    }
+
+    #[test]
+    fn without_an_instance_id_or_host_name_the_group_is_refused() {
+        let e = load("[group]\nid = \"g\"", &[]).unwrap_err();
+        assert!(e.contains("g.toml:7:1: group.instance_id: missing"), "{e}");
+    }
+}
