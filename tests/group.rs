@@ -435,6 +435,12 @@ fn a_stale_owner_woken_after_the_session_timeout_copies_nothing_and_is_fenced() 
     for (p, e) in &standing_now {
         assert_eq!(shown.get(p), Some(&e.next_offset), "partition {p}");
     }
+    // b knew on waking that its lease had lapsed (so its reader copied nothing meanwhile).
+    assert!(
+        b_out.stderr.contains("the group member was not heard for"),
+        "b's log does not say its lease lapsed:\n{}",
+        b_out.stderr
+    );
     // b says why it stopped its former partitions: lost to the group, or fenced by epoch.
     assert!(
         b_out.stderr.contains("(lost)") || b_out.stderr.contains("fenced:"),

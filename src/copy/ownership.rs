@@ -41,6 +41,8 @@ pub struct Ownership {
     fenced: Mutex<Vec<(SourcePartition, i64, i64)>>,
     fenced_total: AtomicU64,
     lease: Mutex<Lease>,
+    /// The group fenced this member itself: another replica joined with the same instance id.
+    instance_fenced: AtomicBool,
 }
 
 struct Lease {
@@ -62,6 +64,7 @@ impl Ownership {
                 confirmed: Instant::now(),
                 suspended: None,
             }),
+            instance_fenced: AtomicBool::new(false),
         }
     }
 
@@ -122,6 +125,9 @@ impl Ownership {
 
     /// Whether the reader may copy now: membership confirmed within the session timeout.
     pub fn lease_valid(&self) -> bool {
+        if self.instance_fenced.load(Ordering::Relaxed) {
+            return false;
+        }
         let l = self.lease.lock().expect("lease lock");
         l.suspended.is_none() && l.confirmed.elapsed() < self.session_timeout
     }
@@ -218,6 +224,13 @@ impl ClientContext for MemberContext {
         self.quiet.log(level, fac, log_message)
     }
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // Another replica joined with our group.instance.id: the group fenced us for good
+        // (librdkafka's consumer is unusable after it). Copying stops at once.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::FencedInstanceId)
+            && !self.ownership.instance_fenced.swap(true, Ordering::Relaxed)
+        {
+            tracing::error!(cluster = %self.quiet.cluster, "the group fenced this replica: another one joined with the same instance_id ({reason}); this one stops copying and ends");
+        }
         self.quiet.error(error, reason)
     }
 }
@@ -425,6 +438,25 @@ impl GroupEngine {
         store: &dyn CheckpointStore,
         snapshot: &dyn Fn(&Plan) -> Checkpoint,
     ) {
+        if self.ownership.instance_fenced.load(Ordering::Relaxed) && !shared.stopping() {
+            // Nothing is ours any more: no checkpoint write for anything, and the run ends.
+            let all: std::collections::BTreeSet<SourcePartition> = self
+                .ownership
+                .owned()
+                .into_iter()
+                .map(|(tp, _)| tp)
+                .collect();
+            for tp in &all {
+                self.ownership.release(tp);
+            }
+            release(
+                applier,
+                all,
+                "fenced: another replica has this instance_id".into(),
+            );
+            shared.stop.store(true, Ordering::Relaxed);
+            return;
+        }
         for (tp, ours, seen) in self.ownership.take_fenced() {
             release(
                 applier,
