@@ -330,7 +330,18 @@ impl Member {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "latest")
             .set("queued.max.messages.kbytes", "64")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // New partitions of subscribed topics (and topics matching a route's regex) are
+            // assigned once the member's metadata shows them: as often as discovery looks.
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                config
+                    .run
+                    .metadata_refresh
+                    .as_millis()
+                    .max(1000)
+                    .to_string(),
+            );
         let consumer: BaseConsumer<MemberContext> = c
             .create_with_context(MemberContext {
                 quiet: QuietContext {
