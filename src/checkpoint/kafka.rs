@@ -506,6 +506,8 @@ impl KafkaStore {
         }
         let Some(payload) = payload else {
             st.stored.remove(key);
+            // Forgotten (a reset): whatever is written next stands, whatever its epoch.
+            st.key_epoch.remove(key);
             return Ok(());
         };
         let sealed: Sealed = serde_json::from_slice(payload)
