@@ -42,7 +42,7 @@ instance_id = "${{KM_INSTANCE}}"
 session_timeout = "{session}"
 
 [run]
-shutdown_timeout = "5s"
+shutdown_timeout = "20s"
 
 [clusters.{SOURCE}]
 bootstrap = "{src}"
@@ -83,14 +83,29 @@ fn stop(mut r: Running) -> Finished {
 /// Copies of each source (partition, offset) on the target.
 fn census(m: &Mirror, partitions: i32) -> BTreeMap<(i32, i64), u32> {
     let _ = partitions;
-    common::census(&common::read_topic(m.target(), TOPIC), SOURCE, TOPIC)
+    census_at(m.target(), TOPIC)
+}
+
+/// Copies of each source (partition, offset) of `TOPIC` in `topic` on `bootstrap`.
+fn census_at(bootstrap: &str, topic: &str) -> BTreeMap<(i32, i64), u32> {
+    common::census(&common::read_topic(bootstrap, topic), SOURCE, TOPIC)
 }
 
 /// Waits until every offset of `0..n` of each of `partitions` is on the target.
 fn wait_complete(m: &Mirror, partitions: i32, n: i64, what: &str) -> BTreeMap<(i32, i64), u32> {
+    wait_complete_at(m.target(), TOPIC, partitions, n, what)
+}
+
+fn wait_complete_at(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+    what: &str,
+) -> BTreeMap<(i32, i64), u32> {
     let deadline = Instant::now() + HANG;
     loop {
-        let seen = census(m, partitions);
+        let seen = census_at(bootstrap, topic);
         let missing = (0..partitions)
             .flat_map(|p| (0..n).map(move |o| (p, o)))
             .filter(|k| !seen.contains_key(k))
