@@ -47,6 +47,10 @@ pub enum LayoutChange {
     Gone { topic: String },
     /// The route (by index) left the routing file at a reload (`super::reload`).
     StopRoute(usize),
+    /// Group mode: partitions assigned again take the place of their released tasks (same
+    /// ids), so a replica's task list does not grow with every rebalance
+    /// (`super::ownership`).
+    Replace(Vec<CopyTask>),
     /// Group mode: these source partitions are no longer this member's
     /// (`super::ownership`), with why.
     Release {
@@ -662,6 +666,19 @@ impl State {
                             t.status = TaskStatus::Removed;
                             t.retrying = None;
                             t.source_retrying = false;
+                        }
+                    }
+                }
+                LayoutChange::Replace(tasks) => {
+                    for mut t in tasks {
+                        if let Some(old) = self.tasks.iter_mut().find(|o| o.id == t.id) {
+                            // The run's tallies and counters go on; a late report of the
+                            // earlier incarnation is stale (its generation).
+                            t.counts = old.counts;
+                            t.observed = old.observed;
+                            t.source_errors = old.source_errors;
+                            t.generation = old.generation.wrapping_add(1);
+                            *old = t;
                         }
                     }
                 }

@@ -193,7 +193,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 
 use super::discovery::{Applier, LayoutChange};
-use super::source_partition::TaskStatus;
+use super::source_partition::{CopyTask, TaskStatus};
 use super::Shared;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};
@@ -524,13 +524,15 @@ impl GroupEngine {
             applier.checkpoint.clone()
         };
         let mut found = Vec::new();
+        let mut replaced: BTreeMap<String, Vec<CopyTask>> = BTreeMap::new();
+        let mut replaced_plans: Vec<(usize, TaskPlan)> = Vec::new();
         let mut taken = Vec::new();
         for tp in parts {
             // The latest task of each route for this partition.
-            let mut latest: BTreeMap<usize, &TaskPlan> = BTreeMap::new();
-            for t in plan.tasks.iter() {
+            let mut latest: BTreeMap<usize, (usize, &TaskPlan)> = BTreeMap::new();
+            for (id, t) in plan.tasks.iter().enumerate() {
                 if t.topic == tp.0 && t.partition == tp.1 {
-                    latest.insert(t.route, t);
+                    latest.insert(t.route, (id, t));
                 }
             }
             if latest.is_empty() {
@@ -539,16 +541,57 @@ impl GroupEngine {
             }
             let epoch = store.epoch_of(&tp.0, tp.1) + 1;
             self.ownership.own(tp.clone(), epoch);
-            for t in latest.values() {
-                found.push((resume_plan(t, cp.as_ref()), None));
+            for (id, t) in latest.values() {
+                let resumed = resume_plan(t, cp.as_ref());
+                let before = shared.progress_of(*id);
+                // A released task with nothing in flight is started again in its place;
+                // otherwise (first assignment, or a drain that ran out) a new task.
+                if matches!(before.status, TaskStatus::Released(_)) && before.in_flight_bytes == 0 {
+                    let ranges = cp
+                        .as_ref()
+                        .and_then(|c| c.get(&t.route_name, &t.topic, t.partition))
+                        .filter(|c| {
+                            c.target_topic == t.target_topic && c.target_cluster == t.target_cluster
+                        })
+                        .map(|c| c.target.clone())
+                        .unwrap_or_default();
+                    let mut task = CopyTask::new(
+                        *id,
+                        resumed.clone(),
+                        applier.routes[t.route].clone(),
+                        ranges,
+                        applier.limiters[t.route].clone(),
+                    );
+                    task.counts = before.counts;
+                    task.observed = before.observed;
+                    task.source_errors = before.source_errors;
+                    shared.publish(*id, task.progress());
+                    replaced
+                        .entry(t.source_cluster.clone())
+                        .or_default()
+                        .push(task);
+                    replaced_plans.push((*id, resumed));
+                } else {
+                    found.push((resumed, None));
+                }
             }
             taken.push(format!("{}/{}@{epoch}", tp.0, tp.1));
         }
-        if found.is_empty() {
+        if found.is_empty() && replaced.is_empty() {
             return;
         }
+        for (id, p) in replaced_plans {
+            plan.tasks[id] = p;
+        }
+        for (cluster, tasks) in replaced {
+            if let Some(r) = applier.readers.get(&cluster) {
+                let _ = r.send(LayoutChange::Replace(tasks));
+            }
+        }
         applier.checkpoint = cp;
-        applier.start(found, &mut plan.tasks, shared, observer, true);
+        if !found.is_empty() {
+            applier.start(found, &mut plan.tasks, shared, observer, true);
+        }
         // The claims: each partition's checkpoint at our epoch, before anything is copied.
         if let Err(e) = store.save(&snapshot(plan)) {
             tracing::warn!("group: cannot write the claims of the partitions just assigned: {e}");
