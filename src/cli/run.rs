@@ -97,7 +97,10 @@ pub(crate) fn print_routing_file(path: &Path, cfg: &Config) {
         }
     }
     for (name, dir) in &cfg.archives {
-        println!("  archive {name}: {} (routes dump into it or restore from it)", dir.display());
+        println!(
+            "  archive {name}: {} (routes dump into it or restore from it)",
+            dir.display()
+        );
     }
 }
 

@@ -2,6 +2,8 @@
 //! consumer group (`crate::copy::ownership`). Checked here, apart from `check`, because
 //! its rules look across the file: the checkpoint store, the routes' sources and ends.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toml::Spanned;
@@ -37,6 +39,7 @@ pub(super) fn check_group(
     raw: Option<&Spanned<RawGroup>>,
     store: &StoreSettings,
     routes: &[RouteConfig],
+    archives: &BTreeMap<String, PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diagnostics<'_>,
 ) -> Option<GroupSettings> {
@@ -126,6 +129,14 @@ pub(super) fn check_group(
         );
     }
     for r in routes {
+        // An archive is a directory on one machine: replicas on several would each dump
+        // (or restore) their share into their own disk, and no one holds the whole archive.
+        for (side, name) in [("source", &r.source), ("target", &r.target)] {
+            if archives.contains_key(name) {
+                ok = false;
+                d.push(&table, "group", format!("route \"{}\": its {side} \"{name}\" is an archive, a directory on one machine; replicas share no disk: dump or restore without [group]", r.name));
+            }
+        }
         if r.end != EndPosition::None {
             ok = false;
             d.push(&table, "group", format!("route \"{}\" has an `end`: replicas share routes that follow (no `end`); run a bounded copy without [group]", r.name));

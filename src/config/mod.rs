@@ -1072,7 +1072,7 @@ fn check(
         }
         cp.store = store;
     }
-    let group = group::check_group(raw.group.as_ref(), &cp.store, &routes, env, d);
+    let group = group::check_group(raw.group.as_ref(), &cp.store, &routes, &archives, env, d);
 
     Some(Config {
         path: path.to_path_buf(),
