@@ -26,10 +26,15 @@ pub struct RawHeader<'a> {
 /// The headers of a consumed message, name and value as bytes, in order, read in place
 /// (no allocation: verify calls this several times per record).
 pub fn headers_of<'a, M: Message<Headers = BorrowedHeaders>>(msg: &'a M) -> RawHeaders<'a> {
+    headers_in(msg.headers())
+}
+
+/// A header list (of a message borrowed for `'a`) as raw bytes, in order, read in place.
+pub fn headers_in(headers: Option<&BorrowedHeaders>) -> RawHeaders<'_> {
     RawHeaders {
-        // SAFETY (of the cast): `headers` is the native list behind the message, cast as
-        // rust-rdkafka does; it lives as long as `msg`, which `'a` borrows.
-        list: msg.headers().map_or(std::ptr::null_mut(), |h| {
+        // SAFETY (of the cast): `headers` is the native list behind a message, cast as
+        // rust-rdkafka does; it lives as long as that message, which `'a` borrows.
+        list: headers.map_or(std::ptr::null_mut(), |h| {
             h as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t
         }),
         idx: 0,

@@ -5,17 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use rdkafka::message::{BorrowedMessage, Message, Timestamp};
+use rdkafka::message::Timestamp;
 
 use super::digest::{self, Digest};
 use super::read::Reader;
+use super::record::Record;
 use super::{compare, decide, provenance, Comparison, Fingerprint, FIRST_OFFSETS};
 use crate::cluster::ClusterError;
 use crate::config::{ClusterConfig, ErrorAction, RouteConfig};
 use crate::copy::filter::Decision;
-use crate::copy::record::{
-    headers_of, parse_provenance, Provenance, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER,
-};
+use crate::copy::record::{parse_provenance, Provenance, DLQ_ROUTE_HEADER, DLQ_SOURCE_HEADER};
 
 /// How a task's copy is compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,9 +206,9 @@ pub(super) fn key(a: &str, topic: &str, partition: i32) -> u64 {
 }
 
 /// Headers the route sets carry exactly the set value.
-pub(super) fn set_ok(r: &RouteConfig, m: &BorrowedMessage<'_>) -> bool {
+pub(super) fn set_ok(r: &RouteConfig, m: &Record<'_>) -> bool {
     r.headers.set.iter().all(|(k, v)| {
-        headers_of(m)
+        m.headers()
             .filter(|h| h.name == k.as_bytes())
             .map(|h| h.value)
             .eq([Some(v.as_bytes())])
@@ -217,11 +216,9 @@ pub(super) fn set_ok(r: &RouteConfig, m: &BorrowedMessage<'_>) -> bool {
 }
 
 /// A dead-letter record's (route, source topic, source partition, source offset).
-pub(super) fn dead_letter_entry<'m>(
-    m: &'m BorrowedMessage<'_>,
-) -> Option<(&'m [u8], &'m str, i32, i64)> {
+pub(super) fn dead_letter_entry<'m>(m: &Record<'m>) -> Option<(&'m [u8], &'m str, i32, i64)> {
     let get = |name: &str| {
-        headers_of(m)
+        m.headers()
             .find(|h| h.name == name.as_bytes())
             .and_then(|h| h.value)
     };
@@ -363,7 +360,7 @@ pub(super) fn count_records(
     cluster: &ClusterConfig,
     topic: &str,
     ranges: impl IntoIterator<Item = (i32, i64, i64)>,
-    keep: impl Fn(&BorrowedMessage<'_>) -> bool,
+    keep: impl Fn(&Record<'_>) -> bool,
 ) -> Result<u64, ClusterError> {
     let mut n = 0u64;
     for (p, from, to) in ranges {

@@ -27,14 +27,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use rdkafka::message::{BorrowedMessage, Message};
-
+mod batch;
 mod blocks;
 mod compare;
 mod coverage;
 mod digest;
 pub mod interval;
 mod read;
+mod record;
 mod report;
 mod state;
 
@@ -47,16 +47,15 @@ pub use coverage::Coverage;
 pub use read::bound_malloc_arenas;
 pub use read::scan;
 use read::{run_jobs, Reader};
+pub use record::Record;
 pub use report::JSON_SCHEMA_VERSION;
 pub use state::{path_for as verified_state_path, VerifiedRoute, VerifiedState};
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
 use crate::config::{Config, Partitioning, RouteConfig};
-use crate::copy::filter::{Decision, RecordView};
-use crate::copy::record::{
-    headers_of, parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
-};
+use crate::copy::filter::Decision;
+use crate::copy::record::{parse_provenance_full, Provenance, PROVENANCE_HEADER};
 use crate::counts::render_table;
 use crate::plan::{self, TaskEnd};
 
@@ -375,22 +374,17 @@ impl VerifyReport {
 }
 
 /// What the route does with a source record: the same decision as the copy path.
-fn decide(r: &RouteConfig, m: &BorrowedMessage<'_>) -> Decision {
+fn decide(r: &RouteConfig, m: &Record<'_>) -> Decision {
     if r.validate.is_empty() && r.filter.is_none() {
         return Decision::Copy;
     }
-    let view = RecordView::new(
-        m.key(),
-        m.payload(),
-        m.timestamp().to_millis(),
-        raw_headers(m),
-    );
-    r.decide(&view, record_bytes(m) as u64)
+    r.decide(&m.view(), m.bytes() as u64)
 }
 
-fn provenance<'m>(m: &'m BorrowedMessage<'_>) -> Option<Provenance<'m>> {
+fn provenance<'m>(m: &Record<'m>) -> Option<Provenance<'m>> {
     // The last one: a record copied twice through kmirror carries both, the copy's own last.
-    let prov = headers_of(m)
+    let prov = m
+        .headers()
         .filter(|h| h.name == PROVENANCE_HEADER.as_bytes())
         .last()?;
     parse_provenance_full(prov.value?)
