@@ -2,19 +2,21 @@
 //! own, taken a batch at a time (`rd_kafka_consume_batch_queue`) and offered as
 //! [`Record`]s read in place. rust-rdkafka's `BaseConsumer::poll` returns one message per
 //! call, each wrapped in an event and an `Arc`, with a queue lock and several clock reads
-//! per message; that was most of verify's CPU outside librdkafka's own parsing (BENCHMARKS.md,
-//! issue 9). Every call into librdkafka's C API for verify's reads is in this file.
+//! per message (a fifth of verify's CPU at 6M records, BENCHMARKS.md, issue 9). Every call
+//! into librdkafka's C API for verify's reads is in this file.
 //!
 //! Ownership, as librdkafka defines it: every message a batch returns belongs to the caller
-//! until `rd_kafka_message_destroy`, which [`PartitionReader`] calls for a whole batch before
-//! taking the next one and when dropped; records borrow the reader, so none outlives its
-//! message. Errors for the partition (end of partition, offset out of range) arrive as
-//! messages with `err` set. The partition's queue is split off the consumer's queue before
-//! the partition is assigned, and forwarded back when the reader is dropped, so what was
-//! fetched ahead and not read lands where the next scan's [`drain`] destroys it.
+//! until `rd_kafka_message_destroy`. [`PartitionReader::next_batch`] lends each message to
+//! its callback and destroys it as soon as the callback returns, the rest of the batch when
+//! the callback stops early, and whatever is left when dropped (also while unwinding).
+//! Errors for the partition (end of partition, offset out of range) arrive as messages with
+//! `err` set. The partition's queue is split off the consumer's queue before the partition
+//! is assigned, and forwarded back when the reader is dropped, so what was fetched ahead
+//! and not read lands where the next scan's [`drain`] destroys it.
 
 use std::ffi::CString;
 use std::marker::PhantomData;
+use std::ops::ControlFlow;
 use std::ptr::NonNull;
 use std::time::Duration;
 
@@ -42,8 +44,10 @@ pub(super) struct PartitionReader<'c> {
     queue: NonNull<rdsys::rd_kafka_queue_t>,
     /// The consumer's queue: where the partition's messages go again once this is dropped.
     home: NonNull<rdsys::rd_kafka_queue_t>,
-    /// The current batch: owned, destroyed before the next one and on drop.
+    /// The current batch: owned; those before `done` are destroyed already, the rest are
+    /// destroyed before the next batch and on drop.
     msgs: Vec<*mut rdsys::rd_kafka_message_t>,
+    done: usize,
     _consumer: PhantomData<&'c ()>,
 }
 
@@ -80,6 +84,7 @@ impl<'c> PartitionReader<'c> {
                         queue,
                         home,
                         msgs: Vec::with_capacity(batch.max(1)),
+                        done: 0,
                         _consumer: PhantomData,
                     })
                 }
@@ -93,10 +98,17 @@ impl<'c> PartitionReader<'c> {
         }
     }
 
-    /// The next batch: what is queued now, or else the first message to arrive within
-    /// `wait` and whatever is queued behind it (empty when nothing came). The previous
-    /// batch is destroyed first.
-    pub(super) fn next_batch(&mut self, wait: Duration) -> impl Iterator<Item = Entry<'_>> {
+    /// Takes the next batch, offering its entries to `f` in order and destroying each
+    /// message as soon as `f` returns (parsed headers and all: freed where they were
+    /// allocated, while the allocator's per-thread cache still has room), the rest of the
+    /// batch when `f` breaks. A batch is what is queued now, or else the first message to
+    /// arrive within `wait` and whatever is queued behind it. Returns how many entries were
+    /// offered, or what `f` broke with.
+    pub(super) fn next_batch<B>(
+        &mut self,
+        wait: Duration,
+        mut f: impl FnMut(Entry<'_>) -> ControlFlow<B>,
+    ) -> Result<usize, B> {
         self.release();
         if self.take(0, self.msgs.capacity()) == 0 && !wait.is_zero() {
             // Waiting for a whole batch would hold the first records back until it filled
@@ -106,9 +118,23 @@ impl<'c> PartitionReader<'c> {
                 self.take(0, self.msgs.capacity() - 1);
             }
         }
-        // SAFETY: every pointer in `msgs` is a message this batch owns, valid until
-        // `release`, which takes `&mut self` and so cannot run while these entries borrow it.
-        self.msgs.iter().map(|&m| unsafe { entry(&*m) })
+        while self.done < self.msgs.len() {
+            let m = self.msgs[self.done];
+            // SAFETY: `m` is a message this batch owns and has not destroyed (at or past
+            // `done`); the entry borrows it only for this call of `f`.
+            let flow = f(unsafe { entry(&*m) });
+            // SAFETY: destroyed once: `done` moves past it at once, and only messages at or
+            // past `done` are ever destroyed (here or in `release`, also on unwinding).
+            unsafe { rdsys::rd_kafka_message_destroy(m) };
+            self.done += 1;
+            if let ControlFlow::Break(b) = flow {
+                self.release();
+                return Err(b);
+            }
+        }
+        let n = self.msgs.len();
+        self.release();
+        Ok(n)
     }
 
     /// Appends up to `max` messages (waiting up to `timeout_ms` until `max` arrived);
@@ -135,14 +161,17 @@ impl<'c> PartitionReader<'c> {
         }
     }
 
-    /// Destroys the current batch.
+    /// Destroys what is left of the current batch.
     fn release(&mut self) {
-        for m in self.msgs.drain(..) {
+        for &m in &self.msgs[self.done..] {
             // SAFETY: each message was returned by `rd_kafka_consume_batch_queue` to this
-            // batch alone and is destroyed exactly once (drained from `msgs` here); no
-            // `Record` borrows it any more (they borrow `self`, taken here by `&mut`).
+            // batch alone; those before `done` are destroyed already, these not yet, and
+            // `msgs` is emptied right after, so each is destroyed exactly once. No entry
+            // borrows them any more (`next_batch` lends them only during `f`).
             unsafe { rdsys::rd_kafka_message_destroy(m) };
         }
+        self.msgs.clear();
+        self.done = 0;
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -194,9 +195,7 @@ pub(super) fn scan_with(
     let mut eof_since: Option<Instant> = None;
     loop {
         let mut progressed = false;
-        let mut taken = 0usize;
-        for entry in reader.next_batch(Duration::from_millis(100)) {
-            taken += 1;
+        let batch = reader.next_batch(Duration::from_millis(100), |entry| {
             match entry {
                 // Left from an earlier assignment of the same partition: no progress (it must
                 // not hold off the timeout below either).
@@ -207,12 +206,12 @@ pub(super) fn scan_with(
                     progressed = true;
                     eof_since = None;
                     if m.offset() >= to {
-                        return Ok(());
+                        return ControlFlow::Break(Ok(()));
                     }
                     f(&m);
                     next = m.offset() + 1;
                     if next >= to {
-                        return Ok(());
+                        return ControlFlow::Break(Ok(()));
                     }
                 }
                 batch::Entry::Error {
@@ -220,7 +219,7 @@ pub(super) fn scan_with(
                     ..
                 } => {
                     if to == i64::MAX || next >= to {
-                        return Ok(());
+                        return ControlFlow::Break(Ok(()));
                     }
                     eof_since.get_or_insert_with(Instant::now);
                 }
@@ -228,23 +227,26 @@ pub(super) fn scan_with(
                     code: RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
                     ..
                 } => {
-                    return Err(ClusterError::Lookup {
+                    return ControlFlow::Break(Err(ClusterError::Lookup {
                         cluster: cluster.name.clone(),
                         topic: topic.into(),
                         partition,
                         what: format!("read from offset {from}"),
                         detail: "offset out of range (deleted by retention?)".into(),
-                    });
+                    }));
                 }
-                batch::Entry::Error {
-                    code, offset, text, ..
-                } => {
+                batch::Entry::Error { code, offset, text } => {
                     tracing::debug!(
                         "verify read of {topic}/{partition} at {offset}: {code:?}: {text}"
                     );
                 }
             }
-        }
+            ControlFlow::Continue(())
+        });
+        let taken = match batch {
+            Ok(n) => n,
+            Err(done) => return done,
+        };
         // Caught up: serve the consumer's own queue (logs, errors, and records of earlier
         // scans, whose memory would otherwise stay held).
         if taken < BATCH {
