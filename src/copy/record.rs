@@ -184,13 +184,19 @@ pub struct Provenance<'a> {
 /// Parses a provenance value, with or without its `<route>@` (route and cluster names
 /// cannot hold `@` or `/`, topic names cannot hold `/`).
 pub fn parse_provenance_full(value: &[u8]) -> Option<Provenance<'_>> {
+    // Byte searches rather than `rsplitn`/`split_once` on chars: verify parses one of these
+    // per target record.
     let s = std::str::from_utf8(value).ok()?;
-    let mut it = s.rsplitn(3, '/');
-    let offset = it.next()?.parse().ok()?;
-    let partition = it.next()?.parse().ok()?;
-    let (who, topic) = it.next()?.split_once('/')?;
-    let (route, cluster) = match who.split_once('@') {
-        Some((r, c)) => (Some(r), c),
+    let find = |s: &str, c: u8| s.bytes().position(|b| b == c);
+    let last = s.bytes().rposition(|b| b == b'/')?;
+    let mid = s[..last].bytes().rposition(|b| b == b'/')?;
+    let offset = s[last + 1..].parse().ok()?;
+    let partition = s[mid + 1..last].parse().ok()?;
+    let head = &s[..mid];
+    let slash = find(head, b'/')?;
+    let (who, topic) = (&head[..slash], &head[slash + 1..]);
+    let (route, cluster) = match find(who, b'@') {
+        Some(at) => (Some(&who[..at]), &who[at + 1..]),
         None => (None, who),
     };
     Some(Provenance {

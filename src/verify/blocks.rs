@@ -164,8 +164,8 @@ pub(super) enum Job<'a> {
 
 pub(super) enum Found {
     Source(Vec<SrcBlock>),
-    Target(HashMap<(usize, i64), TgtBlock>),
-    Dlq(HashMap<(usize, i64), DlqBlock>),
+    Target(BlockMap<TgtBlock>),
+    Dlq(BlockMap<DlqBlock>),
     Count(u64),
 }
 
@@ -199,10 +199,70 @@ pub(super) fn extend_first(row: &mut Vec<i64>, block: &BTreeSet<i64>) {
 /// A lookup key for (cluster or route, topic, partition) without allocating per record;
 /// candidates are checked in full afterwards.
 pub(super) fn key(a: &str, topic: &str, partition: i32) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (a, topic, partition).hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    Fast.hash_one((a, topic, partition))
+}
+
+/// Per-block maps, looked up once per target record.
+pub(super) type BlockMap<V> = HashMap<(usize, i64), V, Fast>;
+
+/// The hasher of verify's per-record lookups: FxHash's step (a rotate, xor and multiply per
+/// word), where the default SipHash was a twentieth of verify's own instructions. The keys
+/// are names and offsets read from the clusters verify compares: a crafted collision could
+/// only slow verify down, never change a verdict (candidates are checked in full).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Fast;
+
+impl std::hash::BuildHasher for Fast {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(0)
+    }
+}
+
+pub(super) struct FastHasher(u64);
+
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64);
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64);
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 /// Headers the route sets carry exactly the set value.
@@ -262,8 +322,8 @@ pub(super) fn read_target(
     tasks: &[Task<'_>],
     part: &TargetPart<'_>,
     b: i64,
-) -> Result<HashMap<(usize, i64), TgtBlock>, ClusterError> {
-    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+) -> Result<BlockMap<TgtBlock>, ClusterError> {
+    let mut index: HashMap<u64, Vec<usize>, Fast> = HashMap::default();
     for &ti in &part.tasks {
         let t = &tasks[ti];
         index
@@ -271,7 +331,7 @@ pub(super) fn read_target(
             .or_default()
             .push(ti);
     }
-    let mut out: HashMap<(usize, i64), TgtBlock> = HashMap::new();
+    let mut out: BlockMap<TgtBlock> = BlockMap::default();
     for &(from, to) in &part.spans {
         reader.scan(part.cluster, &part.topic, part.partition, from, to, |m| {
             let Some(pv) = provenance(m) else { return };
@@ -309,8 +369,8 @@ pub(super) fn read_dlq(
     tasks: &[Task<'_>],
     part: &DlqPart<'_>,
     b: i64,
-) -> Result<HashMap<(usize, i64), DlqBlock>, ClusterError> {
-    let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+) -> Result<BlockMap<DlqBlock>, ClusterError> {
+    let mut index: HashMap<u64, Vec<usize>, Fast> = HashMap::default();
     for &ti in &part.tasks {
         let t = &tasks[ti];
         index
@@ -319,7 +379,7 @@ pub(super) fn read_dlq(
             .push(ti);
     }
     let (low, _) = reader.watermarks(part.cluster, &part.topic, part.partition)?;
-    let mut out: HashMap<(usize, i64), DlqBlock> = HashMap::new();
+    let mut out: BlockMap<DlqBlock> = BlockMap::default();
     reader.scan(
         part.cluster,
         &part.topic,

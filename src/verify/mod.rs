@@ -40,7 +40,7 @@ mod state;
 
 use blocks::{
     count_records, drill, extend_first, poison_settled, read_dlq, read_source, read_target,
-    DlqBlock, DlqPart, Found, GroupPart, Job, Mode, SrcBlock, TargetPart, Task, TgtBlock,
+    BlockMap, DlqBlock, DlqPart, Found, GroupPart, Job, Mode, SrcBlock, TargetPart, Task, TgtBlock,
 };
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
@@ -922,8 +922,8 @@ pub fn verify_with(
         })
     })?;
     let mut src: Vec<Vec<SrcBlock>> = vec![Vec::new(); tasks.len()];
-    let mut tgt: HashMap<(usize, i64), TgtBlock> = HashMap::new();
-    let mut dlq: HashMap<(usize, i64), DlqBlock> = HashMap::new();
+    let mut tgt: BlockMap<TgtBlock> = BlockMap::default();
+    let mut dlq: BlockMap<DlqBlock> = BlockMap::default();
     let mut counted: BTreeMap<usize, u64> = BTreeMap::new();
     for (job, f) in jobs.iter().zip(found) {
         match (job, f) {
