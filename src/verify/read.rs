@@ -79,15 +79,12 @@ pub(super) fn verify_consumer(
 /// ~30 threads of `--parallel` workers' consumers can get its own arena, and memory freed
 /// into them stays there in fragments: peak RSS then grew with the records per partition
 /// well beyond the heap in use (BENCHMARKS.md, issue 9). A few arenas, growing with
-/// `--parallel`, keep it flat. One per worker rather than one per two: with fewer, the
-/// workers freeing and the broker threads allocating contended for the arena locks, a
-/// fifth of verify's CPU (11.8 -> 9.6 s at 6M records, peak RSS still flat within 10%).
-/// Only the verify and purge commands call this: `run` (the copy path) keeps glibc's
-/// defaults. No effect with another allocator or libc.
+/// `--parallel`, keep it flat. Only the verify and purge commands call this: `run` (the
+/// copy path) keeps glibc's defaults. No effect with another allocator or libc.
 pub fn bound_malloc_arenas(parallel: usize) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        let arenas = parallel.clamp(2, 8) as libc::c_int;
+        let arenas = parallel.div_ceil(2).clamp(2, 8) as libc::c_int;
         // SAFETY: mallopt only sets an allocator parameter; M_ARENA_MAX is valid with any
         // positive value, and arenas already made are kept.
         unsafe {
