@@ -84,6 +84,11 @@ topic_regex = "[a-z].*"
 target = "target"
 """
 
+# [group] replicas: several pods share the partitions, checkpoints in the target cluster.
+GROUP_ROUTES = KAFKA_STORE_ROUTES.replace(
+    "[clusters.source]", "[group]\nid = \"kmirror-mirror\"\nsession_timeout = \"30s\"\n\n[clusters.source]"
+)
+
 VARIANTS = {
     "defaults (StatefulSet mirror)": {},
     "StatefulSet of config/dr-mirror.toml + ServiceMonitor, PrometheusRule, dashboard, scheduling": {
@@ -108,6 +113,12 @@ VARIANTS = {
         "persistence": {"enabled": False, "size": "1Gi"},
         "routes": KAFKA_STORE_ROUTES,
     },
+    "Deployment of 3 [group] replicas, PodDisruptionBudget, no persistent volume": {
+        "workload": "deployment",
+        "replicas": 3,
+        "persistence": {"enabled": False, "size": "1Gi"},
+        "routes": GROUP_ROUTES,
+    },
     "Job on an existing claim, no HTTP endpoint": {
         "workload": "job",
         "persistence": {"size": "1Gi", "existingClaim": "migration-state"},
@@ -119,7 +130,8 @@ VARIANTS = {
 # Values the schema must refuse (a typo silently ignored is a deployment that is not the
 # one asked for).
 BAD_VALUES = {
-    "unknown workload": {"workload": "deployment"},
+    "unknown workload": {"workload": "daemonset"},
+    "no replicas": {"replicas": 0},
     "misspelt key": {"serviceMonitor": {"enabeld": True}},
     "port not a number": {"http": {"enabled": True, "port": "http"}},
     "unknown top-level key": {"replicaCount": 2},
@@ -130,6 +142,12 @@ BAD_VALUES = {
 # Values the templates must refuse to render (checks the schema cannot express).
 REFUSED_RENDER = {
     "no persistent volume for checkpoints kept in files": {"persistence": {"enabled": False, "size": "1Gi"}},
+    "replicas without [group]": {
+        "workload": "deployment",
+        "persistence": {"enabled": False, "size": "1Gi"},
+        "routes": KAFKA_STORE_ROUTES,
+    },
+    "replicas with a persistent volume": {"workload": "deployment", "routes": GROUP_ROUTES},
 }
 
 
@@ -200,6 +218,7 @@ def one(docs, kind):
 def check_invariants(values, docs, notes):
     merged = helm.Chart.load(CHART).merge_values(values)
     job = merged["workload"] == "job"
+    deployment = merged["workload"] == "deployment"
     persisted = merged["persistence"]["enabled"]
     http = merged["http"]
 
@@ -229,8 +248,25 @@ def check_invariants(values, docs, notes):
         else:
             pvc = one(docs, "PersistentVolumeClaim")
             expect(pvc["metadata"]["name"] == claim_name, f"the Job mounts {claim_name}, not the chart's claim")
+    elif deployment:
+        expect(not by_kind(docs, "Job") and not by_kind(docs, "StatefulSet"), "workload: deployment rendered more")
+        workload = one(docs, "Deployment")
+        pod = workload["spec"]["template"]["spec"]
+        expect(workload["spec"]["replicas"] == merged["replicas"], "replicas not passed")
+        expect(not persisted and not by_kind(docs, "PersistentVolumeClaim"), "a Deployment with a volume")
+        state = [v for v in pod["volumes"] if v["name"] == "state"]
+        expect(len(state) == 1 and "emptyDir" in state[0], "the Deployment's state is not an emptyDir")
+        pdbs = by_kind(docs, "PodDisruptionBudget")
+        expect(len(pdbs) == int(merged["podDisruptionBudget"]["enabled"]), "PodDisruptionBudget count")
+        for pdb in pdbs:
+            sel = pdb["spec"]["selector"]["matchLabels"]
+            expect(all(workload["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items()),
+                   "the PodDisruptionBudget selects no replica")
+            expect(pdb["spec"]["maxUnavailable"] == merged["podDisruptionBudget"]["maxUnavailable"], "maxUnavailable")
+        expect("[group]" in merged["routes"], "replicas without [group]")
     else:
         expect(not by_kind(docs, "Job"), "workload: statefulset also rendered a Job")
+        expect(not by_kind(docs, "PodDisruptionBudget"), "a PodDisruptionBudget for one pod")
         workload = one(docs, "StatefulSet")
         pod = workload["spec"]["template"]["spec"]
         governing = [s for s in services if s["metadata"]["name"] == workload["spec"]["serviceName"]]
@@ -342,7 +378,7 @@ def check_routing_file(docs, kmirror):
     them (the routes ConfigMap's items under /etc/kmirror): a routing file naming a file the
     chart does not mount fails here, not in the cluster."""
     routes_cm = [c for c in by_kind(docs, "ConfigMap") if "routes.toml" in c.get("data", {})][0]
-    workload = [d for d in docs if d["kind"] in ("Job", "StatefulSet")][0]
+    workload = [d for d in docs if d["kind"] in ("Job", "StatefulSet", "Deployment")][0]
     pod = workload["spec"]["template"]["spec"]
     vol = [v for v in pod["volumes"] if v["name"] == "routes"][0]["configMap"]
     items = vol.get("items") or [{"key": k, "path": k} for k in routes_cm["data"]]
@@ -358,6 +394,8 @@ def check_routing_file(docs, kmirror):
         for name in ("EU_BOOTSTRAP", "US_BOOTSTRAP", "WRONG_BOOTSTRAP", "RIGHT_BOOTSTRAP"):
             env.setdefault(name, "kafka:9092")
         env["KMIRROR_CHECKPOINT_DIR"] = etc
+        # What a pod's [group] instance_id defaults to: its name.
+        env.setdefault("HOSTNAME", "kmirror-0")
         args = [a.replace("/etc/kmirror", etc) for a in init["args"]]
         out = subprocess.run([kmirror, *args], env=env, capture_output=True, text=True)
         expect(out.returncode == 0, f"kmirror {' '.join(init['args'])} exits {out.returncode}: "
@@ -390,7 +428,7 @@ def main():
         try:
             render(values)
         except helm.HelmError as e:
-            if "store = \"kafka\"" in str(e):
+            if "store = \"kafka\"" in str(e) or "[group]" in str(e) or "persistence.enabled=false" in str(e):
                 print(f"  ok   refused by the templates: {name}")
                 continue
             print(f"  FAIL {name}: refused for another reason: {e}")

@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 use serde_json::{json, Value};
@@ -34,8 +33,7 @@ use serde_json::{json, Value};
 use crate::checkpoint::{parse_partition_key, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};
 use crate::config::{Config, RouteConfig};
-use crate::copy::filter::{Decision, RecordView};
-use crate::copy::record::{raw_headers, record_bytes};
+use crate::copy::filter::Decision;
 use crate::counts::render_table;
 use crate::exit;
 use crate::plan::{self, CreateTopics, Ends};
@@ -441,13 +439,7 @@ fn count_unselected(
             if r.validate.is_empty() && r.filter.is_none() {
                 return false;
             }
-            let view = RecordView::new(
-                m.key(),
-                m.payload(),
-                m.timestamp().to_millis(),
-                raw_headers(m),
-            );
-            r.decide(&view, record_bytes(m) as u64) == Decision::Filtered
+            r.decide(&m.view(), m.bytes() as u64) == Decision::Filtered
         });
         if filtered {
             unselected += 1;

@@ -192,6 +192,7 @@ fn state_word(status: &str) -> &'static str {
         "done" => "done",
         "source gone" => "source_gone",
         "removed by reload" => "removed",
+        s if s.starts_with("released") => "released",
         s if s.starts_with("halted") || s.starts_with("HALTED") => "halted",
         s if s.starts_with("stopped while retrying") || s.starts_with("retrying") => "failing",
         s if s.starts_with("stopped") => "stopped",

@@ -20,6 +20,13 @@
 //! Every write is one small transaction, so a save of many partitions lands whole or not at
 //! all; the same producer can later carry copied records in the same transactions
 //! (exactly-once, issue 12). Readers read committed records only.
+//!
+//! In group mode (`[group]`, see `crate::copy::ownership`) replicas share the job, so no one
+//! holds it: each writes with its own `transactional.id` (`kmirror-<job>-<instance_id>`,
+//! which fences only an earlier start of the same replica), writes only the partitions it
+//! owns, never forgets (tombstones) the others', and stamps each record with the epoch it
+//! owns the partition at. Read back, the record with the highest epoch wins, whatever its
+//! place in the log; a record without one (written outside a group) counts as epoch 0.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -36,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use super::{Checkpoint, CheckpointError, CheckpointStore, PartitionCheckpoint, RouteCheckpoint};
 use crate::cluster::{self, QuietContext};
 use crate::config::{value, ClusterConfig};
+use crate::copy::ownership::Ownership;
 
 /// The format of every key and value; a record of another format is refused.
 pub const FORMAT: &str = "kmirror-checkpoint/1";
@@ -100,6 +108,9 @@ struct Body {
     /// Who wrote the record.
     owner: Owner,
     written_at: String,
+    /// The writer's ownership epoch for the partition (group mode); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    generation: Option<i64>,
     /// Absent in an owner record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partition: Option<PartitionBody>,
@@ -184,6 +195,10 @@ struct State {
     dirty: std::collections::BTreeSet<Vec<u8>>,
     /// The latest `written_at` read, for the assembled checkpoint.
     written_at: String,
+    /// Group mode: key -> the epoch of the record that stands (the highest read or written).
+    key_epoch: BTreeMap<Vec<u8>, i64>,
+    /// Group mode: source partition -> the highest epoch read or written for it.
+    epochs: BTreeMap<(String, i32), i64>,
 }
 
 /// Checkpoints in a compacted topic; see the module doc.
@@ -194,6 +209,8 @@ pub struct KafkaStore {
     timeout: Duration,
     me: Owner,
     state: Mutex<State>,
+    /// Group mode: this replica's instance id and what it owns.
+    group: Option<(String, std::sync::Arc<Ownership>)>,
 }
 
 impl KafkaStore {
@@ -216,7 +233,40 @@ impl KafkaStore {
                 stored: BTreeMap::new(),
                 dirty: Default::default(),
                 written_at: String::new(),
+                key_epoch: BTreeMap::new(),
+                epochs: BTreeMap::new(),
             }),
+            group: None,
+        }
+    }
+
+    /// A replica's store in group mode (see the module doc).
+    pub fn for_group(
+        cluster: ClusterConfig,
+        topic: &str,
+        job: &str,
+        timeout: Duration,
+        instance_id: &str,
+        ownership: std::sync::Arc<Ownership>,
+    ) -> Self {
+        let mut s = Self::new(cluster, topic, job, timeout);
+        s.group = Some((instance_id.to_string(), ownership));
+        s
+    }
+
+    /// The highest epoch recorded for a source partition as last read (0: none).
+    pub fn epoch_of(&self, topic: &str, partition: i32) -> i64 {
+        let st = self.state.lock().expect("store lock");
+        st.epochs
+            .get(&(topic.to_string(), partition))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn txn_id(&self) -> String {
+        match &self.group {
+            Some((instance, _)) => format!("kmirror-{}-{instance}", self.job),
+            None => Self::transactional_id(&self.job),
         }
     }
 
@@ -357,6 +407,8 @@ impl KafkaStore {
             .map_err(|e| self.store_err("assign", e))?;
         st.stored.clear();
         st.dirty.clear();
+        st.key_epoch.clear();
+        st.epochs.clear();
         st.owner = None;
         st.read_to = 0;
         self.drain(st, &consumer, partition, true)?;
@@ -454,6 +506,8 @@ impl KafkaStore {
         }
         let Some(payload) = payload else {
             st.stored.remove(key);
+            // Forgotten (a reset): whatever is written next stands, whatever its epoch.
+            st.key_epoch.remove(key);
             return Ok(());
         };
         let sealed: Sealed = serde_json::from_slice(payload)
@@ -487,7 +541,42 @@ impl KafkaStore {
                 if key != owner_key(&self.job).as_slice() {
                     return Err(corrupt("an owner record under a partition's key".into()));
                 }
-                st.owner = Some(body.owner);
+                // Replicas of a group share the job: no one holds it.
+                if self.group.is_none() {
+                    st.owner = Some(body.owner);
+                }
+            }
+            Some(pb) if self.group.is_some() || body.generation.is_some() => {
+                if key
+                    != partition_record_key(&self.job, &pb.route, &pb.topic, pb.partition)
+                        .as_slice()
+                {
+                    return Err(corrupt(format!(
+                        "its key does not name route \"{}\" {}/{} it holds",
+                        pb.route, pb.topic, pb.partition
+                    )));
+                }
+                // The highest epoch wins wherever it lies in the log: a stale owner's late
+                // write stays ignored, and is written over by the owner's next save so that
+                // compaction (which keeps the last record) keeps the owner's.
+                let epoch = body.generation.unwrap_or(0);
+                let standing = st.key_epoch.get(key).copied();
+                if standing.is_some_and(|e| e > epoch) {
+                    tracing::warn!(
+                        at = %self.at(Some(partition), Some(offset)),
+                        "ignoring a checkpoint record of route \"{}\" {}/{} at epoch {epoch} written by {}: epoch {} stands",
+                        pb.route, pb.topic, pb.partition, body.owner, standing.unwrap_or(0)
+                    );
+                    st.dirty.insert(key.to_vec());
+                    return Ok(());
+                }
+                st.key_epoch.insert(key.to_vec(), epoch);
+                let e = st
+                    .epochs
+                    .entry((pb.topic.clone(), pb.partition))
+                    .or_insert(0);
+                *e = (*e).max(epoch);
+                st.stored.insert(key.to_vec(), pb);
             }
             Some(pb) => {
                 // Written by a process after another one took the job: the writer had not
@@ -550,7 +639,7 @@ impl KafkaStore {
 
     fn producer(&self) -> Result<BaseProducer<WriterContext>, CheckpointError> {
         let p: BaseProducer<WriterContext> = cluster::base_config(&self.cluster)
-            .set("transactional.id", Self::transactional_id(&self.job))
+            .set("transactional.id", self.txn_id())
             .set("transaction.timeout.ms", "60000")
             .create_with_context(WriterContext(QuietContext {
                 cluster: self.cluster.name.clone(),
@@ -626,12 +715,81 @@ impl KafkaStore {
             job: self.job.clone(),
             owner: self.me.clone(),
             written_at: value::format_ms(value::now_ms()),
+            generation: None,
             partition,
         }
+    }
+
+    /// Group mode's save: only owned partitions, at their epoch; a partition recorded at a
+    /// higher epoch than ours is fenced instead of written.
+    fn save_owned(&self, cp: &Checkpoint, ownership: &Ownership) -> Result<(), CheckpointError> {
+        let mut st = self.state.lock().expect("store lock");
+        let partition = st.partition.expect("claimed");
+        // What the others wrote since: an epoch above ours is seen here.
+        self.check_still_owner(&mut st, partition)?;
+        let mut records = Vec::new();
+        let mut wrote = Vec::new();
+        for (route, rc) in &cp.routes {
+            for (key, pc) in &rc.partitions {
+                let Some((topic, p)) = super::parse_partition_key(key) else {
+                    continue;
+                };
+                let Some(epoch) = ownership.epoch(topic, p) else {
+                    continue;
+                };
+                let tp = (topic.to_string(), p);
+                let seen = st.epochs.get(&tp).copied().unwrap_or(0);
+                if seen > epoch {
+                    ownership.fence(tp, seen);
+                    continue;
+                }
+                let k = partition_record_key(&self.job, route, topic, p);
+                let pb = PartitionBody {
+                    route: route.clone(),
+                    topic: topic.to_string(),
+                    partition: p,
+                    source_cluster: rc.source_cluster.clone(),
+                    source_cluster_id: rc.source_cluster_id.clone(),
+                    target_cluster_id: rc.target_cluster_id.clone(),
+                    topic_id: rc.topic_ids.get(topic).cloned(),
+                    checkpoint: pc.clone(),
+                };
+                if st.stored.get(&k) == Some(&pb)
+                    && st.key_epoch.get(&k) == Some(&epoch)
+                    && !st.dirty.contains(&k)
+                {
+                    continue;
+                }
+                let mut body = self.body(Some(pb.clone()));
+                body.generation = Some(epoch);
+                records.push((k.clone(), Some(seal(body))));
+                wrote.push((k, pb, tp, epoch));
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write(&mut st, partition, &records)?;
+        for (k, pb, tp, epoch) in wrote {
+            st.dirty.remove(&k);
+            st.key_epoch.insert(k.clone(), epoch);
+            st.stored.insert(k, pb);
+            let e = st.epochs.entry(tp).or_insert(0);
+            *e = (*e).max(epoch);
+        }
+        Ok(())
     }
 }
 
 impl CheckpointStore for KafkaStore {
+    fn ownership(&self) -> Option<std::sync::Arc<Ownership>> {
+        self.group.as_ref().map(|(_, o)| o.clone())
+    }
+
+    fn epoch_of(&self, topic: &str, partition: i32) -> i64 {
+        KafkaStore::epoch_of(self, topic, partition)
+    }
+
     fn describe(&self) -> String {
         format!(
             "kafka topic \"{}\" on cluster \"{}\"",
@@ -647,6 +805,13 @@ impl CheckpointStore for KafkaStore {
         self.warn_unless_compacted();
         // InitProducerId first: on a broker that fences, no older holder writes after it.
         st.producer = Some(self.producer()?);
+        if self.group.is_some() {
+            // No one holds a group's job: the producer fenced this replica's earlier start
+            // (same instance id); ownership is per partition, by epoch.
+            self.read(&mut st, partition)?;
+            st.claimed = true;
+            return Ok(());
+        }
         let owner = (owner_key(&self.job), Some(seal(self.body(None))));
         self.write(&mut st, partition, &[owner])?;
         self.read(&mut st, partition)?;
@@ -716,6 +881,9 @@ impl CheckpointStore for KafkaStore {
         // by `write`, after `check_still_owner`, never by claiming the job back.
         if !self.state.lock().expect("store lock").claimed {
             self.claim()?;
+        }
+        if let Some((_, ownership)) = &self.group {
+            return self.save_owned(cp, ownership);
         }
         let mut st = self.state.lock().expect("store lock");
         let partition = st.partition.expect("claimed");
@@ -907,6 +1075,91 @@ mod tests {
         assert!(matches!(e, CheckpointError::Fenced { .. }), "{e}");
         assert!(e.to_string().contains("was taken over by pid"), "{e}");
         assert_eq!(fresh().get("r", "orders", 0).unwrap().next_offset, 10);
+    }
+
+    fn group_store(bootstrap: &str, instance: &str) -> (KafkaStore, std::sync::Arc<Ownership>) {
+        let own = std::sync::Arc::new(Ownership::new(Duration::from_secs(10)));
+        let cluster = ClusterConfig {
+            name: "dst".into(),
+            bootstrap: bootstrap.into(),
+            properties: Default::default(),
+        };
+        let s = KafkaStore::for_group(
+            cluster,
+            "cps",
+            "j",
+            Duration::from_secs(10),
+            instance,
+            own.clone(),
+        );
+        (s, own)
+    }
+
+    /// Group mode: the record with the highest epoch stands wherever it lies in the log. A
+    /// stale owner's write landing after the new owner's claim is ignored by every reader,
+    /// and the stale owner's next save finds the higher epoch, fences the partition and
+    /// writes nothing for it.
+    #[test]
+    fn in_a_group_the_highest_epoch_wins_and_a_stale_owner_is_fenced() {
+        let dc = crate::dev_cluster::DevClusters::start(1, 1, &[("cps".to_string(), 1)])
+            .expect("mock cluster");
+        let bootstrap = dc.bootstraps[0].clone();
+        let (a, a_own) = group_store(&bootstrap, "a");
+        a.claim().unwrap();
+        a_own.own(("orders".into(), 0), 1);
+        a.save(&checkpoint(10)).unwrap();
+
+        // b takes the partition above what it read.
+        let (b, b_own) = group_store(&bootstrap, "b");
+        b.claim().unwrap();
+        assert_eq!(b.epoch_of("orders", 0), 1);
+        b_own.own(("orders".into(), 0), b.epoch_of("orders", 0) + 1);
+        b.save(&checkpoint(10)).unwrap();
+
+        // a's write in flight when b took over lands after b's, at a's (lower) epoch.
+        {
+            let mut st = a.state.lock().unwrap();
+            let key = partition_record_key("j", "r", "orders", 0);
+            let mut pb = st.stored.get(&key).cloned().unwrap();
+            pb.checkpoint.next_offset = 20;
+            let mut body = a.body(Some(pb));
+            body.generation = Some(1);
+            a.write(&mut st, 0, &[(key, Some(seal(body)))]).unwrap();
+        }
+        let (fresh, _) = group_store(&bootstrap, "reader");
+        let next = |s: &KafkaStore| {
+            s.load()
+                .unwrap()
+                .unwrap()
+                .get("r", "orders", 0)
+                .unwrap()
+                .next_offset
+        };
+        assert_eq!(next(&fresh), 10, "the stale write does not stand");
+        assert_eq!(fresh.epoch_of("orders", 0), 2);
+
+        // a's next save reads b's epoch: fenced, nothing written.
+        let high = || {
+            crate::cluster::consumer(&a.cluster, &[])
+                .and_then(|c| {
+                    crate::cluster::watermarks(&c, "dst", "cps", 0, Duration::from_secs(10))
+                })
+                .unwrap()
+                .1
+        };
+        let before = high();
+        a.save(&checkpoint(30)).unwrap();
+        assert_eq!(a_own.epoch("orders", 0), None, "no longer a's");
+        assert_eq!(a_own.fenced_total(), 1);
+        assert_eq!(a_own.take_fenced().len(), 1);
+        let after = high();
+        assert_eq!(before, after, "a wrote nothing after it was fenced");
+        assert_eq!(next(&fresh), 10);
+
+        // b's next save writes its record again, so compaction keeps it over a's stale one.
+        b.save(&checkpoint(10)).unwrap();
+        let (fresh, _) = group_store(&bootstrap, "reader2");
+        assert_eq!(next(&fresh), 10);
     }
 
     #[test]

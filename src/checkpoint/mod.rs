@@ -176,6 +176,15 @@ pub trait CheckpointStore: Send + Sync {
     fn claim(&self) -> Result<(), CheckpointError> {
         Ok(())
     }
+    /// Group mode (`[group]`): the ownership table this store writes by.
+    fn ownership(&self) -> Option<std::sync::Arc<crate::copy::ownership::Ownership>> {
+        None
+    }
+    /// Group mode: the highest ownership epoch recorded for a source partition at the last
+    /// load (0: none).
+    fn epoch_of(&self, _topic: &str, _partition: i32) -> i64 {
+        0
+    }
 }
 
 /// A boxed store (what `open` returns) is a store.
@@ -192,6 +201,12 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
     fn claim(&self) -> Result<(), CheckpointError> {
         (**self).claim()
     }
+    fn ownership(&self) -> Option<std::sync::Arc<crate::copy::ownership::Ownership>> {
+        (**self).ownership()
+    }
+    fn epoch_of(&self, topic: &str, partition: i32) -> i64 {
+        (**self).epoch_of(topic, partition)
+    }
 }
 
 impl CheckpointError {
@@ -205,12 +220,22 @@ impl CheckpointError {
 pub fn open(config: &crate::config::Config) -> Box<dyn CheckpointStore> {
     match &config.checkpoints.store {
         crate::config::StoreSettings::File => Box::new(FileStore::new(config.checkpoint_file())),
-        crate::config::StoreSettings::Kafka { cluster, topic } => Box::new(KafkaStore::new(
-            config.clusters[cluster].clone(),
-            topic,
-            &config.job,
-            config.run.connect_timeout,
-        )),
+        crate::config::StoreSettings::Kafka { cluster, topic } => match &config.group {
+            Some(g) => Box::new(KafkaStore::for_group(
+                config.clusters[cluster].clone(),
+                topic,
+                &config.job,
+                config.run.connect_timeout,
+                &g.instance_id,
+                std::sync::Arc::new(crate::copy::ownership::Ownership::new(g.session_timeout)),
+            )),
+            None => Box::new(KafkaStore::new(
+                config.clusters[cluster].clone(),
+                topic,
+                &config.job,
+                config.run.connect_timeout,
+            )),
+        },
     }
 }
 

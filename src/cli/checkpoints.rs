@@ -228,6 +228,15 @@ pub(crate) fn reset_checkpoints(
     if let Some(r) = route {
         check_route(&cfg, r)?;
     }
+    // Replicas hold partitions by epoch, not the job: a reset could neither fence them nor
+    // write over their records.
+    if execute && cfg.group.is_some() {
+        return Err(Usage(format!(
+            "checkpoints reset --execute is refused with [group] ({}): stop every replica, remove [group] from the routing file (keep store = \"kafka\"), reset, then put it back",
+            path.display()
+        ))
+        .into());
+    }
     // A reset under a live run would be overwritten by its next checkpoint; a preview only
     // reads (the checkpoint is replaced atomically) and needs no lock.
     let store = kmirror::checkpoint::open(&cfg);

@@ -113,6 +113,13 @@ pub(crate) fn run(
 ) -> Result<i32> {
     let cfg = load(path)?;
     cluster_routes_only(&cfg, "run")?;
+    if once && cfg.group.is_some() {
+        return Err(super::Usage(format!(
+            "--once is refused with [group] ({}): replicas share routes that follow; run a bounded copy without [group]",
+            path.display()
+        ))
+        .into());
+    }
     // Before taking the job, which can take a moment with the kafka store (a claim reads the
     // checkpoint topic): a signal meanwhile stops the run before it reads anything, cleanly.
     let stop = stop_on_signal(

@@ -8,6 +8,7 @@
 mod diag;
 pub mod files;
 pub mod filter;
+mod group;
 mod raw;
 mod schema;
 pub mod value;
@@ -28,6 +29,7 @@ use diag::Diagnostics;
 pub use diag::{Diagnostic, Location, SourceText};
 pub use files::{FieldNames, FileFormat, FileSource};
 pub use filter::{DeadLetter, ErrorAction, HeaderTransform};
+pub use group::{GroupSettings, DEFAULT_SESSION_TIMEOUT, INSTANCE_ID_ENV};
 use raw::{RawCheckpoints, RawConfig, RawRoute};
 
 /// Librdkafka properties kmirror sets itself; setting them in `properties` is refused
@@ -119,6 +121,8 @@ pub struct Config {
     pub run: RunSettings,
     pub http: HttpSettings,
     pub verify: VerifySettings,
+    /// `[group]`: replicas sharing the source partitions (`crate::copy::ownership`).
+    pub group: Option<GroupSettings>,
 }
 
 /// `[verify]`: verification inside a following `run`.
@@ -1068,6 +1072,7 @@ fn check(
         }
         cp.store = store;
     }
+    let group = group::check_group(raw.group.as_ref(), &cp.store, &routes, &archives, env, d);
 
     Some(Config {
         path: path.to_path_buf(),
@@ -1082,6 +1087,7 @@ fn check(
         run,
         http,
         verify,
+        group,
     })
 }
 

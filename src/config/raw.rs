@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub run: Option<RawRun>,
     pub http: Option<RawHttp>,
     pub verify: Option<RawVerify>,
+    pub group: Option<Spanned<RawGroup>>,
     /// Default for every route's `create_target_topics`.
     pub create_target_topics: Option<Spanned<bool>>,
     /// Default dead-letter destination for every route.
@@ -84,6 +85,14 @@ pub struct RawRun {
 pub struct RawHttp {
     pub listen: Option<Spanned<String>>,
     pub stalled_not_ready: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGroup {
+    pub id: Option<Spanned<String>>,
+    pub instance_id: Option<Spanned<String>>,
+    pub session_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -100,6 +100,14 @@ const TOP: &[Field] = &[
         ]),
     ),
     opt("verify", Kind::Table(&[opt("interval", Kind::Str)])),
+    opt(
+        "group",
+        Kind::Table(&[
+            opt("id", Kind::Str),
+            opt("instance_id", Kind::Str),
+            opt("session_timeout", Kind::Str),
+        ]),
+    ),
     opt("create_target_topics", Kind::Bool),
     opt("dead_letter", Kind::Table(DEAD_LETTER)),
     opt(

@@ -47,6 +47,16 @@ pub enum LayoutChange {
     Gone { topic: String },
     /// The route (by index) left the routing file at a reload (`super::reload`).
     StopRoute(usize),
+    /// Group mode: partitions assigned again take the place of their released tasks (same
+    /// ids), so a replica's task list does not grow with every rebalance
+    /// (`super::ownership`).
+    Replace(Vec<CopyTask>),
+    /// Group mode: these source partitions are no longer this member's
+    /// (`super::ownership`), with why.
+    Release {
+        partitions: std::collections::BTreeSet<(String, i32)>,
+        why: String,
+    },
 }
 
 /// The routes after a reload (`super::reload`), for `Discovery::reconfigure`.
@@ -534,6 +544,9 @@ pub struct Applier {
     /// The reader of each source cluster.
     pub readers: BTreeMap<String, Sender<LayoutChange>>,
     pub pool: Arc<ProducerPool>,
+    /// Group mode: partitions found mid-run start released; the group assigns them
+    /// (`super::ownership`).
+    pub group: bool,
 }
 
 impl Applier {
@@ -563,17 +576,19 @@ impl Applier {
                         let _ = r.send(LayoutChange::Gone { topic });
                     }
                 }
-                Change::Start(found) => self.start(found, tasks, shared, observer),
+                Change::Start(found) => self.start(found, tasks, shared, observer, !self.group),
             }
         }
     }
 
-    fn start(
+    /// Starts `found`; not `owned` (group mode, not assigned here): they start released.
+    pub(super) fn start(
         &self,
         found: Vec<(TaskPlan, Option<String>)>,
         tasks: &mut Vec<TaskPlan>,
         shared: &Shared,
         observer: &Observer,
+        owned: bool,
     ) {
         let Some(cluster) = found.first().map(|(p, _)| p.source_cluster.clone()) else {
             return;
@@ -602,6 +617,8 @@ impl Applier {
             );
             if let Some(why) = why {
                 t.halt(why);
+            } else if !owned {
+                t.status = TaskStatus::Released(super::ownership::NOT_ASSIGNED.into());
             }
             t.id = shared.add_progress(t.progress());
             debug_assert_eq!(t.id, tasks.len());
@@ -654,6 +671,30 @@ impl State {
                         }
                     }
                 }
+                LayoutChange::Replace(tasks) => {
+                    for mut t in tasks {
+                        if let Some(old) = self.tasks.iter_mut().find(|o| o.id == t.id) {
+                            // The run's tallies and counters go on; a late report of the
+                            // earlier incarnation is stale (its generation).
+                            t.counts = old.counts;
+                            t.observed = old.observed;
+                            t.source_errors = old.source_errors;
+                            t.generation = old.generation.wrapping_add(1);
+                            *old = t;
+                        }
+                    }
+                }
+                LayoutChange::Release { partitions, why } => {
+                    for t in &mut self.tasks {
+                        if partitions.contains(&(t.plan.topic.clone(), t.plan.partition))
+                            && matches!(t.status, TaskStatus::Copying | TaskStatus::ReadDone)
+                        {
+                            t.status = TaskStatus::Released(why.clone());
+                            t.retrying = None;
+                            t.source_retrying = false;
+                        }
+                    }
+                }
                 LayoutChange::Gone { topic } => {
                     for t in &mut self.tasks {
                         if t.plan.topic == topic && t.status == TaskStatus::Copying {
@@ -686,10 +727,12 @@ impl State {
     pub(super) fn all_finished(&self) -> bool {
         self.tasks.iter().all(CopyTask::finished)
             && !(self.layout.is_some()
-                && self
-                    .tasks
-                    .iter()
-                    .any(|t| matches!(t.status, TaskStatus::SourceGone | TaskStatus::Removed)))
+                && self.tasks.iter().any(|t| {
+                    matches!(
+                        t.status,
+                        TaskStatus::SourceGone | TaskStatus::Removed | TaskStatus::Released(_)
+                    )
+                }))
     }
 }
 

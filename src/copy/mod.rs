@@ -22,6 +22,7 @@ mod archive_sink;
 pub mod batch;
 pub mod discovery;
 pub mod filter;
+pub mod ownership;
 mod partitions;
 pub mod poll;
 pub mod prefetch;
@@ -63,6 +64,8 @@ pub struct Shared {
     /// halt, long enough for `discovery` to tell a deleted topic ("source gone") first.
     /// Zero otherwise (the reader's own bound applies).
     pub gone_after: Duration,
+    /// Group mode: what this replica owns, and its lease (`ownership`).
+    pub group: Option<Arc<ownership::Ownership>>,
 }
 
 impl Shared {
@@ -328,6 +331,7 @@ fn execute(
         checkpoint: previous.clone(),
         readers,
         pool: pool.clone(),
+        group: config.group.is_some(),
     };
     let mut tasks: Vec<Option<CopyTask>> = plan
         .tasks
@@ -342,13 +346,18 @@ fn execute(
                 })
                 .map(|c| c.target.clone())
                 .unwrap_or_default();
-            Some(CopyTask::new(
+            let mut task = CopyTask::new(
                 id,
                 t.clone(),
                 routes[t.route].clone(),
                 ranges,
                 route_limiters[t.route].clone(),
-            ))
+            );
+            // Group mode: nothing is ours until the group says so (`ownership`).
+            if config.group.is_some() {
+                task.status = TaskStatus::Released(ownership::NOT_ASSIGNED.into());
+            }
+            Some(task)
         })
         .collect();
     let shared = Arc::new(Shared {
@@ -369,6 +378,7 @@ fn execute(
         } else {
             Duration::ZERO
         },
+        group: store.ownership(),
     });
 
     // Checkpoint on a timer while the readers work; the last one is written after they end.
@@ -393,6 +403,18 @@ fn execute(
             .collect(),
     );
     observer.checkpointed(&first);
+    // Group mode: the member joins now; what it is assigned starts on the supervising loop.
+    let (mut group_engine, member) = match (&config.group, store.ownership()) {
+        (Some(g), Some(own)) => {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let member = ownership::Member::start(config, g, own.clone(), tx)?;
+            (
+                Some(ownership::GroupEngine::new(rx, own, config)),
+                Some(member),
+            )
+        }
+        _ => (None, None),
+    };
 
     let mut handles = Vec::new();
     for (rid, ((cluster, idx), rx)) in groups.into_iter().zip(receivers).enumerate() {
@@ -500,6 +522,11 @@ fn execute(
                     for changes in found_rx.try_iter() {
                         applier.apply(changes, &mut plan.tasks, &shared, &observer);
                     }
+                    if let Some(g) = group_engine.as_mut() {
+                        g.tick(&mut plan, &shared, &mut applier, &observer, store, &|p| {
+                            snapshot(&config, p, &base, &ids, &shared)
+                        });
+                    }
                     match reloader.as_mut() {
                         Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
                             snapshot(&config, &plan, &base, &ids, &shared)
@@ -588,7 +615,12 @@ fn execute(
     }
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
-    saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared))?;
+    let last = saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared));
+    // The group's partitions stay ours until the final checkpoint is written.
+    if let Some(m) = member {
+        m.stop();
+    }
+    last?;
     observer.checkpointed(&snapshot(config, &plan, &base, ids, &shared));
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
@@ -755,7 +787,10 @@ fn progress_state(
                 log_end: p.log_end.max(p.position),
                 done: matches!(
                     p.status,
-                    TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed
+                    TaskStatus::Done
+                        | TaskStatus::SourceGone
+                        | TaskStatus::Removed
+                        | TaskStatus::Released(_)
                 ),
                 halted: match &p.status {
                     TaskStatus::Halted(why) => Some(why.clone()),

@@ -26,10 +26,15 @@ pub struct RawHeader<'a> {
 /// The headers of a consumed message, name and value as bytes, in order, read in place
 /// (no allocation: verify calls this several times per record).
 pub fn headers_of<'a, M: Message<Headers = BorrowedHeaders>>(msg: &'a M) -> RawHeaders<'a> {
+    headers_in(msg.headers())
+}
+
+/// A header list (of a message borrowed for `'a`) as raw bytes, in order, read in place.
+pub fn headers_in(headers: Option<&BorrowedHeaders>) -> RawHeaders<'_> {
     RawHeaders {
-        // SAFETY (of the cast): `headers` is the native list behind the message, cast as
-        // rust-rdkafka does; it lives as long as `msg`, which `'a` borrows.
-        list: msg.headers().map_or(std::ptr::null_mut(), |h| {
+        // SAFETY (of the cast): `headers` is the native list behind a message, cast as
+        // rust-rdkafka does; it lives as long as that message, which `'a` borrows.
+        list: headers.map_or(std::ptr::null_mut(), |h| {
             h as *const BorrowedHeaders as *mut rdsys::rd_kafka_headers_t
         }),
         idx: 0,
@@ -179,13 +184,19 @@ pub struct Provenance<'a> {
 /// Parses a provenance value, with or without its `<route>@` (route and cluster names
 /// cannot hold `@` or `/`, topic names cannot hold `/`).
 pub fn parse_provenance_full(value: &[u8]) -> Option<Provenance<'_>> {
+    // Byte searches rather than `rsplitn`/`split_once` on chars: verify parses one of these
+    // per target record.
     let s = std::str::from_utf8(value).ok()?;
-    let mut it = s.rsplitn(3, '/');
-    let offset = it.next()?.parse().ok()?;
-    let partition = it.next()?.parse().ok()?;
-    let (who, topic) = it.next()?.split_once('/')?;
-    let (route, cluster) = match who.split_once('@') {
-        Some((r, c)) => (Some(r), c),
+    let find = |s: &str, c: u8| s.bytes().position(|b| b == c);
+    let last = s.bytes().rposition(|b| b == b'/')?;
+    let mid = s[..last].bytes().rposition(|b| b == b'/')?;
+    let offset = s[last + 1..].parse().ok()?;
+    let partition = s[mid + 1..last].parse().ok()?;
+    let head = &s[..mid];
+    let slash = find(head, b'/')?;
+    let (who, topic) = (&head[..slash], &head[slash + 1..]);
+    let (route, cluster) = match find(who, b'@') {
+        Some(at) => (Some(&who[..at]), &who[at + 1..]),
         None => (None, who),
     };
     Some(Provenance {

@@ -62,6 +62,9 @@ pub enum TaskStatus {
     /// Its route left the routing file at a reload (`super::reload`); the checkpoint keeps
     /// its position for when the route comes back.
     Removed,
+    /// Group mode (`super::ownership`): another member owns the partition (not assigned
+    /// here, revoked, or fenced), with why. Its checkpoint is the owner's to write.
+    Released(String),
 }
 
 impl TaskStatus {
@@ -74,6 +77,7 @@ impl TaskStatus {
             TaskStatus::Halted(why) => format!("HALTED: {why}"),
             TaskStatus::SourceGone => "source gone".into(),
             TaskStatus::Removed => "removed by reload".into(),
+            TaskStatus::Released(why) => format!("released: {why}"),
         }
     }
 }
@@ -128,6 +132,7 @@ impl TaskProgress {
             (TaskStatus::Halted(why), _) => format!("halted: {why}"),
             (TaskStatus::SourceGone, _) => "source gone".into(),
             (TaskStatus::Removed, _) => "removed by reload".into(),
+            (TaskStatus::Released(why), _) => format!("released: {why}"),
         }
     }
 }
@@ -270,9 +275,10 @@ impl CopyTask {
     pub(super) fn finished(&self) -> bool {
         match self.status {
             TaskStatus::Done => true,
-            TaskStatus::Halted(_) | TaskStatus::SourceGone | TaskStatus::Removed => {
-                self.in_flight_bytes == 0
-            }
+            TaskStatus::Halted(_)
+            | TaskStatus::SourceGone
+            | TaskStatus::Removed
+            | TaskStatus::Released(_) => self.in_flight_bytes == 0,
             _ => false,
         }
     }
@@ -561,7 +567,12 @@ impl State {
             }
             self.update_pauses(consumer);
             let reading = self.parts.all.iter().any(|tp| !self.paused.contains(tp));
-            if !reading || self.shared.in_flight() >= self.shared.limits.max_in_flight_bytes {
+            // Group mode: no lease, no copying (`super::ownership`).
+            let leased = self.shared.group.as_ref().is_none_or(|o| o.lease_valid());
+            if !reading
+                || !leased
+                || self.shared.in_flight() >= self.shared.limits.max_in_flight_bytes
+            {
                 // Over a bound or nothing to read: wait for acknowledgements instead.
                 self.settle_reports(Duration::from_millis(20));
                 continue;

@@ -19,13 +19,14 @@ use super::{Latency, Observer, PartitionNow};
 use crate::copy::source_partition::TaskStatus;
 
 /// The states `kmirror_partition_state` reports, one series each (1 for the current one).
-pub const STATES: [&str; 6] = [
+pub const STATES: [&str; 7] = [
     "copying",
     "retrying",
     "halted",
     "done",
     "source_gone",
     "removed",
+    "released",
 ];
 
 type Labels = Vec<(&'static str, String)>;
@@ -50,6 +51,7 @@ pub(crate) fn state_word(p: &PartitionNow<'_>) -> &'static str {
         (TaskStatus::Halted(_), _) => "halted",
         (TaskStatus::SourceGone, _) => "source_gone",
         (TaskStatus::Removed, _) => "removed",
+        (TaskStatus::Released(_), _) => "released",
         (_, Some(_)) => "retrying",
         _ => "copying",
     }
@@ -213,6 +215,29 @@ impl Collector for RunCollector {
                 MetricType::Gauge,
                 [(Labels::new(), gauge_i(run.shared.in_flight() as i64))],
             )?;
+            if let Some(g) = &run.shared.group {
+                family(
+                    &mut enc,
+                    "kmirror_group_owned_partitions",
+                    "[group]: source partitions this replica owns now",
+                    MetricType::Gauge,
+                    [(Labels::new(), gauge_i(g.owned().len() as i64))],
+                )?;
+                family(
+                    &mut enc,
+                    "kmirror_group_fenced",
+                    "[group]: partitions this replica stopped because another member took them at a higher epoch",
+                    MetricType::Counter,
+                    [(Labels::new(), counter(g.fenced_total()))],
+                )?;
+                family(
+                    &mut enc,
+                    "kmirror_group_lease_valid",
+                    "[group]: 1 while membership is confirmed within the session timeout (copying allowed)",
+                    MetricType::Gauge,
+                    [(Labels::new(), gauge_i(g.lease_valid() as i64))],
+                )?;
+            }
             family(
                 &mut enc,
                 "kmirror_checkpoint_write_errors",

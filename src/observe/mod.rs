@@ -137,7 +137,7 @@ pub fn lag(plan: &TaskPlan, p: &TaskProgress) -> i64 {
     // to copy in this run.
     if matches!(
         p.status,
-        TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed
+        TaskStatus::Done | TaskStatus::SourceGone | TaskStatus::Removed | TaskStatus::Released(_)
     ) {
         return 0;
     }
@@ -583,6 +583,7 @@ pub(crate) mod tests {
             limiter: None,
             shutdown_timeout: Duration::from_secs(1),
             gone_after: Duration::ZERO,
+            group: None,
             progress: std::sync::RwLock::new(vec![Mutex::new(progress(
                 0,
                 100,
@@ -644,6 +645,7 @@ pub(crate) mod tests {
                 shutdown_timeout: Duration::from_secs(1),
                 // 60 records left, and the position never moves.
                 gone_after: Duration::ZERO,
+                group: None,
                 progress: std::sync::RwLock::new(vec![Mutex::new(progress(
                     40,
                     100,

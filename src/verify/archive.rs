@@ -1,85 +1,48 @@
 //! Verify with an archive on one side: the source of a restore (archive -> cluster) or the
 //! target of a dump (cluster -> archive). The archive's side is read from its committed
 //! segments (each checked against its manifest) instead of a consumer; each record is then
-//! digested, filtered, validated or attributed exactly as a consumed one (`Src` reads like a
-//! consumed message), so the verdicts are the cluster-to-cluster ones. A dump's archive
-//! keeps each record at its source offset with its provenance header, so its "target
-//! offsets" are source offsets and attribution is by provenance as on a cluster.
+//! digested, filtered, validated or attributed exactly as a consumed one (an archived record
+//! is offered as the same `Record` view), so the verdicts are the cluster-to-cluster ones. A
+//! dump's archive keeps each record at its source offset with its provenance header, so its
+//! "target offsets" are source offsets and attribution is by provenance as on a cluster.
 
 use std::path::Path;
-use std::sync::Arc;
 
-use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Message, Timestamp};
+use rdkafka::message::Timestamp;
 
 use super::blocks::Task;
 use super::read::Reader;
+use super::record::{Headers, Record};
 use super::Bound;
-use crate::archive::PartitionReader;
+use crate::archive::{ArchivedRecord, PartitionReader, TsType};
 use crate::cluster::ClusterError;
 use crate::config::ClusterConfig;
-use crate::copy::source_partition::archive_source::{self, ArchiveMessage};
+use crate::copy::record::RawHeader;
+use crate::copy::source_partition::archive_source;
 
-/// A source record: consumed from a cluster, or read from an archive.
-pub(super) enum Src<'m, 'c> {
-    Kafka(&'m BorrowedMessage<'c>),
-    Archive(&'m ArchiveMessage),
-}
-
-impl Message for Src<'_, '_> {
-    type Headers = BorrowedHeaders;
-
-    fn key(&self) -> Option<&[u8]> {
-        match self {
-            Src::Kafka(m) => m.key(),
-            Src::Archive(m) => m.key(),
-        }
-    }
-
-    fn payload(&self) -> Option<&[u8]> {
-        match self {
-            Src::Kafka(m) => m.payload(),
-            Src::Archive(m) => m.payload(),
-        }
-    }
-
-    unsafe fn payload_mut(&mut self) -> Option<&mut [u8]> {
-        None // read only: verify never changes a record
-    }
-
-    fn topic(&self) -> &str {
-        match self {
-            Src::Kafka(m) => m.topic(),
-            Src::Archive(m) => m.topic(),
-        }
-    }
-
-    fn partition(&self) -> i32 {
-        match self {
-            Src::Kafka(m) => m.partition(),
-            Src::Archive(m) => m.partition(),
-        }
-    }
-
-    fn offset(&self) -> i64 {
-        match self {
-            Src::Kafka(m) => m.offset(),
-            Src::Archive(m) => m.offset(),
-        }
-    }
-
-    fn timestamp(&self) -> Timestamp {
-        match self {
-            Src::Kafka(m) => m.timestamp(),
-            Src::Archive(m) => m.timestamp(),
-        }
-    }
-
-    fn headers(&self) -> Option<&BorrowedHeaders> {
-        match self {
-            Src::Kafka(m) => m.headers(),
-            Src::Archive(m) => m.headers(),
-        }
-    }
+/// An archived record as verify reads a consumed one: borrowed, its headers as they were
+/// archived (name and value bytes, in order, null kept null).
+fn with_record(partition: i32, rec: &ArchivedRecord, f: &mut impl FnMut(&Record<'_>)) {
+    let headers: Vec<RawHeader<'_>> = rec
+        .headers
+        .iter()
+        .map(|(name, value)| RawHeader {
+            name,
+            value: value.as_deref(),
+        })
+        .collect();
+    f(&Record {
+        partition,
+        offset: rec.offset,
+        key: rec.key.as_deref(),
+        payload: rec.value.as_deref(),
+        timestamp: match rec.ts_type {
+            TsType::None => Timestamp::NotAvailable,
+            TsType::Create => Timestamp::CreateTime(rec.timestamp),
+            TsType::LogAppend => Timestamp::LogAppendTime(rec.timestamp),
+        },
+        headers: Headers::Slice(&headers),
+    });
 }
 
 fn archive_error(task: &Task<'_>, source: crate::archive::ArchiveError) -> ClusterError {
@@ -96,19 +59,17 @@ pub(super) fn scan_source(
     task: &Task<'_>,
     from: i64,
     to: i64,
-    mut f: impl FnMut(&Src<'_, '_>),
+    mut f: impl FnMut(&Record<'_>),
 ) -> Result<(), ClusterError> {
     let Some(root) = task.src_archive else {
-        return reader.scan(task.src, &task.topic, task.partition, from, to, |m| {
-            f(&Src::Kafka(m))
-        });
+        return reader.scan(task.src, &task.topic, task.partition, from, to, f);
     };
     if from >= to {
         return Ok(());
     }
     let r = PartitionReader::open(root, &task.topic, task.partition)
         .map_err(|e| archive_error(task, e))?;
-    scan_archive(&r, &task.src.name, &task.topic, task.partition, from, to, f)
+    scan_archive(&r, &task.src.name, task.partition, from, to, &mut f)
 }
 
 /// Reads `[from, to)` of a target partition: from its archive when the target is one (a
@@ -123,33 +84,31 @@ pub(super) fn scan_target(
     partition: i32,
     from: i64,
     to: i64,
-    mut f: impl FnMut(&Src<'_, '_>),
+    mut f: impl FnMut(&Record<'_>),
 ) -> Result<(), ClusterError> {
     let Some(root) = archive else {
-        return reader.scan(cluster, topic, partition, from, to, |m| f(&Src::Kafka(m)));
+        return reader.scan(cluster, topic, partition, from, to, f);
     };
     if from >= to || !crate::archive::partition_dir(root, topic, partition).is_dir() {
         return Ok(());
     }
-    let err = |source| ClusterError::Archive {
-        cluster: cluster.name.clone(),
-        source,
-    };
-    let r = PartitionReader::open(root, topic, partition).map_err(err)?;
-    scan_archive(&r, &cluster.name, topic, partition, from, to, f)
+    let r =
+        PartitionReader::open(root, topic, partition).map_err(|source| ClusterError::Archive {
+            cluster: cluster.name.clone(),
+            source,
+        })?;
+    scan_archive(&r, &cluster.name, partition, from, to, &mut f)
 }
 
-/// The archived records at offsets `[from, to)`, each as a `Src`.
+/// The archived records at offsets `[from, to)`, each as a `Record`.
 fn scan_archive(
     r: &PartitionReader,
     cluster: &str,
-    topic: &str,
     partition: i32,
     from: i64,
     to: i64,
-    mut f: impl FnMut(&Src<'_, '_>),
+    f: &mut impl FnMut(&Record<'_>),
 ) -> Result<(), ClusterError> {
-    let name: Arc<str> = Arc::from(topic);
     for rec in r.records(from) {
         let rec = rec.map_err(|source| ClusterError::Archive {
             cluster: cluster.to_string(),
@@ -158,8 +117,7 @@ fn scan_archive(
         if rec.offset >= to {
             break;
         }
-        let m = ArchiveMessage::new(name.clone(), partition, rec);
-        f(&Src::Archive(&m));
+        with_record(partition, &rec, f);
     }
     Ok(())
 }

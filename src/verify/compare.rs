@@ -3,9 +3,9 @@
 //! `message.timestamp.type = LogAppendTime` stamps every record with the broker's time, so
 //! its copies cannot carry the source's timestamp: that is reported, not called altered.
 
-use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
+use rdkafka::message::Timestamp;
 
-use crate::copy::record::content_digest;
+use super::record::Record;
 
 /// What verify remembers of a record to compare it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,9 +16,9 @@ pub struct Fingerprint {
 }
 
 impl Fingerprint {
-    pub fn of<M: Message<Headers = BorrowedHeaders>>(m: &M, ignore: &[&str]) -> Fingerprint {
+    pub fn of(m: &Record<'_>, ignore: &[&str]) -> Fingerprint {
         Fingerprint {
-            content: content_digest(m, ignore),
+            content: m.content_digest(ignore),
             timestamp: m.timestamp(),
         }
     }

@@ -49,27 +49,22 @@ pub fn offset(offset: i64) -> u128 {
     hash(&[OFFSET, offset as u64])
 }
 
-/// Two independent 64-bit lanes, each a chain of murmur3's finaliser (a bijection with full
-/// avalanche) over the words: not cryptographic, but verify guards against accidents, not an
-/// adversary who controls both clusters.
+/// XXH3's 128-bit hash of the words (little-endian): not cryptographic, but verify guards
+/// against accidents, not an adversary who controls both clusters. (It replaced two lanes
+/// of chained murmur3 finalisers, 6% of verify's instructions (callgrind); the
+/// digests are computed within one run and stored nowhere, so the function may change.)
 fn hash(words: &[u64]) -> u128 {
-    let lane = |seed: u64| {
-        let mut x = seed;
-        for w in words {
-            x = fmix(x.rotate_left(29) ^ fmix(*w ^ seed));
-        }
-        fmix(x ^ words.len() as u64)
-    };
-    ((lane(0x9e37_79b9_7f4a_7c15) as u128) << 64) | lane(0xc2b2_ae3d_27d4_eb4f) as u128
+    let mut buf = [0u8; 8 * MAX_WORDS];
+    let n = words.len().min(MAX_WORDS);
+    for (chunk, w) in buf.chunks_exact_mut(8).zip(&words[..n]) {
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    debug_assert_eq!(n, words.len());
+    xxhash_rust::xxh3::xxh3_128(&buf[..8 * n])
 }
 
-fn fmix(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^ (k >> 33)
-}
+/// The most words a record's hash takes (`record`).
+const MAX_WORDS: usize = 5;
 
 #[cfg(test)]
 mod tests {

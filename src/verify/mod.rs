@@ -27,37 +27,36 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use rdkafka::message::Message;
-
 mod archive;
+mod batch;
 mod blocks;
 mod compare;
 mod coverage;
 mod digest;
 pub mod interval;
 mod read;
+mod record;
 mod report;
 mod state;
 
 use blocks::{
     count_records, drill, extend_first, poison_settled, read_dlq, read_source, read_target,
-    DlqBlock, DlqPart, Found, GroupPart, Job, Mode, SrcBlock, TargetPart, Task, TgtBlock,
+    BlockMap, DlqBlock, DlqPart, Found, GroupPart, Job, Mode, SrcBlock, TargetPart, Task, TgtBlock,
 };
 pub use compare::{compare, Comparison, Fingerprint};
 pub use coverage::Coverage;
 pub use read::bound_malloc_arenas;
 pub use read::scan;
 use read::{run_jobs, Reader};
+pub use record::Record;
 pub use report::JSON_SCHEMA_VERSION;
 pub use state::{path_for as verified_state_path, VerifiedRoute, VerifiedState};
 
 use crate::checkpoint::{partition_key, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError};
 use crate::config::{Config, Partitioning, RouteConfig};
-use crate::copy::filter::{Decision, RecordView};
-use crate::copy::record::{
-    headers_of, parse_provenance_full, raw_headers, record_bytes, Provenance, PROVENANCE_HEADER,
-};
+use crate::copy::filter::Decision;
+use crate::copy::record::{parse_provenance_full, Provenance, PROVENANCE_HEADER};
 use crate::counts::render_table;
 use crate::plan::{self, TaskEnd};
 
@@ -376,27 +375,17 @@ impl VerifyReport {
 }
 
 /// What the route does with a source record: the same decision as the copy path.
-fn decide<M: Message<Headers = rdkafka::message::BorrowedHeaders>>(
-    r: &RouteConfig,
-    m: &M,
-) -> Decision {
+fn decide(r: &RouteConfig, m: &Record<'_>) -> Decision {
     if r.validate.is_empty() && r.filter.is_none() {
         return Decision::Copy;
     }
-    let view = RecordView::new(
-        m.key(),
-        m.payload(),
-        m.timestamp().to_millis(),
-        raw_headers(m),
-    );
-    r.decide(&view, record_bytes(m) as u64)
+    r.decide(&m.view(), m.bytes() as u64)
 }
 
-fn provenance<M: Message<Headers = rdkafka::message::BorrowedHeaders>>(
-    m: &M,
-) -> Option<Provenance<'_>> {
+fn provenance<'m>(m: &Record<'m>) -> Option<Provenance<'m>> {
     // The last one: a record copied twice through kmirror carries both, the copy's own last.
-    let prov = headers_of(m)
+    let prov = m
+        .headers()
         .filter(|h| h.name == PROVENANCE_HEADER.as_bytes())
         .last()?;
     parse_provenance_full(prov.value?)
@@ -966,8 +955,8 @@ pub fn verify_with(
         })
     })?;
     let mut src: Vec<Vec<SrcBlock>> = vec![Vec::new(); tasks.len()];
-    let mut tgt: HashMap<(usize, i64), TgtBlock> = HashMap::new();
-    let mut dlq: HashMap<(usize, i64), DlqBlock> = HashMap::new();
+    let mut tgt: BlockMap<TgtBlock> = BlockMap::default();
+    let mut dlq: BlockMap<DlqBlock> = BlockMap::default();
     let mut counted: BTreeMap<usize, u64> = BTreeMap::new();
     for (job, f) in jobs.iter().zip(found) {
         match (job, f) {

@@ -4,15 +4,18 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 
+use super::batch::{self, drain, PartitionReader};
+use super::record::Record;
 use crate::cluster::{self, ClusterError, QuietContext};
 use crate::config::ClusterConfig;
 
@@ -26,7 +29,7 @@ pub fn scan(
     from: i64,
     to: i64,
     timeout: Duration,
-    f: impl FnMut(&BorrowedMessage<'_>),
+    f: impl FnMut(&Record<'_>),
 ) -> Result<(), ClusterError> {
     if from >= to {
         return Ok(());
@@ -135,7 +138,7 @@ impl Reader {
         partition: i32,
         from: i64,
         to: i64,
-        f: impl FnMut(&BorrowedMessage<'_>),
+        f: impl FnMut(&Record<'_>),
     ) -> Result<(), ClusterError> {
         if from >= to {
             return Ok(());
@@ -149,6 +152,13 @@ impl Reader {
     }
 }
 
+/// Records taken from librdkafka at a time (at most): each consumer's queue holds up to
+/// `queued.min.messages` more (CONSUMER_PROPERTIES).
+const BATCH: usize = 256;
+
+/// Events destroyed from a consumer's own queue at a time (see `batch::drain`).
+const DRAIN: usize = 4096;
+
 #[allow(clippy::too_many_arguments)]
 pub(super) fn scan_with(
     consumer: &BaseConsumer<QuietContext>,
@@ -158,8 +168,20 @@ pub(super) fn scan_with(
     from: i64,
     to: i64,
     timeout: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
+    mut f: impl FnMut(&Record<'_>),
 ) -> Result<(), ClusterError> {
+    // A reused consumer: what an earlier assignment fetched ahead is not ours.
+    let mut stale = drained(consumer, DRAIN);
+    let mut reader =
+        PartitionReader::split(consumer, topic, partition, BATCH).ok_or_else(|| {
+            ClusterError::Lookup {
+                cluster: cluster.name.clone(),
+                topic: topic.into(),
+                partition,
+                what: "assign".into(),
+                detail: "librdkafka gave no queue for the partition".into(),
+            }
+        })?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))
         .map_err(|e| lookup(cluster, topic, partition, e))?;
@@ -171,59 +193,67 @@ pub(super) fn scan_with(
     // End-of-partition below `to` is either a trailing gap or a broker whose watermark runs
     // behind its data: keep reading for a moment before calling it a gap.
     let mut eof_since: Option<Instant> = None;
-    let mut stale = 0u64;
-    // Records are progress; the clock is read only when none arrives (a clock read per record
-    // was an eighth of verify's CPU).
-    let mut progressed = false;
     loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            // A reused consumer: anything left from an earlier assignment is not ours, and is
-            // no progress (it must not hold off the timeout below either).
-            Some(Ok(m))
-                if m.topic() != topic || m.partition() != partition || m.offset() < next =>
-            {
-                stale += 1;
-            }
-            Some(Ok(m)) => {
-                progressed = true;
-                eof_since = None;
-                if m.offset() >= to {
-                    return Ok(());
+        let mut progressed = false;
+        let batch = reader.next_batch(Duration::from_millis(100), |entry| {
+            match entry {
+                // Left from an earlier assignment of the same partition: no progress (it must
+                // not hold off the timeout below either).
+                batch::Entry::Record(m) if m.partition() != partition || m.offset() < next => {
+                    stale += 1;
                 }
-                f(&m);
-                next = m.offset() + 1;
-                if next >= to {
-                    return Ok(());
+                batch::Entry::Record(m) => {
+                    progressed = true;
+                    eof_since = None;
+                    if m.offset() >= to {
+                        return ControlFlow::Break(Ok(()));
+                    }
+                    f(&m);
+                    next = m.offset() + 1;
+                    if next >= to {
+                        return ControlFlow::Break(Ok(()));
+                    }
                 }
-                continue;
-            }
-            Some(Err(KafkaError::PartitionEOF(p))) if p == partition => {
-                if to == i64::MAX || next >= to {
-                    return Ok(());
+                batch::Entry::Error {
+                    code: RDKafkaErrorCode::PartitionEOF,
+                    ..
+                } => {
+                    if to == i64::MAX || next >= to {
+                        return ControlFlow::Break(Ok(()));
+                    }
+                    eof_since.get_or_insert_with(Instant::now);
                 }
-                eof_since.get_or_insert_with(Instant::now);
-            }
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            Some(Err(e)) => {
-                if matches!(
-                    e.rdkafka_error_code(),
-                    Some(rdkafka::types::RDKafkaErrorCode::AutoOffsetReset)
-                        | Some(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange)
-                ) {
-                    return Err(ClusterError::Lookup {
+                batch::Entry::Error {
+                    code: RDKafkaErrorCode::AutoOffsetReset | RDKafkaErrorCode::OffsetOutOfRange,
+                    ..
+                } => {
+                    return ControlFlow::Break(Err(ClusterError::Lookup {
                         cluster: cluster.name.clone(),
                         topic: topic.into(),
                         partition,
                         what: format!("read from offset {from}"),
                         detail: "offset out of range (deleted by retention?)".into(),
-                    });
+                    }));
                 }
-                tracing::debug!("verify read: {e}");
+                batch::Entry::Error { code, offset, text } => {
+                    tracing::debug!(
+                        "verify read of {topic}/{partition} at {offset}: {code:?}: {text}"
+                    );
+                }
             }
-            None => {}
+            ControlFlow::Continue(())
+        });
+        let taken = match batch {
+            Ok(n) => n,
+            Err(done) => return done,
+        };
+        // Caught up: serve the consumer's own queue (logs, errors, and records of earlier
+        // scans, whose memory would otherwise stay held).
+        if taken < BATCH {
+            stale += drained(consumer, DRAIN);
         }
         let now = Instant::now();
-        if std::mem::take(&mut progressed) {
+        if progressed {
             last_progress = now;
         }
         if eof_since.is_some_and(|t| now - t >= Duration::from_secs(1)) {
@@ -242,6 +272,15 @@ pub(super) fn scan_with(
             });
         }
     }
+}
+
+/// `batch::drain`, its errors logged as the per-message poll logged them.
+fn drained(consumer: &BaseConsumer<QuietContext>, max: usize) -> u64 {
+    let (records, errors) = drain(consumer, max);
+    for e in errors {
+        tracing::debug!("verify read: {e}");
+    }
+    records
 }
 
 /// Runs `jobs` on `parallel` threads, each with its own [`Reader`]; results in job order.
@@ -311,9 +350,174 @@ mod tests {
     use std::ffi::CString;
 
     use rdkafka::client::Client;
+    use rdkafka::message::{Header, OwnedHeaders, Timestamp};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use rdkafka::ClientConfig;
     use rdkafka_sys as rdsys;
 
     use super::*;
+
+    fn cluster(bootstrap: String) -> ClusterConfig {
+        ClusterConfig {
+            name: "c".into(),
+            bootstrap,
+            properties: BTreeMap::new(),
+        }
+    }
+
+    /// A mock cluster holding `n` records in partition 0 of topic "t" (of 2 partitions):
+    /// key `k<i>`, value `v<i>`, timestamp 1000 + i, a header `h` = `<i>`.
+    fn seeded(n: usize) -> MockCluster<'static, rdkafka::producer::DefaultProducerContext> {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("t", 2, 1).unwrap();
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", mock.bootstrap_servers())
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        for i in 0..n {
+            let (k, v, h) = (format!("k{i}"), format!("v{i}"), i.to_string());
+            let headers = OwnedHeaders::new().insert(Header {
+                key: "h",
+                value: Some(h.as_bytes()),
+            });
+            let mut r = BaseRecord::to("t")
+                .partition(0)
+                .key(k.as_bytes())
+                .payload(v.as_bytes())
+                .timestamp(1000 + i as i64)
+                .headers(headers);
+            loop {
+                match producer.send(r) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        producer.poll(Duration::from_millis(10));
+                        r = back;
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        mock
+    }
+
+    /// (offset, key, value, timestamp, header) of every record a scan offers.
+    type Seen = Vec<(i64, String, String, Timestamp, String)>;
+
+    fn scan_into(reader: &mut Reader, c: &ClusterConfig, from: i64, to: i64) -> Seen {
+        let mut seen = Vec::new();
+        reader
+            .scan(c, "t", 0, from, to, |m| {
+                let text = |b: Option<&[u8]>| String::from_utf8(b.unwrap().to_vec()).unwrap();
+                let h: Vec<_> = m.headers().collect();
+                assert_eq!(h.len(), 1);
+                assert_eq!(h[0].name, b"h");
+                assert_eq!(m.partition(), 0);
+                seen.push((
+                    m.offset(),
+                    text(m.key()),
+                    text(m.payload()),
+                    m.timestamp(),
+                    text(h[0].value),
+                ));
+            })
+            .unwrap();
+        seen
+    }
+
+    fn expected(range: std::ops::Range<i64>) -> Seen {
+        range
+            .map(|i| {
+                (
+                    i,
+                    format!("k{i}"),
+                    format!("v{i}"),
+                    Timestamp::CreateTime(1000 + i),
+                    i.to_string(),
+                )
+            })
+            .collect()
+    }
+
+    /// Batches of records end exactly at `to` even in the middle of a batch (records fetched
+    /// past it are not offered), each record whole (key, value, timestamp, headers), and the
+    /// same consumer then reads other ranges of the same partition, earlier ones included,
+    /// without offering what it had fetched ahead for the earlier scan.
+    #[test]
+    fn scans_end_at_to_mid_batch_and_a_reused_consumer_reads_only_its_range() {
+        let mock = seeded(3000);
+        let c = cluster(mock.bootstrap_servers());
+        let mut reader = Reader::new(Duration::from_secs(30));
+        assert_eq!(scan_into(&mut reader, &c, 100, 1337), expected(100..1337));
+        assert_eq!(scan_into(&mut reader, &c, 5, 17), expected(5..17));
+        assert_eq!(scan_into(&mut reader, &c, 1337, 1338), expected(1337..1338));
+        // To the end of the partition: ends at EOF.
+        assert_eq!(
+            scan_into(&mut reader, &c, 2990, i64::MAX),
+            expected(2990..3000)
+        );
+    }
+
+    /// End of partition before `to` is a trailing gap, not a failure nor a hang; an empty
+    /// partition too.
+    #[test]
+    fn end_of_partition_before_to_ends_the_scan() {
+        let mock = seeded(50);
+        let c = cluster(mock.bootstrap_servers());
+        let mut reader = Reader::new(Duration::from_secs(30));
+        assert_eq!(scan_into(&mut reader, &c, 40, 500), expected(40..50));
+        let mut n = 0;
+        reader.scan(&c, "t", 1, 0, 10, |_| n += 1).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    /// An error for the partition arrives in a batch as a message with `err` set: reading
+    /// past the end (the broker answers offset out of range, and verify's consumers never
+    /// reset) fails the scan with that reason instead of waiting for the timeout.
+    #[test]
+    fn an_error_in_a_batch_fails_the_scan_with_its_reason() {
+        let mock = seeded(20);
+        let c = cluster(mock.bootstrap_servers());
+        let mut reader = Reader::new(Duration::from_secs(60));
+        let t = Instant::now();
+        let err = reader.scan(&c, "t", 0, 500, 600, |_| {}).unwrap_err();
+        assert!(err.to_string().contains("offset out of range"), "{err}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "waited for the timeout"
+        );
+        // The consumer reads on afterwards.
+        assert_eq!(scan_into(&mut reader, &c, 0, 20), expected(0..20));
+    }
+
+    /// Every message a batch returned is destroyed, however the scan ends (at `to` with
+    /// more of the batch unread, in the middle of a callback's panic): librdkafka's
+    /// consumer cannot be destroyed while a message of it lives (rd_kafka_destroy waits for
+    /// them), so a leak shows as a consumer that never goes away.
+    #[test]
+    fn messages_are_destroyed_however_a_scan_ends() {
+        let mock = seeded(2000);
+        let c = cluster(mock.bootstrap_servers());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let bootstrap = c.clone();
+        std::thread::spawn(move || {
+            let mut reader = Reader::new(Duration::from_secs(30));
+            assert_eq!(scan_into(&mut reader, &bootstrap, 0, 3), expected(0..3));
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                reader.scan(&bootstrap, "t", 0, 10, 1500, |m| {
+                    if m.offset() == 20 {
+                        panic!("stop");
+                    }
+                })
+            }));
+            assert!(panicked.is_err());
+            drop(reader);
+            tx.send(()).unwrap();
+        });
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("the consumer was not destroyed: a message outlived its scan");
+    }
 
     /// A property as the native client holds it once created.
     fn property(client: &Client<QuietContext>, name: &str) -> String {
