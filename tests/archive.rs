@@ -172,12 +172,12 @@ fn a_dump_keeps_every_record_byte_for_byte() {
         "{cp}"
     );
 
-    // `verify` does not compare an archive with its source yet: it must not say OK.
+    // `verify` compares the archive with its source, record by record where it must.
     let v = km(&["verify", "-c", s(&cfg)], T);
-    v.expect_code(1, "verify of a route into an archive");
+    v.expect_code(0, "verify of a route into an archive");
     assert!(
         v.stdout
-            .contains("cannot verify: the target \"vault\" is an archive"),
+            .contains("verified 2 partitions: every source record is on the target"),
         "{}",
         v.stdout
     );
@@ -368,6 +368,18 @@ bootstrap = "{}""#,
     assert!(dead
         .iter()
         .all(|d| d.value.as_deref() == Some(&b"not json"[..])));
+
+    // verify accounts for every source record: archived, filtered or dead-lettered.
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(0, "verify of a filtered, dead-lettering dump");
+    let j = json_with_schema(&v.stdout, "verify-report.schema.json");
+    let (mut dl, mut target) = (0, 0);
+    for row in j["routes"][0]["partitions"].as_array().unwrap() {
+        assert_eq!(row["verdict"], "OK", "{j:#}");
+        dl += row["counts"]["dead_lettered"].as_u64().unwrap();
+        target += row["counts"]["target_records"].as_u64().unwrap();
+    }
+    assert_eq!((dl, target), (30, 60), "{j:#}");
 }
 
 /// An archive that cannot be written halts the partition, loudly, with the checkpoint left
@@ -1164,4 +1176,275 @@ fn a_restore_from_a_directory_that_is_no_archive_exits_4() {
         r.stderr
     );
     assert_eq!(common::watermarks(m.target(), "t", 0).1, 0);
+}
+
+/// A checkpoint names the archive it was made on (the id its `FORMAT` file was given when
+/// created): pointing the archive's cluster name at a directory with no archive, or at
+/// another archive, is refused with exit 5 naming the route, the archive, its directory,
+/// both ids and the reset command, and nothing is written anywhere. Pointed back, the dump
+/// resumes. A restore resumed against another archive is refused the same way.
+#[test]
+fn a_checkpoint_made_on_another_archive_is_refused() {
+    let m = Mirror::start(&[("t", 2)]);
+    common::produce_numbered(m.source(), "t", 2, 0..20, 1_700_000_000_000);
+    let cfg = routing(&m, "", "");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the dump into A");
+    let a = m.dir.path().join("archive");
+    let id_a = kmirror::archive::id(&a).unwrap().expect("A has an id");
+    let cp = m.dir.path().join("checkpoints/dump.checkpoint.json");
+    let recorded: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    assert_eq!(
+        recorded["checkpoint"]["routes"]["keep"]["target_cluster_id"], id_a,
+        "{recorded:#}"
+    );
+    let before = std::fs::read_to_string(&cp).unwrap();
+    common::produce_numbered(m.source(), "t", 2, 20..30, 1_700_000_000_000);
+
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let point_at = |dir: &str| {
+        std::fs::write(
+            &cfg,
+            text.replace("archive = \"archive\"", &format!("archive = \"{dir}\"")),
+        )
+        .unwrap();
+    };
+    let b = m.dir.path().join("b");
+    let refused = |what: &str, ids: &[&str], route: &str, cfg: &Path| {
+        let r = km(&["run", "-c", s(cfg), "--once"], T);
+        r.expect_code(5, what);
+        let err = &r.stderr;
+        assert!(
+            err.contains(&format!("route \"{route}\""))
+                && err.contains("archive \"vault\"")
+                && err.contains(&b.display().to_string())
+                && ids.iter().all(|id| err.contains(id))
+                && err.contains(&format!(
+                    "kmirror checkpoints reset -c {} --route {route}",
+                    cfg.display()
+                )),
+            "{what}: {err}"
+        );
+    };
+
+    // A fresh directory: no archive there.
+    point_at("b");
+    refused(
+        "a dump pointed at an empty directory",
+        &[&id_a],
+        "keep",
+        &cfg,
+    );
+    assert!(!b.exists(), "nothing created in B");
+    // Another archive.
+    let id_b = kmirror::archive::init(&b).unwrap();
+    assert_ne!(id_a, id_b);
+    refused(
+        "a dump pointed at another archive",
+        &[&id_a, &id_b],
+        "keep",
+        &cfg,
+    );
+    assert_eq!(kmirror::archive::partitions(&b).unwrap(), vec![]);
+    assert_eq!(
+        std::fs::read_to_string(&cp).unwrap(),
+        before,
+        "checkpoint untouched"
+    );
+
+    // Back to A: the dump resumes where it was.
+    point_at("archive");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the dump resumed into A");
+    for p in 0..2 {
+        let offsets: Vec<i64> = archived(&a, p).iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..30).collect::<Vec<i64>>(), "partition {p}");
+    }
+
+    // A restore from A, then resumed against B (which holds a partition of its own).
+    let restore = restore_routing(&m, "end = 10", "");
+    km(&["run", "-c", s(&restore)], T).expect_code(0, "the restore from A up to 10");
+    let restored = |p| read_partition(m.target(), "t", p).len();
+    let counts = (restored(0), restored(1));
+    assert_eq!(counts, (10, 10));
+    let rtext = std::fs::read_to_string(&restore).unwrap();
+    std::fs::write(
+        &restore,
+        rtext
+            .replace("archive = \"archive\"", "archive = \"b\"")
+            .replace("end = 10", ""),
+    )
+    .unwrap();
+    for p in 0..2 {
+        let mut w = kmirror::archive::PartitionWriter::open(
+            &b,
+            "t",
+            p,
+            "elsewhere",
+            kmirror::archive::SegmentLimits::default(),
+        )
+        .unwrap();
+        for offset in 0..40 {
+            w.append(&kmirror::archive::RecordRef {
+                offset,
+                ts_type: TsType::Create,
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(b"from B"),
+                headers: &[],
+            })
+            .unwrap();
+        }
+        w.seal(Some(40)).unwrap();
+    }
+    refused(
+        "a restore resumed against another archive",
+        &[&id_a, &id_b],
+        "back",
+        &restore,
+    );
+    assert_eq!(
+        (restored(0), restored(1)),
+        counts,
+        "nothing restored from B"
+    );
+}
+
+/// `verify` of a dump reads the target side from the archive: an intact dump is OK; an
+/// archive that lost a committed segment (its file and manifest) and one whose segments
+/// were rewritten consistently with one record's value changed give exit 1, naming the
+/// missing offsets and the altered one. Both reports validate against the schema.
+#[test]
+fn verify_of_a_dump_finds_missing_and_altered_records() {
+    let m = Mirror::start(&[("t", 2)]);
+    let cfg = routing(&m, "", "");
+    // Two runs: each partition gets segments [0, 20) and [20, 40).
+    common::produce_numbered(m.source(), "t", 2, 0..20, 1_700_000_000_000);
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the first dump");
+    common::produce_numbered(m.source(), "t", 2, 20..40, 1_700_000_000_000);
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the second dump");
+
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(0, "verify of an intact dump");
+    let j = json_with_schema(&v.stdout, "verify-report.schema.json");
+    assert_eq!(j["ok"], true, "{j:#}");
+    let rows = j["routes"][0]["partitions"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{j:#}");
+    for row in rows {
+        assert_eq!(row["verdict"], "OK", "{j:#}");
+        assert_eq!(row["counts"]["target_records"], 40, "{j:#}");
+    }
+
+    let root = m.dir.path().join("archive");
+    // Partition 1 loses its second segment, file and manifest.
+    let dir1 = root.join("t/1");
+    let stem = format!("{:020}", 20);
+    std::fs::remove_file(dir1.join(format!("{stem}.seg.zst"))).unwrap();
+    std::fs::remove_file(dir1.join(format!("{stem}.json"))).unwrap();
+    // Partition 0 is rewritten with offset 5's value changed, segments and manifests
+    // consistent (the reader's checks pass).
+    let records = archived(&root, 0);
+    std::fs::remove_dir_all(root.join("t/0")).unwrap();
+    let mut w = kmirror::archive::PartitionWriter::open(
+        &root,
+        "t",
+        0,
+        "src",
+        kmirror::archive::SegmentLimits::default(),
+    )
+    .unwrap();
+    for r in &records {
+        let headers: Vec<(&[u8], Option<&[u8]>)> = r
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_deref()))
+            .collect();
+        let value = if r.offset == 5 {
+            Some(&b"tampered"[..])
+        } else {
+            r.value.as_deref()
+        };
+        w.append(&kmirror::archive::RecordRef {
+            offset: r.offset,
+            ts_type: r.ts_type,
+            timestamp: r.timestamp,
+            key: r.key.as_deref(),
+            value,
+            headers: &headers,
+        })
+        .unwrap();
+        if r.offset == 19 || r.offset == 39 {
+            w.seal(Some(r.offset + 1)).unwrap();
+        }
+    }
+    drop(w);
+    assert_eq!(
+        archived(&root, 0).len(),
+        40,
+        "the rewritten partition reads"
+    );
+
+    let v = km(&["verify", "-c", s(&cfg), "--output", "json"], T);
+    v.expect_code(1, "verify of a tampered dump");
+    let j = json_with_schema(&v.stdout, "verify-report.schema.json");
+    assert_eq!(j["ok"], false, "{j:#}");
+    let rows = j["routes"][0]["partitions"].as_array().unwrap();
+    let part = |n: i32| {
+        rows.iter()
+            .find(|p| p["source"] == format!("src:t/{n}"))
+            .unwrap_or_else(|| panic!("no row for partition {n}: {j:#}"))
+    };
+    assert_eq!(part(1)["verdict"], "MISMATCH", "{j:#}");
+    assert_eq!(part(1)["counts"]["missing"], 20, "{j:#}");
+    assert_eq!(
+        part(1)["first_missing"],
+        serde_json::json!((20..30).collect::<Vec<i64>>()),
+        "{j:#}"
+    );
+    assert_eq!(part(0)["verdict"], "MISMATCH", "{j:#}");
+    assert_eq!(part(0)["counts"]["altered"], 1, "{j:#}");
+    assert_eq!(part(0)["counts"]["missing"], 0, "{j:#}");
+    assert_eq!(part(0)["first_altered"], serde_json::json!([5]), "{j:#}");
+    let t = km(&["verify", "-c", s(&cfg)], T);
+    t.expect_code(1, "verify of a tampered dump, as text");
+    assert!(
+        t.stdout.contains("2 of 2 partitions do NOT match"),
+        "{}",
+        t.stdout
+    );
+}
+
+/// An archive and a checkpoint written before archives had ids (FORMAT with the version
+/// line only, no `target_cluster_id`) are accepted: the next run gives the archive an id
+/// (FORMAT rewritten, still version 1), records it in the checkpoint and resumes.
+#[test]
+fn an_archive_and_checkpoint_from_before_ids_are_accepted_and_given_one() {
+    let m = Mirror::start(&[("t", 1)]);
+    common::produce_numbered(m.source(), "t", 1, 0..10, 1_700_000_000_000);
+    let cfg = routing(&m, "", "");
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the first dump");
+    let root = m.dir.path().join("archive");
+    let cp = m.dir.path().join("checkpoints/dump.checkpoint.json");
+    std::fs::write(root.join("FORMAT"), "kmirror-archive 1\n").unwrap();
+    {
+        use kmirror::checkpoint::CheckpointStore;
+        let store = kmirror::checkpoint::FileStore::new(&cp);
+        let mut old = store.load().unwrap().expect("a checkpoint");
+        let rc = old.routes.get_mut("keep").unwrap();
+        assert!(rc.target_cluster_id.take().is_some(), "an id was recorded");
+        store.save(&old).unwrap();
+    }
+
+    common::produce_numbered(m.source(), "t", 1, 10..15, 1_700_000_000_000);
+    km(&["run", "-c", s(&cfg), "--once"], T).expect_code(0, "the dump resumed");
+    let format = std::fs::read_to_string(root.join("FORMAT")).unwrap();
+    let id = format
+        .strip_prefix("kmirror-archive 1\nid ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap_or_else(|| panic!("FORMAT: {format:?}"));
+    assert_eq!(id.len(), 32, "{format:?}");
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cp).unwrap()).unwrap();
+    assert_eq!(j["checkpoint"]["routes"]["keep"]["target_cluster_id"], id);
+    let offsets: Vec<i64> = archived(&root, 0).iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..15).collect::<Vec<i64>>());
 }

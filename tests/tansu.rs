@@ -2247,3 +2247,94 @@ fn tansu_archive_restored() {
     km(&["verify", "-c", s(&restore)], Duration::from_secs(120))
         .expect_code(0, "verify of the restore (archive -> tansu)");
 }
+
+/// A dump of a 4-partition topic with records in partitions 0 and 1 only, restored into
+/// tansu with `create_target_topics` (the mock cluster lacks CreateTopics): the archive
+/// records the topic's partition count, so the target topic is created with 4 partitions,
+/// the empty partitions are listed done with 0 records, and every record is restored.
+#[test]
+fn restore_creates_the_dumped_topics_partition_count_on_tansu() {
+    let mock = DevClusters::start(1, 1, &[(TOPIC.to_string(), 4)]).expect("mock cluster");
+    let tansu = Tansu::start("restore");
+    produce(&mock.bootstraps[0], TOPIC, 2, 100, Batching::Linger(5));
+    let dir = tempfile::tempdir().unwrap();
+    let dump = write(
+        dir.path(),
+        "dump.toml",
+        &format!(
+            r#"[checkpoints]
+job = "dump"
+
+[clusters.src]
+bootstrap = "{}"
+
+[clusters.vault]
+archive = "archive"
+
+[[routes]]
+name = "keep"
+source = "src"
+target = "vault"
+topics = ["{TOPIC}"]
+"#,
+            mock.bootstraps[0]
+        ),
+    );
+    km(&["run", "-c", s(&dump), "--once"], RUN_LIMIT).expect_code(0, "the dump");
+    let root = dir.path().join("archive");
+    assert_eq!(
+        kmirror::archive::partitions(&root).unwrap(),
+        vec![(TOPIC.to_string(), 0), (TOPIC.to_string(), 1)],
+        "only partitions with records have segments"
+    );
+
+    let restored = "orders.restored";
+    let restore = write(
+        dir.path(),
+        "restore.toml",
+        &format!(
+            r#"[checkpoints]
+job = "restore"
+
+[clusters.vault]
+archive = "archive"
+
+[clusters.dst]
+bootstrap = "{}"
+
+[[routes]]
+name = "back"
+source = "vault"
+target = "dst"
+topics = ["{TOPIC}"]
+target_topic = "{restored}"
+create_target_topics = true
+"#,
+            tansu.bootstrap
+        ),
+    );
+    let r = km(
+        &["run", "-c", s(&restore), "--once", "--output", "json"],
+        RUN_LIMIT,
+    );
+    r.expect_code(0, "the restore");
+    assert_eq!(
+        partition_count(&tansu.bootstrap, restored),
+        Some(4),
+        "the created target topic has the dumped topic's partition count"
+    );
+    let j = json_with_schema(&r.stdout, "run-summary.schema.json");
+    let rows = j["partitions"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{j:#}");
+    for p in 0..4 {
+        let row = rows
+            .iter()
+            .find(|row| row["source"] == format!("vault:{TOPIC}/{p}"))
+            .unwrap_or_else(|| panic!("no row for partition {p}: {j:#}"));
+        assert_eq!(row["state"], "done", "{j:#}");
+        let want = if p < 2 { 50 } else { 0 };
+        assert_eq!(row["counts"]["read"], want, "partition {p}: {j:#}");
+    }
+    let target = read_all(&tansu.bootstrap, restored, 100);
+    assert_eq!(target.len(), 100);
+}

@@ -4,7 +4,8 @@
 //! (`segment.rs`) and the manifests that commit segments (`manifest.rs`).
 //!
 //! ```text
-//! <root>/FORMAT                                   "kmirror-archive 1"
+//! <root>/FORMAT                                   "kmirror-archive 1\nid <archive id>"
+//! <root>/<topic>/topic.json                       the source topic's partition count
 //! <root>/<topic>/<partition>/<first offset>.seg.zst   records, one zstd stream
 //! <root>/<topic>/<partition>/<first offset>.json      its manifest: the commit point
 //! ```
@@ -49,20 +50,74 @@ impl ArchiveError {
     }
 }
 
-/// Makes `root` an archive (writes `FORMAT`), or checks that it is one.
-pub fn init(root: &Path) -> Result<(), ArchiveError> {
-    if check_format(root)? {
-        return Ok(());
+/// Makes `root` an archive (writes `FORMAT` with a new id), or checks that it is one.
+/// Returns the archive's id.
+pub fn init(root: &Path) -> Result<String, ArchiveError> {
+    if let Some(id) = id(root)? {
+        return Ok(id);
     }
     std::fs::create_dir_all(root).map_err(ArchiveError::io(root, "create directory"))?;
-    manifest::write_atomically(&root.join("FORMAT"), format!("{FORMAT_LINE}\n").as_bytes())
+    write_format(root, &new_id(root))
+}
+
+/// The archive's id: written once, when the archive is created, so a checkpoint can tell
+/// this archive from another directory behind the same cluster name (`checkpoint::identity`).
+/// An archive written before ids existed gets one now (its `FORMAT` rewritten atomically,
+/// still version 1). `None`: `root` is no archive (it has no `FORMAT` file).
+pub fn id(root: &Path) -> Result<Option<String>, ArchiveError> {
+    let Some(text) = read_format(root)? else {
+        return Ok(None);
+    };
+    let found = text
+        .lines()
+        .skip(1)
+        .find_map(|l| l.strip_prefix("id "))
+        .map(str::trim)
+        .filter(|id| !id.is_empty());
+    match found {
+        Some(id) => Ok(Some(id.to_string())),
+        None => {
+            let id = write_format(root, &new_id(root))?;
+            tracing::info!(archive = %root.display(), id = %id, "the archive had no id (written by an earlier kmirror); gave it one");
+            Ok(Some(id))
+        }
+    }
+}
+
+fn write_format(root: &Path, id: &str) -> Result<String, ArchiveError> {
+    let f = root.join("FORMAT");
+    manifest::write_atomically(&f, format!("{FORMAT_LINE}\nid {id}\n").as_bytes())?;
+    Ok(id.to_string())
+}
+
+/// 128 random bits as hex, from the OS; where it has no `/dev/urandom`, a hash of the
+/// time, process and path (ids need to differ between archives, not to be secret).
+fn new_id(root: &Path) -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if random.is_err() {
+        let seed = format!(
+            "{:?} {} {}",
+            std::time::SystemTime::now(),
+            std::process::id(),
+            root.display()
+        );
+        b = xxhash_rust::xxh3::xxh3_128(seed.as_bytes()).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether `root` is an archive this build reads (false: it has no `FORMAT` file).
 fn check_format(root: &Path) -> Result<bool, ArchiveError> {
+    Ok(read_format(root)?.is_some())
+}
+
+/// `FORMAT`'s text, if `root` is an archive this build reads (`None`: it has no `FORMAT`).
+fn read_format(root: &Path) -> Result<Option<String>, ArchiveError> {
     let f = root.join("FORMAT");
     match std::fs::read_to_string(&f) {
-        Ok(t) if t.lines().next() == Some(FORMAT_LINE) => Ok(true),
+        Ok(t) if t.lines().next() == Some(FORMAT_LINE) => Ok(Some(t)),
         Ok(t) => Err(ArchiveError::NotAnArchive {
             path: root.display().to_string(),
             detail: format!(
@@ -70,9 +125,79 @@ fn check_format(root: &Path) -> Result<bool, ArchiveError> {
                 t.lines().next().unwrap_or("")
             ),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(ArchiveError::io(&f, "read")(e)),
     }
+}
+
+/// The format of `<root>/<topic>/topic.json`.
+pub const TOPIC_FORMAT: &str = "kmirror-archive-topic/1";
+
+/// Records that the dumped topic has (at least) `partitions` partitions, so a restore
+/// creates its target topic with all of them, those that held no record included (they
+/// have no directory). Only ever raised: a topic's partitions can be added, not removed.
+pub fn record_partition_count(
+    root: &Path,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), ArchiveError> {
+    if partition_count(root, topic)?.is_some_and(|n| n >= partitions) {
+        return Ok(());
+    }
+    let text = serde_json::json!({
+        "format": TOPIC_FORMAT,
+        "topic": topic,
+        "partitions": partitions,
+    });
+    let mut bytes = serde_json::to_vec_pretty(&text).expect("json serializes");
+    bytes.push(b'\n');
+    manifest::write_atomically(&root.join(topic).join("topic.json"), &bytes)
+}
+
+/// The partition count recorded for `topic` (`None`: none recorded, e.g. an archive written
+/// before counts were; then only its partition directories say what it holds).
+pub fn partition_count(root: &Path, topic: &str) -> Result<Option<i32>, ArchiveError> {
+    let f = root.join(topic).join("topic.json");
+    let text = match std::fs::read_to_string(&f) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ArchiveError::io(&f, "read")(e)),
+    };
+    let corrupt = |detail: String| ArchiveError::Corrupt {
+        path: f.display().to_string(),
+        detail,
+    };
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+    if v["format"] != TOPIC_FORMAT {
+        return Err(corrupt(format!(
+            "format {}, expected {TOPIC_FORMAT:?}",
+            v["format"]
+        )));
+    }
+    v["partitions"]
+        .as_i64()
+        .and_then(|n| i32::try_from(n).ok())
+        .filter(|n| *n >= 0)
+        .map(Some)
+        .ok_or_else(|| corrupt(format!("partitions {}", v["partitions"])))
+}
+
+/// Every topic with a recorded partition count, and the count.
+pub fn partition_counts(root: &Path) -> Result<Vec<(String, i32)>, ArchiveError> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(root).map_err(ArchiveError::io(root, "list"))? {
+        let t = t.map_err(ArchiveError::io(root, "list"))?;
+        if !t.file_type().is_ok_and(|f| f.is_dir()) {
+            continue;
+        }
+        let topic = t.file_name().to_string_lossy().to_string();
+        if let Some(n) = partition_count(root, &topic)? {
+            out.push((topic, n));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The directory of one partition.
@@ -104,4 +229,32 @@ pub fn partitions(root: &Path) -> Result<Vec<(String, i32)>, ArchiveError> {
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An archive written before ids existed (FORMAT with the version line only) is still
+    /// read, and gets an id on first open that stays; a new archive's id is its own.
+    #[test]
+    fn an_archive_without_an_id_gets_one_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("FORMAT"), format!("{FORMAT_LINE}\n")).unwrap();
+        assert_eq!(partitions(&old).unwrap(), vec![]);
+        let first = id(&old).unwrap().expect("an id");
+        assert_eq!(first.len(), 32);
+        let text = std::fs::read_to_string(old.join("FORMAT")).unwrap();
+        assert_eq!(text, format!("{FORMAT_LINE}\nid {first}\n"));
+        assert_eq!(id(&old).unwrap().as_deref(), Some(first.as_str()));
+        assert_eq!(init(&old).unwrap(), first);
+
+        let fresh = dir.path().join("fresh");
+        assert_eq!(id(&fresh).unwrap(), None);
+        let other = init(&fresh).unwrap();
+        assert_ne!(other, first);
+        assert_eq!(id(&fresh).unwrap().as_deref(), Some(other.as_str()));
+    }
 }

@@ -6,6 +6,10 @@
 //! Metadata v10+ topic UUID, through librdkafka's DescribeTopics), and a run compares them
 //! with what the clusters say now.
 //!
+//! An archive (`[clusters.NAME] archive = "dir"`) has no cluster id; its id is the one
+//! written in its `FORMAT` file when it was created (`archive::id`), recorded and compared
+//! in the same place, so pointing the name at another directory is refused too.
+//!
 //! Where a broker gives no id (old brokers; a topic id of all zeros), nothing is compared
 //! for it; a recreated topic is then caught only when the checkpoint lies beyond the new
 //! log's end (`plan`). Checkpoints written before ids were recorded are accepted and
@@ -31,11 +35,17 @@ pub struct Ids {
     pub clusters: BTreeMap<String, Option<String>>,
     /// (source cluster name, topic) -> topic id.
     pub topics: BTreeMap<(String, String), Option<String>>,
+    /// Archive cluster name -> archive id (`None`: no archive in its directory yet).
+    pub archives: BTreeMap<String, Option<String>>,
 }
 
 impl Ids {
+    /// The cluster id of a Kafka cluster, or the archive id of an archive.
     pub fn cluster(&self, name: &str) -> Option<&str> {
-        self.clusters.get(name)?.as_deref()
+        match self.clusters.get(name) {
+            Some(id) => id.as_deref(),
+            None => self.archives.get(name)?.as_deref(),
+        }
     }
 
     pub fn topic(&self, cluster: &str, topic: &str) -> Option<&str> {
@@ -55,7 +65,32 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
     // A topic the plan uses on each cluster, to ask for metadata about.
     let mut probe: BTreeMap<&str, &str> = BTreeMap::new();
     for t in &plan.tasks {
-        // An archive (a restore's source) has no ids: its offsets are its manifests'.
+        for name in [&t.source_cluster, &t.target_cluster] {
+            if let Some(dir) = config.archives.get(name) {
+                if !ids.archives.contains_key(name) {
+                    match crate::archive::id(dir) {
+                        Ok(id) => {
+                            ids.archives.insert(name.clone(), id);
+                        }
+                        // An archive restored from read-only storage, written before ids
+                        // existed, cannot be given one: restore it, comparing nothing (as
+                        // for a broker that gives no cluster id).
+                        Err(e @ crate::archive::ArchiveError::Io { .. })
+                            if *name != t.target_cluster =>
+                        {
+                            tracing::warn!(archive = %name, "{e}: the archive has no id and cannot be given one, so a checkpoint cannot tell it from another archive behind the same name");
+                        }
+                        Err(source) => {
+                            return Err(ClusterError::Archive {
+                                cluster: name.clone(),
+                                source,
+                            })
+                        }
+                    }
+                }
+            }
+        }
+        // An archive (a restore's source) has no topic ids: its offsets are its manifests'.
         if config.archives.contains_key(&t.source_cluster) {
             continue;
         }
@@ -102,6 +137,34 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     Ok(ids)
+}
+
+/// Creates the archives the plan dumps into that do not exist yet, and records their new
+/// ids, so the first checkpoint of a dump already names its archive. Called after `check`:
+/// a checkpoint made on another archive is refused before anything is created.
+pub fn create_target_archives(
+    config: &Config,
+    plan: &Plan,
+    ids: &mut Ids,
+) -> Result<(), ClusterError> {
+    for t in &plan.tasks {
+        let Some(dir) = config.archives.get(&t.target_cluster) else {
+            continue;
+        };
+        if ids
+            .archives
+            .get(&t.target_cluster)
+            .is_some_and(Option::is_some)
+        {
+            continue;
+        }
+        let id = crate::archive::init(dir).map_err(|source| ClusterError::Archive {
+            cluster: t.target_cluster.clone(),
+            source,
+        })?;
+        ids.archives.insert(t.target_cluster.clone(), Some(id));
+    }
+    Ok(())
 }
 
 /// DescribeTopics goes to the controller and waits until it is reachable; a cluster whose
@@ -210,6 +273,21 @@ pub fn check(
             ("source", &route.source, &rc.source_cluster_id),
             ("target", &route.target, &rc.target_cluster_id),
         ] {
+            if let (Some(dir), Some(old)) = (config.archives.get(name), recorded) {
+                let dir = dir.display();
+                match ids.archives.get(name) {
+                    Some(Some(now)) if now != old => return Err(refuse(
+                        &route.name,
+                        format!("its {side} archive \"{name}\" ({dir}) has archive id {now}, but the checkpoint was made on archive id {old} (another archive behind the same name)"),
+                    )),
+                    Some(None) => return Err(refuse(
+                        &route.name,
+                        format!("its {side} archive \"{name}\" ({dir}) holds no archive, but the checkpoint was made on archive id {old} (the name points at another directory, or the archive was moved or deleted)"),
+                    )),
+                    _ => {}
+                }
+                continue;
+            }
             if let (Some(old), Some(now)) = (recorded, ids.cluster(name)) {
                 if old != now {
                     return Err(refuse(

@@ -96,7 +96,12 @@ impl ArchiveSink {
         let key = (archive.to_string(), topic.to_string(), partition);
         if !self.open.contains_key(&key) {
             let root = &self.roots[archive];
-            match PartitionWriter::open(root, topic, partition, source, self.limits) {
+            // A partition found mid-run (added to the source) raises the recorded count.
+            let opened = PartitionWriter::open(root, topic, partition, source, self.limits)
+                .and_then(|w| {
+                    crate::archive::record_partition_count(root, topic, partition + 1).map(|_| w)
+                });
+            match opened {
                 Ok(writer) => {
                     self.open.insert(
                         key.clone(),
@@ -339,4 +344,30 @@ impl State {
             self.on_report(r);
         }
     }
+}
+
+/// Records in each archive the partition count of every topic the plan dumps into it
+/// (`archive::record_partition_count`), so partitions without records are restored too.
+pub(super) fn record_partition_counts(
+    config: &crate::config::Config,
+    plan: &crate::plan::Plan,
+) -> Result<(), crate::cluster::ClusterError> {
+    let mut counts: BTreeMap<(&str, &str), i32> = BTreeMap::new();
+    for t in &plan.tasks {
+        if config.archives.contains_key(&t.target_cluster) {
+            let n = counts
+                .entry((&t.target_cluster, &t.target_topic))
+                .or_default();
+            *n = (*n).max(t.partition + 1);
+        }
+    }
+    for ((archive, topic), n) in counts {
+        crate::archive::record_partition_count(&config.archives[archive], topic, n).map_err(
+            |source| crate::cluster::ClusterError::Archive {
+                cluster: archive.to_string(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
 }

@@ -45,6 +45,14 @@ pub fn layout(root: &Path) -> Result<BTreeMap<String, Vec<(i64, i64)>>, ArchiveE
         }
         parts[p as usize] = marks;
     }
+    // Partitions that held no record when dumped have no directory: the recorded count
+    // brings them in (empty, so done at once), and a created target topic gets them all.
+    for (topic, n) in archive::partition_counts(root)? {
+        let parts = out.entry(topic).or_default();
+        if parts.len() < n as usize {
+            parts.resize(n as usize, (0, 0));
+        }
+    }
     Ok(out)
 }
 

@@ -246,10 +246,12 @@ pub fn run(
         plan::Ends::AsConfigured
     };
     let plan = plan::build_with(config, previous.as_ref(), CreateTopics::AsConfigured, ends)?;
-    let ids = identity::lookup(config, &plan)?;
+    let mut ids = identity::lookup(config, &plan)?;
     if let Some(cp) = &previous {
         identity::check(cp, store, config, &ids)?;
     }
+    identity::create_target_archives(config, &plan, &mut ids)?;
+    archive_sink::record_partition_counts(config, &plan)?;
     let report = execute(
         config, plan, previous, &ids, store, opts, stop, started, &observer,
     );

@@ -1,8 +1,10 @@
-//! Verify with an archive as the source side (a restore: archive -> cluster). The source
-//! range is read from the archive's committed segments (each checked against its manifest)
-//! instead of a consumer; each record is then digested, filtered and validated exactly as a
-//! consumed one (an archived record is offered as the same `Record` view), so the verdicts are the
-//! cluster-to-cluster ones. The target side is read as always.
+//! Verify with an archive on one side: the source of a restore (archive -> cluster) or the
+//! target of a dump (cluster -> archive). The archive's side is read from its committed
+//! segments (each checked against its manifest) instead of a consumer; each record is then
+//! digested, filtered, validated or attributed exactly as a consumed one (an archived record
+//! is offered as the same `Record` view), so the verdicts are the cluster-to-cluster ones. A
+//! dump's archive keeps each record at its source offset with its provenance header, so its
+//! "target offsets" are source offsets and attribution is by provenance as on a cluster.
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ use super::record::{Headers, Record};
 use super::Bound;
 use crate::archive::{ArchivedRecord, PartitionReader, TsType};
 use crate::cluster::ClusterError;
+use crate::config::ClusterConfig;
 use crate::copy::record::RawHeader;
 use crate::copy::source_partition::archive_source;
 
@@ -66,12 +69,55 @@ pub(super) fn scan_source(
     }
     let r = PartitionReader::open(root, &task.topic, task.partition)
         .map_err(|e| archive_error(task, e))?;
+    scan_archive(&r, &task.src.name, task.partition, from, to, &mut f)
+}
+
+/// Reads `[from, to)` of a target partition: from its archive when the target is one (a
+/// dump), from the cluster otherwise. An archived partition without a directory holds
+/// nothing (every record the checkpoint says was written there is then missing).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn scan_target(
+    reader: &mut Reader,
+    cluster: &ClusterConfig,
+    archive: Option<&Path>,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(&Record<'_>),
+) -> Result<(), ClusterError> {
+    let Some(root) = archive else {
+        return reader.scan(cluster, topic, partition, from, to, f);
+    };
+    if from >= to || !crate::archive::partition_dir(root, topic, partition).is_dir() {
+        return Ok(());
+    }
+    let r =
+        PartitionReader::open(root, topic, partition).map_err(|source| ClusterError::Archive {
+            cluster: cluster.name.clone(),
+            source,
+        })?;
+    scan_archive(&r, &cluster.name, partition, from, to, &mut f)
+}
+
+/// The archived records at offsets `[from, to)`, each as a `Record`.
+fn scan_archive(
+    r: &PartitionReader,
+    cluster: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
+    f: &mut impl FnMut(&Record<'_>),
+) -> Result<(), ClusterError> {
     for rec in r.records(from) {
-        let rec = rec.map_err(|e| archive_error(task, e))?;
+        let rec = rec.map_err(|source| ClusterError::Archive {
+            cluster: cluster.to_string(),
+            source,
+        })?;
         if rec.offset >= to {
             break;
         }
-        with_record(task.partition, &rec, &mut f);
+        with_record(partition, &rec, f);
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub(super) struct Task<'a> {
     /// The source's directory when it is an archive (a restore: `super::archive`).
     pub(super) src_archive: Option<&'a std::path::Path>,
     pub(super) dst: &'a ClusterConfig,
+    /// The target's directory when it is an archive (a dump: `super::archive`).
+    pub(super) dst_archive: Option<&'a std::path::Path>,
     pub(super) topic: String,
     pub(super) partition: i32,
     /// The copied source range `[first, next)`.
@@ -130,6 +132,8 @@ pub(super) fn widen(ranges: &mut Vec<(i32, i64, i64)>, partition: i32, offset: i
 /// A target partition read once for every task that wrote it.
 pub(super) struct TargetPart<'a> {
     pub(super) cluster: &'a ClusterConfig,
+    /// The target's directory when it is an archive (a dump).
+    pub(super) archive: Option<&'a std::path::Path>,
     pub(super) topic: String,
     pub(super) partition: i32,
     /// Disjoint `[from, to)` ranges: the union of the tasks' ranges.
@@ -334,7 +338,9 @@ pub(super) fn read_target(
     }
     let mut out: BlockMap<TgtBlock> = BlockMap::default();
     for &(from, to) in &part.spans {
-        reader.scan(part.cluster, &part.topic, part.partition, from, to, |m| {
+        let (cluster, archive) = (part.cluster, part.archive);
+        let (topic, partition) = (&part.topic, part.partition);
+        super::archive::scan_target(reader, cluster, archive, topic, partition, from, to, |m| {
             let Some(pv) = provenance(m) else { return };
             let Some(cands) = index.get(&key(pv.cluster, pv.topic, pv.partition)) else {
                 return;
@@ -487,25 +493,35 @@ pub(super) fn drill(
     }
     let mut seen: BTreeMap<i64, u32> = BTreeMap::new();
     for &(tp, a, z) in tgt.map_or(&[][..], |t| &t.ranges) {
-        reader.scan(task.dst, &task.target_topic, tp, a, z + 1, |m| {
-            let Some(pv) = provenance(m) else { return };
-            if !task.owns(&pv, tp, m.offset()) || !(lo..hi).contains(&pv.offset) {
-                return;
-            }
-            let o = pv.offset;
-            *seen.entry(o).or_default() += 1;
-            let verdict = match expected.get(&o) {
-                Some(Some(want)) => compare(want, &Fingerprint::of(m, &task.ignore)),
-                _ => Comparison::Same,
-            };
-            if verdict == Comparison::SameTimestampNotKept {
-                ex.timestamps_not_kept += 1;
-            }
-            if !set_ok(task.route, m) || verdict == Comparison::Altered {
-                ex.altered += 1;
-                keep_first(&mut ex.first_altered, o);
-            }
-        })?;
+        let (dst, archive) = (task.dst, task.dst_archive);
+        super::archive::scan_target(
+            reader,
+            dst,
+            archive,
+            &task.target_topic,
+            tp,
+            a,
+            z + 1,
+            |m| {
+                let Some(pv) = provenance(m) else { return };
+                if !task.owns(&pv, tp, m.offset()) || !(lo..hi).contains(&pv.offset) {
+                    return;
+                }
+                let o = pv.offset;
+                *seen.entry(o).or_default() += 1;
+                let verdict = match expected.get(&o) {
+                    Some(Some(want)) => compare(want, &Fingerprint::of(m, &task.ignore)),
+                    _ => Comparison::Same,
+                };
+                if verdict == Comparison::SameTimestampNotKept {
+                    ex.timestamps_not_kept += 1;
+                }
+                if !set_ok(task.route, m) || verdict == Comparison::Altered {
+                    ex.altered += 1;
+                    keep_first(&mut ex.first_altered, o);
+                }
+            },
+        )?;
     }
     for o in expected.keys() {
         if seen.contains_key(o) {
