@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use crate::archive::{ArchiveError, PartitionWriter, RecordRef, SegmentLimits};
 
 use super::produce::{DeliveryReport, InFlight};
-use super::source_partition::{Outgoing, State, TaskStatus};
+use super::source_partition::{Outgoing, State};
+use super::task::TaskStatus;
 
 struct Open {
     writer: PartitionWriter,

@@ -23,7 +23,8 @@ use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::batch::{self, SourceErrorKind};
-use super::source_partition::{CopyTask, State, TaskStatus};
+use super::source_partition::State;
+use super::task::{CopyTask, TaskStatus};
 use super::Shared;
 use crate::checkpoint::Checkpoint;
 use crate::cluster::{self, ClusterError, QuietContext};

@@ -1,6 +1,7 @@
 //! The copy engine. The copy path, in the order a record travels it:
 //!
-//! - `source_partition`: a reader per source cluster, one copy task per (route, partition);
+//! - `source_partition`: a reader per source cluster, feeding its copy tasks;
+//! - `task`: one copy task per (route, partition): position, counts, status, end;
 //! - `poll`: the reader's consumer queue, every event with its topic;
 //! - `batch`: what one turn of the reader takes from the consumer;
 //! - (rate limits in `crate::rate_limit`, applied per batch);
@@ -30,6 +31,7 @@ pub mod produce;
 pub mod record;
 pub mod reload;
 pub mod source_partition;
+pub mod task;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -47,7 +49,8 @@ use crate::config::{value, Config, Limits};
 use crate::counts::{Counts, SummaryRow};
 use crate::plan::{self, CreateTopics, Plan};
 use crate::rate_limit::Limiter;
-use source_partition::{CopyTask, Reader, TaskProgress, TaskStatus};
+use source_partition::Reader;
+use task::{CopyTask, TaskProgress, TaskStatus};
 
 /// State every reader shares.
 pub struct Shared {

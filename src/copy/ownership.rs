@@ -193,7 +193,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::ClientContext;
 
 use super::discovery::{Applier, LayoutChange};
-use super::source_partition::{CopyTask, TaskStatus};
+use super::task::{CopyTask, TaskStatus};
 use super::Shared;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use super::source_partition::CopyTask;
+use super::task::CopyTask;
 
 /// The (topic, partition)s a reader reads and the tasks on each, indexed densely: a topic
 /// name becomes a topic index once (the last one cached, as records of one partition come

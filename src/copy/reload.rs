@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use super::discovery::{follows, Applier, LayoutChange, Reconfigure};
-use super::source_partition::TaskStatus;
+use super::task::TaskStatus;
 use super::Shared;
 use crate::checkpoint::Checkpoint;
 use crate::config::{ClusterConfig, Config, RouteConfig};

@@ -16,7 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::{Latency, Observer, PartitionNow};
-use crate::copy::source_partition::TaskStatus;
+use crate::copy::task::TaskStatus;
 
 /// The states `kmirror_partition_state` reports, one series each (1 for the current one).
 pub const STATES: [&str; 7] = [

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{partition_key, Checkpoint};
 use crate::config::{value, Config};
 use crate::copy::produce::TargetHealth;
-use crate::copy::source_partition::{TaskProgress, TaskStatus};
+use crate::copy::task::{TaskProgress, TaskStatus};
 use crate::copy::Shared;
 use crate::counts::Counts;
 use crate::plan::TaskPlan;

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::copy::source_partition::{TaskProgress, TaskStatus};
+use crate::copy::task::{TaskProgress, TaskStatus};
 use crate::plan::TaskPlan;
 
 /// One partition as the detector last saw it.
