@@ -62,44 +62,7 @@ fn archived(root: &Path, partition: i32) -> Vec<ArchivedRecord> {
 #[test]
 fn a_dump_keeps_every_record_byte_for_byte() {
     let m = Mirror::start(&[("t", 2)]);
-    let mut records = Vec::new();
-    for i in 0..200u32 {
-        let p = (i % 2) as i32;
-        records.push(match i % 5 {
-            0 => TestRecord {
-                partition: p,
-                key: Some(vec![0, 255, (i % 256) as u8, 0]),
-                value: None, // a tombstone
-                headers: vec![],
-                timestamp: Some(1_600_000_000_000 + i as i64),
-            },
-            1 => TestRecord {
-                partition: p,
-                key: None,
-                value: Some(vec![]), // empty, not null
-                headers: vec![("h".into(), None), ("h".into(), Some(vec![]))],
-                timestamp: Some(1_700_000_000_000 - i as i64),
-            },
-            2 => TestRecord {
-                partition: p,
-                key: Some(vec![]),
-                value: Some(vec![0xff, 0, 0xfe, b'\n']),
-                headers: vec![
-                    ("dup".into(), Some(b"1".to_vec())),
-                    ("other".into(), Some(vec![0, 1, 2])),
-                    ("dup".into(), Some(b"2".to_vec())),
-                ],
-                timestamp: Some(1),
-            },
-            _ => TestRecord {
-                partition: p,
-                key: Some(format!("k{i}").into_bytes()),
-                value: Some(format!("{{\"n\": {i}}}").into_bytes()),
-                headers: vec![("n".into(), Some(i.to_string().into_bytes()))],
-                timestamp: Some(1_650_000_000_000 + i as i64),
-            },
-        });
-    }
+    let records = varied_records(200, 2);
     produce(m.source(), "t", &records);
     let cfg = routing(&m, "", "");
     let c = km(&["check", "-c", s(&cfg)], T);
@@ -642,7 +605,8 @@ create_target_topics = true
     )
 }
 
-/// Every kind of record a topic holds, over three partitions.
+/// Every kind of record a topic holds (tombstones, empty values, binary keys, duplicate and
+/// null headers, explicit timestamps), spread over `partitions`.
 fn varied_records(n: u32, partitions: u32) -> Vec<TestRecord> {
     (0..n)
         .map(|i| {
