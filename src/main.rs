@@ -25,17 +25,6 @@ use cli::run::{check, run};
 use cli::terminal::*;
 use cli::{check_route, cluster_routes_only, load, Usage};
 
-/// jemalloc is the whole process's malloc: `unprefixed_malloc_on_supported_platforms` makes it
-/// export `malloc`/`free` themselves, so librdkafka's C allocations use it too (this
-/// `#[global_allocator]` alone would reach only Rust's, and it is what links jemalloc in).
-/// librdkafka allocates ops and fetch buffers on its broker threads that verify's workers, the
-/// copy path's reader and its delivery thread free; glibc's arenas made those threads contend
-/// for arena locks. jemalloc's thread caches take 37-54% off verify's CPU at 6M records and 7-19%
-/// off the copy path's CPU per record; it holds ~17 MB more in verify, a cost per thread, not
-/// per record (BENCHMARKS.md, "Allocator: jemalloc for the whole process").
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(
     name = "kmirror",
