@@ -42,6 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # KMIRROR_BIN measures another build (e.g. a clean checkout of a commit); default: this tree's.
 KMIRROR = Path(os.environ.get("KMIRROR_BIN") or ROOT / "target" / "release" / "kmirror")
+# KMIRROR_CLUSTER_BIN hosts the mock clusters with another build than the one measured, so two
+# builds compared (e.g. with different allocators) copy between the same brokers.
+CLUSTER_BIN = Path(os.environ.get("KMIRROR_CLUSTER_BIN") or KMIRROR)
 PEER = ROOT / "benches" / "peer_copy.py"
 HZ = os.sysconf("SC_CLK_TCK")
 KEY_BYTES = 12  # "customer-NNN" is 10-12 bytes; MB/s counts key + value bytes
@@ -84,7 +87,7 @@ class DevCluster:
     """`kmirror dev-cluster` in its own process: one cluster, one broker, given topics."""
 
     def __init__(self, topics, clusters=1):
-        args = [str(KMIRROR), "-q", "dev-cluster", "--clusters", str(clusters), "--brokers", "1"]
+        args = [str(CLUSTER_BIN), "-q", "dev-cluster", "--clusters", str(clusters), "--brokers", "1"]
         for t, p in topics:
             args += ["--topic", f"{t}:{p}"]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
