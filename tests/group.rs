@@ -495,9 +495,10 @@ fn a_stale_owner_woken_after_the_session_timeout_copies_nothing_and_is_fenced() 
         .collect();
     assert!(
         twice.is_empty(),
-        "records produced while b slept were copied twice (b copied after losing them): {} (first {:?})\n--- b\n{}",
+        "records produced while b slept were copied twice (b copied after losing them): {} (first {:?})\n--- a\n{}\n--- b\n{}",
         twice.len(),
         twice.first(),
+        a_out.stderr,
         b_out.stderr
     );
     // b's records written after it woke, at the epoch it had lost: none of them stands.

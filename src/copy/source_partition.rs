@@ -380,6 +380,16 @@ impl State {
             if b.records > 0 && !self.rate_limit(&b) {
                 return; // stop raised while waiting: the batch is not read
             }
+            // The lease is looked at again now: the process may have been paused inside
+            // `collect` (SIGSTOP, a VM freeze) past the session timeout, and what librdkafka
+            // fetched on waking belongs to whoever owns the partitions now. Nothing of the
+            // batch was offered, so assigning again re-reads it from the tasks' positions
+            // once (if ever) the group confirms the partitions are still ours.
+            if b.records > 0 && !self.shared.group.as_ref().is_none_or(|o| o.lease_valid()) {
+                drop(b);
+                self.needs_assign = true;
+                continue;
+            }
             for ev in b.events {
                 match ev {
                     Event::Record(m) => {
