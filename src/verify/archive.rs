@@ -6,7 +6,7 @@
 //! dump's archive keeps each record at its source offset with its provenance header, so its
 //! "target offsets" are source offsets and attribution is by provenance as on a cluster.
 
-use std::path::Path;
+use crate::archive::Root;
 
 use rdkafka::message::Timestamp;
 
@@ -79,7 +79,7 @@ pub(super) fn scan_source(
 pub(super) fn scan_target(
     reader: &mut Reader,
     cluster: &ClusterConfig,
-    archive: Option<&Path>,
+    archive: Option<&Root>,
     topic: &str,
     partition: i32,
     from: i64,
@@ -89,7 +89,11 @@ pub(super) fn scan_target(
     let Some(root) = archive else {
         return reader.scan(cluster, topic, partition, from, to, f);
     };
-    if from >= to || !crate::archive::partition_dir(root, topic, partition).is_dir() {
+    let archive_err = |source| ClusterError::Archive {
+        cluster: cluster.name.clone(),
+        source,
+    };
+    if from >= to || !crate::archive::has_partition(root, topic, partition).map_err(archive_err)? {
         return Ok(());
     }
     let r =
@@ -124,7 +128,7 @@ fn scan_archive(
 
 /// The offset `bound` names on an archived partition, within `[lo, hi)` (see `resolve`).
 pub(super) fn resolve(
-    root: &Path,
+    root: &Root,
     cluster: &str,
     topic: &str,
     partition: i32,

@@ -34,10 +34,10 @@ pub(super) struct Task<'a> {
     pub(super) ignore: Vec<&'a str>,
     pub(super) src: &'a ClusterConfig,
     /// The source's directory when it is an archive (a restore: `super::archive`).
-    pub(super) src_archive: Option<&'a std::path::Path>,
+    pub(super) src_archive: Option<&'a crate::archive::Root>,
     pub(super) dst: &'a ClusterConfig,
     /// The target's directory when it is an archive (a dump: `super::archive`).
-    pub(super) dst_archive: Option<&'a std::path::Path>,
+    pub(super) dst_archive: Option<&'a crate::archive::Root>,
     pub(super) topic: String,
     pub(super) partition: i32,
     /// The copied source range `[first, next)`.
@@ -133,7 +133,7 @@ pub(super) fn widen(ranges: &mut Vec<(i32, i64, i64)>, partition: i32, offset: i
 pub(super) struct TargetPart<'a> {
     pub(super) cluster: &'a ClusterConfig,
     /// The target's directory when it is an archive (a dump).
-    pub(super) archive: Option<&'a std::path::Path>,
+    pub(super) archive: Option<&'a crate::archive::Root>,
     pub(super) topic: String,
     pub(super) partition: i32,
     /// Disjoint `[from, to)` ranges: the union of the tasks' ranges.
