@@ -1549,6 +1549,17 @@ fn an_s3_archive_round_trips_every_record_and_verifies_both_ways() {
         "the spool keeps files after the dump: {left:?}"
     );
 
+    // `checkpoints show` names the archive's id as an archive's, not a cluster's.
+    let format = String::from_utf8(s3.get("dumps/one/FORMAT")).unwrap();
+    let id = format.lines().nth(1).unwrap().strip_prefix("id ").unwrap();
+    let shown = km_env(&["checkpoints", "show", "-c", s(&dump)], &env, T);
+    shown.expect_code(0, "checkpoints show of the dump");
+    assert!(
+        shown.stdout.contains(&format!("target archive id {id}")),
+        "{}",
+        shown.stdout
+    );
+
     let v = km_env(&["verify", "-c", s(&dump), "--output", "json"], &env, T);
     v.expect_code(0, "verify of the dump (cluster -> S3 archive)");
     let j: serde_json::Value = serde_json::from_str(&v.stdout).expect("verify JSON");
@@ -1570,6 +1581,12 @@ fn an_s3_archive_round_trips_every_record_and_verifies_both_ways() {
         assert_eq!(p["counts"]["source_records"], 100, "{p:#}");
         assert_eq!(p["verdict"], "OK", "{p:#}");
     }
+    let shown = km_env(&["checkpoints", "show", "-c", s(&restore)], &env, T);
+    assert!(
+        shown.stdout.contains(&format!("source archive id {id}")),
+        "{}",
+        shown.stdout
+    );
     let again = km_env(&["run", "-c", s(&restore), "--output", "json"], &env, T);
     again.expect_code(0, "the second restore");
     let j = json_with_schema(&again.stdout, "run-summary.schema.json");
