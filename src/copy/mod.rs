@@ -454,6 +454,8 @@ fn execute(
     }
 
     let done = Arc::new(AtomicBool::new(false));
+    // Group mode: a reload's routes change what the member subscribes to.
+    let resubscribe = member.as_ref().map(ownership::Member::resubscriber);
     let writer = {
         let shared = shared.clone();
         let done_w = done.clone();
@@ -531,9 +533,14 @@ fn execute(
                         });
                     }
                     match reloader.as_mut() {
-                        Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
-                            snapshot(&config, &plan, &base, &ids, &shared)
-                        }),
+                        Some(r) => {
+                            r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
+                                snapshot(&config, &plan, &base, &ids, &shared)
+                            });
+                            if let (Some(routes), Some(tx)) = (r.take_applied(), &resubscribe) {
+                                let _ = tx.send(ownership::subscription(routes.into_iter()));
+                            }
+                        }
                         None => {
                             if reload_flag.as_ref().is_some_and(|f| f.swap(false, Ordering::Relaxed)) {
                                 tracing::warn!("SIGHUP: ignored; a reload applies to a run that follows (a route without `end`, not --once)");

@@ -50,6 +50,8 @@ pub struct Reloader {
     pending: Option<Pending>,
     /// Bound on waiting for stopped routes to drain before their new versions start.
     drain_limit: Duration,
+    /// A reload was applied since `take_applied` last looked.
+    applied: bool,
 }
 
 impl Reloader {
@@ -67,7 +69,25 @@ impl Reloader {
             targets,
             pending: None,
             drain_limit: config.run.shutdown_timeout,
+            applied: false,
         }
+    }
+
+    /// The routes of the running configuration, once a reload changed them since the last
+    /// call (group mode subscribes the member to their topics).
+    pub fn take_applied(&mut self) -> Option<Vec<&RouteConfig>> {
+        if !std::mem::take(&mut self.applied) {
+            return None;
+        }
+        Some(
+            self.running
+                .routes
+                .iter()
+                .zip(&self.live)
+                .filter(|(_, live)| **live)
+                .map(|(r, _)| r)
+                .collect(),
+        )
     }
 
     /// Called on every turn of the supervising loop.
@@ -104,6 +124,7 @@ impl Reloader {
                 added: p.added,
                 checkpoint: cp,
             });
+            self.applied = true;
             return;
         }
         if self.flag.swap(false, Ordering::Relaxed) {
