@@ -79,7 +79,7 @@ pub enum ClusterError {
         low: i64,
         gap: i64,
     },
-    /// A route's source is an archive (a restore) that cannot be read.
+    /// A route's archive (a restore's source, a dump's target) that cannot be read.
     #[error("cluster \"{cluster}\" (an archive): {source}")]
     Archive {
         cluster: String,

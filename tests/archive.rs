@@ -1687,8 +1687,9 @@ fn an_s3_dump_killed_mid_way_resumes_without_gaps_or_duplicates() {
 
 /// A damaged object in the bucket (a segment overwritten after the dump) halts the restore
 /// of its partition, naming its `s3://` URL; a prefix holding no archive is refused with
-/// exit 4 naming the URL; an archive kind this build does not know is a config error
-/// naming the file, line, column and key.
+/// exit 4 naming the URL, and so is a dump into a bucket that does not exist (by `check`
+/// too); an archive kind this build does not know is a config error naming the file, line,
+/// column and key.
 #[test]
 fn s3_archives_that_cannot_be_used_are_refused_with_their_url() {
     let s3 = common::s3::S3Server::start();
@@ -1708,6 +1709,32 @@ fn s3_archives_that_cannot_be_used_are_refused_with_their_url() {
             .contains(&format!("{empty} is not a kmirror archive")),
         "{}",
         r.stderr
+    );
+
+    // A dump into a bucket that does not exist: refused before anything is read, by `check`
+    // and by `run` alike, with the URL and S3's own reason.
+    let missing = routing_to(&m, "s3://no-such-bucket/dumps", "", "");
+    for args in [
+        vec!["check", "-c", s(&missing)],
+        vec!["run", "-c", s(&missing), "--once"],
+    ] {
+        let r = km_env(&args, &env, T);
+        r.expect_code(4, "a dump into a missing bucket");
+        assert!(
+            r.stderr
+                .contains("archive s3://no-such-bucket/dumps: list:")
+                && r.stderr
+                    .contains("NoSuchBucket: The specified bucket does not exist"),
+            "{}",
+            r.stderr
+        );
+    }
+    assert!(
+        !m.dir
+            .path()
+            .join("checkpoints/dump.checkpoint.json")
+            .exists(),
+        "a refused run wrote a checkpoint"
     );
 
     produce(m.source(), "t", &varied_records(50, 1));

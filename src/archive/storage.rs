@@ -106,6 +106,17 @@ impl Root {
         }))
     }
 
+    /// Whether the archive can be reached now, before anything is written to it: an S3
+    /// bucket is listed (a missing bucket, refused credentials or an unreachable endpoint
+    /// answer here, with the URL); a directory needs nothing (it is made when missing, and a
+    /// write that fails halts its partition naming it).
+    pub fn probe(&self) -> Result<(), ArchiveError> {
+        match &*self.0 {
+            Kind::Dir(_) => Ok(()),
+            Kind::S3 { .. } => self.list("").map(|_| ()),
+        }
+    }
+
     /// The local directory, if this archive is one.
     pub fn local_dir(&self) -> Option<&Path> {
         match &*self.0 {
@@ -155,7 +166,7 @@ impl Root {
                 match block(async move { store.get(&key).await?.bytes().await }) {
                     Ok(b) => Ok(Some(b.to_vec())),
                     Err(object_store::Error::NotFound { .. }) => Ok(None),
-                    Err(e) => Err(self.io(rel, "read")(io::Error::other(e))),
+                    Err(e) => Err(self.io(rel, "read")(tidy(e))),
                 }
             }
         }
@@ -172,7 +183,7 @@ impl Root {
                 let (store, key) = (store.clone(), Self::key(prefix, rel));
                 let payload = PutPayload::from(bytes.to_vec());
                 block(async move { store.put(&key, payload).await.map(|_| ()) })
-                    .map_err(|e| self.io(rel, "write")(io::Error::other(e)))
+                    .map_err(|e| self.io(rel, "write")(tidy(e)))
             }
         }
     }
@@ -207,7 +218,7 @@ impl Root {
                     Some(key)
                 };
                 let listed = block(async move { store.list_with_delimiter(at.as_ref()).await })
-                    .map_err(|e| self.io(rel, "list")(io::Error::other(e)))?;
+                    .map_err(|e| self.io(rel, "list")(tidy(e)))?;
                 for p in listed.common_prefixes {
                     if let Some(name) = p.filename() {
                         out.dirs.push(name.to_string());
@@ -247,7 +258,7 @@ impl Root {
                 let (store, key) = (store.clone(), Self::key(prefix, rel));
                 match block(async move { store.delete(&key).await }) {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(self.io(rel, "remove")(io::Error::other(e))),
+                    Err(e) => Err(self.io(rel, "remove")(tidy(e))),
                 }
             }
         }
@@ -288,14 +299,14 @@ impl Root {
                     let mut bytes = Vec::with_capacity(len as usize);
                     f.read_to_end(&mut bytes).map_err(self.io(rel, "upload"))?;
                     block(async move { store.put(&key, PutPayload::from(bytes)).await })
-                        .map_err(|e| self.io(rel, "upload")(io::Error::other(e)))?;
+                        .map_err(|e| self.io(rel, "upload")(tidy(e)))?;
                 } else {
                     // Part by part: memory stays at one part whatever the segment's size.
                     let upload = block({
                         let store = store.clone();
                         async move { store.put_multipart(&key).await }
                     })
-                    .map_err(|e| self.io(rel, "upload")(io::Error::other(e)))?;
+                    .map_err(|e| self.io(rel, "upload")(tidy(e)))?;
                     // `WriteMultipart` spawns each part's upload: on the archive runtime.
                     let _in_runtime = runtime().enter();
                     let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
@@ -308,12 +319,12 @@ impl Root {
                         w.write(&buf[..n]);
                         // At most a couple of parts in flight.
                         let waited = block_local(w.wait_for_capacity(2));
-                        waited.map_err(io::Error::other)?;
+                        waited.map_err(tidy)?;
                     })();
                     match sent {
                         Ok(()) => block_local(w.finish())
                             .map(|_| ())
-                            .map_err(|e| self.io(rel, "upload")(io::Error::other(e)))?,
+                            .map_err(|e| self.io(rel, "upload")(tidy(e)))?,
                         Err(e) => {
                             let _ = block_local(w.abort());
                             return Err(self.io(rel, "upload")(e));
@@ -333,8 +344,8 @@ impl Root {
             Kind::Dir(d) => Ok(Box::new(std::fs::File::open(d.join(rel))?)),
             Kind::S3 { prefix, store, .. } => {
                 let (store, key) = (store.clone(), Self::key(prefix, rel));
-                let bytes = block(async move { store.get(&key).await?.bytes().await })
-                    .map_err(io::Error::other)?;
+                let bytes =
+                    block(async move { store.get(&key).await?.bytes().await }).map_err(tidy)?;
                 Ok(Box::new(io::Cursor::new(bytes)))
             }
         }
@@ -369,13 +380,37 @@ impl Root {
                     }
                     Ok::<_, object_store::Error>(out)
                 })
-                .map_err(|e| self.io(rel, "list")(io::Error::other(e)))?;
+                .map_err(|e| self.io(rel, "list")(tidy(e)))?;
                 for n in names {
                     f(n.strip_prefix(&strip).unwrap_or(&n));
                 }
                 Ok(())
             }
         }
+    }
+}
+
+/// An object store's error as an I/O error whose text a person can read: S3 answers with an
+/// XML document, of which its `Code` and `Message` are what matter.
+fn tidy(e: object_store::Error) -> io::Error {
+    let text = e.to_string();
+    let between = |a: &str, b: &str| {
+        let i = text.find(a)? + a.len();
+        let j = text[i..].find(b)? + i;
+        Some(text[i..j].to_string())
+    };
+    match (text.find("<?xml"), between("<Code>", "</Code>")) {
+        (Some(at), Some(code)) => {
+            let message = between("<Message>", "</Message>").unwrap_or_default();
+            io::Error::other(format!(
+                "{}{code}: {message}",
+                text[..at].trim_end().trim_end_matches(':').to_string() + ": "
+            ))
+        }
+        _ if text.contains("169.254.169.254") => io::Error::other(format!(
+            "{text} (no credentials in the environment, so the instance's were asked for: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run where the instance has a role)"
+        )),
+        _ => io::Error::other(text),
     }
 }
 
