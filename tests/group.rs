@@ -768,6 +768,7 @@ fn wait_census(
     partitions: i32,
     n: i64,
     what: &str,
+    members: &[&Logged],
 ) -> BTreeMap<(i32, i64), u32> {
     let deadline = Instant::now() + HANG;
     loop {
@@ -781,7 +782,12 @@ fn wait_census(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: {missing} records still missing on the target after {HANG:?}"
+            "{what}: {missing} records still missing on the target after {HANG:?}\n{}",
+            members
+                .iter()
+                .map(|l| format!("--- {}\n{}", l.log.display(), l.text()))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -824,7 +830,7 @@ fn a_reload_adds_and_removes_a_route_under_a_group() {
     for r in [&a, &b] {
         r.wait_for("subscribed now to [extra, orders]");
     }
-    let seen = wait_census(&m, "extra", E, 50, "extra after the reload");
+    let seen = wait_census(&m, "extra", E, 50, "extra after the reload", &[&a, &b]);
     common::assert_exactly_once(&seen, &common::same_range(E, 0..50));
     // The group shared the new topic's partitions out: each was claimed, at epoch 1.
     let claimed: Vec<_> = entries(m.target(), "reload")
@@ -843,7 +849,14 @@ fn a_reload_adds_and_removes_a_route_under_a_group() {
     }
     produce(&m, P, 50..80);
     common::produce_numbered(m.source(), "extra", E, 50..80, 1_700_000_000_000);
-    wait_census(&m, "extra", E, 80, "extra after the second reload");
+    wait_census(
+        &m,
+        "extra",
+        E,
+        80,
+        "extra after the second reload",
+        &[&a, &b],
+    );
 
     // A changed route on partitions the replicas own already: its new version takes over
     // where the old one got to (the group assigns nothing new, the member owns them).
@@ -859,7 +872,14 @@ fn a_reload_adds_and_removes_a_route_under_a_group() {
         r.wait_for("reload: stopping routes [extra], starting [extra]");
     }
     common::produce_numbered(m.source(), "extra", E, 80..100, 1_700_000_000_000);
-    wait_census(&m, "extra", E, 100, "extra after its route changed");
+    wait_census(
+        &m,
+        "extra",
+        E,
+        100,
+        "extra after its route changed",
+        &[&a, &b],
+    );
     let (ca, la) = a.stop();
     let (cb, lb) = b.stop();
     assert_eq!((ca, cb), (0, 0), "--- a\n{la}\n--- b\n{lb}");
@@ -872,4 +892,45 @@ fn a_reload_adds_and_removes_a_route_under_a_group() {
         late.first()
     );
     common::assert_exactly_once(&census_of(&m, "extra"), &common::same_range(E, 0..100));
+}
+
+/// Under `[group]`, a route's `topic_regex` is the member's regex subscription: a topic
+/// created mid-run that matches it is assigned by the group (its partitions shared between
+/// the replicas) and copied without a restart, each record once.
+#[test]
+fn a_topic_created_mid_run_is_shared_out_by_the_group_and_copied() {
+    let m = Mirror::start(&[("t-a", 2)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = group_config(&m, dir.path(), "regex", "3s");
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("topics = [\"{TOPIC}\"]"), "topic_regex = \"t-.*\"")
+        .replace("[run]\n", "[run]\nmetadata_refresh = \"300ms\"\n");
+    fs::write(&cfg, text).unwrap();
+    common::produce_numbered(m.source(), "t-a", 2, 0..30, 1_700_000_000_000);
+    let a = Logged::spawn(&cfg, "a", dir.path().join("a.log"));
+    let b = Logged::spawn(&cfg, "b", dir.path().join("b.log"));
+    wait_census(&m, "t-a", 2, 30, "t-a", &[&a, &b]);
+
+    m.create_target_topic("t-b", 3);
+    m.clusters
+        .create_topic(common::SOURCE_IDX, "t-b", 3)
+        .unwrap();
+    common::produce_numbered(m.source(), "t-b", 3, 0..40, 1_700_000_000_000);
+    wait_census(&m, "t-b", 3, 40, "t-b, created mid-run", &[&a, &b]);
+    common::produce_numbered(m.source(), "t-b", 3, 40..50, 1_700_000_000_000);
+    wait_census(&m, "t-b", 3, 50, "t-b, followed", &[&a, &b]);
+    let (ca, la) = a.stop();
+    let (cb, lb) = b.stop();
+    assert_eq!((ca, cb), (0, 0), "--- a\n{la}\n--- b\n{lb}");
+    common::assert_exactly_once(&census_of(&m, "t-a"), &common::same_range(2, 0..30));
+    common::assert_exactly_once(&census_of(&m, "t-b"), &common::same_range(3, 0..50));
+    // The group assigned t-b's partitions (claims in the logs), not a restart.
+    let assigned_b = |log: &str| moves(log).iter().filter(|m| m.starts_with("+t-b/")).count();
+    assert_eq!(
+        assigned_b(&la) + assigned_b(&lb),
+        3,
+        "each t-b partition assigned once:\n--- a\n{la}\n--- b\n{lb}"
+    );
 }

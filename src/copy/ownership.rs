@@ -283,22 +283,16 @@ impl ConsumerContext for MemberContext {
     }
 }
 
-/// What the member subscribes to for `routes`: their topics, and their `topic_regex`es as
-/// librdkafka's regex subscriptions.
-pub fn subscription<'a>(routes: impl Iterator<Item = &'a RouteConfig>) -> Vec<String> {
-    let mut topics: Vec<String> = Vec::new();
-    for r in routes {
-        topics.extend(r.topics.iter().cloned());
-        if let Some(re) = &r.topic_regex {
-            // librdkafka subscribes by regex when a name starts with '^'.
-            let s = re.as_str();
-            topics.push(if s.starts_with('^') {
-                s.to_string()
-            } else {
-                format!("^{s}")
-            });
-        }
-    }
+/// What the member subscribes to: the topics `routes` name, and the topics the run copies
+/// (`copied`: a `topic_regex`'s matches as discovery found them). Always names, never a
+/// regex: librdkafka reads a subscription regex as POSIX, which a route's (Rust) regex is
+/// not; discovery finds the matches and the subscription follows them.
+pub fn subscription<'a>(
+    routes: impl Iterator<Item = &'a RouteConfig>,
+    copied: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut topics: Vec<String> = routes.flat_map(|r| r.topics.iter().cloned()).collect();
+    topics.extend(copied.map(str::to_string));
     topics.sort();
     topics.dedup();
     topics
@@ -313,15 +307,15 @@ pub struct Member {
 }
 
 impl Member {
-    /// Joins the group on `g.cluster`, subscribed to the routes' topics.
+    /// Joins the group on `g.cluster`, subscribed to `topics` (`subscription`).
     pub fn start(
         config: &Config,
         g: &GroupSettings,
+        topics: Vec<String>,
         ownership: Arc<Ownership>,
         events: Sender<GroupEvent>,
     ) -> Result<Member, ClusterError> {
         let cluster = &config.clusters[&g.cluster];
-        let topics = subscription(config.routes.iter());
         let session_ms = g.session_timeout.as_millis().max(1).to_string();
         let heartbeat_ms = (g.session_timeout.as_millis() / 3).max(100).to_string();
         let handover = config.run.shutdown_timeout + config.run.connect_timeout;
@@ -390,15 +384,16 @@ impl Member {
             .spawn(move || {
                 let mut last = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
-                    // A reload changed the routes: the group rebalances on the new topics
-                    // (cooperative: only the partitions that come or go move).
+                    // A reload changed the routes, or discovery found (or lost) a topic: the
+                    // group rebalances on the new topics (cooperative: only the partitions
+                    // that come or go move).
                     if let Some(topics) = subscriptions.try_iter().last() {
                         if topics != subscribed {
                             let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
                             match consumer.subscribe(&refs) {
                                 Ok(()) => {
                                     tracing::info!(
-                                        "group \"{group}\": subscribed now to [{}] (reload)",
+                                        "group \"{group}\": subscribed now to [{}]",
                                         topics.join(", ")
                                     );
                                     subscribed = topics;

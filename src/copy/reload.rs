@@ -73,21 +73,25 @@ impl Reloader {
         }
     }
 
-    /// The routes of the running configuration, once a reload changed them since the last
-    /// call (group mode subscribes the member to their topics).
-    pub fn take_applied(&mut self) -> Option<Vec<&RouteConfig>> {
-        if !std::mem::take(&mut self.applied) {
-            return None;
-        }
-        Some(
-            self.running
-                .routes
-                .iter()
-                .zip(&self.live)
-                .filter(|(_, live)| **live)
-                .map(|(r, _)| r)
-                .collect(),
-        )
+    /// Whether a reload was applied since the last call.
+    pub fn take_applied(&mut self) -> bool {
+        std::mem::take(&mut self.applied)
+    }
+
+    /// Whether route `index` is still in the running configuration.
+    pub fn is_live(&self, index: usize) -> bool {
+        self.live.get(index).copied().unwrap_or(false)
+    }
+
+    /// The routes of the running configuration (those a reload removed left out).
+    pub fn live_routes(&self) -> Vec<&RouteConfig> {
+        self.running
+            .routes
+            .iter()
+            .zip(&self.live)
+            .filter(|(_, live)| **live)
+            .map(|(r, _)| r)
+            .collect()
     }
 
     /// Called on every turn of the supervising loop.
