@@ -584,6 +584,8 @@ fn build_inner(
             }
         }
     }
+    // The lookups are done: their clients close off the way to the copy.
+    cluster::drop_in_background(consumers);
     Ok(Plan {
         tasks,
         created_topics: created,

@@ -671,6 +671,8 @@ fn execute(
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
+    // Everything it sent is flushed: its clients wind down off the way to the summary.
+    crate::cluster::drop_in_background(pool);
     if let Some(why) = stalled {
         return Err(RunError::CheckpointsStalled(why));
     }
