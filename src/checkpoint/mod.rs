@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
-pub use kafka::KafkaStore;
+pub use kafka::{KafkaStore, Staged};
 pub use lock::{JobLock, LockHolder};
 pub use retry::RetryingSaver;
 
@@ -185,6 +185,13 @@ pub trait CheckpointStore: Send + Sync {
     fn epoch_of(&self, _topic: &str, _partition: i32) -> i64 {
         0
     }
+    /// Exactly-once (`crate::copy::transaction`): the records that would save `cp`, for the
+    /// caller to write inside its own transaction; `None` from a store that cannot join one.
+    fn stage(&self, _cp: &Checkpoint) -> Result<Option<Staged>, CheckpointError> {
+        Ok(None)
+    }
+    /// The transaction holding `staged` committed: it is now what the store holds.
+    fn staged_committed(&self, _staged: Staged) {}
 }
 
 /// A boxed store (what `open` returns) is a store.
@@ -206,6 +213,12 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
     }
     fn epoch_of(&self, topic: &str, partition: i32) -> i64 {
         (**self).epoch_of(topic, partition)
+    }
+    fn stage(&self, cp: &Checkpoint) -> Result<Option<Staged>, CheckpointError> {
+        (**self).stage(cp)
+    }
+    fn staged_committed(&self, staged: Staged) {
+        (**self).staged_committed(staged)
     }
 }
 
