@@ -107,8 +107,13 @@ enum Command {
         #[arg(long)]
         route: Option<String>,
         /// Count duplicate deliveries (normal after a crash under at-least-once) as a mismatch.
+        /// The default with `[delivery] guarantee = "exactly_once"`.
         #[arg(long)]
         fail_on_duplicates: bool,
+        /// With `guarantee = "exactly_once"`: do not count duplicates as a mismatch (e.g.
+        /// for copies an at-least-once run of the job wrote before).
+        #[arg(long, conflicts_with = "fail_on_duplicates")]
+        allow_duplicates: bool,
         /// `text` (a table), or `json` (schema: docs/verify-report.schema.json).
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         output: String,
@@ -377,6 +382,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             route,
             fail_on_duplicates,
+            allow_duplicates,
             output,
             junit,
             parallel,
@@ -386,6 +392,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
         } => {
             verify::bound_malloc_arenas(parallel as usize);
             let cfg = load(&config)?;
+            // Exactly-once promises no duplicates: one is a mismatch unless asked otherwise.
+            let fail_on_duplicates =
+                fail_on_duplicates || (cfg.delivery.exactly_once() && !allow_duplicates);
             cluster_routes_only(&cfg, "verify")?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;

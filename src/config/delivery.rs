@@ -60,6 +60,7 @@ pub(super) fn check_delivery(
     raw: &RawConfig,
     store: &StoreSettings,
     routes: &[RouteConfig],
+    clusters: &BTreeMap<String, super::ClusterConfig>,
     archives: &BTreeMap<String, PathBuf>,
     d: &mut Diagnostics<'_>,
 ) -> DeliverySettings {
@@ -145,6 +146,27 @@ pub(super) fn check_delivery(
             .enumerate()
             .find(|(_, r)| r.get_ref().name.get_ref() == name)
     };
+    // Aborted source transactions must never be copied, and verify must see the target as
+    // its read_committed readers do: no cluster may read uncommitted records.
+    for (name, c) in clusters {
+        if let Some(v) = c.properties.get("isolation.level") {
+            if v != "read_committed" {
+                let span = raw
+                    .clusters
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == name)
+                    .and_then(|(_, rc)| {
+                        rc.get_ref()
+                            .properties
+                            .iter()
+                            .find(|(k, _)| k.get_ref() == "isolation.level")
+                            .map(|(_, v)| v.span())
+                    })
+                    .unwrap_or(at.clone());
+                d.push(&span, format!("clusters.{name}.properties.isolation.level"), format!("\"{v}\" is refused with exactly_once: the copy would take records of aborted source transactions, and verify would count aborted target records; leave it at read_committed (the default)"));
+            }
+        }
+    }
     for r in routes {
         let (i, span) = match route_span(&r.name) {
             Some((i, raw_r)) => (i, raw_r.get_ref().target.span()),
@@ -171,4 +193,162 @@ pub(super) fn check_delivery(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{Config, ConfigError};
+    use super::*;
+
+    const CLUSTERS: &str = r#"
+[clusters.a]
+bootstrap = "127.0.0.1:9092"
+[clusters.b]
+bootstrap = "127.0.0.1:9093"
+[clusters.c]
+bootstrap = "127.0.0.1:9094"
+[clusters.arch]
+archive = "dump"
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(
+            Path::new("/etc/kmirror/eos.toml"),
+            format!("{text}\n{CLUSTERS}"),
+            &|_| None,
+        )
+    }
+
+    /// Every diagnostic, one a line, as `kmirror check` prints them.
+    fn refused(text: &str) -> String {
+        match load(text) {
+            Ok(_) => panic!("accepted:\n{text}"),
+            Err(e) => e
+                .diagnostics()
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    const ROUTE_AB: &str = r#"
+[[routes]]
+name = "orders"
+source = "a"
+topics = ["orders"]
+target = "b"
+"#;
+
+    #[test]
+    fn at_least_once_is_the_default_and_exactly_once_takes_its_settings() {
+        let c = load(ROUTE_AB).unwrap();
+        assert_eq!(c.delivery, DeliverySettings::default());
+        assert!(!c.delivery.exactly_once());
+        let c = load(&format!(
+            "[checkpoints]\nstore = \"kafka\"\n[delivery]\nguarantee = \"exactly_once\"\ncommit_interval = \"250ms\"\nmax_records_per_transaction = 2000\n{ROUTE_AB}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.delivery,
+            DeliverySettings {
+                guarantee: Guarantee::ExactlyOnce,
+                commit_interval: Duration::from_millis(250),
+                max_records_per_transaction: 2000,
+            }
+        );
+    }
+
+    #[test]
+    fn exactly_once_with_the_file_store_is_refused_where_it_is_asked_for() {
+        let e = refused(&format!(
+            "[delivery]\nguarantee = \"exactly_once\"\n{ROUTE_AB}"
+        ));
+        assert_eq!(
+            e,
+            "/etc/kmirror/eos.toml:2:13: delivery.guarantee: exactly_once needs [checkpoints] store = \"kafka\" on the routes' target cluster: the checkpoint records must commit in the same transaction as the copied records, and a file cannot join a Kafka transaction"
+        );
+    }
+
+    #[test]
+    fn a_target_or_dead_letter_off_the_checkpoint_cluster_or_an_archive_is_refused() {
+        let text = r#"[checkpoints]
+store = "kafka"
+cluster = "b"
+[delivery]
+guarantee = "exactly_once"
+
+[[routes]]
+name = "to-c"
+source = "a"
+topics = ["x"]
+target = "c"
+
+[[routes]]
+name = "dlq-c"
+source = "a"
+topics = ["y"]
+target = "b"
+on_error = "dead_letter"
+dead_letter = { cluster = "c", topic = "dlq" }
+
+[[routes]]
+name = "dump"
+source = "a"
+topics = ["z"]
+target = "arch"
+"#;
+        let e = refused(text);
+        assert!(
+            e.contains("/etc/kmirror/eos.toml:11:10: routes[0].target: route \"to-c\" writes to cluster \"c\" but the checkpoints are kept on \"b\": a transaction spans one cluster"),
+            "{e}"
+        );
+        assert!(
+            e.contains("/etc/kmirror/eos.toml:19:15: routes[1].dead_letter.cluster: route \"dlq-c\" dead-letters to cluster \"c\", not the target \"b\": a dead-letter write there cannot join the copy's transaction"),
+            "{e}"
+        );
+        assert!(
+            e.contains("/etc/kmirror/eos.toml:25:10: routes[2].target: route \"dump\" writes to the archive \"arch\": files cannot join a Kafka transaction"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_and_settings_without_exactly_once_are_refused() {
+        let e = refused(&format!(
+            "[delivery]\nguarantee = \"twice\"\ncommit_interval = \"1h\"\nmax_records_per_transaction = 0\n{ROUTE_AB}"
+        ));
+        assert!(e.contains("2:13: delivery.guarantee: \"twice\" is refused: use \"at_least_once\" (the default) or \"exactly_once\""), "{e}");
+        assert!(
+            e.contains(
+                "3:19: delivery.commit_interval: \"1h\" is refused: must be between 10ms and 10m"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("4:31: delivery.max_records_per_transaction: 0 is refused: must be between 1 and 10000000"), "{e}");
+        let e = refused(&format!("[delivery]\ncommit_interval = \"1s\"\n{ROUTE_AB}"));
+        assert_eq!(e, "/etc/kmirror/eos.toml:2:19: delivery.commit_interval: applies only to guarantee = \"exactly_once\"; set it or remove this key");
+    }
+
+    #[test]
+    fn reading_uncommitted_records_is_refused_with_exactly_once() {
+        let text = format!(
+            "[checkpoints]\nstore = \"kafka\"\n[delivery]\nguarantee = \"exactly_once\"\n{ROUTE_AB}"
+        );
+        // Cluster a (the source) reads uncommitted records.
+        let e = match Config::from_str(
+            Path::new("/etc/kmirror/eos.toml"),
+            format!("{text}\n{}", CLUSTERS.replace("bootstrap = \"127.0.0.1:9092\"", "bootstrap = \"127.0.0.1:9092\"\nproperties = { \"isolation.level\" = \"read_uncommitted\" }")),
+            &|_| None,
+        ) {
+            Ok(_) => panic!("accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("clusters.a.properties.isolation.level: \"read_uncommitted\" is refused with exactly_once: the copy would take records of aborted source transactions"),
+            "{e}"
+        );
+    }
 }

@@ -963,7 +963,7 @@ fn check(
         cp.store = store;
     }
     let group = group::check_group(raw.group.as_ref(), &cp.store, &routes, &archives, env, d);
-    let delivery = delivery::check_delivery(&raw, &cp.store, &routes, &archives, d);
+    let delivery = delivery::check_delivery(&raw, &cp.store, &routes, &clusters, &archives, d);
 
     Some(Config {
         path: path.to_path_buf(),
