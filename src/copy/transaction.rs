@@ -230,7 +230,10 @@ impl Committer {
         if let Some(why) = gate.failed.lock().expect("txn failed lock").clone() {
             return Err(self.abort(why));
         }
+        let settled_in = deadline - self.timeout;
+        let settled_in = settled_in.elapsed();
         let cp = snapshot();
+        let staging = Instant::now();
         let staged = match store.stage(&cp) {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -268,6 +271,8 @@ impl Committer {
                 return Err(self.abort(format!("producing a checkpoint record failed: {e}")));
             }
         }
+        let staged_in = staging.elapsed();
+        let committing = Instant::now();
         if let Err(e) = self.producer.commit_transaction(self.timeout) {
             return Err(match self.txn_err("CommitTransaction", e) {
                 e @ TxnError::Fenced { .. } => e,
@@ -275,6 +280,15 @@ impl Committer {
                 other => other,
             });
         }
+        tracing::debug!(
+            cluster = %self.cluster,
+            "exactly-once: transaction {} committed with {} checkpoint records (settled in {:?}, staged in {:?}, committed in {:?})",
+            self.commits + 1,
+            staged.records.len(),
+            settled_in,
+            staged_in,
+            committing.elapsed()
+        );
         store.staged_committed(staged);
         self.commits += 1;
         Ok(cp)
