@@ -887,8 +887,10 @@ fn transactional(config: &Config) -> Option<produce::Transactional> {
         cluster: cluster.clone(),
         id: transaction::transactional_id(&config.job),
         // Long enough for several commit intervals, so only a dead process's transaction
-        // times out.
-        timeout: (config.delivery.commit_interval * 10).max(Duration::from_secs(60)),
+        // times out; at most 15 minutes, the brokers' default `transaction.max.timeout.ms`
+        // (InitProducerId refuses more).
+        timeout: (config.delivery.commit_interval * 3)
+            .clamp(Duration::from_secs(60), Duration::from_secs(900)),
         init_timeout: config.run.connect_timeout.max(Duration::from_secs(10)),
     })
 }
