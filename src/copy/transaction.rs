@@ -333,3 +333,47 @@ impl Committer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_waits_for_every_live_reader_and_a_full_transaction_is_seen() {
+        let g = TxnGate::new(2, 3);
+        assert!(g.enter().is_some(), "open between commits");
+        assert_eq!(g.pending_round(0), None, "nothing asked yet");
+        g.produced(2);
+        assert!(!g.full());
+        g.produced(1);
+        assert!(g.full(), "max_records_per_transaction reached");
+        // The committer's side of a round, as `commit` does it.
+        g.closing.store(true, Ordering::Release);
+        assert!(g.enter().is_none(), "closed while a commit is under way");
+        let round = g.wanted.fetch_add(1, Ordering::AcqRel) + 1;
+        assert_eq!(g.pending_round(0), Some(round));
+        g.answer(0, round);
+        assert_eq!(g.pending_round(0), None, "reader 0 answered");
+        assert_eq!(g.pending_round(1), Some(round), "reader 1 still owes it");
+        g.reader_done(1);
+        assert_eq!(
+            g.pending_round(1),
+            None,
+            "an ended reader never holds a round up"
+        );
+        assert!(g.settled.iter().all(|s| s.load(Ordering::Acquire) >= round));
+    }
+
+    #[test]
+    fn the_first_failure_of_a_transaction_is_kept() {
+        let g = TxnGate::new(1, 10);
+        g.fail("first".into());
+        g.fail("second".into());
+        assert_eq!(g.failed.lock().unwrap().as_deref(), Some("first"));
+    }
+
+    #[test]
+    fn the_transactional_id_names_the_job() {
+        assert_eq!(transactional_id("orders-dr"), "kmirror-orders-dr-eos");
+    }
+}
