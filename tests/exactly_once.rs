@@ -198,7 +198,7 @@ const CRASH_PARTITIONS: i32 = 16;
 const CRASH_PER_PARTITION: u64 = 12_500;
 const CRASH_KILLS: usize = 12;
 const CRASH_SEED: u64 = 20_261_201;
-const CRASH_RATE: u64 = 8_000;
+const CRASH_RATE: u64 = 5_000;
 const CRASH_TXN_RECORDS: u64 = 1_000;
 /// The most a reader's batch takes at once (`source_partition`): what a full transaction
 /// can overshoot `max_records_per_transaction` by.
