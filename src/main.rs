@@ -35,7 +35,8 @@ purge refused a partition; 2 usage; 3 invalid routing file; 4 cluster, topic or 
 a purge deletion failed; 5 unusable checkpoint \
 (corrupt, another job, cluster or topic); 6 job locked by another process (kafka store: taken \
 over by another process); 70 I/O (checkpoint \
-cannot be read or written) or other; 130 second signal while stopping."
+cannot be read or written), an aborted exactly-once transaction, or other; 130 second signal \
+while stopping."
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace). KMIRROR_LOG (or else RUST_LOG) overrides.

@@ -550,3 +550,42 @@ fn a_failed_delivery_aborts_the_transaction_and_the_rerun_resumes_from_the_last_
     );
     println!("aborted transaction: {set_aside} records set aside (visible on the mock only)");
 }
+
+/// `kmirror check` (and `run`) refuse exactly_once without the kafka store with exit 3 and
+/// the diagnostic's file:line:column and key, before connecting anywhere.
+#[test]
+fn check_refuses_exactly_once_with_the_file_store_naming_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eos.toml");
+    fs::write(
+        &path,
+        r#"[delivery]
+guarantee = "exactly_once"
+
+[clusters.src]
+bootstrap = "127.0.0.1:1"
+
+[clusters.dst]
+bootstrap = "127.0.0.1:1"
+
+[[routes]]
+name = "r"
+source = "src"
+topics = ["t"]
+target = "dst"
+"#,
+    )
+    .unwrap();
+    for cmd in ["check", "run"] {
+        let f = km(&[cmd, "-c", s(&path)], WAIT);
+        assert_eq!(f.code, 3, "{cmd}: invalid routing file: {}", f.stderr);
+        assert!(
+            f.stderr.contains(&format!(
+                "{}:2:13: delivery.guarantee: exactly_once needs [checkpoints] store = \"kafka\"",
+                path.display()
+            )),
+            "{cmd}: {}",
+            f.stderr
+        );
+    }
+}
