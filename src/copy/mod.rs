@@ -411,7 +411,14 @@ fn execute(
             cluster: t.cluster.clone(),
             id: t.id.clone(),
             producer,
-            timeout: config.run.shutdown_timeout.max(Duration::from_secs(10)),
+            // Bounds waiting for the readers (one may be in a metadata lookup, bounded by
+            // connect_timeout) and each transaction call; below the transaction timeout
+            // (at least 60 s), so the broker never aborts a transaction being committed.
+            timeout: config
+                .run
+                .shutdown_timeout
+                .max(config.run.connect_timeout * 2)
+                .clamp(Duration::from_secs(10), Duration::from_secs(50)),
             commits: 0,
         });
 
