@@ -158,8 +158,16 @@ fn a_bounded_copy_commits_small_transactions_and_copies_every_record_once() {
         "eos",
         "commit_interval = \"50ms\"\nmax_records_per_transaction = 500",
     );
+    let c = km(&["check", "-c", s(&cfg)], WAIT);
+    c.expect_code(0, "check");
+    assert!(
+        c.stdout.contains(
+            "delivery: exactly_once (transactional.id \"kmirror-bounded-eos\" on cluster dst; a commit every 50ms or 500 records"
+        ),
+        "check says how it delivers: {}",
+        c.stdout
+    );
     let f = km(&["run", "-c", s(&cfg), "--once"], WAIT);
-    eprintln!("{}", f.stderr);
     f.expect_code(0, "exactly-once run --once");
     let seen = common::census(&common::read_topic(m.target(), "eos"), SOURCE, "eos");
     common::assert_exactly_once(&seen, &common::same_range(4, 0..5_000));
