@@ -597,3 +597,42 @@ target = "dst"
         );
     }
 }
+
+/// A clean stop (SIGTERM) commits the last transaction with the final positions: the target
+/// holds exactly the records below the checkpoint, nothing past it, and the rerun copies
+/// exactly the rest (no record set aside, none twice).
+#[test]
+fn sigterm_commits_the_open_transaction_and_the_rerun_copies_exactly_the_rest() {
+    let m = Mirror::start(&[("term", 4)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    common::produce_numbered(m.source(), "term", 4, 0..5_000, 1_700_000_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = eos_config_with(
+        &m,
+        dir.path(),
+        "term",
+        "term",
+        "max_records_per_transaction = 1000",
+        "[limits]\nmax_messages_per_sec = 4000",
+    );
+    let run = Running::spawn(&["run", "-c", s(&cfg)]);
+    wait_for("some commits", || {
+        stored_positions(m.target(), "term", "term")
+            .values()
+            .sum::<i64>()
+            >= 2_000
+    });
+    signal(run.pid(), "-TERM");
+    run.wait(WAIT).expect_code(0, "a clean stop");
+    let at_stop = stored_positions(m.target(), "term", "term");
+    let total: i64 = at_stop.values().sum();
+    assert!(total < 20_000, "stopped mid-copy: {at_stop:?}");
+    let seen = common::census(&common::read_topic(m.target(), "term"), SOURCE, "term");
+    let expected: BTreeMap<i32, std::ops::Range<i64>> = (0..4)
+        .map(|p| (p, 0..at_stop.get(&p).copied().unwrap_or(0)))
+        .collect();
+    common::assert_exactly_once(&seen, &expected);
+    km(&["run", "-c", s(&cfg), "--once"], WAIT).expect_code(0, "the rerun");
+    let seen = common::census(&common::read_topic(m.target(), "term"), SOURCE, "term");
+    common::assert_exactly_once(&seen, &common::same_range(4, 0..5_000));
+}
