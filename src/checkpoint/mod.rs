@@ -265,11 +265,30 @@ pub fn take_job(
     config: &crate::config::Config,
     store: &dyn CheckpointStore,
 ) -> Result<JobGuard, CheckpointError> {
-    match config.checkpoints.store {
+    match &config.checkpoints.store {
         crate::config::StoreSettings::File => Ok(JobGuard::File(JobLock::acquire(
             &JobLock::path_for(config),
         )?)),
-        crate::config::StoreSettings::Kafka { .. } => {
+        crate::config::StoreSettings::Kafka { cluster, .. } => {
+            // Exactly-once: a killed holder may have left a transaction open that holds
+            // checkpoint records; until it is aborted, a read_committed read of the
+            // checkpoint topic stops before it (and before this claim's owner record).
+            // InitProducerId with the data producer's id aborts it (and fences a live one).
+            if config.delivery.exactly_once() {
+                crate::copy::transaction::fence(
+                    &config.clusters[cluster],
+                    &crate::copy::transaction::transactional_id(&config.job),
+                    config
+                        .run
+                        .connect_timeout
+                        .max(std::time::Duration::from_secs(10)),
+                )
+                .map_err(|e| CheckpointError::Store {
+                    location: store.describe(),
+                    what: "fence the previous holder's transactional producer".into(),
+                    detail: e.to_string(),
+                })?;
+            }
             store.claim()?;
             Ok(JobGuard::Claimed)
         }

@@ -6,8 +6,11 @@
 //! Who does what. The target cluster's producer (`produce::ProducerPool`) is transactional,
 //! with `transactional.id` [`transactional_id`]; creating it (InitProducerId) fences every
 //! earlier producer with that id and aborts its open transaction, and [`fence`] does the
-//! same before the run loads its checkpoint, so a paused old process can neither commit
-//! after the checkpoint was read nor later. Readers produce into the open transaction
+//! same before the job is claimed (`checkpoint::take_job`) and before the run loads its
+//! checkpoint: a killed holder's open transaction may hold checkpoint records, and until it
+//! is aborted a read_committed read of the checkpoint topic stops before it (the claim would
+//! never see its own owner record); and a paused old process can then neither commit after
+//! the checkpoint was read nor later. Readers produce into the open transaction
 //! between [`TxnGate::enter`] and the guard's drop. The checkpoint thread commits
 //! ([`Committer::commit`]): it closes the gate (readers finish the batch they hold, then
 //! wait), asks every reader to settle every delivery report and publish its positions (every
