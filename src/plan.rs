@@ -203,6 +203,21 @@ fn build_inner(
         // An archive is a directory: nothing to connect to (see `crate::copy::archive_sink`).
         .filter(|name| !config.archives.contains_key(*name))
         .collect();
+    // A dump's archive in an object store: reachable before anything is read for it.
+    let dumps: BTreeSet<&str> = config
+        .routes
+        .iter()
+        .map(|r| r.target.as_str())
+        .filter(|t| config.archives.contains_key(*t))
+        .collect();
+    for name in dumps {
+        config.archives[name]
+            .probe()
+            .map_err(|source| ClusterError::Archive {
+                cluster: name.to_string(),
+                source,
+            })?;
+    }
     // A restore's source: topics and their ends from the archive's manifests.
     let mut archive_marks: BTreeMap<String, BTreeMap<String, Vec<(i64, i64)>>> = BTreeMap::new();
     for r in &config.routes {
@@ -569,6 +584,8 @@ fn build_inner(
             }
         }
     }
+    // The lookups are done: their clients close off the way to the copy.
+    cluster::drop_in_background(consumers);
     Ok(Plan {
         tasks,
         created_topics: created,

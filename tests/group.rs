@@ -696,3 +696,241 @@ target = "dst"
         r.stderr
     );
 }
+
+/// A member whose log goes to a file, read while it runs (to wait for what it logged).
+struct Logged {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Logged {
+    fn spawn(cfg: &Path, instance: &str, log: PathBuf) -> Logged {
+        let child = common::cli::kmirror(&["run", "-c", s(cfg), "--progress", "0"])
+            .envs([("KM_INSTANCE", instance), ("RUST_LOG", "kmirror=info")])
+            .stdout(std::process::Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn kmirror");
+        Logged { child, log }
+    }
+
+    fn text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str) {
+        let deadline = Instant::now() + HANG;
+        while !self.text().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "\"{what}\" not logged after {HANG:?}:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit code and the whole log.
+    fn stop(mut self) -> (i32, String) {
+        signal(self.child.id(), "-TERM");
+        let deadline = Instant::now() + HANG;
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("no exit after SIGTERM:\n{}", self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (status.code().unwrap_or(-1), self.text())
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies of each source (partition, offset) of source topic `topic` on the target.
+fn census_of(m: &Mirror, topic: &str) -> BTreeMap<(i32, i64), u32> {
+    common::census(&common::read_topic(m.target(), topic), SOURCE, topic)
+}
+
+/// Waits until offsets `0..n` of each of `partitions` of source topic `topic` are on the
+/// target (in the topic of the same name).
+fn wait_census(
+    m: &Mirror,
+    topic: &str,
+    partitions: i32,
+    n: i64,
+    what: &str,
+    members: &[&Logged],
+) -> BTreeMap<(i32, i64), u32> {
+    let deadline = Instant::now() + HANG;
+    loop {
+        let seen = census_of(m, topic);
+        let missing = (0..partitions)
+            .flat_map(|p| (0..n).map(move |o| (p, o)))
+            .filter(|k| !seen.contains_key(k))
+            .count();
+        if missing == 0 {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {missing} records still missing on the target after {HANG:?}\n{}",
+            members
+                .iter()
+                .map(|l| format!("--- {}\n{}", l.log.display(), l.text()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// A reload (SIGHUP) of the replicas' routing file that adds a route on a topic the group
+/// was not subscribed to: both members subscribe to it and the group shares its partitions
+/// out, each copied once; a second reload that removes the first route: its topic leaves the
+/// subscription and nothing produced to it afterwards is copied, while the new route goes on;
+/// a third that changes the new route: its new version goes on copying the partitions the
+/// replicas own, from where the old one got to.
+#[test]
+fn a_reload_adds_and_removes_a_route_under_a_group() {
+    const P: i32 = 4;
+    const E: i32 = 2;
+    let m = Mirror::start(&[(TOPIC, P), ("extra", E)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = group_config(&m, dir.path(), "reload", "3s");
+    let base = fs::read_to_string(&cfg).unwrap();
+    let at = base.find("[[routes]]").unwrap();
+    let (header, orders) = base.split_at(at);
+    let extra = format!(
+        "\n[[routes]]\nname = \"extra\"\nsource = \"{SOURCE}\"\ntopics = [\"extra\"]\ntarget = \"{TARGET}\"\n"
+    );
+    produce(&m, P, 0..50);
+    common::produce_numbered(m.source(), "extra", E, 0..50, 1_700_000_000_000);
+    let a = Logged::spawn(&cfg, "a", dir.path().join("a.log"));
+    let b = Logged::spawn(&cfg, "b", dir.path().join("b.log"));
+    wait_complete(&m, P, 50, "orders before the reload");
+    assert!(
+        census_of(&m, "extra").is_empty(),
+        "extra copied before its route existed"
+    );
+
+    fs::write(&cfg, format!("{header}{orders}{extra}")).unwrap();
+    for r in [&a, &b] {
+        signal(r.child.id(), "-HUP");
+    }
+    for r in [&a, &b] {
+        r.wait_for("subscribed now to [extra, orders]");
+    }
+    let seen = wait_census(&m, "extra", E, 50, "extra after the reload", &[&a, &b]);
+    common::assert_exactly_once(&seen, &common::same_range(E, 0..50));
+    // The group shared the new topic's partitions out: each was claimed, at epoch 1.
+    let claimed: Vec<_> = entries(m.target(), "reload")
+        .into_iter()
+        .filter(|e| e.epoch >= 1)
+        .collect();
+    assert!(!claimed.is_empty());
+
+    fs::write(&cfg, format!("{header}{}", extra.trim_start())).unwrap();
+    for r in [&a, &b] {
+        signal(r.child.id(), "-HUP");
+    }
+    for r in [&a, &b] {
+        r.wait_for("reload: stopping routes [orders]");
+        r.wait_for("subscribed now to [extra]");
+    }
+    produce(&m, P, 50..80);
+    common::produce_numbered(m.source(), "extra", E, 50..80, 1_700_000_000_000);
+    wait_census(
+        &m,
+        "extra",
+        E,
+        80,
+        "extra after the second reload",
+        &[&a, &b],
+    );
+
+    // A changed route on partitions the replicas own already: its new version takes over
+    // where the old one got to (the group assigns nothing new, the member owns them).
+    let changed = extra.replace(
+        "topics = [\"extra\"]",
+        "topics = [\"extra\"]\nmax_messages_per_sec = 100000",
+    );
+    fs::write(&cfg, format!("{header}{}", changed.trim_start())).unwrap();
+    for r in [&a, &b] {
+        signal(r.child.id(), "-HUP");
+    }
+    for r in [&a, &b] {
+        r.wait_for("reload: stopping routes [extra], starting [extra]");
+    }
+    common::produce_numbered(m.source(), "extra", E, 80..100, 1_700_000_000_000);
+    wait_census(
+        &m,
+        "extra",
+        E,
+        100,
+        "extra after its route changed",
+        &[&a, &b],
+    );
+    let (ca, la) = a.stop();
+    let (cb, lb) = b.stop();
+    assert_eq!((ca, cb), (0, 0), "--- a\n{la}\n--- b\n{lb}");
+    let orders_seen = census(&m, P);
+    let late: Vec<_> = orders_seen.keys().filter(|(_, o)| *o >= 50).collect();
+    assert!(
+        late.is_empty(),
+        "the removed route copied {} records produced after the reload (first {:?})\n--- a\n{la}\n--- b\n{lb}",
+        late.len(),
+        late.first()
+    );
+    common::assert_exactly_once(&census_of(&m, "extra"), &common::same_range(E, 0..100));
+}
+
+/// Under `[group]`, a route's `topic_regex` is the member's regex subscription: a topic
+/// created mid-run that matches it is assigned by the group (its partitions shared between
+/// the replicas) and copied without a restart, each record once.
+#[test]
+fn a_topic_created_mid_run_is_shared_out_by_the_group_and_copied() {
+    let m = Mirror::start(&[("t-a", 2)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = group_config(&m, dir.path(), "regex", "3s");
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("topics = [\"{TOPIC}\"]"), "topic_regex = \"t-.*\"")
+        .replace("[run]\n", "[run]\nmetadata_refresh = \"300ms\"\n");
+    fs::write(&cfg, text).unwrap();
+    common::produce_numbered(m.source(), "t-a", 2, 0..30, 1_700_000_000_000);
+    let a = Logged::spawn(&cfg, "a", dir.path().join("a.log"));
+    let b = Logged::spawn(&cfg, "b", dir.path().join("b.log"));
+    wait_census(&m, "t-a", 2, 30, "t-a", &[&a, &b]);
+
+    m.create_target_topic("t-b", 3);
+    m.clusters
+        .create_topic(common::SOURCE_IDX, "t-b", 3)
+        .unwrap();
+    common::produce_numbered(m.source(), "t-b", 3, 0..40, 1_700_000_000_000);
+    wait_census(&m, "t-b", 3, 40, "t-b, created mid-run", &[&a, &b]);
+    common::produce_numbered(m.source(), "t-b", 3, 40..50, 1_700_000_000_000);
+    wait_census(&m, "t-b", 3, 50, "t-b, followed", &[&a, &b]);
+    let (ca, la) = a.stop();
+    let (cb, lb) = b.stop();
+    assert_eq!((ca, cb), (0, 0), "--- a\n{la}\n--- b\n{lb}");
+    common::assert_exactly_once(&census_of(&m, "t-a"), &common::same_range(2, 0..30));
+    common::assert_exactly_once(&census_of(&m, "t-b"), &common::same_range(3, 0..50));
+    // The group assigned t-b's partitions (claims in the logs), not a restart.
+    let assigned_b = |log: &str| moves(log).iter().filter(|m| m.starts_with("+t-b/")).count();
+    assert_eq!(
+        assigned_b(&la) + assigned_b(&lb),
+        3,
+        "each t-b partition assigned once:\n--- a\n{la}\n--- b\n{lb}"
+    );
+}

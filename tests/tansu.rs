@@ -2161,8 +2161,12 @@ fn tansu_to_archive() {
     let mut archived = 0;
     for p in 0..PARTITIONS {
         let want: Vec<&Rec> = source.iter().filter(|r| r.partition == p).collect();
-        let reader =
-            kmirror::archive::PartitionReader::open(&dir.path().join("vault"), TOPIC, p).unwrap();
+        let reader = kmirror::archive::PartitionReader::open(
+            &kmirror::archive::Root::dir(dir.path().join("vault")),
+            TOPIC,
+            p,
+        )
+        .unwrap();
         let got: Vec<_> = reader.records(0).map(|r| r.unwrap()).collect();
         assert_eq!(got.len(), want.len(), "partition {p}");
         for (a, w) in got.iter().zip(want) {
@@ -2283,7 +2287,7 @@ topics = ["{TOPIC}"]
     km(&["run", "-c", s(&dump), "--once"], RUN_LIMIT).expect_code(0, "the dump");
     let root = dir.path().join("archive");
     assert_eq!(
-        kmirror::archive::partitions(&root).unwrap(),
+        kmirror::archive::partitions(&kmirror::archive::Root::dir(&root)).unwrap(),
         vec![(TOPIC.to_string(), 0), (TOPIC.to_string(), 1)],
         "only partitions with records have segments"
     );

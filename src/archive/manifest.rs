@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::ArchiveError;
+use super::{ArchiveError, Root};
 
 pub const MANIFEST_FORMAT: &str = "kmirror-archive-segment/1";
 
@@ -38,15 +38,25 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn load(path: &Path) -> Result<Manifest, ArchiveError> {
-        let text = std::fs::read(path).map_err(ArchiveError::io(path, "read manifest"))?;
-        let m: Manifest = serde_json::from_slice(&text).map_err(|e| ArchiveError::Corrupt {
-            path: path.display().to_string(),
+    /// The manifest `rel` of the archive `root`.
+    pub fn load(root: &Root, rel: &str) -> Result<Manifest, ArchiveError> {
+        let path = root.name_of(rel);
+        let text = root.read(rel)?.ok_or_else(|| ArchiveError::Io {
+            path: path.clone(),
+            op: "read manifest",
+            source: std::io::ErrorKind::NotFound.into(),
+        })?;
+        Self::parse(&path, &text)
+    }
+
+    fn parse(path: &str, text: &[u8]) -> Result<Manifest, ArchiveError> {
+        let m: Manifest = serde_json::from_slice(text).map_err(|e| ArchiveError::Corrupt {
+            path: path.to_string(),
             detail: format!("manifest: {e}"),
         })?;
         if m.format != MANIFEST_FORMAT {
             return Err(ArchiveError::Corrupt {
-                path: path.display().to_string(),
+                path: path.to_string(),
                 detail: format!(
                     "manifest format {:?}, this build reads {MANIFEST_FORMAT:?}",
                     m.format
@@ -55,7 +65,7 @@ impl Manifest {
         }
         if m.records == 0 || m.first_offset > m.last_offset || m.next_offset <= m.last_offset {
             return Err(ArchiveError::Corrupt {
-                path: path.display().to_string(),
+                path: path.to_string(),
                 detail: format!(
                     "manifest claims {} records in offsets [{}, {}] continuing at {}",
                     m.records, m.first_offset, m.last_offset, m.next_offset
@@ -65,16 +75,13 @@ impl Manifest {
         Ok(m)
     }
 
-    pub fn save(&self, path: &Path) -> Result<(), ArchiveError> {
+    /// Writes the manifest as `rel` of the archive `root`, atomically: this commits its
+    /// segment.
+    pub fn save(&self, root: &Root, rel: &str) -> Result<(), ArchiveError> {
         let mut text = serde_json::to_vec_pretty(self).expect("a manifest serializes");
         text.push(b'\n');
-        write_atomically(path, &text)
+        root.write_atomically(rel, &text)
     }
-}
-
-/// Writes `bytes` to `path` atomically (see `crate::durable`).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ArchiveError> {
-    crate::durable::write_atomically(path, bytes).map_err(ArchiveError::io(path, "write"))
 }
 
 /// Fsyncs the directory holding `path`, so a rename in it is durable.

@@ -11,14 +11,16 @@
 //! ```
 //!
 //! A segment exists for a reader only once its manifest does. The writer writes the
-//! segment under a temporary name, fsyncs it, renames it, then writes the manifest the same
-//! way; a crash at any point leaves at most an uncommitted segment file, which the next
-//! writer of the partition removes. So no segment ever claims records it does not hold.
+//! segment under a temporary name, fsyncs it, renames it (S3: uploads it), then writes the
+//! manifest the same way; a crash at any point leaves at most an uncommitted segment file,
+//! which the next writer of the partition removes. So no segment ever claims records it
+//! does not hold. The root is a directory or an `s3://` bucket and prefix (`storage.rs`).
 
 pub mod manifest;
 pub mod segment;
+pub mod storage;
 
-use std::path::{Path, PathBuf};
+pub use storage::Root;
 
 pub use manifest::Manifest;
 pub use segment::{
@@ -44,7 +46,10 @@ pub enum ArchiveError {
 }
 
 impl ArchiveError {
-    pub(crate) fn io(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    pub(crate) fn io(
+        path: &std::path::Path,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> ArchiveError {
         let path = path.display().to_string();
         move |source| ArchiveError::Io { path, op, source }
     }
@@ -52,11 +57,10 @@ impl ArchiveError {
 
 /// Makes `root` an archive (writes `FORMAT` with a new id), or checks that it is one.
 /// Returns the archive's id.
-pub fn init(root: &Path) -> Result<String, ArchiveError> {
+pub fn init(root: &Root) -> Result<String, ArchiveError> {
     if let Some(id) = id(root)? {
         return Ok(id);
     }
-    std::fs::create_dir_all(root).map_err(ArchiveError::io(root, "create directory"))?;
     write_format(root, &new_id(root))
 }
 
@@ -64,7 +68,7 @@ pub fn init(root: &Path) -> Result<String, ArchiveError> {
 /// this archive from another directory behind the same cluster name (`checkpoint::identity`).
 /// An archive written before ids existed gets one now (its `FORMAT` rewritten atomically,
 /// still version 1). `None`: `root` is no archive (it has no `FORMAT` file).
-pub fn id(root: &Path) -> Result<Option<String>, ArchiveError> {
+pub fn id(root: &Root) -> Result<Option<String>, ArchiveError> {
     let Some(text) = read_format(root)? else {
         return Ok(None);
     };
@@ -84,15 +88,14 @@ pub fn id(root: &Path) -> Result<Option<String>, ArchiveError> {
     }
 }
 
-fn write_format(root: &Path, id: &str) -> Result<String, ArchiveError> {
-    let f = root.join("FORMAT");
-    manifest::write_atomically(&f, format!("{FORMAT_LINE}\nid {id}\n").as_bytes())?;
+fn write_format(root: &Root, id: &str) -> Result<String, ArchiveError> {
+    root.write_atomically("FORMAT", format!("{FORMAT_LINE}\nid {id}\n").as_bytes())?;
     Ok(id.to_string())
 }
 
 /// 128 random bits as hex, from the OS; where it has no `/dev/urandom`, a hash of the
 /// time, process and path (ids need to differ between archives, not to be secret).
-fn new_id(root: &Path) -> String {
+fn new_id(root: &Root) -> String {
     use std::io::Read;
     let mut b = [0u8; 16];
     let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
@@ -109,25 +112,26 @@ fn new_id(root: &Path) -> String {
 }
 
 /// Whether `root` is an archive this build reads (false: it has no `FORMAT` file).
-fn check_format(root: &Path) -> Result<bool, ArchiveError> {
+fn check_format(root: &Root) -> Result<bool, ArchiveError> {
     Ok(read_format(root)?.is_some())
 }
 
 /// `FORMAT`'s text, if `root` is an archive this build reads (`None`: it has no `FORMAT`).
-fn read_format(root: &Path) -> Result<Option<String>, ArchiveError> {
-    let f = root.join("FORMAT");
-    match std::fs::read_to_string(&f) {
-        Ok(t) if t.lines().next() == Some(FORMAT_LINE) => Ok(Some(t)),
-        Ok(t) => Err(ArchiveError::NotAnArchive {
-            path: root.display().to_string(),
-            detail: format!(
-                "FORMAT says {:?}, this build reads {FORMAT_LINE:?}",
-                t.lines().next().unwrap_or("")
-            ),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ArchiveError::io(&f, "read")(e)),
+fn read_format(root: &Root) -> Result<Option<String>, ArchiveError> {
+    let Some(bytes) = root.read("FORMAT")? else {
+        return Ok(None);
+    };
+    let t = String::from_utf8_lossy(&bytes).into_owned();
+    if t.lines().next() == Some(FORMAT_LINE) {
+        return Ok(Some(t));
     }
+    Err(ArchiveError::NotAnArchive {
+        path: root.to_string(),
+        detail: format!(
+            "FORMAT says {:?}, this build reads {FORMAT_LINE:?}",
+            t.lines().next().unwrap_or("")
+        ),
+    })
 }
 
 /// The format of `<root>/<topic>/topic.json`.
@@ -137,7 +141,7 @@ pub const TOPIC_FORMAT: &str = "kmirror-archive-topic/1";
 /// creates its target topic with all of them, those that held no record included (they
 /// have no directory). Only ever raised: a topic's partitions can be added, not removed.
 pub fn record_partition_count(
-    root: &Path,
+    root: &Root,
     topic: &str,
     partitions: i32,
 ) -> Result<(), ArchiveError> {
@@ -151,24 +155,22 @@ pub fn record_partition_count(
     });
     let mut bytes = serde_json::to_vec_pretty(&text).expect("json serializes");
     bytes.push(b'\n');
-    manifest::write_atomically(&root.join(topic).join("topic.json"), &bytes)
+    root.write_atomically(&format!("{topic}/topic.json"), &bytes)
 }
 
 /// The partition count recorded for `topic` (`None`: none recorded, e.g. an archive written
 /// before counts were; then only its partition directories say what it holds).
-pub fn partition_count(root: &Path, topic: &str) -> Result<Option<i32>, ArchiveError> {
-    let f = root.join(topic).join("topic.json");
-    let text = match std::fs::read_to_string(&f) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(ArchiveError::io(&f, "read")(e)),
+pub fn partition_count(root: &Root, topic: &str) -> Result<Option<i32>, ArchiveError> {
+    let f = format!("{topic}/topic.json");
+    let Some(text) = root.read(&f)? else {
+        return Ok(None);
     };
     let corrupt = |detail: String| ArchiveError::Corrupt {
-        path: f.display().to_string(),
+        path: root.name_of(&f),
         detail,
     };
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+        serde_json::from_slice(&text).map_err(|e| corrupt(format!("not JSON: {e}")))?;
     if v["format"] != TOPIC_FORMAT {
         return Err(corrupt(format!(
             "format {}, expected {TOPIC_FORMAT:?}",
@@ -184,14 +186,9 @@ pub fn partition_count(root: &Path, topic: &str) -> Result<Option<i32>, ArchiveE
 }
 
 /// Every topic with a recorded partition count, and the count.
-pub fn partition_counts(root: &Path) -> Result<Vec<(String, i32)>, ArchiveError> {
+pub fn partition_counts(root: &Root) -> Result<Vec<(String, i32)>, ArchiveError> {
     let mut out = Vec::new();
-    for t in std::fs::read_dir(root).map_err(ArchiveError::io(root, "list"))? {
-        let t = t.map_err(ArchiveError::io(root, "list"))?;
-        if !t.file_type().is_ok_and(|f| f.is_dir()) {
-            continue;
-        }
-        let topic = t.file_name().to_string_lossy().to_string();
+    for topic in root.list("")?.dirs {
         if let Some(n) = partition_count(root, &topic)? {
             out.push((topic, n));
         }
@@ -200,29 +197,28 @@ pub fn partition_counts(root: &Path) -> Result<Vec<(String, i32)>, ArchiveError>
     Ok(out)
 }
 
-/// The directory of one partition.
-pub fn partition_dir(root: &Path, topic: &str, partition: i32) -> PathBuf {
-    root.join(topic).join(partition.to_string())
+/// The directory of one partition, relative to the archive's root.
+pub fn partition_dir(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+/// Whether the archive holds anything of `topic`/`partition`.
+pub fn has_partition(root: &Root, topic: &str, partition: i32) -> Result<bool, ArchiveError> {
+    root.has_dir(&partition_dir(topic, partition))
 }
 
 /// Every (topic, partition) the archive holds a directory for, sorted.
-pub fn partitions(root: &Path) -> Result<Vec<(String, i32)>, ArchiveError> {
+pub fn partitions(root: &Root) -> Result<Vec<(String, i32)>, ArchiveError> {
     if !check_format(root)? {
         return Err(ArchiveError::NotAnArchive {
-            path: root.display().to_string(),
+            path: root.to_string(),
             detail: "it has no FORMAT file".into(),
         });
     }
     let mut out = Vec::new();
-    for t in std::fs::read_dir(root).map_err(ArchiveError::io(root, "list"))? {
-        let t = t.map_err(ArchiveError::io(root, "list"))?;
-        if !t.file_type().is_ok_and(|f| f.is_dir()) {
-            continue;
-        }
-        let topic = t.file_name().to_string_lossy().to_string();
-        for p in std::fs::read_dir(t.path()).map_err(ArchiveError::io(&t.path(), "list"))? {
-            let p = p.map_err(ArchiveError::io(&t.path(), "list"))?;
-            if let Ok(n) = p.file_name().to_string_lossy().parse::<i32>() {
+    for topic in root.list("")?.dirs {
+        for p in root.list(&topic)?.dirs {
+            if let Ok(n) = p.parse::<i32>() {
                 out.push((topic.clone(), n));
             }
         }
@@ -240,18 +236,19 @@ mod tests {
     #[test]
     fn an_archive_without_an_id_gets_one_that_stays() {
         let dir = tempfile::tempdir().unwrap();
-        let old = dir.path().join("old");
-        std::fs::create_dir_all(&old).unwrap();
-        std::fs::write(old.join("FORMAT"), format!("{FORMAT_LINE}\n")).unwrap();
+        let old_dir = dir.path().join("old");
+        std::fs::create_dir_all(&old_dir).unwrap();
+        std::fs::write(old_dir.join("FORMAT"), format!("{FORMAT_LINE}\n")).unwrap();
+        let old = Root::dir(&old_dir);
         assert_eq!(partitions(&old).unwrap(), vec![]);
         let first = id(&old).unwrap().expect("an id");
         assert_eq!(first.len(), 32);
-        let text = std::fs::read_to_string(old.join("FORMAT")).unwrap();
+        let text = std::fs::read_to_string(old_dir.join("FORMAT")).unwrap();
         assert_eq!(text, format!("{FORMAT_LINE}\nid {first}\n"));
         assert_eq!(id(&old).unwrap().as_deref(), Some(first.as_str()));
         assert_eq!(init(&old).unwrap(), first);
 
-        let fresh = dir.path().join("fresh");
+        let fresh = Root::dir(dir.path().join("fresh"));
         assert_eq!(id(&fresh).unwrap(), None);
         let other = init(&fresh).unwrap();
         assert_ne!(other, first);

@@ -14,12 +14,13 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use xxhash_rust::xxh3::Xxh3;
 
-use super::manifest::{sync_dir, Manifest, MANIFEST_FORMAT};
-use super::{partition_dir, ArchiveError};
+use super::manifest::{Manifest, MANIFEST_FORMAT};
+use super::storage::join;
+use super::{partition_dir, ArchiveError, Root};
 
 const MAGIC: &[u8; 8] = b"KMARSEG1";
 const SEGMENT_SUFFIX: &str = ".seg.zst";
@@ -204,7 +205,11 @@ struct OpenSegment {
 /// fill. Records at offsets the archive already holds are skipped (counted), so a dump
 /// resumed from a checkpoint behind the archive writes nothing twice.
 pub struct PartitionWriter {
-    dir: PathBuf,
+    root: Root,
+    /// The partition's directory, relative to the root.
+    dir: String,
+    /// Where segments are encoded before they are committed (`Root::staging_dir`).
+    staging: PathBuf,
     topic: String,
     partition: i32,
     source: String,
@@ -221,18 +226,29 @@ impl PartitionWriter {
     /// Opens the partition's directory (creating it), checks its committed segments, and
     /// removes what a crash left uncommitted.
     pub fn open(
-        root: &Path,
+        root: &Root,
         topic: &str,
         partition: i32,
         source: &str,
         limits: SegmentLimits,
     ) -> Result<PartitionWriter, ArchiveError> {
         super::init(root)?;
-        let dir = partition_dir(root, topic, partition);
-        fs::create_dir_all(&dir).map_err(ArchiveError::io(&dir, "create directory"))?;
-        let manifests = committed(&dir, true)?;
+        let dir = partition_dir(topic, partition);
+        let staging = root.staging_dir(&dir)?;
+        let manifests = committed(root, &dir, true)?;
+        if root.local_dir().is_none() {
+            // A crash's half-encoded segments in the spool: never uploaded, so never
+            // committed.
+            for e in fs::read_dir(&staging).map_err(ArchiveError::io(&staging, "list"))? {
+                let path = e.map_err(ArchiveError::io(&staging, "list"))?.path();
+                tracing::warn!(file = %path.display(), "removing an uncommitted archive file (left by an interrupted dump)");
+                fs::remove_file(&path).map_err(ArchiveError::io(&path, "remove"))?;
+            }
+        }
         Ok(PartitionWriter {
+            root: root.clone(),
             dir,
+            staging,
             topic: topic.into(),
             partition,
             source: source.into(),
@@ -286,7 +302,7 @@ impl PartitionWriter {
     }
 
     fn start(&self, first_offset: i64) -> Result<OpenSegment, ArchiveError> {
-        let tmp = self.dir.join(format!(
+        let tmp = self.staging.join(format!(
             "{}{SEGMENT_SUFFIX}.tmp.{}",
             segment_stem(first_offset),
             std::process::id()
@@ -332,9 +348,7 @@ impl PartitionWriter {
         drop(f);
         let stem = segment_stem(o.first_offset);
         let seg_name = format!("{stem}{SEGMENT_SUFFIX}");
-        let seg = self.dir.join(&seg_name);
-        fs::rename(&o.tmp, &seg).map_err(ArchiveError::io(&seg, "rename"))?;
-        sync_dir(&seg)?;
+        self.root.commit_file(&o.tmp, &join(&self.dir, &seg_name))?;
         let m = Manifest {
             format: MANIFEST_FORMAT.into(),
             topic: self.topic.clone(),
@@ -352,7 +366,10 @@ impl PartitionWriter {
             source: self.source.clone(),
             created_at: crate::config::value::format_ms(crate::config::value::now_ms()),
         };
-        m.save(&self.dir.join(format!("{stem}{MANIFEST_SUFFIX}")))?;
+        m.save(
+            &self.root,
+            &join(&self.dir, &format!("{stem}{MANIFEST_SUFFIX}")),
+        )?;
         self.next_offset = Some(m.next_offset);
         Ok(Some(m))
     }
@@ -361,23 +378,22 @@ impl PartitionWriter {
 /// The committed segments of a partition directory in offset order, checked for overlaps
 /// and for segment files of the size their manifest records. With `clean`, uncommitted
 /// files (a crash's leftovers) are removed.
-fn committed(dir: &Path, clean: bool) -> Result<Vec<Manifest>, ArchiveError> {
+fn committed(root: &Root, dir: &str, clean: bool) -> Result<Vec<Manifest>, ArchiveError> {
     let mut manifests = Vec::new();
     let mut others = Vec::new();
-    for e in fs::read_dir(dir).map_err(ArchiveError::io(dir, "list"))? {
-        let e = e.map_err(ArchiveError::io(dir, "list"))?;
-        let name = e.file_name().to_string_lossy().to_string();
+    let listing = root.list(dir)?;
+    for (name, _) in &listing.files {
         if name.ends_with(MANIFEST_SUFFIX) && !name.contains(".tmp.") {
-            manifests.push(Manifest::load(&e.path())?);
+            manifests.push(Manifest::load(root, &join(dir, name))?);
         } else {
-            others.push((name, e.path()));
+            others.push(name.clone());
         }
     }
     manifests.sort_by_key(|m| m.first_offset);
     for w in manifests.windows(2) {
         if w[1].first_offset < w[0].next_offset {
             return Err(ArchiveError::Corrupt {
-                path: dir.display().to_string(),
+                path: root.name_of(dir),
                 detail: format!(
                     "segments {} and {} overlap (the first continues at {}, the second begins at {})",
                     w[0].segment, w[1].segment, w[0].next_offset, w[1].first_offset
@@ -386,26 +402,27 @@ fn committed(dir: &Path, clean: bool) -> Result<Vec<Manifest>, ArchiveError> {
         }
     }
     for m in &manifests {
-        let seg = dir.join(&m.segment);
-        let len = fs::metadata(&seg)
-            .map_err(|e| ArchiveError::Corrupt {
-                path: seg.display().to_string(),
-                detail: format!("the manifest's segment cannot be read: {e}"),
-            })?
-            .len();
+        let seg = join(dir, &m.segment);
+        let Some(&(_, len)) = listing.files.iter().find(|(n, _)| *n == m.segment) else {
+            return Err(ArchiveError::Corrupt {
+                path: root.name_of(&seg),
+                detail: "its manifest is there, the segment is not".into(),
+            });
+        };
         if len != m.compressed_bytes {
             return Err(ArchiveError::Corrupt {
-                path: seg.display().to_string(),
+                path: root.name_of(&seg),
                 detail: format!("{len} bytes, its manifest says {}", m.compressed_bytes),
             });
         }
     }
     if clean {
-        for (name, path) in others {
+        for name in others {
             let is_committed = manifests.iter().any(|m| m.segment == name);
             if !is_committed {
-                tracing::warn!(file = %path.display(), "removing an uncommitted archive file (left by an interrupted dump)");
-                fs::remove_file(&path).map_err(ArchiveError::io(&path, "remove"))?;
+                let rel = join(dir, &name);
+                tracing::warn!(file = %root.name_of(&rel), "removing an uncommitted archive file (left by an interrupted dump)");
+                root.remove(&rel)?;
             }
         }
     }
@@ -415,15 +432,17 @@ fn committed(dir: &Path, clean: bool) -> Result<Vec<Manifest>, ArchiveError> {
 /// Reads one partition's committed segments, checking each against its manifest.
 #[derive(Debug, Clone)]
 pub struct PartitionReader {
-    dir: PathBuf,
+    root: Root,
+    dir: String,
     manifests: Vec<Manifest>,
 }
 
 impl PartitionReader {
-    pub fn open(root: &Path, topic: &str, partition: i32) -> Result<PartitionReader, ArchiveError> {
-        let dir = partition_dir(root, topic, partition);
+    pub fn open(root: &Root, topic: &str, partition: i32) -> Result<PartitionReader, ArchiveError> {
+        let dir = partition_dir(topic, partition);
         Ok(PartitionReader {
-            manifests: committed(&dir, false)?,
+            manifests: committed(root, &dir, false)?,
+            root: root.clone(),
             dir,
         })
     }
@@ -469,9 +488,9 @@ impl PartitionReader {
 }
 
 /// Size and XXH3 of a whole file.
-fn hash_file(path: &Path) -> io::Result<(u64, u64)> {
+fn hash_file(root: &Root, rel: &str) -> io::Result<(u64, u64)> {
     let mut h = Hashing {
-        inner: File::open(path)?,
+        inner: root.open(rel)?,
         hash: Xxh3::new(),
         bytes: 0,
     };
@@ -480,9 +499,10 @@ fn hash_file(path: &Path) -> io::Result<(u64, u64)> {
 }
 
 struct ReadingSegment {
-    path: PathBuf,
+    /// For messages.
+    path: String,
     manifest_index: usize,
-    dec: zstd::stream::read::Decoder<'static, BufReader<Hashing<File>>>,
+    dec: zstd::stream::read::Decoder<'static, BufReader<Hashing<Box<dyn Read + Send>>>>,
     records: u64,
     last_offset: Option<i64>,
 }
@@ -505,12 +525,12 @@ impl Records<'_> {
 
     fn corrupt(
         &mut self,
-        path: &Path,
+        path: &str,
         detail: String,
     ) -> Option<Result<ArchivedRecord, ArchiveError>> {
         self.failed = true;
         Some(Err(ArchiveError::Corrupt {
-            path: path.display().to_string(),
+            path: path.to_string(),
             detail,
         }))
     }
@@ -528,10 +548,11 @@ impl Iterator for Records<'_> {
                 let i = self.next_segment;
                 let m = self.reader.manifests.get(i)?;
                 self.next_segment += 1;
-                let path = self.reader.dir.join(&m.segment);
+                let rel = join(&self.reader.dir, &m.segment);
+                let path = self.reader.root.name_of(&rel);
                 if self.check_first {
                     let (xxh3, bytes) = (m.xxh3.clone(), m.compressed_bytes);
-                    match hash_file(&path) {
+                    match hash_file(&self.reader.root, &rel) {
                         Ok((hash, n)) if format!("{hash:016x}") == xxh3 && n == bytes => {}
                         Ok((hash, n)) => {
                             return self.corrupt(&path, format!("checksum {hash:016x} over {n} bytes, its manifest says {xxh3} over {bytes}"))
@@ -539,7 +560,7 @@ impl Iterator for Records<'_> {
                         Err(e) => return self.corrupt(&path, format!("cannot read: {e}")),
                     }
                 }
-                let f = match File::open(&path) {
+                let f = match self.reader.root.open(&rel) {
                     Ok(f) => f,
                     Err(e) => return self.corrupt(&path, format!("cannot open: {e}")),
                 };
@@ -708,8 +729,8 @@ mod tests {
         }
     }
 
-    fn read_all(root: &Path, from: i64) -> Vec<ArchivedRecord> {
-        PartitionReader::open(root, "t", 0)
+    fn read_all(root: &std::path::Path, from: i64) -> Vec<ArchivedRecord> {
+        PartitionReader::open(&Root::dir(root), "t", 0)
             .unwrap()
             .records(from)
             .collect::<Result<_, _>>()
@@ -719,7 +740,8 @@ mod tests {
     #[test]
     fn records_round_trip_byte_for_byte_across_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PartitionWriter::open(dir.path(), "t", 0, "src/t/0", limits(7)).unwrap();
+        let mut w =
+            PartitionWriter::open(&Root::dir(dir.path()), "t", 0, "src/t/0", limits(7)).unwrap();
         let want: Vec<ArchivedRecord> = (0..50).map(|i| rec(i * 2)).collect();
         let mut sealed = 0;
         for r in &want {
@@ -730,11 +752,12 @@ mod tests {
         assert_eq!(read_all(dir.path(), 0), want);
         assert_eq!(read_all(dir.path(), 51), want[26..].to_vec());
         assert_eq!(
-            super::super::partitions(dir.path()).unwrap(),
+            super::super::partitions(&Root::dir(dir.path())).unwrap(),
             vec![("t".to_string(), 0)]
         );
         // Reopened: continues where the committed segments end, skipping what they hold.
-        let mut w = PartitionWriter::open(dir.path(), "t", 0, "src/t/0", limits(7)).unwrap();
+        let mut w =
+            PartitionWriter::open(&Root::dir(dir.path()), "t", 0, "src/t/0", limits(7)).unwrap();
         assert_eq!(w.next_offset(), Some(1000));
         assert!(append(&mut w, &rec(98)).is_none());
         assert_eq!(w.already_archived, 1);
@@ -743,7 +766,7 @@ mod tests {
     #[test]
     fn a_crash_before_the_manifest_leaves_nothing_claimed_and_is_cleaned_up() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PartitionWriter::open(dir.path(), "t", 0, "", limits(100)).unwrap();
+        let mut w = PartitionWriter::open(&Root::dir(dir.path()), "t", 0, "", limits(100)).unwrap();
         for i in 0..10 {
             append(&mut w, &rec(i));
         }
@@ -753,14 +776,14 @@ mod tests {
         }
         // "Crash": the open segment is never sealed; a renamed segment without manifest too.
         std::mem::forget(w);
-        let pdir = partition_dir(dir.path(), "t", 0);
+        let pdir = dir.path().join(partition_dir("t", 0));
         fs::write(pdir.join("00000000000000000030.seg.zst"), b"half written").unwrap();
         assert_eq!(
             read_all(dir.path(), 0).len(),
             10,
             "only committed records are read"
         );
-        let w = PartitionWriter::open(dir.path(), "t", 0, "", limits(100)).unwrap();
+        let w = PartitionWriter::open(&Root::dir(dir.path()), "t", 0, "", limits(100)).unwrap();
         assert_eq!(w.next_offset(), Some(10));
         let left: Vec<String> = fs::read_dir(&pdir)
             .unwrap()
@@ -772,22 +795,23 @@ mod tests {
     #[test]
     fn a_damaged_segment_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PartitionWriter::open(dir.path(), "t", 0, "", limits(1000)).unwrap();
+        let mut w =
+            PartitionWriter::open(&Root::dir(dir.path()), "t", 0, "", limits(1000)).unwrap();
         for i in 0..200 {
             append(&mut w, &rec(i));
         }
         let m = w.seal(None).unwrap().unwrap();
-        let seg = partition_dir(dir.path(), "t", 0).join(&m.segment);
+        let seg = dir.path().join(partition_dir("t", 0)).join(&m.segment);
         let mut bytes = fs::read(&seg).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x55;
         fs::write(&seg, &bytes).unwrap();
-        let r = PartitionReader::open(dir.path(), "t", 0).unwrap();
+        let r = PartitionReader::open(&Root::dir(dir.path()), "t", 0).unwrap();
         let err = r.records(0).find_map(Result::err).expect("an error");
         assert!(err.to_string().contains(&m.segment), "{err}");
         // A truncated segment no longer matches its manifest's size.
         fs::write(&seg, &bytes[..mid]).unwrap();
-        let err = PartitionReader::open(dir.path(), "t", 0).expect_err("refused");
+        let err = PartitionReader::open(&Root::dir(dir.path()), "t", 0).expect_err("refused");
         assert!(err.to_string().contains("its manifest says"), "{err}");
     }
 }

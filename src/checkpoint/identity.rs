@@ -106,30 +106,26 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
             list.push(t.topic.clone());
         }
     }
-    for (name, id) in ids.clusters.iter_mut() {
-        let consumer = cluster::consumer(&config.clusters[name], &[])?;
-        // Fills librdkafka's metadata cache first, so the cluster and controller ids below
-        // answer from it instead of waiting for the client's own first refresh.
-        let md = consumer
-            .fetch_metadata(probe.get(name.as_str()).copied(), timeout)
-            .ok();
-        *id = consumer.client().fetch_cluster_id(timeout);
-        if let Some(list) = topics.get(name.as_str()) {
-            let found = if md.is_some_and(|md| has_controller(&consumer, &md, timeout)) {
-                describe_topic_ids(consumer.client().native_ptr(), list, timeout)
-            } else {
-                BTreeMap::new()
-            };
-            if found.is_empty() {
-                tracing::debug!(
-                    cluster = %name,
-                    "no topic ids from DescribeTopics; a recreated topic is caught only by a checkpoint beyond its end"
-                );
-            }
-            for t in list {
-                ids.topics
-                    .insert((name.clone(), t.clone()), found.get(t).cloned());
-            }
+    // Each cluster on a thread of its own: every lookup waits on the network (a connection,
+    // metadata, the cluster id, DescribeTopics), and a run's start waits for all of them.
+    let looked_up: Vec<LookedUp> = std::thread::scope(|s| {
+        let handles: Vec<_> = ids
+            .clusters
+            .keys()
+            .map(|name| {
+                let (probe, list) = (probe.get(name.as_str()).copied(), topics.get(name.as_str()));
+                s.spawn(move || lookup_cluster(config, name, probe, list, timeout))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("an id lookup thread panicked"))
+            .collect::<Result<_, _>>()
+    })?;
+    for (name, id, found) in looked_up {
+        ids.clusters.insert(name.clone(), id);
+        for (t, topic_id) in found {
+            ids.topics.insert((name.clone(), t), topic_id);
         }
     }
     tracing::debug!(
@@ -137,6 +133,42 @@ pub fn lookup(config: &Config, plan: &Plan) -> Result<Ids, ClusterError> {
         started.elapsed().as_secs_f64() * 1000.0
     );
     Ok(ids)
+}
+
+/// One cluster's ids: (cluster, its id, each listed topic's id).
+type LookedUp = (String, Option<String>, Vec<(String, Option<String>)>);
+
+fn lookup_cluster(
+    config: &Config,
+    name: &str,
+    probe: Option<&str>,
+    list: Option<&Vec<String>>,
+    timeout: std::time::Duration,
+) -> Result<LookedUp, ClusterError> {
+    let consumer = cluster::consumer(&config.clusters[name], &[])?;
+    // Fills librdkafka's metadata cache first, so the cluster and controller ids below
+    // answer from it instead of waiting for the client's own first refresh.
+    let md = consumer.fetch_metadata(probe, timeout).ok();
+    let id = consumer.client().fetch_cluster_id(timeout);
+    let mut topic_ids = Vec::new();
+    if let Some(list) = list {
+        let found = if md.is_some_and(|md| has_controller(&consumer, &md, timeout)) {
+            describe_topic_ids(consumer.client().native_ptr(), list, timeout)
+        } else {
+            BTreeMap::new()
+        };
+        if found.is_empty() {
+            tracing::debug!(
+                cluster = %name,
+                "no topic ids from DescribeTopics; a recreated topic is caught only by a checkpoint beyond its end"
+            );
+        }
+        for t in list {
+            topic_ids.push((t.clone(), found.get(t).cloned()));
+        }
+    }
+    cluster::drop_in_background(consumer);
+    Ok((name.to_string(), id, topic_ids))
 }
 
 /// Creates the archives the plan dumps into that do not exist yet, and records their new

@@ -196,13 +196,24 @@ pub(crate) fn show_checkpoints(path: &Path) -> Result<i32> {
     );
     // What the offsets refer to: a run refuses them on a cluster or topic with other ids.
     let mut ids = Vec::new();
+    // An archive's id is recorded where a cluster's is: say which one it is.
+    let kind = |cluster: Option<&str>| match cluster {
+        Some(c) if cfg.archives.contains_key(c) => "archive",
+        _ => "cluster",
+    };
     for (route, rc) in &cp.routes {
         let mut parts = Vec::new();
         if let Some(id) = &rc.source_cluster_id {
-            parts.push(format!("source cluster id {id}"));
+            let k = kind(Some(rc.source_cluster.as_str()));
+            parts.push(format!("source {k} id {id}"));
         }
         if let Some(id) = &rc.target_cluster_id {
-            parts.push(format!("target cluster id {id}"));
+            let target = cfg
+                .routes
+                .iter()
+                .find(|r| r.name == *route)
+                .map(|r| r.target.as_str());
+            parts.push(format!("target {} id {id}", kind(target)));
         }
         for (topic, id) in &rc.topic_ids {
             parts.push(format!("topic {topic} id {id}"));

@@ -3,7 +3,7 @@
 //! its rules look across the file: the checkpoint store, the routes' sources and ends.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+
 use std::time::Duration;
 
 use toml::Spanned;
@@ -39,7 +39,7 @@ pub(super) fn check_group(
     raw: Option<&Spanned<RawGroup>>,
     store: &StoreSettings,
     routes: &[RouteConfig],
-    archives: &BTreeMap<String, PathBuf>,
+    archives: &BTreeMap<String, crate::archive::Root>,
     env: &dyn Fn(&str) -> Option<String>,
     d: &mut Diagnostics<'_>,
 ) -> Option<GroupSettings> {

@@ -119,10 +119,11 @@ pub struct Config {
     pub files: BTreeMap<String, FileSource>,
     /// Routes whose source is a file (`kmirror import`); not in `routes`.
     pub imports: Vec<RouteConfig>,
-    /// `[clusters.NAME] archive = "dir"`: archives (`crate::archive`) routes can dump into,
-    /// by name, with their directory resolved against the routing file's. Not in `clusters`,
+    /// `[clusters.NAME] archive = "dir"` or `"s3://bucket/prefix"`: archives
+    /// (`crate::archive`) routes dump into or restore from, by name, a directory resolved
+    /// against the routing file's. Not in `clusters`,
     /// so nothing that connects to brokers ever sees them.
-    pub archives: BTreeMap<String, PathBuf>,
+    pub archives: BTreeMap<String, crate::archive::Root>,
     pub limits: Limits,
     pub checkpoints: CheckpointSettings,
     pub run: RunSettings,
@@ -766,7 +767,10 @@ fn check(
                     format!("a cluster is either brokers (`bootstrap`, line {}) or an archive directory (`archive`), not both", d.source.line_col(b.span().start).0),
                 );
                 // Known still, so routes naming it are not also "not defined".
-                archives.insert(name.get_ref().clone(), PathBuf::new());
+                archives.insert(
+                    name.get_ref().clone(),
+                    crate::archive::Root::dir(PathBuf::new()),
+                );
                 continue;
             }
             (None, None) => {
@@ -775,7 +779,10 @@ fn check(
                     &key,
                     "needs `bootstrap = \"host:port\"` (brokers) or `archive = \"dir\"` (an archive directory)",
                 );
-                archives.insert(name.get_ref().clone(), PathBuf::new());
+                archives.insert(
+                    name.get_ref().clone(),
+                    crate::archive::Root::dir(PathBuf::new()),
+                );
                 continue;
             }
             (None, Some(a)) => {
@@ -786,20 +793,29 @@ fn check(
                         "an archive cluster takes no librdkafka properties: remove them",
                     );
                 }
+                let placeholder = || crate::archive::Root::dir(PathBuf::new());
                 match value::interpolate_env(a.get_ref(), env) {
                     Ok(dir) if dir.trim().is_empty() => {
-                        d.push(&a.span(), format!("{key}.archive"), "must name a directory")
+                        d.push(
+                            &a.span(),
+                            format!("{key}.archive"),
+                            "must name a directory or an s3://BUCKET/PREFIX",
+                        );
+                        archives.insert(name.get_ref().clone(), placeholder());
                     }
-                    Ok(dir) => {
-                        let dir = PathBuf::from(dir);
-                        let dir = if dir.is_absolute() {
-                            dir
-                        } else {
-                            base_dir.join(dir)
-                        };
-                        archives.insert(name.get_ref().clone(), dir);
+                    Ok(dir) => match crate::archive::Root::parse(&dir, &base_dir) {
+                        Ok(root) => {
+                            archives.insert(name.get_ref().clone(), root);
+                        }
+                        Err(m) => {
+                            d.push(&a.span(), format!("{key}.archive"), m);
+                            archives.insert(name.get_ref().clone(), placeholder());
+                        }
+                    },
+                    Err(m) => {
+                        d.push(&a.span(), format!("{key}.archive"), m);
+                        archives.insert(name.get_ref().clone(), placeholder());
                     }
-                    Err(m) => d.push(&a.span(), format!("{key}.archive"), m),
                 }
                 continue;
             }

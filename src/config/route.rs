@@ -4,7 +4,7 @@
 //! how routes relate to each other) stay in `super::check`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use regex::Regex;
 use toml::Spanned;
@@ -30,7 +30,7 @@ pub(super) fn check_route(
     r: &Spanned<RawRoute>,
     clusters: &BTreeMap<String, ClusterConfig>,
     files: &BTreeMap<String, FileSource>,
-    archives: &BTreeMap<String, PathBuf>,
+    archives: &BTreeMap<String, crate::archive::Root>,
     defaults: &RouteDefaults<'_>,
     d: &mut Diagnostics<'_>,
 ) -> Option<RouteConfig> {

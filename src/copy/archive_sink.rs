@@ -12,8 +12,8 @@
 //! next open) and a record the archive already holds is acknowledged without being written
 //! again, so a dump resumed from a checkpoint behind the archive writes nothing twice.
 
+use crate::archive::Root;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ pub struct SinkFailure {
 
 pub struct ArchiveSink {
     /// Archive name -> its directory.
-    roots: BTreeMap<String, PathBuf>,
+    roots: BTreeMap<String, Root>,
     limits: SegmentLimits,
     /// Seal every open segment this often, so the checkpoint advances on a slow partition.
     seal_every: Duration,
@@ -64,7 +64,7 @@ pub struct ArchiveSink {
 
 impl ArchiveSink {
     /// `max_open`: how many segments may be open at once (see `max_open_segments`).
-    pub fn new(roots: BTreeMap<String, PathBuf>, seal_every: Duration, max_open: usize) -> Self {
+    pub fn new(roots: BTreeMap<String, Root>, seal_every: Duration, max_open: usize) -> Self {
         ArchiveSink {
             roots,
             limits: SegmentLimits::default(),

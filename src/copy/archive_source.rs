@@ -14,8 +14,8 @@
 //! Declared inside `source_partition` (it drives that module's `State`), kept in its own
 //! file so the consumer path stays readable on its own.
 
+use crate::archive::Root;
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use crate::rate_limit::Limiter;
 
 /// What the plan needs of an archive's topic: each partition's (first offset, end), the
 /// end being where the partition continues after its last committed segment.
-pub fn layout(root: &Path) -> Result<BTreeMap<String, Vec<(i64, i64)>>, ArchiveError> {
+pub fn layout(root: &Root) -> Result<BTreeMap<String, Vec<(i64, i64)>>, ArchiveError> {
     let mut out: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
     for (topic, p) in archive::partitions(root)? {
         if p < 0 {
@@ -58,8 +58,8 @@ pub fn layout(root: &Path) -> Result<BTreeMap<String, Vec<(i64, i64)>>, ArchiveE
 
 /// Where an archived partition ends: the offset after its last committed segment (0 when the
 /// archive holds nothing of it). A restore's "log end".
-pub fn end_of(root: &Path, topic: &str, partition: i32) -> Result<i64, ArchiveError> {
-    if !archive::partition_dir(root, topic, partition).exists() {
+pub fn end_of(root: &Root, topic: &str, partition: i32) -> Result<i64, ArchiveError> {
+    if !archive::has_partition(root, topic, partition)? {
         return Ok(0);
     }
     let r = PartitionReader::open(root, topic, partition)?;
@@ -69,7 +69,7 @@ pub fn end_of(root: &Path, topic: &str, partition: i32) -> Result<i64, ArchiveEr
 /// The first archived offset of the partition whose timestamp is at or after `ts` (the
 /// end `high` if none), as ListOffsets answers a broker's `start = <timestamp>`.
 pub fn offset_for_time(
-    root: &Path,
+    root: &Root,
     topic: &str,
     partition: i32,
     ts: i64,
@@ -195,7 +195,7 @@ struct Cursor {
 }
 
 /// Runs the reader of an archive until every task is done or halted, or until stop.
-pub(super) fn run(st: &mut State, root: &Path) {
+pub(super) fn run(st: &mut State, root: &Root) {
     let mut cursors: Vec<Cursor> = st
         .parts
         .all
@@ -262,7 +262,7 @@ pub(super) fn run(st: &mut State, root: &Path) {
 
 /// (Re)opens every partition that still has reading to do at the lowest position of its
 /// copying tasks (after a rewind, or at the start), as `State::assign` does for a consumer.
-fn reopen(st: &mut State, root: &Path, cursors: &mut [Cursor]) {
+fn reopen(st: &mut State, root: &Root, cursors: &mut [Cursor]) {
     for c in cursors.iter_mut() {
         c.records = None;
         c.ended = false;
@@ -278,10 +278,17 @@ fn reopen(st: &mut State, root: &Path, cursors: &mut [Cursor]) {
         let Some(from) = from else {
             continue;
         };
-        if !archive::partition_dir(root, &c.topic, c.partition).exists() {
-            // A partition the archive holds nothing of (fewer partitions were dumped).
-            c.ended = true;
-            continue;
+        match archive::has_partition(root, &c.topic, c.partition) {
+            Ok(true) => {}
+            Ok(false) => {
+                // A partition the archive holds nothing of (fewer partitions were dumped).
+                c.ended = true;
+                continue;
+            }
+            Err(e) => {
+                c.failed = Some(e);
+                continue;
+            }
         }
         match PartitionReader::open(root, &c.topic, c.partition) {
             Ok(r) => c.records = Some(r.into_checked_records(from)),
@@ -414,7 +421,7 @@ fn reached_end(st: &mut State, c: &Cursor) {
 
 /// The archive cannot be read further (a corrupt segment, an unreadable file): the
 /// partition's tasks halt where they are, never skipping past it.
-fn halt(st: &mut State, root: &Path, c: &Cursor, e: &ArchiveError) {
+fn halt(st: &mut State, root: &Root, c: &Cursor, e: &ArchiveError) {
     for k in 0..st.parts.get(c.ti, c.partition).len() {
         let i = st.parts.get(c.ti, c.partition)[k];
         let t = &mut st.tasks[i];

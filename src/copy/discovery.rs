@@ -577,7 +577,20 @@ impl Applier {
                         let _ = r.send(LayoutChange::Gone { topic });
                     }
                 }
-                Change::Start(found) => self.start(found, tasks, shared, observer, !self.group),
+                Change::Start(found) if self.group => {
+                    // Group mode: a partition this replica owns already (a reload's new or
+                    // changed route on a topic it copies) starts here at once; the group
+                    // assigns the others.
+                    let (owned, not): (Vec<_>, Vec<_>) = found.into_iter().partition(|(p, _)| {
+                        shared
+                            .group
+                            .as_ref()
+                            .is_some_and(|o| o.epoch(&p.topic, p.partition).is_some())
+                    });
+                    self.start(owned, tasks, shared, observer, true);
+                    self.start(not, tasks, shared, observer, false);
+                }
+                Change::Start(found) => self.start(found, tasks, shared, observer, true),
             }
         }
     }

@@ -448,7 +448,11 @@ fn execute(
     let (mut group_engine, member) = match (&config.group, store.ownership()) {
         (Some(g), Some(own)) => {
             let (tx, rx) = crossbeam_channel::unbounded();
-            let member = ownership::Member::start(config, g, own.clone(), tx)?;
+            let topics = ownership::subscription(
+                config.routes.iter(),
+                plan.tasks.iter().map(|t| t.topic.as_str()),
+            );
+            let member = ownership::Member::start(config, g, topics, own.clone(), tx)?;
             (
                 Some(ownership::GroupEngine::new(rx, own, config)),
                 Some(member),
@@ -492,6 +496,8 @@ fn execute(
     }
 
     let done = Arc::new(AtomicBool::new(false));
+    // Group mode: a reload's routes change what the member subscribes to.
+    let resubscribe = member.as_ref().map(ownership::Member::resubscriber);
     let writer = {
         let shared = shared.clone();
         let done_w = done.clone();
@@ -560,9 +566,26 @@ fn execute(
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
                 let mut rates = crate::progress::RateMeter::starting_at(started.elapsed());
+                // Source topics deleted mid-run (left out of a group member's subscription).
+                let mut gone: std::collections::BTreeSet<String> = Default::default();
                 while !done_w.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
+                    // Group mode: the member's subscription follows the topics copied.
+                    let mut resubscribe_now = false;
                     for changes in found_rx.try_iter() {
+                        resubscribe_now = true;
+                        for c in &changes {
+                            match c {
+                                discovery::Change::Gone { topic, .. } => {
+                                    gone.insert(topic.clone());
+                                }
+                                discovery::Change::Start(found) => {
+                                    for (t, _) in found {
+                                        gone.remove(&t.topic);
+                                    }
+                                }
+                            }
+                        }
                         applier.apply(changes, &mut plan.tasks, &shared, &observer);
                     }
                     if let Some(g) = group_engine.as_mut() {
@@ -571,14 +594,34 @@ fn execute(
                         });
                     }
                     match reloader.as_mut() {
-                        Some(r) => r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
-                            snapshot(&config, &plan, &base, &ids, &shared)
-                        }),
+                        Some(r) => {
+                            r.tick(&plan.tasks, &shared, &mut applier, &observer, &routes_tx, || {
+                                snapshot(&config, &plan, &base, &ids, &shared)
+                            });
+                            resubscribe_now |= r.take_applied();
+                        }
                         None => {
                             if reload_flag.as_ref().is_some_and(|f| f.swap(false, Ordering::Relaxed)) {
                                 tracing::warn!("SIGHUP: ignored; a reload applies to a run that follows (a route without `end`, not --once)");
                             }
                         }
+                    }
+                    if let (true, Some(tx)) = (resubscribe_now, &resubscribe) {
+                        let routes: Vec<&crate::config::RouteConfig> = match &reloader {
+                            Some(r) => r.live_routes(),
+                            None => config.routes.iter().collect(),
+                        };
+                        // Topics still copied: not those of routes a reload removed, nor
+                        // deleted ones.
+                        let live = |route| reloader.as_ref().is_none_or(|r| r.is_live(route));
+                        let copied = plan
+                            .tasks
+                            .iter()
+                            .filter(|t| live(t.route) && !gone.contains(&t.topic));
+                        let _ = tx.send(ownership::subscription(
+                            routes.into_iter(),
+                            copied.map(|t| t.topic.as_str()),
+                        ));
                     }
                     observer.tick();
                     // Exactly-once: the checkpoint goes in the data's transaction, on the
@@ -699,6 +742,8 @@ fn execute(
     // Deliveries the readers no longer wait for are not checkpointed; flushing just lets
     // the producers exit cleanly.
     pool.flush(Duration::from_secs(1));
+    // Everything it sent is flushed: its clients wind down off the way to the summary.
+    crate::cluster::drop_in_background(pool);
     if let Some(why) = stalled {
         return Err(RunError::CheckpointsStalled(why));
     }

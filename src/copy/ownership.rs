@@ -197,7 +197,7 @@ use super::task::{CopyTask, TaskStatus};
 use super::Shared;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};
-use crate::config::{Config, GroupSettings};
+use crate::config::{Config, GroupSettings, RouteConfig};
 use crate::observe::Observer;
 use crate::plan::{Plan, StartFrom, TaskPlan};
 
@@ -283,36 +283,39 @@ impl ConsumerContext for MemberContext {
     }
 }
 
+/// What the member subscribes to: the topics `routes` name, and the topics the run copies
+/// (`copied`: a `topic_regex`'s matches as discovery found them). Always names, never a
+/// regex: librdkafka reads a subscription regex as POSIX, which a route's (Rust) regex is
+/// not; discovery finds the matches and the subscription follows them.
+pub fn subscription<'a>(
+    routes: impl Iterator<Item = &'a RouteConfig>,
+    copied: impl Iterator<Item = &'a str>,
+) -> Vec<String> {
+    let mut topics: Vec<String> = routes.flat_map(|r| r.topics.iter().cloned()).collect();
+    topics.extend(copied.map(str::to_string));
+    topics.sort();
+    topics.dedup();
+    topics
+}
+
 /// The group member: its consumer lives on its own thread (see the module doc).
 pub struct Member {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// A reload's new subscription, taken by the member's thread.
+    resubscribe: Sender<Vec<String>>,
 }
 
 impl Member {
-    /// Joins the group on `g.cluster`, subscribed to the routes' topics.
+    /// Joins the group on `g.cluster`, subscribed to `topics` (`subscription`).
     pub fn start(
         config: &Config,
         g: &GroupSettings,
+        topics: Vec<String>,
         ownership: Arc<Ownership>,
         events: Sender<GroupEvent>,
     ) -> Result<Member, ClusterError> {
         let cluster = &config.clusters[&g.cluster];
-        let mut topics: Vec<String> = Vec::new();
-        for r in &config.routes {
-            topics.extend(r.topics.iter().cloned());
-            if let Some(re) = &r.topic_regex {
-                // librdkafka subscribes by regex when a name starts with '^'.
-                let s = re.as_str();
-                topics.push(if s.starts_with('^') {
-                    s.to_string()
-                } else {
-                    format!("^{s}")
-                });
-            }
-        }
-        topics.sort();
-        topics.dedup();
         let session_ms = g.session_timeout.as_millis().max(1).to_string();
         let heartbeat_ms = (g.session_timeout.as_millis() / 3).max(100).to_string();
         let handover = config.run.shutdown_timeout + config.run.connect_timeout;
@@ -373,11 +376,36 @@ impl Member {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let (resubscribe, subscriptions) = crossbeam_channel::unbounded::<Vec<String>>();
+        let mut subscribed = topics.clone();
+        let group = g.id.clone();
         let thread = std::thread::Builder::new()
             .name("kmirror-group".into())
             .spawn(move || {
                 let mut last = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
+                    // A reload changed the routes, or discovery found (or lost) a topic: the
+                    // group rebalances on the new topics (cooperative: only the partitions
+                    // that come or go move).
+                    if let Some(topics) = subscriptions.try_iter().last() {
+                        if topics != subscribed {
+                            let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+                            match consumer.subscribe(&refs) {
+                                Ok(()) => {
+                                    tracing::info!(
+                                        "group \"{group}\": subscribed now to [{}]",
+                                        topics.join(", ")
+                                    );
+                                    subscribed = topics;
+                                }
+                                Err(e) => tracing::warn!(
+                                    "group \"{group}\": cannot subscribe to [{}] ({e}); the member stays on [{}] until the next reload or restart",
+                                    topics.join(", "),
+                                    subscribed.join(", ")
+                                ),
+                            }
+                        }
+                    }
                     // Records never come (every partition is paused); poll serves the
                     // rebalance callbacks and errors.
                     let _ = consumer.poll(Duration::from_millis(100));
@@ -399,7 +427,13 @@ impl Member {
         Ok(Member {
             stop,
             thread: Some(thread),
+            resubscribe,
         })
+    }
+
+    /// Where a reload sends the member its new subscription (`subscription`).
+    pub fn resubscriber(&self) -> Sender<Vec<String>> {
+        self.resubscribe.clone()
     }
 
     /// Leaves: after the final checkpoint (the partitions are still ours while it is
@@ -537,6 +571,11 @@ impl GroupEngine {
             }
             if latest.is_empty() {
                 self.waiting.push(tp);
+                continue;
+            }
+            // A route a reload removed (or replaced by a new version) is not started again.
+            latest.retain(|_, (id, _)| shared.progress_of(*id).status != TaskStatus::Removed);
+            if latest.is_empty() {
                 continue;
             }
             let epoch = store.epoch_of(&tp.0, tp.1) + 1;

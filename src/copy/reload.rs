@@ -50,6 +50,8 @@ pub struct Reloader {
     pending: Option<Pending>,
     /// Bound on waiting for stopped routes to drain before their new versions start.
     drain_limit: Duration,
+    /// A reload was applied since `take_applied` last looked.
+    applied: bool,
 }
 
 impl Reloader {
@@ -67,7 +69,29 @@ impl Reloader {
             targets,
             pending: None,
             drain_limit: config.run.shutdown_timeout,
+            applied: false,
         }
+    }
+
+    /// Whether a reload was applied since the last call.
+    pub fn take_applied(&mut self) -> bool {
+        std::mem::take(&mut self.applied)
+    }
+
+    /// Whether route `index` is still in the running configuration.
+    pub fn is_live(&self, index: usize) -> bool {
+        self.live.get(index).copied().unwrap_or(false)
+    }
+
+    /// The routes of the running configuration (those a reload removed left out).
+    pub fn live_routes(&self) -> Vec<&RouteConfig> {
+        self.running
+            .routes
+            .iter()
+            .zip(&self.live)
+            .filter(|(_, live)| **live)
+            .map(|(r, _)| r)
+            .collect()
     }
 
     /// Called on every turn of the supervising loop.
@@ -104,6 +128,7 @@ impl Reloader {
                 added: p.added,
                 checkpoint: cp,
             });
+            self.applied = true;
             return;
         }
         if self.flag.swap(false, Ordering::Relaxed) {

@@ -175,7 +175,7 @@ pub struct Reader {
     /// Where routes into archives write (`super::archive_sink`).
     pub archive: ArchiveSink,
     /// The directory when the source is an archive (a restore: `archive_source`).
-    pub source_archive: Option<std::path::PathBuf>,
+    pub source_archive: Option<crate::archive::Root>,
 }
 
 pub(super) struct State {

@@ -6,15 +6,12 @@
 //! dump's archive keeps each record at its source offset with its provenance header, so its
 //! "target offsets" are source offsets and attribution is by provenance as on a cluster.
 
-use std::path::Path;
-
 use rdkafka::message::Timestamp;
 
-use super::blocks::Task;
 use super::read::Reader;
 use super::record::{Headers, Record};
 use super::Bound;
-use crate::archive::{ArchivedRecord, PartitionReader, TsType};
+use crate::archive::{ArchivedRecord, PartitionReader, Root, TsType};
 use crate::cluster::ClusterError;
 use crate::config::ClusterConfig;
 use crate::copy::record::RawHeader;
@@ -45,31 +42,31 @@ fn with_record(partition: i32, rec: &ArchivedRecord, f: &mut impl FnMut(&Record<
     });
 }
 
-fn archive_error(task: &Task<'_>, source: crate::archive::ArchiveError) -> ClusterError {
-    ClusterError::Archive {
-        cluster: task.src.name.clone(),
-        source,
-    }
-}
-
-/// Reads `[from, to)` of the task's source partition: from its archive when the source is
-/// one, from the cluster otherwise.
+/// Reads `[from, to)` of the source partition `topic`/`partition` of `src`: from its
+/// archive when the source is one (`archive`), from the cluster otherwise.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn scan_source(
     reader: &mut Reader,
-    task: &Task<'_>,
+    src: &ClusterConfig,
+    archive: Option<&Root>,
+    topic: &str,
+    partition: i32,
     from: i64,
     to: i64,
     mut f: impl FnMut(&Record<'_>),
 ) -> Result<(), ClusterError> {
-    let Some(root) = task.src_archive else {
-        return reader.scan(task.src, &task.topic, task.partition, from, to, f);
+    let Some(root) = archive else {
+        return reader.scan(src, topic, partition, from, to, f);
     };
     if from >= to {
         return Ok(());
     }
-    let r = PartitionReader::open(root, &task.topic, task.partition)
-        .map_err(|e| archive_error(task, e))?;
-    scan_archive(&r, &task.src.name, task.partition, from, to, &mut f)
+    let r =
+        PartitionReader::open(root, topic, partition).map_err(|source| ClusterError::Archive {
+            cluster: src.name.clone(),
+            source,
+        })?;
+    scan_archive(&r, &src.name, partition, from, to, &mut f)
 }
 
 /// Reads `[from, to)` of a target partition: from its archive when the target is one (a
@@ -79,7 +76,7 @@ pub(super) fn scan_source(
 pub(super) fn scan_target(
     reader: &mut Reader,
     cluster: &ClusterConfig,
-    archive: Option<&Path>,
+    archive: Option<&Root>,
     topic: &str,
     partition: i32,
     from: i64,
@@ -89,7 +86,11 @@ pub(super) fn scan_target(
     let Some(root) = archive else {
         return reader.scan(cluster, topic, partition, from, to, f);
     };
-    if from >= to || !crate::archive::partition_dir(root, topic, partition).is_dir() {
+    let archive_err = |source| ClusterError::Archive {
+        cluster: cluster.name.clone(),
+        source,
+    };
+    if from >= to || !crate::archive::has_partition(root, topic, partition).map_err(archive_err)? {
         return Ok(());
     }
     let r =
@@ -124,7 +125,7 @@ fn scan_archive(
 
 /// The offset `bound` names on an archived partition, within `[lo, hi)` (see `resolve`).
 pub(super) fn resolve(
-    root: &Path,
+    root: &Root,
     cluster: &str,
     topic: &str,
     partition: i32,

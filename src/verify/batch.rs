@@ -21,12 +21,11 @@ use std::ptr::NonNull;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedHeaders, Timestamp};
+use rdkafka::message::Timestamp;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka_sys as rdsys;
 
-use super::record::{Headers, Record};
-use crate::copy::record::{headers_in, RawHeaders};
+use super::record::{Headers, NativeHeaders, Record};
 
 /// What a batch holds for a partition.
 pub(super) enum Entry<'b> {
@@ -248,32 +247,7 @@ unsafe fn entry(m: &rdsys::rd_kafka_message_t) -> Entry<'_> {
         key: bytes(m.key, m.key_len),
         payload: bytes(m.payload, m.len),
         timestamp,
-        headers: Headers::Native(NativeHeaders {
-            msg: NonNull::from(m),
-            _msg: PhantomData,
-        }),
+        // SAFETY (caller's): `m` is live for the record's lifetime.
+        headers: Headers::Native(unsafe { NativeHeaders::new(m) }),
     })
-}
-
-/// A consumed message's headers, parsed by librdkafka on first use.
-#[derive(Clone, Copy)]
-pub(super) struct NativeHeaders<'b> {
-    msg: NonNull<rdsys::rd_kafka_message_t>,
-    _msg: PhantomData<&'b rdsys::rd_kafka_message_t>,
-}
-
-impl<'b> NativeHeaders<'b> {
-    pub(super) fn iter(&self) -> RawHeaders<'b> {
-        let mut list: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
-        // SAFETY: `msg` is a live message borrowed for `'b` (see `entry`); librdkafka parses
-        // its headers into a list the message owns (kept until the message is destroyed),
-        // and the cast to rust-rdkafka's opaque `BorrowedHeaders` is the one it makes itself.
-        let headers: Option<&'b BorrowedHeaders> = unsafe {
-            (rdsys::rd_kafka_message_headers(self.msg.as_ptr(), &mut list)
-                == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
-                && !list.is_null())
-            .then(|| &*(list as *const BorrowedHeaders))
-        };
-        headers_in(headers)
-    }
 }

@@ -34,10 +34,10 @@ pub(super) struct Task<'a> {
     pub(super) ignore: Vec<&'a str>,
     pub(super) src: &'a ClusterConfig,
     /// The source's directory when it is an archive (a restore: `super::archive`).
-    pub(super) src_archive: Option<&'a std::path::Path>,
+    pub(super) src_archive: Option<&'a crate::archive::Root>,
     pub(super) dst: &'a ClusterConfig,
     /// The target's directory when it is an archive (a dump: `super::archive`).
-    pub(super) dst_archive: Option<&'a std::path::Path>,
+    pub(super) dst_archive: Option<&'a crate::archive::Root>,
     pub(super) topic: String,
     pub(super) partition: i32,
     /// The copied source range `[first, next)`.
@@ -133,7 +133,7 @@ pub(super) fn widen(ranges: &mut Vec<(i32, i64, i64)>, partition: i32, offset: i
 pub(super) struct TargetPart<'a> {
     pub(super) cluster: &'a ClusterConfig,
     /// The target's directory when it is an archive (a dump).
-    pub(super) archive: Option<&'a std::path::Path>,
+    pub(super) archive: Option<&'a crate::archive::Root>,
     pub(super) topic: String,
     pub(super) partition: i32,
     /// Disjoint `[from, to)` ranges: the union of the tasks' ranges.
@@ -301,22 +301,33 @@ pub(super) fn read_source(
 ) -> Result<Vec<SrcBlock>, ClusterError> {
     let ks = task.blocks(b);
     let mut blocks = vec![SrcBlock::default(); (ks.end - ks.start) as usize];
-    super::archive::scan_source(reader, task, task.first, task.next, |m| {
-        let o = m.offset();
-        let blk = &mut blocks[(o.div_euclid(b) - ks.start) as usize];
-        blk.records += 1;
-        match decide(task.route, m) {
-            Decision::Copy if task.mode == Mode::Content => {
-                let fp = Fingerprint::of(m, &task.ignore);
-                blk.copy
-                    .add(digest::record(o, fp.content, fp.timestamp.to_millis()));
-                blk.copy_content.add(digest::content(o, fp.content));
+    let (src, archive) = (task.src, task.src_archive);
+    let (topic, partition) = (&task.topic, task.partition);
+    super::archive::scan_source(
+        reader,
+        src,
+        archive,
+        topic,
+        partition,
+        task.first,
+        task.next,
+        |m| {
+            let o = m.offset();
+            let blk = &mut blocks[(o.div_euclid(b) - ks.start) as usize];
+            blk.records += 1;
+            match decide(task.route, m) {
+                Decision::Copy if task.mode == Mode::Content => {
+                    let fp = Fingerprint::of(m, &task.ignore);
+                    blk.copy
+                        .add(digest::record(o, fp.content, fp.timestamp.to_millis()));
+                    blk.copy_content.add(digest::content(o, fp.content));
+                }
+                Decision::Copy => blk.copy.count += 1,
+                Decision::Filtered => blk.filtered += 1,
+                Decision::Poison(_) => blk.poison.add(digest::offset(o)),
             }
-            Decision::Copy => blk.copy.count += 1,
-            Decision::Filtered => blk.filtered += 1,
-            Decision::Poison(_) => blk.poison.add(digest::offset(o)),
-        }
-    })?;
+        },
+    )?;
     Ok(blocks)
 }
 
@@ -454,13 +465,24 @@ pub(super) fn drill(
     let content = task.mode == Mode::Content;
     let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
     let mut poison: Vec<i64> = Vec::new();
-    super::archive::scan_source(reader, task, lo, hi, |m| match decide(task.route, m) {
-        Decision::Copy if content => {
-            expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
-        }
-        Decision::Copy | Decision::Filtered => {}
-        Decision::Poison(_) => poison.push(m.offset()),
-    })?;
+    let (src, archive) = (task.src, task.src_archive);
+    let (topic, partition) = (&task.topic, task.partition);
+    super::archive::scan_source(
+        reader,
+        src,
+        archive,
+        topic,
+        partition,
+        lo,
+        hi,
+        |m| match decide(task.route, m) {
+            Decision::Copy if content => {
+                expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
+            }
+            Decision::Copy | Decision::Filtered => {}
+            Decision::Poison(_) => poison.push(m.offset()),
+        },
+    )?;
     let mut dead: BTreeSet<i64> = BTreeSet::new();
     if let (Some((cluster, topic)), Some(d)) = (task.dlq, dlq) {
         for &(p, a, z) in &d.ranges {

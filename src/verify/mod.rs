@@ -584,7 +584,7 @@ pub fn verify_with(
             let (topic, partition) = (task.topic.as_str(), task.partition);
             let pc = rc.and_then(|rc| rc.partitions.get(&partition_key(topic, partition)));
             // A restore reads its source side from the archive (`archive.rs`).
-            let src_archive = config.archives.get(&r.source).map(|p| p.as_path());
+            let src_archive = config.archives.get(&r.source);
             if src_archive.is_some() && !r.provenance {
                 // Never "OK" for what was not compared.
                 rows.push(VerifyRow {
@@ -636,7 +636,7 @@ pub fn verify_with(
                 ..Default::default()
             };
             // A dump's target side is read from the archive (`archive.rs`).
-            let dst_archive = config.archives.get(&r.target).map(|p| p.as_path());
+            let dst_archive = config.archives.get(&r.target);
             if dst_archive.is_some() && !r.provenance {
                 // Never "OK" for what was not compared.
                 row.unverifiable = Some(format!(

@@ -3,11 +3,14 @@
 //! archived record, say). The comparison (`blocks.rs`, `compare.rs`) and the route's decisions
 //! see only this view, so both sides go through the same digest code.
 
-use rdkafka::message::Timestamp;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 
-use super::batch::NativeHeaders;
+use rdkafka::message::{BorrowedHeaders, Timestamp};
+use rdkafka_sys as rdsys;
+
 use crate::copy::filter::RecordView;
-use crate::copy::record::{fields_digest, RawHeader, RawHeaders};
+use crate::copy::record::{fields_digest, headers_in, RawHeader, RawHeaders};
 
 /// One record as verify compares it: borrowed, nothing copied.
 pub struct Record<'a> {
@@ -100,6 +103,40 @@ impl<'a> Iterator for HeaderIter<'a> {
             HeaderIter::Native(it) => it.next(),
             HeaderIter::Slice(it) => it.next().cloned(),
         }
+    }
+}
+
+/// A consumed message's headers, parsed by librdkafka on first use.
+#[derive(Clone, Copy)]
+pub(super) struct NativeHeaders<'b> {
+    msg: NonNull<rdsys::rd_kafka_message_t>,
+    _msg: PhantomData<&'b rdsys::rd_kafka_message_t>,
+}
+
+impl<'b> NativeHeaders<'b> {
+    /// The headers of `m`.
+    ///
+    /// # Safety
+    /// `m` must stay a live message (not destroyed) for `'b`.
+    pub(super) unsafe fn new(m: &'b rdsys::rd_kafka_message_t) -> Self {
+        NativeHeaders {
+            msg: NonNull::from(m),
+            _msg: PhantomData,
+        }
+    }
+
+    pub(super) fn iter(&self) -> RawHeaders<'b> {
+        let mut list: *mut rdsys::rd_kafka_headers_t = std::ptr::null_mut();
+        // SAFETY: `msg` is a live message borrowed for `'b` (see `new`); librdkafka parses
+        // its headers into a list the message owns (kept until the message is destroyed),
+        // and the cast to rust-rdkafka's opaque `BorrowedHeaders` is the one it makes itself.
+        let headers: Option<&'b BorrowedHeaders> = unsafe {
+            (rdsys::rd_kafka_message_headers(self.msg.as_ptr(), &mut list)
+                == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR
+                && !list.is_null())
+            .then(|| &*(list as *const BorrowedHeaders))
+        };
+        headers_in(headers)
     }
 }
 

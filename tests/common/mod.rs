@@ -25,6 +25,7 @@
 
 pub mod cli;
 pub mod kafka_double;
+pub mod s3;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
