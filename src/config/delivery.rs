@@ -5,7 +5,6 @@
 //! can hold the copied records and the checkpoint records that cover them.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::diag::Diagnostics;
@@ -56,12 +55,12 @@ impl DeliverySettings {
 }
 
 /// Checks `[delivery]` against the routes and the checkpoint store; problems go to `d`.
-pub(super) fn check_delivery(
+pub(super) fn check_delivery<A>(
     raw: &RawConfig,
     store: &StoreSettings,
     routes: &[RouteConfig],
     clusters: &BTreeMap<String, super::ClusterConfig>,
-    archives: &BTreeMap<String, PathBuf>,
+    archives: &BTreeMap<String, A>,
     d: &mut Diagnostics<'_>,
 ) -> DeliverySettings {
     let mut s = DeliverySettings::default();
@@ -176,7 +175,7 @@ pub(super) fn check_delivery(
             d.push(&span, format!("routes[{i}].source"), format!("route \"{}\" reads the archive \"{}\": a restore cannot run exactly_once (an archive keeps no transaction); restore with guarantee = \"at_least_once\" and check with `verify --fail-on-duplicates`", r.name, r.source));
         }
         if archives.contains_key(&r.target) {
-            d.push(&span, format!("routes[{i}].target"), format!("route \"{}\" writes to the archive \"{}\": files cannot join a Kafka transaction; exactly_once copies only between clusters", r.name, r.target));
+            d.push(&span, format!("routes[{i}].target"), format!("route \"{}\" writes to the archive \"{}\": an archive (files or S3 objects) cannot join a Kafka transaction; exactly_once copies only between clusters", r.name, r.target));
         } else if r.target != cluster {
             d.push(&span, format!("routes[{i}].target"), format!("route \"{}\" writes to cluster \"{}\" but the checkpoints are kept on \"{cluster}\": a transaction spans one cluster, so exactly_once needs every route's target and [checkpoints] cluster to be the same", r.name, r.target));
         }
@@ -310,7 +309,7 @@ target = "arch"
             "{e}"
         );
         assert!(
-            e.contains("/etc/kmirror/eos.toml:25:10: routes[2].target: route \"dump\" writes to the archive \"arch\": files cannot join a Kafka transaction"),
+            e.contains("/etc/kmirror/eos.toml:25:10: routes[2].target: route \"dump\" writes to the archive \"arch\": an archive (files or S3 objects) cannot join a Kafka transaction"),
             "{e}"
         );
     }
