@@ -27,6 +27,13 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 RunError::Cluster(_) => exit::CLUSTER,
                 RunError::Checkpoint(e) => checkpoint_code(e),
                 RunError::CheckpointsStalled(_) => exit::OTHER,
+                RunError::Transaction(crate::copy::transaction::TxnError::Fenced { .. }) => {
+                    exit::LOCKED
+                }
+                RunError::Transaction(crate::copy::transaction::TxnError::Checkpoint(e)) => {
+                    checkpoint_code(e)
+                }
+                RunError::Transaction(_) => exit::OTHER,
             };
         }
         if let Some(e) = cause.downcast_ref::<crate::import::ImportError>() {

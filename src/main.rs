@@ -35,7 +35,8 @@ purge refused a partition; 2 usage; 3 invalid routing file; 4 cluster, topic or 
 a purge deletion failed; 5 unusable checkpoint \
 (corrupt, another job, cluster or topic); 6 job locked by another process (kafka store: taken \
 over by another process); 70 I/O (checkpoint \
-cannot be read or written) or other; 130 second signal while stopping."
+cannot be read or written), an aborted exactly-once transaction, or other; 130 second signal \
+while stopping."
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace). KMIRROR_LOG (or else RUST_LOG) overrides.
@@ -107,8 +108,13 @@ enum Command {
         #[arg(long)]
         route: Option<String>,
         /// Count duplicate deliveries (normal after a crash under at-least-once) as a mismatch.
+        /// The default with `[delivery] guarantee = "exactly_once"`.
         #[arg(long)]
         fail_on_duplicates: bool,
+        /// With `guarantee = "exactly_once"`: do not count duplicates as a mismatch (e.g.
+        /// for copies an at-least-once run of the job wrote before).
+        #[arg(long, conflicts_with = "fail_on_duplicates")]
+        allow_duplicates: bool,
         /// `text` (a table), or `json` (schema: docs/verify-report.schema.json).
         #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
         output: String,
@@ -377,6 +383,7 @@ fn dispatch(cmd: Command) -> Result<i32> {
             config,
             route,
             fail_on_duplicates,
+            allow_duplicates,
             output,
             junit,
             parallel,
@@ -386,6 +393,9 @@ fn dispatch(cmd: Command) -> Result<i32> {
         } => {
             verify::bound_malloc_arenas(parallel as usize);
             let cfg = load(&config)?;
+            // Exactly-once promises no duplicates: one is a mismatch unless asked otherwise.
+            let fail_on_duplicates =
+                fail_on_duplicates || (cfg.delivery.exactly_once() && !allow_duplicates);
             cluster_routes_only(&cfg, "verify")?;
             if let Some(r) = &route {
                 check_route(&cfg, r)?;

@@ -201,6 +201,18 @@ struct State {
     epochs: BTreeMap<(String, i32), i64>,
 }
 
+/// Checkpoint records to be written in someone else's transaction (exactly-once: the copy's
+/// transactional producer writes them beside the records they cover, `crate::copy::transaction`).
+/// Once that transaction commits, `CheckpointStore::staged_committed` makes them the stored state.
+pub struct Staged {
+    /// Where they go: the checkpoint topic and the job's partition of it.
+    pub topic: String,
+    pub partition: i32,
+    /// Key and value (or tombstone) of each record.
+    pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    wanted: BTreeMap<Vec<u8>, PartitionBody>,
+}
+
 /// Checkpoints in a compacted topic; see the module doc.
 pub struct KafkaStore {
     cluster: ClusterConfig,
@@ -399,8 +411,18 @@ impl KafkaStore {
     /// Reads the job's partition from `from` to its end into `st`, leaving the consumer
     /// in `st.follower`. A fresh assignment always ends with an end-of-partition event.
     fn read(&self, st: &mut State, partition: i32) -> Result<(), CheckpointError> {
-        let consumer = cluster::consumer(&self.cluster, &[("isolation.level", "read_committed")])
-            .map_err(|e| self.cluster_err(e))?;
+        // A short fetch wait: before each write the store reads what was appended since
+        // (`check_still_owner`), and with librdkafka's 500 ms default each exactly-once
+        // commit waited that long for a fetch the broker held open (measured: 230-400 ms of
+        // every commit on the mock).
+        let consumer = cluster::consumer(
+            &self.cluster,
+            &[
+                ("isolation.level", "read_committed"),
+                ("fetch.wait.max.ms", "20"),
+            ],
+        )
+        .map_err(|e| self.cluster_err(e))?;
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.topic, partition, Offset::Beginning)
             .and_then(|_| consumer.assign(&tpl))
@@ -720,6 +742,51 @@ impl KafkaStore {
         }
     }
 
+    /// The records (key, value or tombstone) that make the stored state `cp`, and that state.
+    #[allow(clippy::type_complexity)]
+    fn wanted(
+        &self,
+        st: &State,
+        cp: &Checkpoint,
+    ) -> (
+        BTreeMap<Vec<u8>, PartitionBody>,
+        Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    ) {
+        let mut wanted: BTreeMap<Vec<u8>, PartitionBody> = BTreeMap::new();
+        for (route, rc) in &cp.routes {
+            for (key, pc) in &rc.partitions {
+                let Some((topic, p)) = super::parse_partition_key(key) else {
+                    continue;
+                };
+                wanted.insert(
+                    partition_record_key(&self.job, route, topic, p),
+                    PartitionBody {
+                        route: route.clone(),
+                        topic: topic.to_string(),
+                        partition: p,
+                        source_cluster: rc.source_cluster.clone(),
+                        source_cluster_id: rc.source_cluster_id.clone(),
+                        target_cluster_id: rc.target_cluster_id.clone(),
+                        topic_id: rc.topic_ids.get(topic).cloned(),
+                        checkpoint: pc.clone(),
+                    },
+                );
+            }
+        }
+        let mut records = Vec::new();
+        for (k, pb) in &wanted {
+            if st.stored.get(k) != Some(pb) || st.dirty.contains(k) {
+                records.push((k.clone(), Some(seal(self.body(Some(pb.clone()))))));
+            }
+        }
+        for k in st.stored.keys() {
+            if !wanted.contains_key(k) {
+                records.push((k.clone(), None));
+            }
+        }
+        (wanted, records)
+    }
+
     /// Group mode's save: only owned partitions, at their epoch; a partition recorded at a
     /// higher epoch than ours is fenced instead of written.
     fn save_owned(&self, cp: &Checkpoint, ownership: &Ownership) -> Result<(), CheckpointError> {
@@ -876,6 +943,35 @@ impl CheckpointStore for KafkaStore {
         Ok(Some(cp))
     }
 
+    fn stage(&self, cp: &Checkpoint) -> Result<Option<Staged>, CheckpointError> {
+        if self.group.is_some() {
+            return Err(self.store_err(
+                "stage checkpoint records for a transaction",
+                "exactly_once is not supported with [group]",
+            ));
+        }
+        if !self.state.lock().expect("store lock").claimed {
+            self.claim()?;
+        }
+        let mut st = self.state.lock().expect("store lock");
+        let partition = st.partition.expect("claimed");
+        // Another process's owner record since the last save: fenced, write nothing.
+        self.check_still_owner(&mut st, partition)?;
+        let (wanted, records) = self.wanted(&st, cp);
+        Ok(Some(Staged {
+            topic: self.topic.clone(),
+            partition,
+            records,
+            wanted,
+        }))
+    }
+
+    fn staged_committed(&self, staged: Staged) {
+        let mut st = self.state.lock().expect("store lock");
+        st.stored = staged.wanted;
+        st.dirty.clear();
+    }
+
     fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         // Claimed once per process: a producer dropped after a failed write is made again
         // by `write`, after `check_still_owner`, never by claiming the job back.
@@ -888,38 +984,7 @@ impl CheckpointStore for KafkaStore {
         let mut st = self.state.lock().expect("store lock");
         let partition = st.partition.expect("claimed");
         self.check_still_owner(&mut st, partition)?;
-        let mut wanted: BTreeMap<Vec<u8>, PartitionBody> = BTreeMap::new();
-        for (route, rc) in &cp.routes {
-            for (key, pc) in &rc.partitions {
-                let Some((topic, p)) = super::parse_partition_key(key) else {
-                    continue;
-                };
-                wanted.insert(
-                    partition_record_key(&self.job, route, topic, p),
-                    PartitionBody {
-                        route: route.clone(),
-                        topic: topic.to_string(),
-                        partition: p,
-                        source_cluster: rc.source_cluster.clone(),
-                        source_cluster_id: rc.source_cluster_id.clone(),
-                        target_cluster_id: rc.target_cluster_id.clone(),
-                        topic_id: rc.topic_ids.get(topic).cloned(),
-                        checkpoint: pc.clone(),
-                    },
-                );
-            }
-        }
-        let mut records = Vec::new();
-        for (k, pb) in &wanted {
-            if st.stored.get(k) != Some(pb) || st.dirty.contains(k) {
-                records.push((k.clone(), Some(seal(self.body(Some(pb.clone()))))));
-            }
-        }
-        for k in st.stored.keys() {
-            if !wanted.contains_key(k) {
-                records.push((k.clone(), None));
-            }
-        }
+        let (wanted, records) = self.wanted(&st, cp);
         if records.is_empty() {
             return Ok(());
         }

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use file::FileStore;
-pub use kafka::KafkaStore;
+pub use kafka::{KafkaStore, Staged};
 pub use lock::{JobLock, LockHolder};
 pub use retry::RetryingSaver;
 
@@ -185,6 +185,13 @@ pub trait CheckpointStore: Send + Sync {
     fn epoch_of(&self, _topic: &str, _partition: i32) -> i64 {
         0
     }
+    /// Exactly-once (`crate::copy::transaction`): the records that would save `cp`, for the
+    /// caller to write inside its own transaction; `None` from a store that cannot join one.
+    fn stage(&self, _cp: &Checkpoint) -> Result<Option<Staged>, CheckpointError> {
+        Ok(None)
+    }
+    /// The transaction holding `staged` committed: it is now what the store holds.
+    fn staged_committed(&self, _staged: Staged) {}
 }
 
 /// A boxed store (what `open` returns) is a store.
@@ -206,6 +213,12 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
     }
     fn epoch_of(&self, topic: &str, partition: i32) -> i64 {
         (**self).epoch_of(topic, partition)
+    }
+    fn stage(&self, cp: &Checkpoint) -> Result<Option<Staged>, CheckpointError> {
+        (**self).stage(cp)
+    }
+    fn staged_committed(&self, staged: Staged) {
+        (**self).staged_committed(staged)
     }
 }
 
@@ -252,11 +265,30 @@ pub fn take_job(
     config: &crate::config::Config,
     store: &dyn CheckpointStore,
 ) -> Result<JobGuard, CheckpointError> {
-    match config.checkpoints.store {
+    match &config.checkpoints.store {
         crate::config::StoreSettings::File => Ok(JobGuard::File(JobLock::acquire(
             &JobLock::path_for(config),
         )?)),
-        crate::config::StoreSettings::Kafka { .. } => {
+        crate::config::StoreSettings::Kafka { cluster, .. } => {
+            // Exactly-once: a killed holder may have left a transaction open that holds
+            // checkpoint records; until it is aborted, a read_committed read of the
+            // checkpoint topic stops before it (and before this claim's owner record).
+            // InitProducerId with the data producer's id aborts it (and fences a live one).
+            if config.delivery.exactly_once() {
+                crate::copy::transaction::fence(
+                    &config.clusters[cluster],
+                    &crate::copy::transaction::transactional_id(&config.job),
+                    config
+                        .run
+                        .connect_timeout
+                        .max(std::time::Duration::from_secs(10)),
+                )
+                .map_err(|e| CheckpointError::Store {
+                    location: store.describe(),
+                    what: "fence the previous holder's transactional producer".into(),
+                    detail: e.to_string(),
+                })?;
+            }
             store.claim()?;
             Ok(JobGuard::Claimed)
         }

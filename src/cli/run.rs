@@ -77,6 +77,16 @@ pub(crate) fn print_routing_file(path: &Path, cfg: &Config) {
         cfg.job,
         cfg.checkpoint_location()
     );
+    if cfg.delivery.exactly_once() {
+        if let kmirror::config::StoreSettings::Kafka { cluster, .. } = &cfg.checkpoints.store {
+            println!(
+                "  delivery: exactly_once (transactional.id \"{}\" on cluster {cluster}; a commit every {} or {} records; target readers must use isolation.level=read_committed)",
+                kmirror::copy::transaction::transactional_id(&cfg.job),
+                humantime::format_duration(cfg.delivery.commit_interval),
+                cfg.delivery.max_records_per_transaction
+            );
+        }
+    }
     for r in &cfg.imports {
         let f = &cfg.files[&r.source];
         println!(

@@ -6,6 +6,7 @@
 //! end), collecting every problem with its `file:line:column`, key, value and rule.
 //! `check` here holds the whole-file rules; `route` checks one `[[routes]]` entry.
 
+mod delivery;
 mod diag;
 pub mod files;
 pub mod filter;
@@ -27,6 +28,9 @@ use toml::Spanned;
 
 use crate::copy::filter::{Decision, Outcome, RecordView};
 
+pub use delivery::{
+    DeliverySettings, Guarantee, DEFAULT_COMMIT_INTERVAL, DEFAULT_MAX_RECORDS_PER_TRANSACTION,
+};
 use diag::Diagnostics;
 pub use diag::{Diagnostic, Location, SourceText};
 pub use files::{FieldNames, FileFormat, FileSource};
@@ -127,6 +131,8 @@ pub struct Config {
     pub verify: VerifySettings,
     /// `[group]`: replicas sharing the source partitions (`crate::copy::ownership`).
     pub group: Option<GroupSettings>,
+    /// `[delivery]`: at-least-once (the default) or exactly-once (`crate::copy::transaction`).
+    pub delivery: DeliverySettings,
 }
 
 /// `[verify]`: verification inside a following `run`.
@@ -973,6 +979,7 @@ fn check(
         cp.store = store;
     }
     let group = group::check_group(raw.group.as_ref(), &cp.store, &routes, &archives, env, d);
+    let delivery = delivery::check_delivery(&raw, &cp.store, &routes, &clusters, &archives, d);
 
     Some(Config {
         path: path.to_path_buf(),
@@ -988,6 +995,7 @@ fn check(
         http,
         verify,
         group,
+        delivery,
     })
 }
 

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub http: Option<RawHttp>,
     pub verify: Option<RawVerify>,
     pub group: Option<Spanned<RawGroup>>,
+    pub delivery: Option<Spanned<RawDelivery>>,
     /// Default for every route's `create_target_topics`.
     pub create_target_topics: Option<Spanned<bool>>,
     /// Default dead-letter destination for every route.
@@ -93,6 +94,14 @@ pub struct RawGroup {
     pub id: Option<Spanned<String>>,
     pub instance_id: Option<Spanned<String>>,
     pub session_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDelivery {
+    pub guarantee: Option<Spanned<String>>,
+    pub commit_interval: Option<Spanned<String>>,
+    pub max_records_per_transaction: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -108,6 +108,14 @@ const TOP: &[Field] = &[
             opt("session_timeout", Kind::Str),
         ]),
     ),
+    opt(
+        "delivery",
+        Kind::Table(&[
+            opt("guarantee", Kind::Str),
+            opt("commit_interval", Kind::Str),
+            opt("max_records_per_transaction", Kind::Int),
+        ]),
+    ),
     opt("create_target_topics", Kind::Bool),
     opt("dead_letter", Kind::Table(DEAD_LETTER)),
     opt(

@@ -32,6 +32,7 @@ pub mod record;
 pub mod reload;
 pub mod source_partition;
 pub mod task;
+pub mod transaction;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -69,6 +70,8 @@ pub struct Shared {
     pub gone_after: Duration,
     /// Group mode: what this replica owns, and its lease (`ownership`).
     pub group: Option<Arc<ownership::Ownership>>,
+    /// Exactly-once: when readers may produce into the open transaction (`transaction`).
+    pub txn: Option<Arc<transaction::TxnGate>>,
 }
 
 impl Shared {
@@ -116,6 +119,9 @@ pub enum RunError {
     /// the run stopped reading; its final checkpoint was written.
     #[error("{0}; the run stopped reading and wrote its final checkpoint once the store took it: fix the store and run again")]
     CheckpointsStalled(String),
+    /// Exactly-once: a transaction could not commit (aborted) or the producer was fenced.
+    #[error(transparent)]
+    Transaction(#[from] transaction::TxnError),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -241,6 +247,10 @@ pub fn run(
         .observer
         .clone()
         .unwrap_or_else(|| crate::observe::Observer::for_config(config));
+    // Exactly-once: no earlier producer of this job may commit after the checkpoint is read.
+    if let Some(t) = transactional(config) {
+        transaction::fence(&config.clusters[&t.cluster], &t.id, t.init_timeout)?;
+    }
     let previous = load_checkpoint(config, store)?;
     // `--once` ends each task at its route's `end` or the snapshot, whichever comes first.
     let ends = if opts.once {
@@ -300,7 +310,13 @@ fn execute(
         .collect();
     let target_clusters: std::collections::BTreeSet<String> = targets.keys().cloned().collect();
     let source_clusters: std::collections::BTreeSet<String> = groups.keys().cloned().collect();
-    let mut pool = produce::ProducerPool::new(targets, config.limits.clone(), senders)?;
+    let readers_n = senders.len();
+    let mut pool = produce::ProducerPool::new(
+        targets,
+        config.limits.clone(),
+        senders,
+        transactional(config),
+    )?;
     for name in config.archives.keys() {
         pool.add_health(name);
     }
@@ -382,7 +398,29 @@ fn execute(
             Duration::ZERO
         },
         group: store.ownership(),
+        txn: pool.transactional().map(|_| {
+            Arc::new(transaction::TxnGate::new(
+                readers_n,
+                config.delivery.max_records_per_transaction,
+            ))
+        }),
     });
+    let mut committer = pool
+        .transactional()
+        .map(|(t, producer)| transaction::Committer {
+            cluster: t.cluster.clone(),
+            id: t.id.clone(),
+            producer,
+            // Bounds waiting for the readers (one may be in a metadata lookup, bounded by
+            // connect_timeout) and each transaction call; below the transaction timeout
+            // (at least 60 s), so the broker never aborts a transaction being committed.
+            timeout: config
+                .run
+                .shutdown_timeout
+                .max(config.run.connect_timeout * 2)
+                .clamp(Duration::from_secs(10), Duration::from_secs(50)),
+            commits: 0,
+        });
 
     // Checkpoint on a timer while the readers work; the last one is written after they end.
     let base = previous.unwrap_or_else(|| Checkpoint::new(&config.job));
@@ -487,6 +525,7 @@ fn execute(
         };
         let base = base.clone();
         let interval = config.checkpoints.interval;
+        let commit_interval = config.delivery.commit_interval;
         let max_unwritten = config.checkpoints.max_unwritten;
         let progress_every = opts.progress_every;
         let display = opts.display.clone();
@@ -523,6 +562,7 @@ fn execute(
                 let mut saver = RetryingSaver::new(store, max_unwritten);
                 let mut stalled: Option<String> = None;
                 let mut fenced: Option<CheckpointError> = None;
+                let mut txn_failed: Option<transaction::TxnError> = None;
                 let mut last_cp = Instant::now();
                 let mut last_progress = Instant::now();
                 let mut rates = crate::progress::RateMeter::starting_at(started.elapsed());
@@ -584,7 +624,23 @@ fn execute(
                         ));
                     }
                     observer.tick();
-                    let due = if saver.failing() {
+                    // Exactly-once: the checkpoint goes in the data's transaction, on the
+                    // commit interval or once the transaction is full; any failure ends
+                    // the run (the next resumes from the last commit).
+                    let due = if let (Some(c), Some(gate)) = (committer.as_mut(), shared.txn.as_ref()) {
+                        if last_cp.elapsed() >= commit_interval || gate.full() {
+                            last_cp = Instant::now();
+                            match c.commit(gate, store, || snapshot(&config, &plan, &base, &ids, &shared), true) {
+                                Ok(cp) => observer.checkpointed(&cp),
+                                Err(e) => {
+                                    shared.stop.store(true, Ordering::Relaxed);
+                                    txn_failed = Some(e);
+                                    break;
+                                }
+                            }
+                        }
+                        false
+                    } else if saver.failing() {
                         saver.retry_due()
                     } else {
                         last_cp.elapsed() >= interval
@@ -635,7 +691,7 @@ fn execute(
                         }
                     }
                 }
-                (saver, stalled, fenced, plan)
+                (saver, stalled, fenced, plan, committer, txn_failed)
             });
             let joined: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
             // Stop the checkpoint writer before propagating a reader's panic: the scope
@@ -649,10 +705,13 @@ fn execute(
             (finished, writer_state)
         })
     };
-    let (finished, (mut saver, stalled, fenced, plan)) = writer;
+    let (finished, (mut saver, stalled, fenced, plan, mut committer, txn_failed)) = writer;
     if let Some(e) = fenced {
         pool.flush(Duration::from_secs(1));
         return Err(RunError::Checkpoint(e));
+    }
+    if let Some(e) = txn_failed {
+        return Err(RunError::Transaction(e));
     }
     let mut all: Vec<CopyTask> = finished.into_iter().flatten().collect();
     all.sort_by_key(|t| t.id);
@@ -661,7 +720,19 @@ fn execute(
     }
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
-    let last = saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared));
+    let last = match (committer.as_mut(), shared.txn.as_ref()) {
+        // Exactly-once: the last transaction commits with the final positions.
+        (Some(c), Some(gate)) => {
+            c.commit(
+                gate,
+                store,
+                || snapshot(config, &plan, &base, ids, &shared),
+                false,
+            )?;
+            Ok(())
+        }
+        _ => saver.save_before_giving_up(|| snapshot(config, &plan, &base, ids, &shared)),
+    };
     // The group's partitions stay ours until the final checkpoint is written.
     if let Some(m) = member {
         m.stop();
@@ -854,4 +925,24 @@ fn progress_state(
         in_flight_bytes: shared.in_flight(),
         ..Default::default()
     }
+}
+
+/// Exactly-once: the transactional producer's cluster and id; `None` at-least-once.
+fn transactional(config: &Config) -> Option<produce::Transactional> {
+    if !config.delivery.exactly_once() {
+        return None;
+    }
+    let crate::config::StoreSettings::Kafka { cluster, .. } = &config.checkpoints.store else {
+        return None; // refused by the config check
+    };
+    Some(produce::Transactional {
+        cluster: cluster.clone(),
+        id: transaction::transactional_id(&config.job),
+        // Long enough for several commit intervals, so only a dead process's transaction
+        // times out; at most 15 minutes, the brokers' default `transaction.max.timeout.ms`
+        // (InitProducerId refuses more).
+        timeout: (config.delivery.commit_interval * 3)
+            .clamp(Duration::from_secs(60), Duration::from_secs(900)),
+        init_timeout: config.run.connect_timeout.max(Duration::from_secs(10)),
+    })
 }

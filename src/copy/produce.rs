@@ -346,8 +346,13 @@ impl ProducerContext for DeliveryContext {
             Err((e, m)) => (Err(e.clone()), Some(m.detach())),
         };
         let reader = inflight.reader as usize;
-        // A closed channel means the reader finished; its records are no longer tracked.
-        let _ = self.readers[reader].send(DeliveryReport {
+        // No reader: a checkpoint record of an exactly-once transaction, whose failure
+        // fails the commit (`super::transaction`). A closed channel means the reader
+        // finished; its records are no longer tracked.
+        let Some(tx) = self.readers.get(reader) else {
+            return;
+        };
+        let _ = tx.send(DeliveryReport {
             inflight,
             result,
             failed,
@@ -384,9 +389,22 @@ struct Slot {
     producer: Arc<TargetProducer>,
 }
 
-/// Producers by target cluster, recreated on a fatal error.
+/// Exactly-once: the one target cluster whose producer is transactional, and its id.
+#[derive(Debug, Clone)]
+pub struct Transactional {
+    pub cluster: String,
+    pub id: String,
+    /// `transaction.timeout.ms`: the broker aborts a transaction left open this long.
+    pub timeout: Duration,
+    /// Bound on InitProducerId and the first BeginTransaction.
+    pub init_timeout: Duration,
+}
+
+/// Producers by target cluster, recreated on a fatal error (never the transactional one:
+/// a fatal error there ends the run, `super::transaction`).
 pub struct ProducerPool {
     clusters: BTreeMap<String, ClusterConfig>,
+    transactional: Option<Transactional>,
     limits: Limits,
     readers: Arc<Vec<Sender<DeliveryReport>>>,
     slots: BTreeMap<String, Mutex<Slot>>,
@@ -399,9 +417,11 @@ impl ProducerPool {
         clusters: BTreeMap<String, ClusterConfig>,
         limits: Limits,
         readers: Vec<Sender<DeliveryReport>>,
+        transactional: Option<Transactional>,
     ) -> Result<Self, ClusterError> {
         let mut pool = ProducerPool {
             clusters,
+            transactional,
             limits,
             readers: Arc::new(readers),
             slots: BTreeMap::new(),
@@ -427,7 +447,14 @@ impl ProducerPool {
 
     fn create(&self, name: &str) -> Result<TargetProducer, ClusterError> {
         let cluster = &self.clusters[name];
-        producer_config(cluster, &self.limits)
+        let mut config = producer_config(cluster, &self.limits);
+        let txn = self.transactional.as_ref().filter(|t| t.cluster == name);
+        if let Some(t) = txn {
+            config
+                .set("transactional.id", &t.id)
+                .set("transaction.timeout.ms", t.timeout.as_millis().to_string());
+        }
+        let producer: TargetProducer = config
             .create_with_context(DeliveryContext {
                 quiet: QuietContext {
                     cluster: name.to_string(),
@@ -438,7 +465,29 @@ impl ProducerPool {
             .map_err(|e| ClusterError::Client {
                 cluster: name.to_string(),
                 detail: crate::cluster::client_error_detail(&e),
-            })
+            })?;
+        if let Some(t) = txn {
+            // InitProducerId fences every earlier producer with this id (a crashed or
+            // paused previous run) and aborts its open transaction; then the first
+            // transaction opens, so every record the readers produce is inside one.
+            let fail = |what: &str, e: KafkaError| ClusterError::Client {
+                cluster: name.to_string(),
+                detail: format!("transactional.id \"{}\": {what} failed: {e}", t.id),
+            };
+            producer
+                .init_transactions(t.init_timeout)
+                .map_err(|e| fail("InitProducerId", e))?;
+            producer
+                .begin_transaction()
+                .map_err(|e| fail("BeginTransaction", e))?;
+        }
+        Ok(producer)
+    }
+
+    /// Exactly-once: the transactional producer and its settings.
+    pub fn transactional(&self) -> Option<(&Transactional, Arc<TargetProducer>)> {
+        let t = self.transactional.as_ref()?;
+        Some((t, self.get(&t.cluster).1))
     }
 
     /// The current producer for `cluster` and its generation.
@@ -461,6 +510,15 @@ impl ProducerPool {
         seen: u64,
     ) -> Result<(u64, Arc<TargetProducer>), ClusterError> {
         let mut slot = self.slots[cluster].lock().expect("producer slot lock");
+        if self
+            .transactional
+            .as_ref()
+            .is_some_and(|t| t.cluster == cluster)
+        {
+            // A new instance would fence this one mid-transaction; the commit fails and the
+            // run ends instead (`super::transaction`).
+            return Ok((slot.generation, slot.producer.clone()));
+        }
         if slot.generation == seen {
             tracing::warn!(
                 cluster,

@@ -205,11 +205,26 @@ pub(super) struct State {
     /// batch, not per record, for replication latency (44 ns vs 6 ns a record, measured).
     pub(super) reports_at_ms: i64,
     pub(super) archive: ArchiveSink,
+    /// Records handed to a producer whose delivery report has not been settled yet (a
+    /// record of 0 bytes counts too, unlike `in_flight_bytes`): exactly-once answers a
+    /// commit only at 0 (`txn_answer`).
+    unsettled: u64,
 }
 
 impl Reader {
     /// Runs until every task is done or halted, or until stop; returns the tasks.
     pub fn run(self) -> Vec<CopyTask> {
+        let (id, txn) = (self.id, self.shared.txn.clone());
+        let tasks = self.run_tasks();
+        // Exactly-once: a reader that ended produces nothing more; commits stop waiting
+        // for it (its final positions were published above).
+        if let Some(gate) = txn {
+            gate.reader_done(id);
+        }
+        tasks
+    }
+
+    fn run_tasks(self) -> Vec<CopyTask> {
         let parts = Partitions::new(&self.tasks);
         // Targets and dead-letter destinations (`send` and `on_report` use both).
         let producers = self
@@ -245,6 +260,7 @@ impl Reader {
             reports_at_ms: 0,
             layout: self.layout,
             archive: self.archive,
+            unsettled: 0,
         };
         if let Some(root) = &self.source_archive {
             archive_source::run(&mut st, root);
@@ -301,6 +317,7 @@ impl State {
     ) {
         loop {
             self.settle_reports(Duration::ZERO);
+            self.txn_answer();
             self.check_producers();
             for i in 0..self.tasks.len() {
                 let t = &self.tasks[i];
@@ -332,6 +349,7 @@ impl State {
                 let until = Instant::now() + self.backoff;
                 while Instant::now() < until && !self.shared.stopping() {
                     self.settle_reports(Duration::from_millis(50));
+                    self.txn_answer();
                 }
                 self.backoff = Duration::ZERO;
             }
@@ -342,8 +360,11 @@ impl State {
             let reading = self.parts.all.iter().any(|tp| !self.paused.contains(tp));
             // Group mode: no lease, no copying (`super::ownership`).
             let leased = self.shared.group.as_ref().is_none_or(|o| o.lease_valid());
+            // Exactly-once: a full transaction waits for its commit.
+            let txn_full = self.shared.txn.as_ref().is_some_and(|g| g.full());
             if !reading
                 || !leased
+                || txn_full
                 || self.shared.in_flight() >= self.shared.limits.max_in_flight_bytes
             {
                 // Over a bound or nothing to read: wait for acknowledgements instead.
@@ -390,6 +411,22 @@ impl State {
                 self.needs_assign = true;
                 continue;
             }
+            // Exactly-once: produce only inside the open transaction; while a commit is under
+            // way, settle and answer it (`super::transaction`).
+            let gate = self.shared.txn.clone();
+            let _open = match &gate {
+                Some(g) => loop {
+                    if let Some(open) = g.enter() {
+                        break Some(open);
+                    }
+                    if self.shared.stopping() {
+                        return;
+                    }
+                    self.settle_reports(Duration::from_millis(5));
+                    self.txn_answer();
+                },
+                None => None,
+            };
             for ev in b.events {
                 match ev {
                     Event::Record(m) => {
@@ -738,7 +775,13 @@ impl State {
         }
         loop {
             match producer.send(record) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.unsettled += 1;
+                    if let Some(g) = &self.shared.txn {
+                        g.produced(1);
+                    }
+                    return Ok(());
+                }
                 // A full queue on a target that is down would keep this loop (and so the
                 // whole reader) here until `message.timeout.ms` (forever if 0): give up on
                 // stop. The caller sees QueueFull only then (`is_stopping`).
@@ -1264,6 +1307,7 @@ impl State {
     }
 
     pub(super) fn on_report(&mut self, r: DeliveryReport) {
+        self.unsettled = self.unsettled.saturating_sub(1);
         let inf = r.inflight;
         let i = inf.task as usize;
         let t = &mut self.tasks[i];
@@ -1317,6 +1361,15 @@ impl State {
                 }
             }
             Err(e) => {
+                if let Some(g) = &self.shared.txn {
+                    // Whatever happens to the record now, the transaction it was in
+                    // cannot commit (`super::transaction`).
+                    g.fail(format!(
+                        "delivery of {} offset {} to {target} failed: {e}",
+                        t.plan.source_label(),
+                        inf.offset
+                    ));
+                }
                 let mut kind = classify(&e, self.pool.is_fatal(&target));
                 if kind == FailureKind::Missing {
                     // Transient right after the topic was created; permanent if it is gone.
@@ -1465,6 +1518,22 @@ impl State {
         t.eof_gap_since = None;
         self.needs_assign = true;
         again
+    }
+
+    /// Exactly-once: a commit waits for this reader; once nothing it produced is unsettled,
+    /// publish the positions (the end of what the transaction holds) and answer.
+    fn txn_answer(&mut self) {
+        let Some(gate) = self.shared.txn.clone() else {
+            return;
+        };
+        let Some(round) = gate.pending_round(self.id) else {
+            return;
+        };
+        if self.unsettled > 0 || self.tasks.iter().any(|t| t.in_flight_bytes > 0) {
+            return;
+        }
+        self.publish();
+        gate.answer(self.id, round);
     }
 
     /// After stop: wait (bounded) for what is in flight, so it can be checkpointed.

@@ -584,6 +584,7 @@ pub(crate) mod tests {
             shutdown_timeout: Duration::from_secs(1),
             gone_after: Duration::ZERO,
             group: None,
+            txn: None,
             progress: std::sync::RwLock::new(vec![Mutex::new(progress(
                 0,
                 100,
@@ -646,6 +647,7 @@ pub(crate) mod tests {
                 // 60 records left, and the position never moves.
                 gone_after: Duration::ZERO,
                 group: None,
+                txn: None,
                 progress: std::sync::RwLock::new(vec![Mutex::new(progress(
                     40,
                     100,

@@ -47,7 +47,9 @@ pub fn round(config: &Config, rounds: &mut Rounds, failing: &mut bool) {
         remember: true,
         ..Default::default()
     };
-    match verify_with(config, &store, None, false, &opts) {
+    // Exactly-once promises no duplicates: in-run verification counts one as a difference.
+    let fail_on_duplicates = config.delivery.exactly_once();
+    match verify_with(config, &store, None, fail_on_duplicates, &opts) {
         Ok(report) if report.ok() => {
             rounds.done += 1;
             if std::mem::take(failing) {
