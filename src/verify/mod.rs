@@ -841,7 +841,7 @@ pub fn verify_with(
         }
     }
 
-    drop(reader);
+    crate::cluster::drop_in_background(reader);
     // Pass 1: every partition once, sources and targets side by side.
     let mut sources = Vec::new();
     let mut others = Vec::new();

@@ -300,10 +300,10 @@ pub(super) fn run_jobs<J: Sync, R: Send>(
                 let mut reader = Reader::new(timeout);
                 loop {
                     if failed.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
-                        return;
+                        break;
                     }
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(job) = jobs.get(i) else { return };
+                    let Some(job) = jobs.get(i) else { break };
                     match f(&mut reader, job) {
                         Ok(r) => results.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(r),
                         Err(e) => {
@@ -311,10 +311,12 @@ pub(super) fn run_jobs<J: Sync, R: Send>(
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
                                 .get_or_insert(e);
-                            return;
+                            break;
                         }
                     }
                 }
+                // Its consumers close off the way to the next pass and the report.
+                crate::cluster::drop_in_background(reader);
             });
         }
     });
