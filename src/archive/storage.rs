@@ -22,7 +22,6 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, PutPayload, WriteMultipart};
 
@@ -347,44 +346,6 @@ impl Root {
                 let bytes =
                     block(async move { store.get(&key).await?.bytes().await }).map_err(tidy)?;
                 Ok(Box::new(io::Cursor::new(bytes)))
-            }
-        }
-    }
-
-    /// Calls `f` on every file under the directory `rel` and below (for tests and tools).
-    pub fn walk(&self, rel: &str, f: &mut dyn FnMut(&str)) -> Result<(), ArchiveError> {
-        match &*self.0 {
-            Kind::Dir(_) => {
-                let l = self.list(rel)?;
-                for (name, _) in &l.files {
-                    f(&join(rel, name));
-                }
-                for d in &l.dirs {
-                    self.walk(&join(rel, d), f)?;
-                }
-                Ok(())
-            }
-            Kind::S3 { prefix, store, .. } => {
-                let (store, key) = (store.clone(), Self::key(prefix, rel));
-                let strip = if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{prefix}/")
-                };
-                let names = block(async move {
-                    let at = (!key.as_ref().is_empty()).then_some(key);
-                    let mut s = store.list(at.as_ref());
-                    let mut out = Vec::new();
-                    while let Some(o) = s.next().await {
-                        out.push(o?.location.to_string());
-                    }
-                    Ok::<_, object_store::Error>(out)
-                })
-                .map_err(|e| self.io(rel, "list")(tidy(e)))?;
-                for n in names {
-                    f(n.strip_prefix(&strip).unwrap_or(&n));
-                }
-                Ok(())
             }
         }
     }
