@@ -587,15 +587,21 @@ def live(a, results):
     fetch_wait = "10"
     for rate in a.live_rates:
         n = int(rate * seconds)
-        for phase in ("baseline", "kmirror"):
+        # Issue 12: --live-delivery adds a phase per named delivery peer (the probe reads
+        # read_committed, librdkafka's default, so exactly-once shows its commit wait).
+        for phase in ["baseline", "kmirror"] + list(a.live_delivery or []):
             src = DevCluster([("live", parts)])
-            dst = DevCluster([("bench", parts)]) if phase == "kmirror" else None
+            dst_topics = [("bench", parts)]
+            if phase in DELIVERY_PEERS:
+                dst_topics.append(("kmirror-checkpoints", 1))  # the kafka store's topic
+            dst = DevCluster(dst_topics) if phase != "baseline" else None
             km = None
             try:
                 with tempfile.TemporaryDirectory(prefix="kmirror-live-") as tmp:
                     if dst:
                         rf = routing_file(tmp, "live", src.bootstrap, dst.bootstrap, "live",
-                                          {"fetch.wait.max.ms": fetch_wait})
+                                          {"fetch.wait.max.ms": fetch_wait},
+                                          delivery=DELIVERY_PEERS.get(phase))
                         km, km_time = timed([str(KMIRROR), "-q", "run", "-c", str(rf), "--progress", "0"],
                                             tmp, "km", stdout=subprocess.DEVNULL)
                         km_pid = child_pid(km.pid)
@@ -627,7 +633,7 @@ def live(a, results):
                         row["kmirror_rss_mb"] = read_time(km_time)["rss_mb"]
                     results["live"].append(row)
                     save(a, results)
-                    log(f"  live {rate}/s {phase:8} p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
+                    log(f"  live {rate}/s {phase:20} p50 {lat['p50_ms']} ms  p99 {lat['p99_ms']} ms  "
                         f"max {lat['max_ms']} ms  received {lat['received']}/{n}"
                         + (f"  KMIRROR EXITED ({row['kmirror_exited']})" if "kmirror_exited" in row else ""))
             finally:
@@ -748,6 +754,8 @@ def report(results):
         for r in results["live"]:
             path = "producer -> source -> probe" if r["phase"] == "baseline" else \
                 "producer -> source -> kmirror -> target -> probe"
+            if r["phase"] in DELIVERY_PEERS:
+                path += f" ({r['phase']})"
             f = lambda v: "-" if v is None else f"{v:.1f}"
             if "kmirror_exited" in r:
                 path += f" (kmirror EXITED with {r['kmirror_exited']})"
@@ -806,6 +814,8 @@ def main():
     ap.add_argument("--live-rates", type=int, nargs="*", default=[5000, 20000, 50000, 100000],
                     help="live workload rates in records/s (none: skip the live workload)")
     ap.add_argument("--live-seconds", type=float, default=10)
+    ap.add_argument("--live-delivery", nargs="*", choices=list(DELIVERY_PEERS),
+                    help="also measure the live workload through these delivery peers (issue 12)")
     ap.add_argument("--tuned", nargs="*", metavar="PROPERTY=VALUE",
                     help="source-consumer properties of the 'kmirror tuned' peer "
                          f"(default: {' '.join(f'{k}={v}' for k, v in TUNED.items())})")
