@@ -103,9 +103,27 @@ fn wait_complete_at(
     n: i64,
     what: &str,
 ) -> BTreeMap<(i32, i64), u32> {
+    wait_until_complete(
+        partitions,
+        n,
+        what,
+        || census_at(bootstrap, topic),
+        String::new,
+    )
+}
+
+/// Waits until `census` holds every offset of `0..n` of each of `partitions`; on a hang,
+/// fails with `what` and `context()`.
+fn wait_until_complete(
+    partitions: i32,
+    n: i64,
+    what: &str,
+    census: impl Fn() -> BTreeMap<(i32, i64), u32>,
+    context: impl Fn() -> String,
+) -> BTreeMap<(i32, i64), u32> {
     let deadline = Instant::now() + HANG;
     loop {
-        let seen = census_at(bootstrap, topic);
+        let seen = census();
         let missing = (0..partitions)
             .flat_map(|p| (0..n).map(move |o| (p, o)))
             .filter(|k| !seen.contains_key(k))
@@ -115,7 +133,8 @@ fn wait_complete_at(
         }
         assert!(
             Instant::now() < deadline,
-            "{what}: {missing} records still missing on the target after {HANG:?}"
+            "{what}: {missing} records still missing on the target after {HANG:?}{}",
+            context()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -770,27 +789,13 @@ fn wait_census(
     what: &str,
     members: &[&Logged],
 ) -> BTreeMap<(i32, i64), u32> {
-    let deadline = Instant::now() + HANG;
-    loop {
-        let seen = census_of(m, topic);
-        let missing = (0..partitions)
-            .flat_map(|p| (0..n).map(move |o| (p, o)))
-            .filter(|k| !seen.contains_key(k))
-            .count();
-        if missing == 0 {
-            return seen;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {missing} records still missing on the target after {HANG:?}\n{}",
-            members
-                .iter()
-                .map(|l| format!("--- {}\n{}", l.log.display(), l.text()))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    let logs = || {
+        members
+            .iter()
+            .map(|l| format!("\n--- {}\n{}", l.log.display(), l.text()))
+            .collect::<String>()
+    };
+    wait_until_complete(partitions, n, what, || census_of(m, topic), logs)
 }
 
 /// A reload (SIGHUP) of the replicas' routing file that adds a route on a topic the group
