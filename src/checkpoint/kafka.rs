@@ -101,6 +101,28 @@ struct PartitionBody {
     checkpoint: PartitionCheckpoint,
 }
 
+impl PartitionBody {
+    /// The record body of `route`'s `topic`/`partition` in the route's checkpoint `rc`.
+    fn new(
+        route: &str,
+        topic: &str,
+        partition: i32,
+        rc: &RouteCheckpoint,
+        pc: &PartitionCheckpoint,
+    ) -> Self {
+        PartitionBody {
+            route: route.to_string(),
+            topic: topic.to_string(),
+            partition,
+            source_cluster: rc.source_cluster.clone(),
+            source_cluster_id: rc.source_cluster_id.clone(),
+            target_cluster_id: rc.target_cluster_id.clone(),
+            topic_id: rc.topic_ids.get(topic).cloned(),
+            checkpoint: pc.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Body {
     format: String,
@@ -157,7 +179,8 @@ fn partition_for(job: &str, partitions: usize) -> i32 {
 
 /// The checkpoint writer's context: librdkafka's logs as the other clients', and no
 /// delivery callback (a failed record fails its transaction's commit, which is reported).
-struct WriterContext(QuietContext);
+/// Also the context of the exactly-once fencing producer (`copy::transaction`).
+pub(crate) struct WriterContext(pub(crate) QuietContext);
 
 impl rdkafka::ClientContext for WriterContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -760,16 +783,7 @@ impl KafkaStore {
                 };
                 wanted.insert(
                     partition_record_key(&self.job, route, topic, p),
-                    PartitionBody {
-                        route: route.clone(),
-                        topic: topic.to_string(),
-                        partition: p,
-                        source_cluster: rc.source_cluster.clone(),
-                        source_cluster_id: rc.source_cluster_id.clone(),
-                        target_cluster_id: rc.target_cluster_id.clone(),
-                        topic_id: rc.topic_ids.get(topic).cloned(),
-                        checkpoint: pc.clone(),
-                    },
+                    PartitionBody::new(route, topic, p, rc, pc),
                 );
             }
         }
@@ -811,16 +825,7 @@ impl KafkaStore {
                     continue;
                 }
                 let k = partition_record_key(&self.job, route, topic, p);
-                let pb = PartitionBody {
-                    route: route.clone(),
-                    topic: topic.to_string(),
-                    partition: p,
-                    source_cluster: rc.source_cluster.clone(),
-                    source_cluster_id: rc.source_cluster_id.clone(),
-                    target_cluster_id: rc.target_cluster_id.clone(),
-                    topic_id: rc.topic_ids.get(topic).cloned(),
-                    checkpoint: pc.clone(),
-                };
+                let pb = PartitionBody::new(route, topic, p, rc, pc);
                 if st.stored.get(&k) == Some(&pb)
                     && st.key_epoch.get(&k) == Some(&epoch)
                     && !st.dirty.contains(&k)

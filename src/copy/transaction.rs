@@ -33,6 +33,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseRecord, Producer};
 
 use super::produce::{InFlight, TargetProducer};
+use crate::checkpoint::kafka::WriterContext;
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::cluster;
 use crate::config::ClusterConfig;
@@ -58,9 +59,9 @@ pub fn transactional_id(job: &str) -> String {
 /// producer with that id and has the broker abort its open transaction, before the run
 /// reads the checkpoint (a zombie could otherwise commit past what was read).
 pub fn fence(cluster: &ClusterConfig, id: &str, timeout: Duration) -> Result<(), TxnError> {
-    let p: rdkafka::producer::BaseProducer<FenceContext> = cluster::base_config(cluster)
+    let p: rdkafka::producer::BaseProducer<WriterContext> = cluster::base_config(cluster)
         .set("transactional.id", id)
-        .create_with_context(FenceContext(cluster::QuietContext {
+        .create_with_context(WriterContext(cluster::QuietContext {
             cluster: cluster.name.clone(),
         }))
         .map_err(|e| TxnError::Aborted {
@@ -74,23 +75,6 @@ pub fn fence(cluster: &ClusterConfig, id: &str, timeout: Duration) -> Result<(),
         cluster: cluster.name.clone(),
         why: format!("InitProducerId (fencing earlier producers) failed: {e}"),
     })
-}
-
-/// The fencing producer's context: librdkafka's logs as the other clients'; it sends nothing.
-struct FenceContext(cluster::QuietContext);
-
-impl rdkafka::ClientContext for FenceContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        self.0.log(level, fac, log_message)
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.0.error(error, reason)
-    }
-}
-
-impl rdkafka::producer::ProducerContext for FenceContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }
 
 /// Shared by the readers and the committer; see the module doc.

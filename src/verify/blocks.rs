@@ -52,6 +52,26 @@ pub(super) struct Task<'a> {
 }
 
 impl Task<'_> {
+    /// Reads `[from, to)` of the task's source partition (its archive, or its cluster).
+    fn scan_source(
+        &self,
+        reader: &mut Reader,
+        from: i64,
+        to: i64,
+        f: impl FnMut(&Record<'_>),
+    ) -> Result<(), ClusterError> {
+        super::archive::scan_source(
+            reader,
+            self.src,
+            self.src_archive,
+            &self.topic,
+            self.partition,
+            from,
+            to,
+            f,
+        )
+    }
+
     /// Block numbers (offset / block size) the copied range spans.
     pub(super) fn blocks(&self, b: i64) -> std::ops::Range<i64> {
         if self.first >= self.next {
@@ -301,33 +321,22 @@ pub(super) fn read_source(
 ) -> Result<Vec<SrcBlock>, ClusterError> {
     let ks = task.blocks(b);
     let mut blocks = vec![SrcBlock::default(); (ks.end - ks.start) as usize];
-    let (src, archive) = (task.src, task.src_archive);
-    let (topic, partition) = (&task.topic, task.partition);
-    super::archive::scan_source(
-        reader,
-        src,
-        archive,
-        topic,
-        partition,
-        task.first,
-        task.next,
-        |m| {
-            let o = m.offset();
-            let blk = &mut blocks[(o.div_euclid(b) - ks.start) as usize];
-            blk.records += 1;
-            match decide(task.route, m) {
-                Decision::Copy if task.mode == Mode::Content => {
-                    let fp = Fingerprint::of(m, &task.ignore);
-                    blk.copy
-                        .add(digest::record(o, fp.content, fp.timestamp.to_millis()));
-                    blk.copy_content.add(digest::content(o, fp.content));
-                }
-                Decision::Copy => blk.copy.count += 1,
-                Decision::Filtered => blk.filtered += 1,
-                Decision::Poison(_) => blk.poison.add(digest::offset(o)),
+    task.scan_source(reader, task.first, task.next, |m| {
+        let o = m.offset();
+        let blk = &mut blocks[(o.div_euclid(b) - ks.start) as usize];
+        blk.records += 1;
+        match decide(task.route, m) {
+            Decision::Copy if task.mode == Mode::Content => {
+                let fp = Fingerprint::of(m, &task.ignore);
+                blk.copy
+                    .add(digest::record(o, fp.content, fp.timestamp.to_millis()));
+                blk.copy_content.add(digest::content(o, fp.content));
             }
-        },
-    )?;
+            Decision::Copy => blk.copy.count += 1,
+            Decision::Filtered => blk.filtered += 1,
+            Decision::Poison(_) => blk.poison.add(digest::offset(o)),
+        }
+    })?;
     Ok(blocks)
 }
 
@@ -465,24 +474,13 @@ pub(super) fn drill(
     let content = task.mode == Mode::Content;
     let mut expected: BTreeMap<i64, Option<Fingerprint>> = BTreeMap::new();
     let mut poison: Vec<i64> = Vec::new();
-    let (src, archive) = (task.src, task.src_archive);
-    let (topic, partition) = (&task.topic, task.partition);
-    super::archive::scan_source(
-        reader,
-        src,
-        archive,
-        topic,
-        partition,
-        lo,
-        hi,
-        |m| match decide(task.route, m) {
-            Decision::Copy if content => {
-                expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
-            }
-            Decision::Copy | Decision::Filtered => {}
-            Decision::Poison(_) => poison.push(m.offset()),
-        },
-    )?;
+    task.scan_source(reader, lo, hi, |m| match decide(task.route, m) {
+        Decision::Copy if content => {
+            expected.insert(m.offset(), Some(Fingerprint::of(m, &task.ignore)));
+        }
+        Decision::Copy | Decision::Filtered => {}
+        Decision::Poison(_) => poison.push(m.offset()),
+    })?;
     let mut dead: BTreeSet<i64> = BTreeSet::new();
     if let (Some((cluster, topic)), Some(d)) = (task.dlq, dlq) {
         for &(p, a, z) in &d.ranges {
