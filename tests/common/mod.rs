@@ -26,6 +26,7 @@
 pub mod cli;
 pub mod kafka_double;
 pub mod s3;
+pub mod txn_source;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
