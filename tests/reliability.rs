@@ -1268,7 +1268,9 @@ target = "{TARGET}"
     );
     let from = logs_len();
     let run = common::spawn_run(&cfg);
-    common::wait_until("both copied", WAIT, || common::checkpoint_progress(&cfg) == 80);
+    common::wait_until("both copied", WAIT, || {
+        common::checkpoint_progress(&cfg) == 80
+    });
     // What a deleted topic looks like to a client on the mock (no DeleteTopics there).
     m.control(Control::TopicError {
         cluster: SOURCE_IDX,
@@ -1288,7 +1290,10 @@ target = "{TARGET}"
     println!("{}\n{}", report.table(), report.verdict().summary);
     for p in 0..2 {
         let gone = common::row(&report, "r", "t-drop", p);
-        assert!(gone.source_errors >= 1, "t-drop/{p}: its errors counted\n{logs}");
+        assert!(
+            gone.source_errors >= 1,
+            "t-drop/{p}: its errors counted\n{logs}"
+        );
         assert_eq!(gone.counts.acked, 20);
         let kept = common::row(&report, "r", "t-keep", p);
         assert_eq!(kept.source_errors, 0, "t-keep/{p}: not t-drop's errors");

@@ -189,12 +189,8 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
         // message pointers into the buffer, and `set_len` covers exactly those (a negative
         // count is an argument error: none written).
         let n = unsafe {
-            let n = rdsys::rd_kafka_consume_batch_queue(
-                self.queue,
-                timeout_ms,
-                raw.as_mut_ptr(),
-                max,
-            );
+            let n =
+                rdsys::rd_kafka_consume_batch_queue(self.queue, timeout_ms, raw.as_mut_ptr(), max);
             let n = n.max(0) as usize;
             raw.set_len(n);
             n
