@@ -32,6 +32,7 @@
 //!   error callback, set here for the queue's life: it tells the context, and the error
 //!   is returned with the topic and partition its text names (the only place the
 //!   callback is given them).
+//!
 //! Nothing else may read that consumer's queues meanwhile.
 
 use std::cell::RefCell;
