@@ -30,8 +30,8 @@
 //! - the errors librdkafka puts on a partition's own queue as plain errors (a topic or
 //!   partition that stopped existing: `rd_kafka_toppar_enq_error`) meet the client's
 //!   error callback, set here for the queue's life: it tells the context, and the error
-//!   is returned with the topic and partition its text names (the only place the
-//!   callback is given them).
+//!   is returned with the topic and partition its text names (the callback is given only
+//!   a code and a text).
 //!
 //! Nothing else may read that consumer's queues meanwhile.
 
@@ -159,11 +159,11 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
         Some(q)
     }
 
-    /// Appends to `out` what is queued now (at most `max` messages), or else the first
-    /// message to arrive within `timeout` and what is queued behind it; before them, the
-    /// main queue's errors (its logs and statistics go to the context). Returns how many
-    /// messages the consumer queue gave (records, ends of partition, fetch errors): fewer
-    /// than `max` means it is empty now.
+    /// Appends to `out` what is queued now (at most `max` messages, `max` at most
+    /// [`MAX_TAKE`]), or else the first message to arrive within `timeout` and what is queued
+    /// behind it; before them, the main queue's errors (its logs and statistics go to the
+    /// context as they are served). Returns how many messages the consumer queue gave
+    /// (records, ends of partition, fetch errors): fewer than `max` means it is empty now.
     pub fn take(&self, timeout: Duration, max: usize, out: &mut Vec<Polled<'c>>) -> usize {
         out.append(&mut self.early.borrow_mut());
         self.serve_events(self.main, out);
@@ -259,6 +259,7 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
             }
         }
     }
+
     /// Turns an event into a `Polled`, or serves it (logs, statistics) and returns None.
     ///
     /// # Safety
