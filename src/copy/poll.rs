@@ -36,6 +36,7 @@
 //! Nothing else may read that consumer's queues meanwhile.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::marker::PhantomData;
 use std::os::raw::{c_char, c_int, c_void};
@@ -45,6 +46,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedHeaders, Message, Timestamp};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka_sys as rdsys;
 use rdsys::rd_kafka_resp_err_t as Err_;
 
@@ -71,6 +73,9 @@ pub struct SourceQueue<'c, C: ConsumerContext> {
     /// What the main queue and the consumer queue held when this was made (before any
     /// assignment: errors only), handed out by the first `take`.
     early: RefCell<Vec<Polled<'c>>>,
+    /// The offset of the last error (end of partition included) a batch returned for each
+    /// (topic, partition): see `position`.
+    error_offsets: RefCell<HashMap<(String, i32), i64>>,
 }
 
 thread_local! {
@@ -142,6 +147,7 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
             main,
             consumer,
             early: RefCell::new(Vec::new()),
+            error_offsets: RefCell::new(HashMap::new()),
         };
         // SAFETY: both handles are live (above); the callback's `C` is this consumer's
         // context type.
@@ -215,13 +221,18 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
             }
             // SAFETY: as above; `rkt` is null or the message's live topic handle, and an
             // error's payload is its text (`len` bytes, not NUL-terminated).
-            let (topic, partition, reason) = unsafe {
+            let (topic, partition, offset, reason) = unsafe {
                 let msg = &*m.msg;
                 let text = slice(msg.payload, msg.len)
                     .map_or_else(String::new, |b| String::from_utf8_lossy(b).into_owned());
-                (topic_name(msg.rkt), msg.partition, text)
+                (topic_name(msg.rkt), msg.partition, msg.offset, text)
             };
             drop(m);
+            if let (Some(t), true) = (&topic, offset >= 0) {
+                self.error_offsets
+                    .borrow_mut()
+                    .insert((t.clone(), partition), offset);
+            }
             // As through the event path, where these are error events: the context hears
             // every one.
             self.consumer
@@ -241,6 +252,28 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
             }
         });
         n
+    }
+
+    /// The consumer's positions (`rd_kafka_position`: control records, which are never
+    /// returned, counted), as the event API left them. A batch call also moves a
+    /// partition's position past an error it returns (to the error's offset + 1: librdkafka
+    /// 2.12's `rd_kafka_q_serve_rkmessages` does not skip error messages there), so after
+    /// an end of partition at X it says X + 1 where the consumer is at X, and the end
+    /// logic would take an open transaction's first offset for read. Where the position is
+    /// exactly one past the partition's last returned error, that error's offset is
+    /// reported instead: if a record at X was read since (position truly X + 1), this says
+    /// one less until the next end of partition, which is the cautious side.
+    pub fn position(&self) -> Option<TopicPartitionList> {
+        let mut tpl = self.consumer.position().ok()?;
+        for ((topic, partition), &at) in self.error_offsets.borrow().iter() {
+            let past = tpl
+                .find_partition(topic, *partition)
+                .and_then(|el| el.offset().to_raw());
+            if past == Some(at + 1) {
+                let _ = tpl.set_partition_offset(topic, *partition, Offset::Offset(at));
+            }
+        }
+        Some(tpl)
     }
 
     /// Serves what `queue` holds now, without waiting, with the event API: logs and
