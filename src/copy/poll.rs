@@ -254,8 +254,9 @@ impl<'c, C: ConsumerContext> SourceQueue<'c, C> {
         n
     }
 
-    /// The consumer's positions (`rd_kafka_position`: control records, which are never
-    /// returned, counted), as the event API left them. A batch call also moves a
+    /// The consumer's positions (`rd_kafka_position`, which counts control records though
+    /// they are never returned), as reading one event at a time left them. A batch call also
+    /// moves a
     /// partition's position past an error it returns (to the error's offset + 1: librdkafka
     /// 2.12's `rd_kafka_q_serve_rkmessages` does not skip error messages there), so after
     /// an end of partition at X it says X + 1 where the consumer is at X, and the end
