@@ -1237,6 +1237,75 @@ fn stopped_while_source_fetches_fail_is_not_success() {
     );
 }
 
+/// Issue 13 (batch reads): a source topic that stops existing reaches the reader as an error
+/// of each of its own partitions, named by topic and partition, while the other topic goes
+/// on. librdkafka queues it as a plain error on the partition's queue (not as a message),
+/// which a batch read (`rd_kafka_consume_batch_queue`) serves through the client's error
+/// callback: without the callback `kmirror::copy::poll` sets, it became a librdkafka log
+/// line and the partitions sat at "copying" with nothing counted.
+#[test]
+fn a_source_topic_gone_from_metadata_is_an_error_of_its_own_partitions() {
+    let _serial = serial();
+    let m = Mirror::start(&[("t-drop", 2), ("t-keep", 2)]);
+    common::produce_numbered(m.source(), "t-drop", 2, 0..20, TS);
+    common::produce_numbered(m.source(), "t-keep", 2, 0..20, TS);
+    // Metadata read often, and an unknown topic believed at once (not after 30 s).
+    let cfg = m.config(
+        "gone",
+        &format!(
+            r#"
+[clusters.{SOURCE}.properties]
+"topic.metadata.refresh.interval.ms" = "200"
+"topic.metadata.propagation.max.ms" = "0"
+
+[[routes]]
+name = "r"
+source = "{SOURCE}"
+topics = ["t-drop", "t-keep"]
+target = "{TARGET}"
+"#
+        ),
+    );
+    let from = logs_len();
+    let run = common::spawn_run(&cfg);
+    common::wait_until("both copied", WAIT, || {
+        common::checkpoint_progress(&cfg) == 80
+    });
+    // What a deleted topic looks like to a client on the mock (no DeleteTopics there).
+    m.control(Control::TopicError {
+        cluster: SOURCE_IDX,
+        topic: "t-drop".into(),
+        error: RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+    });
+    common::wait_until("a warn line about t-drop", WAIT, || {
+        logs_since(from).contains(&format!("consumer error on {SOURCE}:t-drop"))
+    });
+    common::produce_numbered(m.source(), "t-keep", 2, 20..30, TS);
+    common::wait_until("t-keep followed", WAIT, || {
+        common::checkpoint_progress(&cfg) == 100
+    });
+    run.request_stop();
+    let report = run.join(WAIT);
+    let logs = logs_since(from);
+    println!("{}\n{}", report.table(), report.verdict().summary);
+    for p in 0..2 {
+        let gone = common::row(&report, "r", "t-drop", p);
+        assert!(
+            gone.source_errors >= 1,
+            "t-drop/{p}: its errors counted\n{logs}"
+        );
+        assert_eq!(gone.counts.acked, 20);
+        let kept = common::row(&report, "r", "t-keep", p);
+        assert_eq!(kept.source_errors, 0, "t-keep/{p}: not t-drop's errors");
+        assert_eq!(kept.counts.acked, 30);
+    }
+    let warn = logs
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains(&format!("consumer error on {SOURCE}:t-drop")))
+        .unwrap();
+    assert!(warn.to_lowercase().contains("unknown"), "{warn}");
+}
+
 /// 1 KiB records for the slow-target test: key 8 + value 1000 + header 3 + 8 = 1019 bytes.
 fn kib_record(p: i32, i: i64) -> TestRecord {
     TestRecord {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-use super::poll::{Polled, SourceQueue, SourceRecord};
+use super::poll::{Polled, SourceQueue, SourceRecord, MAX_TAKE};
 
 /// One item taken from the consumer queue, in queue order.
 pub enum Event<'c> {
@@ -122,7 +122,15 @@ pub struct Batch<'c> {
 }
 
 /// Takes up to `max_records` records or until their in-flight charge reaches `max_bytes`,
-/// waiting at most `wait` for the first event and not at all for the rest.
+/// waiting at most `wait` for the first event and not at all for the rest. Stops after an
+/// error, so the reader handles it before reading on (what the same batch call returned
+/// behind it is kept, in order).
+///
+/// The queue is taken a slice at a time (`SourceQueue::take`), and what a slice took is
+/// in the batch whether or not it fits: a slice is as many records as fit the bytes left
+/// if each were as large as the largest seen so far (one record before any was seen), so
+/// with records of one size the charge passes `max_bytes` by at most one record, as it did
+/// when records were taken one at a time.
 pub fn collect<'c, C: ConsumerContext>(
     consumer: &SourceQueue<'c, C>,
     max_records: usize,
@@ -136,30 +144,47 @@ pub fn collect<'c, C: ConsumerContext>(
         charge: 0,
     };
     let mut timeout = wait;
+    let mut largest = 0u64;
+    let mut taken = Vec::new();
     while batch.records < max_records && batch.charge < max_bytes {
-        match consumer.poll(timeout) {
-            None => break,
-            Some(Polled::Record(m)) => {
-                batch.records += 1;
-                batch.bytes += (m.key_len() + m.payload_len()) as u64;
-                batch.charge += super::record::record_bytes(&m) as u64;
-                batch.events.push(Event::Record(m));
-            }
-            Some(Polled::Eof(t, p)) => batch.events.push(Event::Eof(t, p)),
-            Some(Polled::Error {
-                error,
-                topic,
-                partition,
-            }) => {
-                batch.events.push(Event::Error {
-                    error,
+        let fit = match largest {
+            0 => 1,
+            l => ((max_bytes - batch.charge) / l).max(1),
+        };
+        let want = (max_records - batch.records)
+            .min(usize::try_from(fit).unwrap_or(usize::MAX))
+            .min(MAX_TAKE);
+        let got = consumer.take(timeout, want, &mut taken);
+        timeout = Duration::ZERO;
+        let mut error = false;
+        for p in taken.drain(..) {
+            match p {
+                Polled::Record(m) => {
+                    let charge = super::record::record_bytes(&m) as u64;
+                    largest = largest.max(charge);
+                    batch.records += 1;
+                    batch.bytes += (m.key_len() + m.payload_len()) as u64;
+                    batch.charge += charge;
+                    batch.events.push(Event::Record(m));
+                }
+                Polled::Eof(t, p) => batch.events.push(Event::Eof(t, p)),
+                Polled::Error {
+                    error: e,
                     topic,
                     partition,
-                });
-                break;
+                } => {
+                    batch.events.push(Event::Error {
+                        error: e,
+                        topic,
+                        partition,
+                    });
+                    error = true;
+                }
             }
         }
-        timeout = Duration::ZERO;
+        if error || got < want {
+            break; // an error to handle first, or the queue is empty now
+        }
     }
     batch
 }

@@ -323,7 +323,7 @@ impl State {
                 let t = &self.tasks[i];
                 if let (Some(since), Some(e)) = (t.eof_gap_since, t.plan.end.offset()) {
                     if since.elapsed() >= EOF_GAP_GRACE && t.status == TaskStatus::Copying {
-                        self.end_below_end(consumer, i, e);
+                        self.end_below_end(queue, i, e);
                     }
                 }
                 self.tasks[i].maybe_finish();
@@ -338,7 +338,7 @@ impl State {
                 self.end_source_episode(scope, None);
             }
             if self.last_publish.elapsed() >= Duration::from_millis(200) {
-                self.refresh_log_ends(consumer);
+                self.refresh_log_ends(consumer, queue);
                 self.publish();
             }
             self.follow_layout();
@@ -1029,16 +1029,15 @@ impl State {
     /// offset, so an open transaction looks just like a trailing gap (markers, compaction);
     /// calling it a gap would move the checkpoint over records still to be committed. It is
     /// a gap only if the consumer read (control records included) up to the end.
-    fn end_below_end(&mut self, consumer: &BaseConsumer<QuietContext>, i: usize, e: i64) {
+    fn end_below_end(&mut self, queue: &SourceQueue<'_, QuietContext>, i: usize, e: i64) {
         let (topic, p) = (
             self.tasks[i].plan.topic.clone(),
             self.tasks[i].plan.partition,
         );
         // The consumer's position counts control records (transaction markers) too, and
         // every record it passed has been offered by now (this runs between batches).
-        let read_to = consumer
+        let read_to = queue
             .position()
-            .ok()
             .and_then(|tpl| tpl.find_partition(&topic, p).map(|el| el.offset()))
             .and_then(|o| o.to_raw())
             .unwrap_or(-1);
@@ -1554,10 +1553,14 @@ impl State {
     /// Takes each partition's end from what the consumer's fetches last reported (no
     /// request to the broker), and how far the consumer passed, for the lag `/metrics`
     /// shows. Runs between batches, so every record the consumer passed was offered.
-    fn refresh_log_ends(&mut self, consumer: &BaseConsumer<QuietContext>) {
+    fn refresh_log_ends(
+        &mut self,
+        consumer: &BaseConsumer<QuietContext>,
+        queue: &SourceQueue<'_, QuietContext>,
+    ) {
         // The consumer's position counts control records (transaction markers) too: on a
         // transactional topic at rest it is past the last record, where a task's is not.
-        let positions = consumer.position().ok();
+        let positions = queue.position();
         for &(ti, p) in &self.parts.all {
             let read_to = positions
                 .as_ref()
