@@ -1333,3 +1333,72 @@ fn exactly_once_a_paused_member_whose_partitions_were_taken_commits_nothing_and_
         "exactly-once pause: b paused with its open transaction ({dups} of its records visible on the mock), exit 6 on waking; b had committed {b_last:?}"
     );
 }
+
+/// Issue 12: clean handovers exactly-once (scaling 1 -> 2 -> 1 while copying): a member
+/// joining makes the other hand half its partitions over (their last positions committed
+/// with their records, marked handed over), and a member stopped with SIGTERM hands its
+/// partitions back with its final commit. No one fences anyone, and with no crash there is
+/// nothing to set aside: the target holds every record exactly once.
+#[test]
+fn exactly_once_clean_handovers_copy_every_record_once_and_fence_no_one() {
+    const P: i32 = 8;
+    const N: i64 = 5_000;
+    const JOB: &str = "eoshand";
+    let m = Mirror::start(&[(TOPIC, P)]);
+    m.create_target_topic(CP_TOPIC, 1);
+    produce(&m, P, 0..N as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 2_000);
+    let mut one = vec![member(&cfg, "a")];
+    wait_all_claimed(&m, JOB, P, &mut one);
+    let a = one.pop().unwrap();
+    let a_pid = a.pid() as u64;
+    after_next_commit(&m, JOB, a_pid, Duration::from_millis(200));
+    let b = member(&cfg, "b");
+    let b_pid = b.pid() as u64;
+    let mut two = vec![a, b];
+    wait_split(&m, JOB, P, &mut two);
+    let b = two.pop().unwrap();
+    let a = two.pop().unwrap();
+    after_next_commit(&m, JOB, b_pid, Duration::from_millis(400));
+    let b_out = stop(b);
+    assert_eq!(b_out.code, 0, "b stops cleanly: {}", b_out.stderr);
+    let a = wait_all_done_by(&m, JOB, P, N, a);
+    let a_out = stop(a);
+    assert_eq!(a_out.code, 0, "a: {}", a_out.stderr);
+
+    let seen = census(&m, P);
+    common::assert_exactly_once(&seen, &common::same_range(P, 0..N));
+    for (who, log) in [("a", &a_out.stderr), ("b", &b_out.stderr)] {
+        assert!(
+            !log.contains("fencing transactional.id"),
+            "{who} fenced someone across clean handovers:\n{log}"
+        );
+    }
+    // Each partition moved to b was handed over by a, and back by b: a released record of
+    // each, naming its writer, precedes the next owner's claim.
+    let all = entries(m.target(), JOB);
+    let b_had: std::collections::BTreeSet<i32> = all
+        .iter()
+        .filter(|e| e.pid == b_pid)
+        .map(|e| e.partition)
+        .collect();
+    assert_eq!(b_had.len() as i32, P / 2, "b held half");
+    for p in &b_had {
+        for (from, to, id) in [(a_pid, b_pid, "a"), (b_pid, a_pid, "b")] {
+            let handed = all
+                .iter()
+                .find(|e| e.partition == *p && e.pid == from && e.released)
+                .unwrap_or_else(|| panic!("{id} never handed {p} over: {all:?}"));
+            assert_eq!(
+                handed.txn.as_deref(),
+                Some(&format!("kmirror-{JOB}-eos-{id}")[..])
+            );
+            assert!(
+                all.iter()
+                    .any(|e| e.partition == *p && e.pid == to && e.offset > handed.offset),
+                "no claim of {p} after {id}'s handover"
+            );
+        }
+    }
+}

@@ -942,6 +942,14 @@ impl KafkaStore {
         if records.is_empty() {
             return Ok(());
         }
+        // Exactly-once: a position committed apart from its records (which may still be in
+        // the open data transaction) is lost with them in a crash; only `stage` writes.
+        if self.eos_txn.is_some() {
+            return Err(self.store_err(
+                "write checkpoint records outside the data transaction",
+                "with exactly_once a group member's checkpoint records commit only with its data (a bug if seen)",
+            ));
+        }
         self.write(&mut st, partition, &records)?;
         self.owned_written(&mut st, wrote);
         Ok(())
