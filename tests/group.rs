@@ -959,13 +959,13 @@ fn a_topic_created_mid_run_is_shared_out_by_the_group_and_copied() {
 // closes the remaining race on real Kafka, is seen here only in the log.
 
 /// `max_records_per_transaction` in these tests.
-const EOS_TXN: u64 = 2_000;
+const EOS_TXN: u64 = 1_000;
 /// The most one reader's batch takes at once (`source_partition`): what a transaction can
 /// overshoot `max_records_per_transaction` by.
 const BATCH_MAX: u64 = 2_000;
 
 /// `group_config` copying exactly-once, each process at most `rate` records/s, a commit
-/// every 2 s or `EOS_TXN` records (about one a second at 2,000 records/s).
+/// every 2 s or `EOS_TXN` records (about one a second at 1,000 records/s).
 fn eos_group_config(m: &Mirror, dir: &Path, job: &str, session: &str, rate: u64) -> PathBuf {
     let path = group_config(m, dir, job, session);
     let text = fs::read_to_string(&path).unwrap().replace(
@@ -1008,15 +1008,20 @@ fn positions_of(m: &Mirror, job: &str, pid: u64) -> BTreeMap<i32, i64> {
         .collect()
 }
 
-/// Waits for a commit of `pid` that moves its positions, then `after` more: commits come
-/// about once a second here, so what is done next lands mid-transaction.
-fn after_next_commit(m: &Mirror, job: &str, pid: u64, after: Duration) {
+/// Waits for a commit of `pid` that moves its positions, with some of them still short of
+/// `n` (more to copy), then `after` more: commits come about once a second here, so what is
+/// done next lands mid-transaction, mid-copy.
+fn after_next_commit(m: &Mirror, job: &str, pid: u64, n: i64, after: Duration) {
     let before = positions_of(m, job, pid);
     let deadline = Instant::now() + HANG;
-    while positions_of(m, job, pid) == before {
+    loop {
+        let now = positions_of(m, job, pid);
+        if now != before && now.values().any(|o| *o < n) {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
-            "no commit of pid {pid} after {HANG:?}"
+            "no commit of pid {pid} short of {n} after {HANG:?}: {now:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1104,13 +1109,13 @@ target = "dst"
 #[test]
 fn exactly_once_failover_after_a_kill_mid_transaction_commits_every_record_once() {
     const P: i32 = 8;
-    const N: i64 = 5_000;
+    const N: i64 = 8_000;
     const JOB: &str = "eosfail";
     let m = Mirror::start(&[(TOPIC, P)]);
     m.create_target_topic(CP_TOPIC, 1);
     produce(&m, P, 0..N as u64);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 2_000);
+    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 1_000);
     let c = common::cli::km_env(&["check", "-c", s(&cfg)], &[("KM_INSTANCE", "a")], HANG);
     assert_eq!(c.code, 0, "check: {}", c.stderr);
     assert!(
@@ -1125,7 +1130,7 @@ fn exactly_once_failover_after_a_kill_mid_transaction_commits_every_record_once(
     let b = all.pop().unwrap();
     let a = all.pop().unwrap();
     let b_pid = b.pid() as u64;
-    after_next_commit(&m, JOB, b_pid, Duration::from_millis(400));
+    after_next_commit(&m, JOB, b_pid, N, Duration::from_millis(400));
     signal(b.pid(), "-KILL");
     let b_out = b.wait(HANG);
     assert_eq!(b_out.code, -1, "b killed: {}", b_out.stderr);
@@ -1242,19 +1247,19 @@ fn exactly_once_failover_after_a_kill_mid_transaction_commits_every_record_once(
 #[test]
 fn exactly_once_a_paused_member_whose_partitions_were_taken_commits_nothing_and_stops() {
     const P: i32 = 8;
-    const N: i64 = 5_000;
+    const N: i64 = 8_000;
     const JOB: &str = "eospause";
     let m = Mirror::start(&[(TOPIC, P)]);
     m.create_target_topic(CP_TOPIC, 1);
     produce(&m, P, 0..N as u64);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 2_000);
+    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 1_000);
     let mut all = vec![member(&cfg, "a"), member(&cfg, "b")];
     wait_split(&m, JOB, P, &mut all);
     let b = all.pop().unwrap();
     let a = all.pop().unwrap();
     let (a_pid, b_pid) = (a.pid() as u64, b.pid() as u64);
-    after_next_commit(&m, JOB, b_pid, Duration::from_millis(400));
+    after_next_commit(&m, JOB, b_pid, N, Duration::from_millis(400));
     signal(b.pid(), "-STOP");
     let b_last = positions_of(&m, JOB, b_pid);
     let b_epochs: BTreeMap<i32, i64> = standing(m.target(), JOB)
@@ -1342,25 +1347,25 @@ fn exactly_once_a_paused_member_whose_partitions_were_taken_commits_nothing_and_
 #[test]
 fn exactly_once_clean_handovers_copy_every_record_once_and_fence_no_one() {
     const P: i32 = 8;
-    const N: i64 = 5_000;
+    const N: i64 = 8_000;
     const JOB: &str = "eoshand";
     let m = Mirror::start(&[(TOPIC, P)]);
     m.create_target_topic(CP_TOPIC, 1);
     produce(&m, P, 0..N as u64);
     let dir = tempfile::tempdir().unwrap();
-    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 2_000);
+    let cfg = eos_group_config(&m, dir.path(), JOB, "6s", 1_000);
     let mut one = vec![member(&cfg, "a")];
     wait_all_claimed(&m, JOB, P, &mut one);
     let a = one.pop().unwrap();
     let a_pid = a.pid() as u64;
-    after_next_commit(&m, JOB, a_pid, Duration::from_millis(200));
+    after_next_commit(&m, JOB, a_pid, N, Duration::from_millis(200));
     let b = member(&cfg, "b");
     let b_pid = b.pid() as u64;
     let mut two = vec![a, b];
     wait_split(&m, JOB, P, &mut two);
     let b = two.pop().unwrap();
     let a = two.pop().unwrap();
-    after_next_commit(&m, JOB, b_pid, Duration::from_millis(400));
+    after_next_commit(&m, JOB, b_pid, N, Duration::from_millis(400));
     let b_out = stop(b);
     assert_eq!(b_out.code, 0, "b stops cleanly: {}", b_out.stderr);
     let a = wait_all_done_by(&m, JOB, P, N, a);
