@@ -601,7 +601,10 @@ fn execute(
                                 .map_err(ownership::CheckpointNowError::Failed),
                         };
                         g.tick(&mut plan, &shared, &mut applier, &observer, store, &mut now);
-                        if let Some(e) = g.take_ended() {
+                        if let Some((e, abort)) = g.take_ended() {
+                            if let (true, Some(c)) = (abort, committer.as_ref()) {
+                                c.abort_open(e.to_string());
+                            }
                             shared.stop.store(true, Ordering::Relaxed);
                             txn_failed = Some(e);
                             break;

@@ -538,8 +538,10 @@ pub struct GroupEngine {
     /// Exactly-once: the checkpoint cluster (the data producer's) and the bound to fence a
     /// previous owner's transactional producer there.
     fence: Option<(ClusterConfig, Duration)>,
-    /// Exactly-once: why the run must end (a failed commit or fence), for the run to return.
-    ended: Option<TxnError>,
+    /// Exactly-once: why the run must end (a failed commit, fence or read), for the run to
+    /// return, and whether the open transaction is still to be aborted (a failed commit
+    /// aborted it already).
+    ended: Option<(TxnError, bool)>,
 }
 
 impl GroupEngine {
@@ -561,15 +563,16 @@ impl GroupEngine {
         }
     }
 
-    /// Exactly-once: the error that ended the run, once.
-    pub fn take_ended(&mut self) -> Option<TxnError> {
+    /// Exactly-once: the error that ended the run, once, and whether the open transaction
+    /// is still to be aborted.
+    pub fn take_ended(&mut self) -> Option<(TxnError, bool)> {
         self.ended.take()
     }
 
-    fn end(&mut self, shared: &Shared, e: TxnError) {
+    fn end(&mut self, shared: &Shared, e: TxnError, abort: bool) {
         shared.stop.store(true, Ordering::Relaxed);
         if self.ended.is_none() {
-            self.ended = Some(e);
+            self.ended = Some((e, abort));
         }
     }
 
@@ -588,7 +591,8 @@ impl GroupEngine {
                 true
             }
             Err(CheckpointNowError::Ended(e)) => {
-                self.end(shared, e);
+                // The committer aborted the transaction already.
+                self.end(shared, e, false);
                 false
             }
         }
@@ -732,7 +736,7 @@ impl GroupEngine {
             match self.fence_and_load(&parts, store) {
                 Ok(cp) => cp,
                 Err(e) => {
-                    self.end(shared, e);
+                    self.end(shared, e, true);
                     return;
                 }
             }

@@ -349,6 +349,12 @@ impl Committer {
         }
     }
 
+    /// Aborts the open transaction because the run ends for `why` outside a commit (in a
+    /// group: a previous owner could not be fenced, or the checkpoints not read).
+    pub fn abort_open(&self, why: String) {
+        self.abort(why);
+    }
+
     /// Aborts the open transaction (bounded); the reason, as the run's error.
     fn abort(&self, why: String) -> TxnError {
         if let Err(e) = self.producer.abort_transaction(self.timeout) {
