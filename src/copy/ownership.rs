@@ -869,20 +869,24 @@ impl GroupEngine {
             .map(|(id, _)| id)
             .collect();
         let since = Instant::now();
-        let drained = loop {
-            let all = ids.iter().all(|&id| {
-                let p = shared.progress_of(id);
-                p.in_flight_bytes == 0
-                    && !matches!(p.status, TaskStatus::Copying | TaskStatus::ReadDone)
-            });
-            if all || shared.stopping() {
-                break all;
-            }
-            if since.elapsed() >= self.drain_limit {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        // Exactly-once: partitions lost are not drained (their records must not commit: the
+        // commit below refuses), so the run ends at once.
+        let exactly_once_lost = lost && self.fence.is_some();
+        let drained = exactly_once_lost
+            || loop {
+                let all = ids.iter().all(|&id| {
+                    let p = shared.progress_of(id);
+                    p.in_flight_bytes == 0
+                        && !matches!(p.status, TaskStatus::Copying | TaskStatus::ReadDone)
+                });
+                if all || shared.stopping() {
+                    break all;
+                }
+                if since.elapsed() >= self.drain_limit {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
         if !drained {
             tracing::warn!(
                 "group: revoked partitions did not drain within {}; their checkpoint covers what was acknowledged (the next owner may copy what was in flight again)",

@@ -223,6 +223,13 @@ impl Committer {
         store: &dyn CheckpointStore,
         snapshot: impl FnOnce() -> Checkpoint,
     ) -> Result<Checkpoint, TxnError> {
+        // A commit the store refuses anyway is not worth waiting for the readers (in a
+        // group: a member that may have lost a partition; its in-flight deliveries may
+        // never settle once another member fenced its producer).
+        if let Err(e) = store.may_commit() {
+            self.abort(e.to_string());
+            return Err(e.into());
+        }
         // No reader is producing now: ask each to settle what it produced and publish.
         let round = gate.wanted.fetch_add(1, Ordering::AcqRel) + 1;
         // No flush here: a reader answers only once every record it produced has its
