@@ -64,7 +64,9 @@ fn checkpoint_code(e: &CheckpointError) -> i32 {
         CheckpointError::Read { .. }
         | CheckpointError::Write { .. }
         | CheckpointError::Store { .. } => exit::OTHER,
-        CheckpointError::Locked { .. } | CheckpointError::Fenced { .. } => exit::LOCKED,
+        CheckpointError::Locked { .. }
+        | CheckpointError::Fenced { .. }
+        | CheckpointError::Taken { .. } => exit::LOCKED,
         CheckpointError::TopicMissing { .. } | CheckpointError::Cluster { .. } => exit::CLUSTER,
         _ => exit::CHECKPOINT,
     }

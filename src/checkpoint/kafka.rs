@@ -27,6 +27,9 @@
 //! owns, never forgets (tombstones) the others', and stamps each record with the epoch it
 //! owns the partition at. Read back, the record with the highest epoch wins, whatever its
 //! place in the log; a record without one (written outside a group) counts as epoch 0.
+//! With exactly_once the records go into the replica's data transaction instead (`stage`),
+//! name its transactional.id and say when they hand a partition over (`Body::txn`,
+//! `Body::released`), so the next owner knows whom to fence (`unreleased_writers`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -133,6 +136,15 @@ struct Body {
     /// The writer's ownership epoch for the partition (group mode); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     generation: Option<i64>,
+    /// Group mode with exactly_once: the writer's `transactional.id` (its data producer's),
+    /// which the next owner fences when it takes the partition without a handover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    txn: Option<String>,
+    /// Group mode with exactly_once: the writer handed the partition over with this record
+    /// (a revocation, or a clean stop): its transactions hold nothing of the partition past
+    /// it, so the next owner need not fence it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    released: bool,
     /// Absent in an owner record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     partition: Option<PartitionBody>,
@@ -222,6 +234,8 @@ struct State {
     key_epoch: BTreeMap<Vec<u8>, i64>,
     /// Group mode: source partition -> the highest epoch read or written for it.
     epochs: BTreeMap<(String, i32), i64>,
+    /// Group mode: key -> the standing record's writer (`Body::txn`) and `Body::released`.
+    writers: BTreeMap<Vec<u8>, (Option<String>, bool)>,
 }
 
 /// Checkpoint records to be written in someone else's transaction (exactly-once: the copy's
@@ -233,7 +247,20 @@ pub struct Staged {
     pub partition: i32,
     /// Key and value (or tombstone) of each record.
     pub records: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// Without a group: the whole stored state once committed.
     wanted: BTreeMap<Vec<u8>, PartitionBody>,
+    /// Group mode: the owned partitions' records written, for the bookkeeping `save_owned`
+    /// does after its own write.
+    owned: Option<Vec<OwnedWrite>>,
+}
+
+/// Group mode: one owned partition's record, and what the store holds once it is written.
+struct OwnedWrite {
+    key: Vec<u8>,
+    body: PartitionBody,
+    tp: (String, i32),
+    epoch: i64,
+    released: bool,
 }
 
 /// Checkpoints in a compacted topic; see the module doc.
@@ -246,6 +273,9 @@ pub struct KafkaStore {
     state: Mutex<State>,
     /// Group mode: this replica's instance id and what it owns.
     group: Option<(String, std::sync::Arc<Ownership>)>,
+    /// Group mode with exactly_once: the data producer's `transactional.id`, recorded in
+    /// each record (`Body::txn`).
+    eos_txn: Option<String>,
 }
 
 impl KafkaStore {
@@ -270,8 +300,10 @@ impl KafkaStore {
                 written_at: String::new(),
                 key_epoch: BTreeMap::new(),
                 epochs: BTreeMap::new(),
+                writers: BTreeMap::new(),
             }),
             group: None,
+            eos_txn: None,
         }
     }
 
@@ -287,6 +319,13 @@ impl KafkaStore {
         let mut s = Self::new(cluster, topic, job, timeout);
         s.group = Some((instance_id.to_string(), ownership));
         s
+    }
+
+    /// Group mode with exactly_once: the records go into the data transaction of the
+    /// producer `transactional.id` `id` (`CheckpointStore::stage`), and name it.
+    pub fn with_exactly_once(mut self, id: String) -> Self {
+        self.eos_txn = Some(id);
+        self
     }
 
     /// The highest epoch recorded for a source partition as last read (0: none).
@@ -454,6 +493,7 @@ impl KafkaStore {
         st.dirty.clear();
         st.key_epoch.clear();
         st.epochs.clear();
+        st.writers.clear();
         st.owner = None;
         st.read_to = 0;
         self.drain(st, &consumer, partition, true)?;
@@ -553,6 +593,7 @@ impl KafkaStore {
             st.stored.remove(key);
             // Forgotten (a reset): whatever is written next stands, whatever its epoch.
             st.key_epoch.remove(key);
+            st.writers.remove(key);
             return Ok(());
         };
         let sealed: Sealed = serde_json::from_slice(payload)
@@ -616,6 +657,8 @@ impl KafkaStore {
                     return Ok(());
                 }
                 st.key_epoch.insert(key.to_vec(), epoch);
+                st.writers
+                    .insert(key.to_vec(), (body.txn.clone(), body.released));
                 let e = st
                     .epochs
                     .entry((pb.topic.clone(), pb.partition))
@@ -761,6 +804,8 @@ impl KafkaStore {
             owner: self.me.clone(),
             written_at: value::format_ms(value::now_ms()),
             generation: None,
+            txn: None,
+            released: false,
             partition,
         }
     }
@@ -801,13 +846,22 @@ impl KafkaStore {
         (wanted, records)
     }
 
-    /// Group mode's save: only owned partitions, at their epoch; a partition recorded at a
-    /// higher epoch than ours is fenced instead of written.
-    fn save_owned(&self, cp: &Checkpoint, ownership: &Ownership) -> Result<(), CheckpointError> {
-        let mut st = self.state.lock().expect("store lock");
-        let partition = st.partition.expect("claimed");
-        // What the others wrote since: an epoch above ours is seen here.
-        self.check_still_owner(&mut st, partition)?;
+    /// Group mode: the records of the partitions this member owns in `cp`, each at the epoch
+    /// it owns it at, where they differ from what stands (or must be written again: a stale
+    /// writer's record came after ours, or the partition is being handed over). A partition
+    /// recorded at a higher epoch than ours was taken by another member: at-least-once it is
+    /// fenced and nothing is written for it; exactly-once (`strict`) the whole write is
+    /// refused, because the open transaction it would join holds records of that partition
+    /// already, which must not commit (the new owner resumes from the last committed
+    /// checkpoint).
+    #[allow(clippy::type_complexity)]
+    fn owned_records(
+        &self,
+        st: &State,
+        cp: &Checkpoint,
+        ownership: &Ownership,
+        strict: bool,
+    ) -> Result<(Vec<(Vec<u8>, Option<Vec<u8>>)>, Vec<OwnedWrite>), CheckpointError> {
         let mut records = Vec::new();
         let mut wrote = Vec::new();
         for (route, rc) in &cp.routes {
@@ -821,35 +875,153 @@ impl KafkaStore {
                 let tp = (topic.to_string(), p);
                 let seen = st.epochs.get(&tp).copied().unwrap_or(0);
                 if seen > epoch {
+                    if strict {
+                        return Err(self.taken(format!(
+                            "partition {topic}/{p} was taken by another member at epoch {seen} (this member holds it at epoch {epoch})"
+                        )));
+                    }
                     ownership.fence(tp, seen);
                     continue;
                 }
+                let released = ownership.is_releasing(&tp);
                 let k = partition_record_key(&self.job, route, topic, p);
                 let pb = PartitionBody::new(route, topic, p, rc, pc);
                 if st.stored.get(&k) == Some(&pb)
                     && st.key_epoch.get(&k) == Some(&epoch)
+                    && st.writers.get(&k).is_some_and(|w| w.1 == released)
                     && !st.dirty.contains(&k)
                 {
                     continue;
                 }
                 let mut body = self.body(Some(pb.clone()));
                 body.generation = Some(epoch);
+                body.txn = self.eos_txn.clone();
+                body.released = released;
                 records.push((k.clone(), Some(seal(body))));
-                wrote.push((k, pb, tp, epoch));
+                wrote.push(OwnedWrite {
+                    key: k,
+                    body: pb,
+                    tp,
+                    epoch,
+                    released,
+                });
             }
         }
+        Ok((records, wrote))
+    }
+
+    /// Exactly-once in a group: this member must not commit (`CheckpointError::Taken`).
+    fn taken(&self, what: String) -> CheckpointError {
+        CheckpointError::Taken {
+            location: self.describe(),
+            what,
+        }
+    }
+
+    /// What `owned_records` wrote is what stands now.
+    fn owned_written(&self, st: &mut State, wrote: Vec<OwnedWrite>) {
+        for w in wrote {
+            st.dirty.remove(&w.key);
+            st.key_epoch.insert(w.key.clone(), w.epoch);
+            st.writers
+                .insert(w.key.clone(), (self.eos_txn.clone(), w.released));
+            st.stored.insert(w.key, w.body);
+            let e = st.epochs.entry(w.tp).or_insert(0);
+            *e = (*e).max(w.epoch);
+        }
+    }
+
+    /// Group mode's save: only owned partitions, at their epoch; a partition recorded at a
+    /// higher epoch than ours is fenced instead of written.
+    fn save_owned(&self, cp: &Checkpoint, ownership: &Ownership) -> Result<(), CheckpointError> {
+        let mut st = self.state.lock().expect("store lock");
+        let partition = st.partition.expect("claimed");
+        // What the others wrote since: an epoch above ours is seen here.
+        self.check_still_owner(&mut st, partition)?;
+        let (records, wrote) = self.owned_records(&st, cp, ownership, false)?;
         if records.is_empty() {
             return Ok(());
         }
+        // Exactly-once: a position committed apart from its records (which may still be in
+        // the open data transaction) is lost with them in a crash; only `stage` writes.
+        if self.eos_txn.is_some() {
+            return Err(self.store_err(
+                "write checkpoint records outside the data transaction",
+                "with exactly_once a group member's checkpoint records commit only with its data (a bug if seen)",
+            ));
+        }
         self.write(&mut st, partition, &records)?;
-        for (k, pb, tp, epoch) in wrote {
-            st.dirty.remove(&k);
-            st.key_epoch.insert(k.clone(), epoch);
-            st.stored.insert(k, pb);
-            let e = st.epochs.entry(tp).or_insert(0);
-            *e = (*e).max(epoch);
+        self.owned_written(&mut st, wrote);
+        Ok(())
+    }
+
+    /// Group mode's `stage` (exactly-once): as `save_owned`, but the records go into the
+    /// data transaction, which must not commit when this member may have lost a partition
+    /// whose records it holds: the lease lapsed, the group took partitions without a
+    /// handover, or the checkpoint topic shows a partition taken at a higher epoch.
+    fn stage_owned(
+        &self,
+        cp: &Checkpoint,
+        ownership: &Ownership,
+    ) -> Result<Option<Staged>, CheckpointError> {
+        let mut st = self.state.lock().expect("store lock");
+        let partition = st.partition.expect("claimed");
+        self.check_still_owner(&mut st, partition)?;
+        self.still_member(ownership)?;
+        let (records, wrote) = self.owned_records(&st, cp, ownership, true)?;
+        Ok(Some(Staged {
+            topic: self.topic.clone(),
+            partition,
+            records,
+            wanted: BTreeMap::new(),
+            owned: Some(wrote),
+        }))
+    }
+
+    /// Exactly-once in a group: refuses a commit when this member may have lost partitions
+    /// without knowing which: the group took some without a handover, or its lease lapsed
+    /// (it was not heard within the session timeout, e.g. paused).
+    fn still_member(&self, ownership: &Ownership) -> Result<(), CheckpointError> {
+        let lost = ownership.lost();
+        if !lost.is_empty() {
+            return Err(self.taken(format!(
+                "the group took partitions [{}] from this member without a handover (lost: it was not heard within the session timeout)",
+                lost.iter()
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        if !ownership.lease_valid() {
+            return Err(self.taken(format!(
+                "this member's group lease lapsed (it was not heard by the group within the session timeout, {}): the group may have given its partitions to another member",
+                humantime::format_duration(ownership.session_timeout())
+            )));
         }
         Ok(())
+    }
+
+    /// Group mode: the `transactional.id`s of the exactly-once writers of the records that
+    /// stand for `partitions`, other than this member's, that did not hand them over
+    /// (`Body::released`): a killed or paused previous owner whose open transaction may
+    /// still hold records of them.
+    pub fn unreleased_writers(&self, partitions: &[(String, i32)]) -> Vec<String> {
+        let st = self.state.lock().expect("store lock");
+        let mut ids = std::collections::BTreeSet::new();
+        for (k, pb) in &st.stored {
+            if !partitions
+                .iter()
+                .any(|(t, p)| *t == pb.topic && *p == pb.partition)
+            {
+                continue;
+            }
+            if let Some((Some(id), false)) = st.writers.get(k) {
+                if self.eos_txn.as_ref() != Some(id) {
+                    ids.insert(id.clone());
+                }
+            }
+        }
+        ids.into_iter().collect()
     }
 }
 
@@ -949,14 +1121,11 @@ impl CheckpointStore for KafkaStore {
     }
 
     fn stage(&self, cp: &Checkpoint) -> Result<Option<Staged>, CheckpointError> {
-        if self.group.is_some() {
-            return Err(self.store_err(
-                "stage checkpoint records for a transaction",
-                "exactly_once is not supported with [group]",
-            ));
-        }
         if !self.state.lock().expect("store lock").claimed {
             self.claim()?;
+        }
+        if let Some((_, ownership)) = &self.group {
+            return self.stage_owned(cp, ownership);
         }
         let mut st = self.state.lock().expect("store lock");
         let partition = st.partition.expect("claimed");
@@ -968,13 +1137,30 @@ impl CheckpointStore for KafkaStore {
             partition,
             records,
             wanted,
+            owned: None,
         }))
     }
 
     fn staged_committed(&self, staged: Staged) {
         let mut st = self.state.lock().expect("store lock");
-        st.stored = staged.wanted;
-        st.dirty.clear();
+        match staged.owned {
+            Some(wrote) => self.owned_written(&mut st, wrote),
+            None => {
+                st.stored = staged.wanted;
+                st.dirty.clear();
+            }
+        }
+    }
+
+    fn unreleased_writers(&self, partitions: &[(String, i32)]) -> Vec<String> {
+        KafkaStore::unreleased_writers(self, partitions)
+    }
+
+    fn may_commit(&self) -> Result<(), CheckpointError> {
+        match &self.group {
+            Some((_, ownership)) => self.still_member(ownership),
+            None => Ok(()),
+        }
     }
 
     fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
@@ -1230,6 +1416,105 @@ mod tests {
         b.save(&checkpoint(10)).unwrap();
         let (fresh, _) = group_store(&bootstrap, "reader2");
         assert_eq!(next(&fresh), 10);
+    }
+
+    /// Exactly-once in a group: what `stage` writes names the writer's transactional.id and
+    /// says when a partition is handed over, so the next owner fences a previous owner only
+    /// when it did not hand over; and a member that may have lost a partition is refused a
+    /// commit (a higher epoch read, partitions lost, its lease lapsed).
+    #[test]
+    fn in_a_group_exactly_once_stages_name_the_writer_and_refuse_a_member_that_lost_a_partition() {
+        let dc = crate::dev_cluster::DevClusters::start(1, 1, &[("cps".to_string(), 1)])
+            .expect("mock cluster");
+        let bootstrap = dc.bootstraps[0].clone();
+        let eos = |instance: &str| {
+            let (s, own) = group_store(&bootstrap, instance);
+            (s.with_exactly_once(format!("txn-{instance}")), own)
+        };
+        // What the data transaction's committer does with staged records.
+        let commit = |s: &KafkaStore, cp: &Checkpoint| -> Result<usize, CheckpointError> {
+            let staged = s.stage(cp)?.expect("a kafka store stages");
+            let n = staged.records.len();
+            s.write(
+                &mut s.state.lock().unwrap(),
+                staged.partition,
+                &staged.records,
+            )?;
+            s.staged_committed(staged);
+            Ok(n)
+        };
+        let tp = ("orders".to_string(), 0);
+        let (a, a_own) = eos("a");
+        a.claim().unwrap();
+        a_own.own(tp.clone(), 1);
+        assert_eq!(commit(&a, &checkpoint(10)).unwrap(), 1);
+        assert_eq!(
+            commit(&a, &checkpoint(10)).unwrap(),
+            0,
+            "unchanged: nothing staged"
+        );
+
+        // b reads a's record: a did not hand the partition over, so b would fence a.
+        let (b, b_own) = eos("b");
+        b.claim().unwrap();
+        assert_eq!(b.unreleased_writers(std::slice::from_ref(&tp)), ["txn-a"]);
+        assert!(b.unreleased_writers(&[("orders".into(), 1)]).is_empty());
+        assert!(
+            a.unreleased_writers(std::slice::from_ref(&tp)).is_empty(),
+            "never its own"
+        );
+
+        // a hands it over: the same position is written again, released.
+        a_own.hand_over([tp.clone()]);
+        assert_eq!(commit(&a, &checkpoint(10)).unwrap(), 1);
+        b.load().unwrap();
+        assert!(b.unreleased_writers(std::slice::from_ref(&tp)).is_empty());
+
+        // b takes it at a higher epoch; a, still believing it owns it at 1, is refused.
+        b_own.own(tp.clone(), b.epoch_of("orders", 0) + 1);
+        assert_eq!(commit(&b, &checkpoint(10)).unwrap(), 1);
+        a_own.own(tp.clone(), 1);
+        let e = commit(&a, &checkpoint(30)).unwrap_err();
+        assert!(matches!(e, CheckpointError::Taken { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("partition orders/0 was taken by another member at epoch 2"),
+            "{e}"
+        );
+        assert!(e.ends_run());
+
+        // Partitions lost without a handover: refused, whatever was read.
+        b_own.mark_lost([tp.clone()]);
+        let e = b.stage(&checkpoint(20)).err().expect("refused");
+        assert!(e.to_string().contains("without a handover"), "{e}");
+        assert!(b.may_commit().is_err());
+
+        // A lapsed lease: refused, at staging and just before the commit.
+        let (c, c_own) = {
+            let own = std::sync::Arc::new(Ownership::new(Duration::from_secs(2)));
+            let cluster = ClusterConfig {
+                name: "dst".into(),
+                bootstrap: bootstrap.clone(),
+                properties: Default::default(),
+            };
+            let s = KafkaStore::for_group(
+                cluster,
+                "cps",
+                "j",
+                Duration::from_secs(10),
+                "c",
+                own.clone(),
+            )
+            .with_exactly_once("txn-c".into());
+            (s, own)
+        };
+        c.claim().unwrap();
+        assert!(c.may_commit().is_ok(), "confirmed at start");
+        // No member polls here: nothing confirms the lease after the session timeout.
+        std::thread::sleep(c_own.session_timeout() + Duration::from_millis(100));
+        let e = c.stage(&checkpoint(20)).err().expect("refused");
+        assert!(e.to_string().contains("lease lapsed"), "{e}");
+        assert!(c.may_commit().is_err());
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub enum CheckpointError {
         job: String,
         by: String,
     },
+    /// Exactly-once in a group: this member may have lost a partition whose records its open
+    /// transaction holds, so the transaction must not commit (`copy::ownership`).
+    #[error("checkpoints in {location}: {what}; this member aborts its open transaction and stops (exactly-once: the transaction holds records of a partition another member may be copying now from the last committed checkpoint). Restart it and it rejoins the group")]
+    Taken { location: String, what: String },
     #[error("checkpoint {path}: route \"{route}\" was recorded for source cluster \"{found}\" but the routing file now reads it from \"{expected}\"; offsets from one cluster are meaningless on another. Reset the route with `kmirror checkpoints reset --route {route} --execute` (without `--execute` it previews)")]
     WrongSource {
         path: String,
@@ -192,6 +196,17 @@ pub trait CheckpointStore: Send + Sync {
     }
     /// The transaction holding `staged` committed: it is now what the store holds.
     fn staged_committed(&self, _staged: Staged) {}
+    /// Exactly-once: the last check before the transaction holding staged records commits
+    /// (in a group: this member still holds its partitions; a process paused inside the
+    /// commit past the session timeout wakes here).
+    fn may_commit(&self) -> Result<(), CheckpointError> {
+        Ok(())
+    }
+    /// Group mode with exactly_once: the `transactional.id`s of other members that wrote
+    /// the standing records of `partitions` and did not hand them over (as last read).
+    fn unreleased_writers(&self, _partitions: &[(String, i32)]) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A boxed store (what `open` returns) is a store.
@@ -220,12 +235,22 @@ impl<T: CheckpointStore + ?Sized> CheckpointStore for Box<T> {
     fn staged_committed(&self, staged: Staged) {
         (**self).staged_committed(staged)
     }
+    fn unreleased_writers(&self, partitions: &[(String, i32)]) -> Vec<String> {
+        (**self).unreleased_writers(partitions)
+    }
+    fn may_commit(&self) -> Result<(), CheckpointError> {
+        (**self).may_commit()
+    }
 }
 
 impl CheckpointError {
-    /// An error after which this process must write nothing more: another one holds the job.
+    /// An error after which this process must write nothing more: another one holds the job
+    /// (or, exactly-once in a group, may hold a partition of this member's transaction).
     pub fn ends_run(&self) -> bool {
-        matches!(self, CheckpointError::Fenced { .. })
+        matches!(
+            self,
+            CheckpointError::Fenced { .. } | CheckpointError::Taken { .. }
+        )
     }
 }
 
@@ -234,14 +259,21 @@ pub fn open(config: &crate::config::Config) -> Box<dyn CheckpointStore> {
     match &config.checkpoints.store {
         crate::config::StoreSettings::File => Box::new(FileStore::new(config.checkpoint_file())),
         crate::config::StoreSettings::Kafka { cluster, topic } => match &config.group {
-            Some(g) => Box::new(KafkaStore::for_group(
-                config.clusters[cluster].clone(),
-                topic,
-                &config.job,
-                config.run.connect_timeout,
-                &g.instance_id,
-                std::sync::Arc::new(crate::copy::ownership::Ownership::new(g.session_timeout)),
-            )),
+            Some(g) => {
+                let store = KafkaStore::for_group(
+                    config.clusters[cluster].clone(),
+                    topic,
+                    &config.job,
+                    config.run.connect_timeout,
+                    &g.instance_id,
+                    std::sync::Arc::new(crate::copy::ownership::Ownership::new(g.session_timeout)),
+                );
+                Box::new(if config.delivery.exactly_once() {
+                    store.with_exactly_once(crate::copy::transaction::transactional_id_for(config))
+                } else {
+                    store
+                })
+            }
             None => Box::new(KafkaStore::new(
                 config.clusters[cluster].clone(),
                 topic,
@@ -274,10 +306,13 @@ pub fn take_job(
             // checkpoint records; until it is aborted, a read_committed read of the
             // checkpoint topic stops before it (and before this claim's owner record).
             // InitProducerId with the data producer's id aborts it (and fences a live one).
+            // In a group that id is this replica's: its own earlier start is fenced, never
+            // another replica (`copy::ownership` fences a partition's previous owner when it
+            // takes the partition without a handover).
             if config.delivery.exactly_once() {
                 crate::copy::transaction::fence(
                     &config.clusters[cluster],
-                    &crate::copy::transaction::transactional_id(&config.job),
+                    &crate::copy::transaction::transactional_id_for(config),
                     config
                         .run
                         .connect_timeout

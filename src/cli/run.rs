@@ -80,8 +80,13 @@ pub(crate) fn print_routing_file(path: &Path, cfg: &Config) {
     if cfg.delivery.exactly_once() {
         if let kmirror::config::StoreSettings::Kafka { cluster, .. } = &cfg.checkpoints.store {
             println!(
-                "  delivery: exactly_once (transactional.id \"{}\" on cluster {cluster}; a commit every {} or {} records; target readers must use isolation.level=read_committed)",
-                kmirror::copy::transaction::transactional_id(&cfg.job),
+                "  delivery: exactly_once (transactional.id \"{}\"{} on cluster {cluster}; a commit every {} or {} records; target readers must use isolation.level=read_committed)",
+                kmirror::copy::transaction::transactional_id_for(cfg),
+                if cfg.group.is_some() {
+                    ", this replica's"
+                } else {
+                    ""
+                },
                 humantime::format_duration(cfg.delivery.commit_interval),
                 cfg.delivery.max_records_per_transaction
             );

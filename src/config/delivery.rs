@@ -136,9 +136,6 @@ pub(super) fn check_delivery<A>(
             return s;
         }
     };
-    if raw.group.is_some() {
-        d.push(&at, key, "exactly_once is not yet supported with [group] (each replica would need its own transactional writer per owned partition set); run it without [group]");
-    }
     let route_span = |name: &str| {
         raw.routes
             .iter()
@@ -257,6 +254,22 @@ target = "b"
                 commit_interval: Duration::from_millis(250),
                 max_records_per_transaction: 2000,
             }
+        );
+    }
+
+    /// Replicas (`[group]`) may copy exactly-once: each with its own transactional producer
+    /// (`copy::transaction::transactional_id`).
+    #[test]
+    fn exactly_once_is_accepted_with_a_group() {
+        let c = load(&format!(
+            "[checkpoints]\nstore = \"kafka\"\n[group]\nid = \"g\"\ninstance_id = \"pod-1\"\n[delivery]\nguarantee = \"exactly_once\"\n{ROUTE_AB}"
+        ))
+        .unwrap();
+        assert!(c.delivery.exactly_once());
+        assert_eq!(c.group.as_ref().unwrap().instance_id, "pod-1");
+        assert_eq!(
+            crate::copy::transaction::transactional_id_for(&c),
+            "kmirror-eos-eos-pod-1"
         );
     }
 

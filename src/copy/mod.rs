@@ -589,9 +589,26 @@ fn execute(
                         applier.apply(changes, &mut plan.tasks, &shared, &observer);
                     }
                     if let Some(g) = group_engine.as_mut() {
-                        g.tick(&mut plan, &shared, &mut applier, &observer, store, &|p| {
-                            snapshot(&config, p, &base, &ids, &shared)
-                        });
+                        // Claims and handovers are written at once: exactly-once, as a
+                        // commit of the open transaction (`ownership::CheckpointNow`).
+                        let mut now = |p: &Plan| match (committer.as_mut(), shared.txn.as_ref()) {
+                            (Some(c), Some(gate)) => c
+                                .commit(gate, store, || snapshot(&config, p, &base, &ids, &shared), true)
+                                .map(|cp| observer.checkpointed(&cp))
+                                .map_err(ownership::CheckpointNowError::Ended),
+                            _ => store
+                                .save(&snapshot(&config, p, &base, &ids, &shared))
+                                .map_err(ownership::CheckpointNowError::Failed),
+                        };
+                        g.tick(&mut plan, &shared, &mut applier, &observer, store, &mut now);
+                        if let Some((e, abort)) = g.take_ended() {
+                            if let (true, Some(c)) = (abort, committer.as_ref()) {
+                                c.abort_open(e.to_string());
+                            }
+                            shared.stop.store(true, Ordering::Relaxed);
+                            txn_failed = Some(e);
+                            break;
+                        }
                     }
                     match reloader.as_mut() {
                         Some(r) => {
@@ -721,8 +738,12 @@ fn execute(
     // The last checkpoint must land: retried for up to `max_unwritten` before giving up
     // (an I/O error, exit 70).
     let last = match (committer.as_mut(), shared.txn.as_ref()) {
-        // Exactly-once: the last transaction commits with the final positions.
+        // Exactly-once: the last transaction commits with the final positions (in a group,
+        // handing every partition over: no later owner need fence this replica).
         (Some(c), Some(gate)) => {
+            if let Some(own) = &shared.group {
+                own.hand_over_all();
+            }
             c.commit(
                 gate,
                 store,
@@ -937,7 +958,8 @@ fn transactional(config: &Config) -> Option<produce::Transactional> {
     };
     Some(produce::Transactional {
         cluster: cluster.clone(),
-        id: transaction::transactional_id(&config.job),
+        // In a group, this replica's own id (`transaction::transactional_id`).
+        id: transaction::transactional_id_for(config),
         // Long enough for several commit intervals, so only a dead process's transaction
         // times out; at most 15 minutes, the brokers' default `transaction.max.timeout.ms`
         // (InitProducerId refuses more).

@@ -23,8 +23,10 @@
 //! only under a lease the member renews after each poll; a member that was not polling for
 //! longer than the session timeout (a paused process, a long GC, a lost network) holds no
 //! lease until the group has told it again what it owns.
+//!
+//! Exactly-once (`[delivery] guarantee = "exactly_once"`): see `GroupEngine`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -43,6 +45,12 @@ pub struct Ownership {
     lease: Mutex<Lease>,
     /// The group fenced this member itself: another replica joined with the same instance id.
     instance_fenced: AtomicBool,
+    /// Exactly-once: partitions whose next checkpoint record hands them over (a revocation,
+    /// or the final commit of a clean stop), so the next owner need not fence this member.
+    releasing: Mutex<BTreeSet<SourcePartition>>,
+    /// Exactly-once: partitions the group took without a handover; the open transaction
+    /// must not commit (`KafkaStore::stage`).
+    lost: Mutex<BTreeSet<SourcePartition>>,
 }
 
 struct Lease {
@@ -65,6 +73,8 @@ impl Ownership {
                 suspended: None,
             }),
             instance_fenced: AtomicBool::new(false),
+            releasing: Mutex::new(BTreeSet::new()),
+            lost: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -92,6 +102,39 @@ impl Ownership {
 
     pub(crate) fn release(&self, tp: &SourcePartition) {
         self.owned.lock().expect("ownership lock").remove(tp);
+        self.releasing.lock().expect("ownership lock").remove(tp);
+        self.lost.lock().expect("ownership lock").remove(tp);
+    }
+
+    /// Exactly-once: the next checkpoint records of `tps` hand them over (`Body::released`).
+    pub(crate) fn hand_over(&self, tps: impl IntoIterator<Item = SourcePartition>) {
+        self.releasing.lock().expect("ownership lock").extend(tps);
+    }
+
+    /// Exactly-once: every partition this member owns is handed over by the next commit
+    /// (the last of a clean stop).
+    pub fn hand_over_all(&self) {
+        let owned: Vec<SourcePartition> = self.owned().into_iter().map(|(tp, _)| tp).collect();
+        self.hand_over(owned);
+    }
+
+    pub(crate) fn is_releasing(&self, tp: &SourcePartition) -> bool {
+        self.releasing.lock().expect("ownership lock").contains(tp)
+    }
+
+    /// Exactly-once: the group took `tps` without a handover.
+    pub(crate) fn mark_lost(&self, tps: impl IntoIterator<Item = SourcePartition>) {
+        self.lost.lock().expect("ownership lock").extend(tps);
+    }
+
+    /// Partitions the group took without a handover (exactly-once only; see `mark_lost`).
+    pub(crate) fn lost(&self) -> Vec<SourcePartition> {
+        self.lost
+            .lock()
+            .expect("ownership lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The store read `seen`, above this member's epoch: another member took the partition.
@@ -194,10 +237,11 @@ use rdkafka::ClientContext;
 
 use super::discovery::{Applier, LayoutChange};
 use super::task::{CopyTask, TaskStatus};
+use super::transaction::{self, TxnError};
 use super::Shared;
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::cluster::{self, ClusterError, QuietContext};
-use crate::config::{Config, GroupSettings, RouteConfig};
+use crate::config::{ClusterConfig, Config, GroupSettings, RouteConfig, StoreSettings};
 use crate::observe::Observer;
 use crate::plan::{Plan, StartFrom, TaskPlan};
 
@@ -246,6 +290,12 @@ impl ConsumerContext for MemberContext {
                 let started = Instant::now();
                 let (done, wait) = crossbeam_channel::bounded(1);
                 let lost = consumer.assignment_lost();
+                // A handover is the group talking to a member in good standing: the lease
+                // starts again here, so the engine's drain and write (exactly-once: its
+                // commit, which refuses a lapsed lease) get a whole session timeout.
+                if !lost {
+                    self.ownership.reassured();
+                }
                 // Waits (bounded) until the engine stopped them, drained what was in flight
                 // and wrote their checkpoint: only then does librdkafka let them go. With
                 // the cooperative protocol only the partitions that move are revoked, and
@@ -452,8 +502,32 @@ impl Drop for Member {
     }
 }
 
+/// Why a checkpoint the engine writes at once (its claims, a revocation's handover) failed.
+#[derive(Debug)]
+pub enum CheckpointNowError {
+    /// At-least-once: the store's write failed; logged, and the next save writes it.
+    Failed(CheckpointError),
+    /// Exactly-once: the commit failed and its transaction was aborted: the run ends.
+    Ended(TxnError),
+}
+
+/// Writes the checkpoint of the plan at once: the store's own save at-least-once; exactly-
+/// once, a commit of the open data transaction with it (`super::transaction::Committer`),
+/// because the positions of partitions handed over must commit together with their
+/// records (the store's producer would commit them while the records are still in the
+/// open transaction, which a crash then loses).
+pub type CheckpointNow<'a> = dyn FnMut(&Plan) -> Result<(), CheckpointNowError> + 'a;
+
 /// The engine's side: turns the member's events into started and released tasks. Runs on
 /// the supervising loop, which owns the task list.
+///
+/// Exactly-once (`[delivery] guarantee = "exactly_once"`): every checkpoint it writes is a
+/// commit of the data transaction (`CheckpointNow`); a revocation's commit marks the
+/// partitions handed over, and a partition lost without a handover stops the run (the open
+/// transaction holds its records: `KafkaStore::stage` refuses to commit it). Taking a
+/// partition whose standing record a previous owner wrote without handing it over, the
+/// engine first fences that owner's transactional producer (on a broker that fences, its
+/// open transaction is aborted and it can never commit again), then reads the checkpoints.
 pub struct GroupEngine {
     events: Receiver<GroupEvent>,
     ownership: Arc<Ownership>,
@@ -461,15 +535,66 @@ pub struct GroupEngine {
     drain_limit: Duration,
     /// Assigned partitions not in the task list yet (a topic `discovery` has not found).
     waiting: Vec<SourcePartition>,
+    /// Exactly-once: the checkpoint cluster (the data producer's) and the bound to fence a
+    /// previous owner's transactional producer there.
+    fence: Option<(ClusterConfig, Duration)>,
+    /// Exactly-once: why the run must end (a failed commit, fence or read), for the run to
+    /// return, and whether the open transaction is still to be aborted (a failed commit
+    /// aborted it already).
+    ended: Option<(TxnError, bool)>,
 }
 
 impl GroupEngine {
     pub fn new(events: Receiver<GroupEvent>, ownership: Arc<Ownership>, config: &Config) -> Self {
+        let fence = match &config.checkpoints.store {
+            StoreSettings::Kafka { cluster, .. } if config.delivery.exactly_once() => Some((
+                config.clusters[cluster].clone(),
+                config.run.connect_timeout.max(Duration::from_secs(10)),
+            )),
+            _ => None,
+        };
         GroupEngine {
             events,
             ownership,
             drain_limit: config.run.shutdown_timeout,
             waiting: Vec::new(),
+            fence,
+            ended: None,
+        }
+    }
+
+    /// Exactly-once: the error that ended the run, once, and whether the open transaction
+    /// is still to be aborted.
+    pub fn take_ended(&mut self) -> Option<(TxnError, bool)> {
+        self.ended.take()
+    }
+
+    fn end(&mut self, shared: &Shared, e: TxnError, abort: bool) {
+        shared.stop.store(true, Ordering::Relaxed);
+        if self.ended.is_none() {
+            self.ended = Some((e, abort));
+        }
+    }
+
+    /// Writes a checkpoint at once (`what`: why, for the log); false when the run ends.
+    fn checkpoint_now(
+        &mut self,
+        plan: &Plan,
+        shared: &Shared,
+        save: &mut CheckpointNow<'_>,
+        what: &str,
+    ) -> bool {
+        match save(plan) {
+            Ok(()) => true,
+            Err(CheckpointNowError::Failed(e)) => {
+                tracing::warn!("group: cannot write {what}: {e}");
+                true
+            }
+            Err(CheckpointNowError::Ended(e)) => {
+                // The committer aborted the transaction already.
+                self.end(shared, e, false);
+                false
+            }
         }
     }
 
@@ -481,8 +606,17 @@ impl GroupEngine {
         applier: &mut Applier,
         observer: &Observer,
         store: &dyn CheckpointStore,
-        snapshot: &dyn Fn(&Plan) -> Checkpoint,
+        save: &mut CheckpointNow<'_>,
     ) {
+        if self.ended.is_some() {
+            // The run is ending: nothing is started or written; a revocation is let go.
+            while let Ok(ev) = self.events.try_recv() {
+                if let GroupEvent::Revoked { done, .. } = ev {
+                    let _ = done.send(());
+                }
+            }
+            return;
+        }
         if self.ownership.instance_fenced.load(Ordering::Relaxed) && !shared.stopping() {
             // Nothing is ours any more: no checkpoint write for anything, and the run ends.
             let all: std::collections::BTreeSet<SourcePartition> = self
@@ -510,27 +644,77 @@ impl GroupEngine {
             );
         }
         if !self.waiting.is_empty() {
-            let waiting = std::mem::take(&mut self.waiting);
-            self.start(
-                waiting, plan, shared, applier, observer, store, snapshot, false,
-            );
+            let (ready, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                .into_iter()
+                .partition(|tp| {
+                    plan.tasks
+                        .iter()
+                        .any(|t| t.topic == tp.0 && t.partition == tp.1)
+                });
+            self.waiting = still;
+            if !ready.is_empty() {
+                // Exactly-once: read (and fence) again, as at an assignment: the read made
+                // then may be older than the last commit of a previous owner since.
+                let fresh = self.fence.is_some();
+                self.start(ready, plan, shared, applier, observer, store, save, fresh);
+            }
         }
         while let Ok(ev) = self.events.try_recv() {
             match ev {
-                GroupEvent::Assigned(parts) if !parts.is_empty() => self.start(
-                    parts, plan, shared, applier, observer, store, snapshot, true,
-                ),
+                GroupEvent::Assigned(_) if self.ended.is_some() => {}
+                GroupEvent::Assigned(parts) if !parts.is_empty() => {
+                    self.start(parts, plan, shared, applier, observer, store, save, true)
+                }
                 GroupEvent::Assigned(_) => {}
+                GroupEvent::Revoked { done, .. } if self.ended.is_some() => {
+                    let _ = done.send(());
+                }
                 GroupEvent::Revoked {
                     partitions,
                     lost,
                     done,
                 } => {
-                    self.revoke(partitions, lost, plan, shared, applier, store, snapshot);
+                    self.revoke(partitions, lost, plan, shared, applier, save);
                     let _ = done.send(());
                 }
             }
         }
+    }
+
+    /// Exactly-once: re-reads the checkpoints of just assigned `parts` after fencing the
+    /// transactional producers of previous owners that did not hand them over (see the type
+    /// doc). The fresh read says who they are; when the read fails (on a broker with
+    /// markers, a killed writer's open transaction holding checkpoint records stops
+    /// read_committed reads before it), those known from the last read are fenced (which
+    /// aborts such a transaction) and the read tried again.
+    fn fence_and_load(
+        &self,
+        parts: &[SourcePartition],
+        store: &dyn CheckpointStore,
+    ) -> Result<Option<Checkpoint>, TxnError> {
+        let Some((cluster, timeout)) = &self.fence else {
+            return Ok(store.load()?);
+        };
+        let first = store.load();
+        let ids = store.unreleased_writers(parts);
+        if ids.is_empty() {
+            if let Ok(cp) = first {
+                return Ok(cp);
+            }
+        }
+        for id in &ids {
+            tracing::info!(
+                cluster = %cluster.name,
+                "group: fencing transactional.id \"{id}\" (it wrote the checkpoint of partitions just assigned [{}] and did not hand them over) before reading their checkpoints: its open transaction is aborted where the broker fences",
+                parts
+                    .iter()
+                    .map(|(t, p)| format!("{t}/{p}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            transaction::fence(cluster, id, *timeout)?;
+        }
+        Ok(store.load()?)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -542,11 +726,21 @@ impl GroupEngine {
         applier: &mut Applier,
         observer: &Observer,
         store: &dyn CheckpointStore,
-        snapshot: &dyn Fn(&Plan) -> Checkpoint,
+        save: &mut CheckpointNow<'_>,
         fresh: bool,
     ) {
         // Another member may have written these partitions' checkpoints since we read.
-        let cp = if fresh {
+        let cp = if fresh && self.fence.is_some() {
+            // Exactly-once: never from an older checkpoint than the last committed one (the
+            // records past it would be committed twice), so a failed read ends the run.
+            match self.fence_and_load(&parts, store) {
+                Ok(cp) => cp,
+                Err(e) => {
+                    self.end(shared, e, true);
+                    return;
+                }
+            }
+        } else if fresh {
             match store.load() {
                 Ok(cp) => cp,
                 Err(e) => {
@@ -631,9 +825,16 @@ impl GroupEngine {
         if !found.is_empty() {
             applier.start(found, &mut plan.tasks, shared, observer, true);
         }
-        // The claims: each partition's checkpoint at our epoch, before anything is copied.
-        if let Err(e) = store.save(&snapshot(plan)) {
-            tracing::warn!("group: cannot write the claims of the partitions just assigned: {e}");
+        // The claims: each partition's checkpoint at our epoch (exactly-once: committed with
+        // the open transaction, which holds nothing of these partitions' yet, or only what
+        // was copied from the checkpoint just read).
+        if !self.checkpoint_now(
+            plan,
+            shared,
+            save,
+            "the claims of the partitions just assigned",
+        ) {
+            return;
         }
         tracing::info!(
             "group: assigned {} partitions [{}] (partition@epoch); copying from their checkpoints",
@@ -650,8 +851,7 @@ impl GroupEngine {
         plan: &Plan,
         shared: &Shared,
         applier: &Applier,
-        store: &dyn CheckpointStore,
-        snapshot: &dyn Fn(&Plan) -> Checkpoint,
+        save: &mut CheckpointNow<'_>,
     ) {
         let set: std::collections::BTreeSet<SourcePartition> = parts.iter().cloned().collect();
         self.waiting.retain(|tp| !set.contains(tp));
@@ -669,20 +869,24 @@ impl GroupEngine {
             .map(|(id, _)| id)
             .collect();
         let since = Instant::now();
-        let drained = loop {
-            let all = ids.iter().all(|&id| {
-                let p = shared.progress_of(id);
-                p.in_flight_bytes == 0
-                    && !matches!(p.status, TaskStatus::Copying | TaskStatus::ReadDone)
-            });
-            if all || shared.stopping() {
-                break all;
-            }
-            if since.elapsed() >= self.drain_limit {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        // Exactly-once: partitions lost are not drained (their records must not commit: the
+        // commit below refuses), so the run ends at once.
+        let exactly_once_lost = lost && self.fence.is_some();
+        let drained = exactly_once_lost
+            || loop {
+                let all = ids.iter().all(|&id| {
+                    let p = shared.progress_of(id);
+                    p.in_flight_bytes == 0
+                        && !matches!(p.status, TaskStatus::Copying | TaskStatus::ReadDone)
+                });
+                if all || shared.stopping() {
+                    break all;
+                }
+                if since.elapsed() >= self.drain_limit {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
         if !drained {
             tracing::warn!(
                 "group: revoked partitions did not drain within {}; their checkpoint covers what was acknowledged (the next owner may copy what was in flight again)",
@@ -690,10 +894,27 @@ impl GroupEngine {
             );
         }
         // Still ours while this is written (a lost partition's write is fenced by epoch if
-        // the new owner wrote already).
-        if let Err(e) = store.save(&snapshot(plan)) {
-            tracing::warn!("group: cannot write the checkpoint of the revoked partitions: {e}; the next owner resumes from the previous one");
+        // the new owner wrote already). Exactly-once: a handover's records say so, and the
+        // commit holds the partitions' last records with them; a lost partition's records
+        // in the open transaction must not commit (the new owner may be copying from the
+        // last committed checkpoint already): the commit refuses and the run ends.
+        if self.fence.is_some() {
+            let owned = set
+                .iter()
+                .filter(|tp| self.ownership.epoch(&tp.0, tp.1).is_some())
+                .cloned();
+            if lost {
+                self.ownership.mark_lost(owned);
+            } else {
+                self.ownership.hand_over(owned);
+            }
         }
+        self.checkpoint_now(
+            plan,
+            shared,
+            save,
+            "the checkpoint of the revoked partitions (the next owner resumes from the previous one)",
+        );
         for tp in &set {
             self.ownership.release(tp);
         }

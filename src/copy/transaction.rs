@@ -24,6 +24,15 @@
 //! task to the committed positions in-process, the transaction is aborted and the run ends
 //! with [`TxnError`]: the next run resumes from the committed checkpoint, which is what a
 //! crash does too. A fenced producer (a newer process took the job) ends the run the same way.
+//!
+//! Replicas (`[group]`). Each replica's producer has its own id ([`transactional_id`] with
+//! its `instance_id`), and the group engine (`super::ownership::GroupEngine`) commits
+//! through the [`Committer`] too: the claims of partitions just assigned and the final
+//! positions of partitions handed over are commits of the data transaction. The store's
+//! `stage` writes only the partitions this replica owns and refuses (the transaction is
+//! aborted, the run ends with exit 6) once the replica may have lost one: its lease lapsed,
+//! the group took partitions without a handover, or another replica's claim at a higher
+//! epoch was read; `CheckpointStore::may_commit` asks once more just before the commit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
@@ -43,16 +52,33 @@ use crate::config::ClusterConfig;
 pub enum TxnError {
     #[error("exactly-once: the transaction on cluster \"{cluster}\" was aborted: {why}. Nothing of it is visible to read_committed readers; the next run resumes from the last committed checkpoint")]
     Aborted { cluster: String, why: String },
-    #[error("exactly-once: transactional.id \"{id}\" on cluster \"{cluster}\" was fenced by a newer producer with the same id (another process runs this job); this process stops without committing")]
+    #[error("exactly-once: transactional.id \"{id}\" on cluster \"{cluster}\" was fenced by a newer producer with the same id (another process runs this job; in a group, another member took this replica's partitions without a handover); this process stops without committing")]
     Fenced { cluster: String, id: String },
     #[error("exactly-once: {0}")]
     Checkpoint(#[from] CheckpointError),
 }
 
-/// The `transactional.id` of a job's exactly-once producer: one per job (the job has one
-/// owner at a time), distinct from the checkpoint store's own `kmirror-<job>`.
-pub fn transactional_id(job: &str) -> String {
-    format!("kmirror-{job}-eos")
+/// The `transactional.id` of a job's exactly-once producer, distinct from the checkpoint
+/// store's own (`kmirror-<job>`, or `kmirror-<job>-<instance_id>` in a group). Without
+/// `[group]` one per job (the job has one owner at a time): `kmirror-<job>-eos`. With
+/// `[group]` (`instance`: the replica's `instance_id`) one per replica,
+/// `kmirror-<job>-eos-<instance_id>`: stable across restarts of that replica, so a restart
+/// fences its predecessor, and distinct from every other replica's, so replicas copying
+/// side by side never fence each other (a member that takes a partition without a handover
+/// fences the previous owner's id explicitly, `ownership::GroupEngine`).
+pub fn transactional_id(job: &str, instance: Option<&str>) -> String {
+    match instance {
+        Some(i) => format!("kmirror-{job}-eos-{i}"),
+        None => format!("kmirror-{job}-eos"),
+    }
+}
+
+/// The exactly-once `transactional.id` of this process under `config` (`transactional_id`).
+pub fn transactional_id_for(config: &crate::config::Config) -> String {
+    transactional_id(
+        &config.job,
+        config.group.as_ref().map(|g| g.instance_id.as_str()),
+    )
 }
 
 /// InitProducerId with the job's transactional id, then nothing: fences every earlier
@@ -197,6 +223,13 @@ impl Committer {
         store: &dyn CheckpointStore,
         snapshot: impl FnOnce() -> Checkpoint,
     ) -> Result<Checkpoint, TxnError> {
+        // A commit the store refuses anyway is not worth waiting for the readers (in a
+        // group: a member that may have lost a partition; its in-flight deliveries may
+        // never settle once another member fenced its producer).
+        if let Err(e) = store.may_commit() {
+            self.abort(e.to_string());
+            return Err(e.into());
+        }
         // No reader is producing now: ask each to settle what it produced and publish.
         let round = gate.wanted.fetch_add(1, Ordering::AcqRel) + 1;
         // No flush here: a reader answers only once every record it produced has its
@@ -269,6 +302,12 @@ impl Committer {
         while self.producer.in_flight_count() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        // The store's last word: in a group, a process paused since it staged, past the
+        // session timeout, wakes here with its lease lapsed and must not commit.
+        if let Err(e) = store.may_commit() {
+            self.abort(e.to_string());
+            return Err(e.into());
+        }
         if let Err(e) = self.producer.commit_transaction(self.timeout) {
             return Err(match self.txn_err("CommitTransaction", e) {
                 e @ TxnError::Fenced { .. } => e,
@@ -315,6 +354,12 @@ impl Committer {
                 why: format!("{what} failed: {e}"),
             }
         }
+    }
+
+    /// Aborts the open transaction because the run ends for `why` outside a commit (in a
+    /// group: a previous owner could not be fenced, or the checkpoints not read).
+    pub fn abort_open(&self, why: String) {
+        self.abort(why);
     }
 
     /// Aborts the open transaction (bounded); the reason, as the run's error.
@@ -369,7 +414,11 @@ mod tests {
     }
 
     #[test]
-    fn the_transactional_id_names_the_job() {
-        assert_eq!(transactional_id("orders-dr"), "kmirror-orders-dr-eos");
+    fn the_transactional_id_names_the_job_and_in_a_group_the_replica() {
+        assert_eq!(transactional_id("orders-dr", None), "kmirror-orders-dr-eos");
+        assert_eq!(
+            transactional_id("orders-dr", Some("pod-1")),
+            "kmirror-orders-dr-eos-pod-1"
+        );
     }
 }
