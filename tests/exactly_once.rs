@@ -364,15 +364,7 @@ fn kill_9_loop_commits_every_record_exactly_once() {
     );
     v.expect_code(0, "verify, duplicates allowed");
     let json: serde_json::Value = serde_json::from_str(&v.stdout).expect("verify JSON");
-    let sum = |key: &str| -> u64 {
-        json["routes"]
-            .as_array()
-            .expect("routes")
-            .iter()
-            .flat_map(|r| r["partitions"].as_array().expect("partitions").iter())
-            .map(|p| p["counts"][key].as_u64().expect("a count"))
-            .sum()
-    };
+    let sum = |key: &str| common::verify_count(&json, key);
     assert_eq!(sum("missing"), 0, "verify: nothing missing");
     assert_eq!(
         sum("duplicates"),

@@ -1218,15 +1218,7 @@ fn exactly_once_failover_after_a_kill_mid_transaction_commits_every_record_once(
     );
     assert_eq!(v.code, 0, "verify: {}\n{}", v.stderr, v.stdout);
     let json: serde_json::Value = serde_json::from_str(&v.stdout).expect("verify JSON");
-    let sum = |key: &str| -> u64 {
-        json["routes"]
-            .as_array()
-            .expect("routes")
-            .iter()
-            .flat_map(|r| r["partitions"].as_array().expect("partitions").iter())
-            .map(|p| p["counts"][key].as_u64().expect("a count"))
-            .sum()
-    };
+    let sum = |key: &str| common::verify_count(&json, key);
     assert_eq!(sum("missing"), 0, "verify: nothing missing");
     assert_eq!(
         sum("duplicates"),

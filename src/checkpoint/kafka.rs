@@ -1334,7 +1334,16 @@ mod tests {
     }
 
     fn group_store(bootstrap: &str, instance: &str) -> (KafkaStore, std::sync::Arc<Ownership>) {
-        let own = std::sync::Arc::new(Ownership::new(Duration::from_secs(10)));
+        group_store_with(bootstrap, instance, Duration::from_secs(10))
+    }
+
+    /// A group member's store whose ownership has session timeout `session`.
+    fn group_store_with(
+        bootstrap: &str,
+        instance: &str,
+        session: Duration,
+    ) -> (KafkaStore, std::sync::Arc<Ownership>) {
+        let own = std::sync::Arc::new(Ownership::new(session));
         let cluster = ClusterConfig {
             name: "dst".into(),
             bootstrap: bootstrap.into(),
@@ -1491,22 +1500,8 @@ mod tests {
 
         // A lapsed lease: refused, at staging and just before the commit.
         let (c, c_own) = {
-            let own = std::sync::Arc::new(Ownership::new(Duration::from_secs(2)));
-            let cluster = ClusterConfig {
-                name: "dst".into(),
-                bootstrap: bootstrap.clone(),
-                properties: Default::default(),
-            };
-            let s = KafkaStore::for_group(
-                cluster,
-                "cps",
-                "j",
-                Duration::from_secs(10),
-                "c",
-                own.clone(),
-            )
-            .with_exactly_once("txn-c".into());
-            (s, own)
+            let (s, own) = group_store_with(&bootstrap, "c", Duration::from_secs(2));
+            (s.with_exactly_once("txn-c".into()), own)
         };
         c.claim().unwrap();
         assert!(c.may_commit().is_ok(), "confirmed at start");

@@ -774,6 +774,18 @@ pub fn row<'a>(
 
 /// Runs `kmirror::verify` and asserts no partition has missing or altered records (and, if
 /// `no_duplicates`, no duplicates). Returns the report for further assertions.
+/// The sum of count `key` (`missing`, `duplicates`, ...) over every route partition of a
+/// `verify --output json` report.
+pub fn verify_count(json: &serde_json::Value, key: &str) -> u64 {
+    json["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .flat_map(|r| r["partitions"].as_array().expect("partitions").iter())
+        .map(|p| p["counts"][key].as_u64().expect("a count"))
+        .sum()
+}
+
 pub fn verify_clean(config: &Config, no_duplicates: bool) -> VerifyReport {
     let store = FileStore::new(config.checkpoint_file());
     let v = verify::verify(config, &store, None, no_duplicates)
