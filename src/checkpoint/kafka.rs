@@ -1159,7 +1159,19 @@ impl CheckpointStore for KafkaStore {
     fn may_commit(&self) -> Result<(), CheckpointError> {
         match &self.group {
             Some((_, ownership)) => self.still_member(ownership),
-            None => Ok(()),
+            // Another process's owner record since the records were staged (it claimed the
+            // job meanwhile): commit nothing. On a broker that fences by transactional.id
+            // the commit would fail anyway; on one that does not (librdkafka's mock) this
+            // read is what stops it. Asked after the staged records were delivered, so a
+            // claim that landed before them in the log is seen (a read_committed read stops
+            // at our own open transaction, never waits for it).
+            None => {
+                let mut st = self.state.lock().expect("store lock");
+                match st.partition {
+                    Some(partition) if st.claimed => self.check_still_owner(&mut st, partition),
+                    _ => Ok(()),
+                }
+            }
         }
     }
 
